@@ -1,0 +1,37 @@
+# Thin wrappers; see README.md. `make build` is safe to re-run.
+PYTHON_BOOTSTRAP ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BAZEL ?= bazel
+OPS_TARGETS := //:tf_adagrad/_tf_adagrad_ops.so //:build_info
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: build test demo bench clean
+
+$(VENV)/.deps-installed: requirements-dev.txt
+	[ -x $(PY) ] || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+build: $(VENV)/.deps-installed
+	command -v $(BAZEL) >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    bazel-bootstrap bazel-platforms bazel-rules-java; }
+	$(PY) configure.py
+	$(BAZEL) build $(OPS_TARGETS)
+	install -m 644 bazel-bin/tf_adagrad/_tf_adagrad_ops.so bazel-bin/tf_adagrad/_build_info.py tf_adagrad/
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --force-reinstall .
+
+test: build
+	$(VENV)/bin/pytest -ra tests
+
+demo: build
+	$(PY) examples/demo.py
+
+bench: build
+	$(PY) bench/bench.py
+
+clean:
+	$(BAZEL) clean
+	rm -rf build *.egg-info tf_adagrad/_tf_adagrad_ops.so tf_adagrad/_build_info.py

@@ -1,0 +1,240 @@
+// The Adagrad update on raw pointers: plain C++, no TensorFlow, no Eigen, so
+// that the math can be tested (and sanitized) on its own.
+//
+// Keras 3's formula, epsilon inside the square root:
+//   accum += g * g
+//   var   -= lr * g / sqrt(accum + epsilon)
+// 16-bit types are widened to float32, computed, and rounded once on store.
+#ifndef TF_ADAGRAD_KERNELS_ADAGRAD_MATH_H_
+#define TF_ADAGRAD_KERNELS_ADAGRAD_MATH_H_
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace tf_adagrad {
+
+// IEEE binary16 and bfloat16 as raw bits; same layout as Eigen::half and
+// Eigen::bfloat16, which the TensorFlow glue reinterprets into these.
+struct Float16 {
+  uint16_t bits;
+};
+struct BFloat16 {
+  uint16_t bits;
+};
+
+inline float BitsToFloat(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+inline uint32_t FloatToBits(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  return bits;
+}
+
+// Integer-only conversions: TensorFlow runs CPU kernels with denormals
+// flushed to zero, so float arithmetic tricks would lose half subnormals.
+inline float HalfToFloat(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu;
+  uint32_t mantissa = h & 0x3ffu;
+  if (exponent == 0x1f) {  // inf / nan
+    return BitsToFloat(sign | 0x7f800000u | (mantissa << 13));
+  }
+  if (exponent != 0) {  // normal
+    return BitsToFloat(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+  }
+  if (mantissa == 0) return BitsToFloat(sign);  // signed zero
+  // Subnormal: shift the leading one up to bit 10 to normalize.
+  const int shift = __builtin_clz(mantissa) - 21;
+  mantissa = (mantissa << shift) & 0x3ffu;
+  return BitsToFloat(sign | ((113u - shift) << 23) | (mantissa << 13));
+}
+
+// Round to nearest even, with overflow to inf and gradual underflow.
+inline uint16_t FloatToHalf(float f) {
+  const uint32_t x = FloatToBits(f);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  const uint32_t magnitude = x & 0x7fffffffu;
+  if (magnitude >= 0x7f800000u) {  // inf / nan (nan stays quiet)
+    const uint16_t nan_bits =
+        magnitude > 0x7f800000u ? (0x200u | ((magnitude >> 13) & 0x3ffu)) : 0;
+    return sign | 0x7c00u | nan_bits;
+  }
+  if (magnitude >= 0x477ff000u) return sign | 0x7c00u;  // >= 65520 -> inf
+  if (magnitude >= 0x38800000u) {                       // normal half
+    uint32_t rebiased = magnitude - (112u << 23);
+    rebiased += 0xfffu + ((rebiased >> 13) & 1u);
+    return sign | static_cast<uint16_t>(rebiased >> 13);
+  }
+  if (magnitude < 0x33000000u) return sign;  // < 2^-25: rounds to zero
+  // Half subnormal: the result counts units of 2^-24.
+  const uint32_t exponent = magnitude >> 23;
+  const uint32_t significand = (magnitude & 0x7fffffu) | 0x800000u;
+  const uint32_t shift = 126u - exponent;  // in [14, 24]
+  uint32_t result = significand >> shift;
+  const uint32_t remainder = significand & ((1u << shift) - 1u);
+  const uint32_t halfway = 1u << (shift - 1);
+  if (remainder > halfway || (remainder == halfway && (result & 1u))) ++result;
+  return sign | static_cast<uint16_t>(result);
+}
+
+inline float BFloat16ToFloat(uint16_t b) {
+  return BitsToFloat(static_cast<uint32_t>(b) << 16);
+}
+
+inline uint16_t FloatToBFloat16(float f) {
+  const uint32_t x = FloatToBits(f);
+  if ((x & 0x7fffffffu) > 0x7f800000u) {  // nan: keep it a quiet nan
+    return static_cast<uint16_t>((x >> 16) | 0x40u);
+  }
+  const uint32_t rounding_bias = 0x7fffu + ((x >> 16) & 1u);
+  return static_cast<uint16_t>((x + rounding_bias) >> 16);
+}
+
+// How a storage type is read into, and written from, its compute type.
+template <typename T>
+struct Arithmetic {
+  using Compute = T;  // float and double compute in themselves
+  static Compute Load(T x) { return x; }
+  static T Store(Compute x) { return x; }
+};
+
+template <>
+struct Arithmetic<Float16> {
+  using Compute = float;
+  static float Load(Float16 x) { return HalfToFloat(x.bits); }
+  static Float16 Store(float x) { return Float16{FloatToHalf(x)}; }
+};
+
+template <>
+struct Arithmetic<BFloat16> {
+  using Compute = float;
+  static float Load(BFloat16 x) { return BFloat16ToFloat(x.bits); }
+  static BFloat16 Store(float x) { return BFloat16{FloatToBFloat16(x)}; }
+};
+
+template <typename T>
+using ComputeType = typename Arithmetic<T>::Compute;
+
+// One element of the update, in the compute type. Same operation order as
+// Keras 3 (`lr * g / sqrt(accum + epsilon)`), so float32 results are
+// bit-identical to keras.optimizers.Adagrad's.
+template <typename C>
+inline void UpdateElement(C lr, C epsilon, C grad, C* var, C* accum) {
+  *accum += grad * grad;
+  *var -= lr * grad / std::sqrt(*accum + epsilon);
+}
+
+// Dense update of elements [begin, end): a single pass that reads var, accum
+// and grad once and writes var and accum once.
+template <typename T>
+void AdagradDenseRange(T* var, T* accum, const T* grad, ComputeType<T> lr,
+                       ComputeType<T> epsilon, int64_t begin, int64_t end) {
+  using A = Arithmetic<T>;
+  for (int64_t i = begin; i < end; ++i) {
+    ComputeType<T> v = A::Load(var[i]);
+    ComputeType<T> a = A::Load(accum[i]);
+    UpdateElement(lr, epsilon, A::Load(grad[i]), &v, &a);
+    accum[i] = A::Store(a);
+    var[i] = A::Store(v);
+  }
+}
+
+// Index of the first entry of `indices` outside [0, num_rows), or -1.
+template <typename Index>
+int64_t FindOutOfRangeIndex(const Index* indices, int64_t nnz,
+                            int64_t num_rows) {
+  for (int64_t i = 0; i < nnz; ++i) {
+    const int64_t index = static_cast<int64_t>(indices[i]);
+    if (index < 0 || index >= num_rows) return i;
+  }
+  return -1;
+}
+
+// Duplicate indices grouped for a dense-equivalent sparse update.
+// `positions` lists the gradient rows sorted by (index, position);
+// unique row u owns positions[run_starts[u] .. run_starts[u + 1]).
+struct RowGroups {
+  std::vector<int64_t> positions;
+  std::vector<int64_t> run_starts;  // size num_unique + 1
+  int64_t num_unique() const {
+    return static_cast<int64_t>(run_starts.size()) - 1;
+  }
+};
+
+// Groups the gradient rows by index. Within a group the rows stay in their
+// original order, so the sums below are the same whatever the thread count.
+template <typename Index>
+RowGroups GroupRowsByIndex(const Index* indices, int64_t nnz) {
+  RowGroups groups;
+  groups.positions.resize(nnz);
+  for (int64_t i = 0; i < nnz; ++i) groups.positions[i] = i;
+  bool strictly_increasing = true;
+  for (int64_t i = 1; i < nnz && strictly_increasing; ++i) {
+    strictly_increasing = indices[i - 1] < indices[i];
+  }
+  if (!strictly_increasing) {
+    std::sort(groups.positions.begin(), groups.positions.end(),
+              [indices](int64_t a, int64_t b) {
+                return indices[a] < indices[b] ||
+                       (indices[a] == indices[b] && a < b);
+              });
+  }
+  groups.run_starts.reserve(nnz + 1);
+  for (int64_t i = 0; i < nnz; ++i) {
+    if (i == 0 || indices[groups.positions[i]] !=
+                      indices[groups.positions[i - 1]]) {
+      groups.run_starts.push_back(i);
+    }
+  }
+  groups.run_starts.push_back(nnz);
+  return groups;
+}
+
+// Sparse update of unique rows [begin, end) of `groups`. Each row's
+// gradient is the sum of its duplicate rows (in position order, in the
+// compute type), then the row is updated once, as the dense update would.
+// `scratch` holds at least `row_size` compute-type values.
+template <typename T, typename Index>
+void AdagradSparseRows(T* var, T* accum, const T* grad, const Index* indices,
+                       const RowGroups& groups, int64_t row_size,
+                       ComputeType<T> lr, ComputeType<T> epsilon,
+                       int64_t begin, int64_t end, ComputeType<T>* scratch) {
+  using A = Arithmetic<T>;
+  using C = ComputeType<T>;
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t first = groups.run_starts[u];
+    const int64_t last = groups.run_starts[u + 1];
+    const int64_t row = static_cast<int64_t>(indices[groups.positions[first]]);
+    T* var_row = var + row * row_size;
+    T* accum_row = accum + row * row_size;
+    const T* grad_row = grad + groups.positions[first] * row_size;
+    if (last - first == 1) {
+      AdagradDenseRange(var_row, accum_row, grad_row, lr, epsilon, 0,
+                        row_size);
+      continue;
+    }
+    for (int64_t j = 0; j < row_size; ++j) scratch[j] = A::Load(grad_row[j]);
+    for (int64_t k = first + 1; k < last; ++k) {
+      const T* dup_row = grad + groups.positions[k] * row_size;
+      for (int64_t j = 0; j < row_size; ++j) scratch[j] += A::Load(dup_row[j]);
+    }
+    for (int64_t j = 0; j < row_size; ++j) {
+      C v = A::Load(var_row[j]);
+      C a = A::Load(accum_row[j]);
+      UpdateElement(lr, epsilon, scratch[j], &v, &a);
+      accum_row[j] = A::Store(a);
+      var_row[j] = A::Store(v);
+    }
+  }
+}
+
+}  // namespace tf_adagrad
+
+#endif  // TF_ADAGRAD_KERNELS_ADAGRAD_MATH_H_

@@ -1,0 +1,138 @@
+// Op registrations and shape functions for the fused Adagrad ops.
+//
+// The names carry the `TfAdagrad>` prefix so they never collide with
+// TensorFlow's own ops. Shape functions reject wrong ranks and mismatched
+// shapes when the graph is built; the kernels check everything again at run
+// time, when shapes are fully known.
+#include "tensorflow/core/framework/common_shape_fns.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace tf_adagrad {
+namespace {
+
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+
+// The shape a resource variable input was declared with, or unknown.
+ShapeHandle VariableShape(InferenceContext* c, int input) {
+  const auto* handle_data = c->input_handle_shapes_and_types(input);
+  if (handle_data == nullptr || handle_data->empty()) {
+    return c->UnknownShape();
+  }
+  return (*handle_data)[0].shape;
+}
+
+constexpr char kApplyDense[] = "TfAdagrad>ApplyDense";
+constexpr char kApplySparse[] = "TfAdagrad>ApplySparse";
+
+// Wraps a shape-inference failure in a message that says what was expected.
+absl::Status Expect(const char* op_name, absl::Status status,
+                    InferenceContext* c, const std::string& expectation,
+                    ShapeHandle received) {
+  if (status.ok()) return status;
+  return absl::InvalidArgumentError(absl::StrCat(
+      op_name, ": expected ", expectation, ", got ",
+      c->DebugString(received), " (", status.message(), ")"));
+}
+
+absl::Status CheckScalarHyperparameters(const char* op, InferenceContext* c,
+                                        int lr_input) {
+  ShapeHandle unused;
+  TF_RETURN_IF_ERROR(Expect(op, c->WithRank(c->input(lr_input), 0, &unused), c,
+                            "`lr` to be a scalar", c->input(lr_input)));
+  TF_RETURN_IF_ERROR(Expect(op, c->WithRank(c->input(lr_input + 1), 0, &unused),
+                            c, "`epsilon` to be a scalar",
+                            c->input(lr_input + 1)));
+  return absl::OkStatus();
+}
+
+// Inputs: var, accum, lr, epsilon, grad.
+absl::Status ApplyDenseShape(InferenceContext* c) {
+  const char* op = kApplyDense;
+  TF_RETURN_IF_ERROR(CheckScalarHyperparameters(op, c, 2));
+  ShapeHandle var = VariableShape(c, 0);
+  ShapeHandle accum = VariableShape(c, 1);
+  ShapeHandle grad = c->input(4);
+  ShapeHandle merged;
+  TF_RETURN_IF_ERROR(Expect(op, c->Merge(var, accum, &merged), c,
+                            "`accum` shape to equal `var` shape " +
+                                c->DebugString(var),
+                            accum));
+  TF_RETURN_IF_ERROR(Expect(op, c->Merge(merged, grad, &merged), c,
+                            "`grad` shape to equal `var` shape " +
+                                c->DebugString(merged),
+                            grad));
+  return absl::OkStatus();
+}
+
+// Inputs: var, accum, lr, epsilon, grad, indices.
+absl::Status ApplySparseShape(InferenceContext* c) {
+  const char* op = kApplySparse;
+  TF_RETURN_IF_ERROR(CheckScalarHyperparameters(op, c, 2));
+  ShapeHandle var = VariableShape(c, 0);
+  ShapeHandle accum = VariableShape(c, 1);
+  ShapeHandle grad = c->input(4);
+  ShapeHandle indices = c->input(5);
+  ShapeHandle merged;
+  TF_RETURN_IF_ERROR(Expect(op, c->Merge(var, accum, &merged), c,
+                            "`accum` shape to equal `var` shape " +
+                                c->DebugString(var),
+                            accum));
+  TF_RETURN_IF_ERROR(Expect(op, c->WithRankAtLeast(merged, 1, &merged), c,
+                            "`var` of rank >= 1", merged));
+  TF_RETURN_IF_ERROR(Expect(op, c->WithRank(indices, 1, &indices), c,
+                            "`indices` of rank 1", indices));
+  TF_RETURN_IF_ERROR(Expect(op, c->WithRankAtLeast(grad, 1, &grad), c,
+                            "`grad` of rank >= 1", grad));
+  auto unused_dim = c->Dim(indices, 0);
+  TF_RETURN_IF_ERROR(Expect(
+      op, c->Merge(c->Dim(grad, 0), c->Dim(indices, 0), &unused_dim), c,
+      "`grad.shape[0]` to equal the number of indices " +
+          c->DebugString(indices),
+      grad));
+  ShapeHandle var_row, grad_row;
+  TF_RETURN_IF_ERROR(c->Subshape(merged, 1, &var_row));
+  TF_RETURN_IF_ERROR(c->Subshape(grad, 1, &grad_row));
+  TF_RETURN_IF_ERROR(Expect(op, c->Merge(var_row, grad_row, &var_row), c,
+                            "`grad.shape[1:]` to equal `var.shape[1:]` " +
+                                c->DebugString(var_row),
+                            grad));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+REGISTER_OP(kApplyDense)
+    .Input("var: resource")
+    .Input("accum: resource")
+    .Input("lr: T")
+    .Input("epsilon: T")
+    .Input("grad: T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("use_locking: bool = false")
+    .SetShapeFn(ApplyDenseShape)
+    .Doc(R"doc(
+Adagrad update, Keras 3 formula (epsilon inside the square root):
+accum += grad * grad; var -= lr * grad / sqrt(accum + epsilon).
+16-bit types are computed in float32 and rounded once on store.
+)doc");
+
+REGISTER_OP(kApplySparse)
+    .Input("var: resource")
+    .Input("accum: resource")
+    .Input("lr: T")
+    .Input("epsilon: T")
+    .Input("grad: T")
+    .Input("indices: Tindices")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("use_locking: bool = false")
+    .SetShapeFn(ApplySparseShape)
+    .Doc(R"doc(
+Adagrad update of the rows of var and accum named by indices. Rows of grad
+with the same index are summed first, so the result equals the dense update
+with the densified gradient, deterministically.
+)doc");
+
+}  // namespace tf_adagrad

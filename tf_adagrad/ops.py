@@ -1,0 +1,161 @@
+"""Python wrappers for the fused Adagrad ops.
+
+Both ops apply Keras 3's Adagrad formula, epsilon inside the square root:
+
+    accum += grad * grad
+    var   -= lr * grad / sqrt(accum + epsilon)
+
+float16 and bfloat16 variables are computed in float32 and rounded once.
+"""
+
+import os
+import threading
+
+import keras
+import tensorflow as tf
+
+LIBRARY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tf_adagrad_ops.so")
+REBUILD_COMMAND = "make build  (in the tf-adagrad source tree)"
+
+_load_lock = threading.Lock()
+_library = None
+
+
+class OpLibraryError(ImportError):
+    """The op library is missing, or was built for another TensorFlow."""
+
+
+def _major_minor(version):
+    return tuple(version.split(".")[:2])
+
+
+def _load_library():
+    """Loads the op library once; checks it matches the installed TF first."""
+    global _library
+    with _load_lock:
+        if _library is not None:
+            return _library
+        if not os.path.exists(LIBRARY_PATH):
+            raise OpLibraryError(
+                f"tf_adagrad's op library {LIBRARY_PATH} is missing (installed "
+                f"TensorFlow: {tf.__version__}). Rebuild it with: {REBUILD_COMMAND}"
+            )
+        built_for = _built_for_tf_version()
+        if _major_minor(built_for) != _major_minor(tf.__version__):
+            raise OpLibraryError(
+                f"tf_adagrad's op library {LIBRARY_PATH} was built for "
+                f"TensorFlow {built_for}, but TensorFlow {tf.__version__} is "
+                f"installed. Rebuild it with: {REBUILD_COMMAND}"
+            )
+        try:
+            _library = tf.load_op_library(LIBRARY_PATH)
+        except tf.errors.NotFoundError as e:
+            raise OpLibraryError(
+                f"tf_adagrad's op library {LIBRARY_PATH} (built for TensorFlow "
+                f"{built_for}) failed to load into TensorFlow {tf.__version__}: "
+                f"{e.message}. Rebuild it with: {REBUILD_COMMAND}"
+            ) from e
+        return _library
+
+
+def _built_for_tf_version():
+    try:
+        from tf_adagrad import _build_info
+    except ImportError as e:
+        raise OpLibraryError(
+            f"tf_adagrad's op library {LIBRARY_PATH} has no build record "
+            f"(tf_adagrad/_build_info.py), so the TensorFlow it was built for "
+            f"is unknown (installed: {tf.__version__}). Rebuild it with: "
+            f"{REBUILD_COMMAND}"
+        ) from e
+    return _build_info.TF_VERSION
+
+
+def _as_tf_variable(var, arg_name):
+    """The tf.Variable behind a tf.Variable or a keras.Variable."""
+    if isinstance(var, tf.Variable):
+        return var
+    if isinstance(var, keras.Variable):
+        # Keras' own backing variable: `.value` would autocast under a
+        # mixed-precision scope and hand back a tensor instead.
+        backing = var._value
+        if backing is None:
+            raise ValueError(f"`{arg_name}` ({var.path}) is not initialized yet.")
+        return backing
+    raise TypeError(
+        f"`{arg_name}` must be a tf.Variable or a keras.Variable, got {type(var).__name__}."
+    )
+
+
+def _prepare(var, accum, lr, epsilon, grad):
+    var = _as_tf_variable(var, "var")
+    accum = _as_tf_variable(accum, "accum")
+    dtype = var.dtype
+    grad = tf.convert_to_tensor(grad)
+    if grad.dtype != dtype:
+        raise TypeError(f"`grad` must have the dtype of `var` ({dtype.name}), got {grad.dtype.name}.")
+    # Hyperparameters follow the variable's dtype, as in Keras.
+    lr = tf.cast(lr, dtype)
+    epsilon = tf.cast(epsilon, dtype)
+    return var.handle, accum.handle, lr, epsilon, grad
+
+
+def apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False):
+    """Applies one dense Adagrad step to `var` and `accum` in place.
+
+    Args:
+        var: A `tf.Variable` or `keras.Variable` of a floating dtype
+            (float16, bfloat16, float32, float64).
+        accum: The accumulator: a variable of `var`'s shape and dtype.
+        lr: The learning rate; a scalar, cast to `var`'s dtype.
+        epsilon: Added to `accum` inside the square root; a scalar.
+        grad: A tensor of `var`'s shape and dtype.
+        use_locking: If `True`, the update holds the variables' locks
+            exclusively, so concurrent updates do not interleave.
+
+    Returns:
+        The op (in graph mode) or `None` (eagerly).
+    """
+    var_handle, accum_handle, lr, epsilon, grad = _prepare(var, accum, lr, epsilon, grad)
+    return _load_library().tf_adagrad_apply_dense(
+        var=var_handle, accum=accum_handle, lr=lr, epsilon=epsilon, grad=grad, use_locking=use_locking
+    )
+
+
+def sparse_apply_adagrad(var, accum, lr, epsilon, grad, indices, use_locking=False):
+    """Applies an Adagrad step to the rows of `var` and `accum` named by `indices`.
+
+    Rows of `grad` that share an index are summed before the update, so the
+    result equals `apply_adagrad` with the densified gradient (what
+    `tf.convert_to_tensor(tf.IndexedSlices(grad, indices, var.shape))`
+    gives), deterministically. Only the rows named by `indices` are read or
+    written.
+
+    Args:
+        var: A `tf.Variable` or `keras.Variable` of rank >= 1.
+        accum: The accumulator: a variable of `var`'s shape and dtype.
+        lr: The learning rate; a scalar, cast to `var`'s dtype.
+        epsilon: Added to `accum` inside the square root; a scalar.
+        grad: A tensor of shape `[len(indices)] + var.shape[1:]`.
+        indices: A 1-D int32 or int64 tensor of row numbers in
+            `[0, var.shape[0])`; an index out of range raises
+            `InvalidArgumentError` and nothing is updated.
+        use_locking: If `True`, the update holds the variables' locks
+            exclusively; otherwise concurrent sparse updates may interleave.
+
+    Returns:
+        The op (in graph mode) or `None` (eagerly).
+    """
+    var_handle, accum_handle, lr, epsilon, grad = _prepare(var, accum, lr, epsilon, grad)
+    indices = tf.convert_to_tensor(indices)
+    if indices.dtype not in (tf.int32, tf.int64):
+        raise TypeError(f"`indices` must be int32 or int64, got {indices.dtype.name}.")
+    return _load_library().tf_adagrad_apply_sparse(
+        var=var_handle,
+        accum=accum_handle,
+        lr=lr,
+        epsilon=epsilon,
+        grad=grad,
+        indices=indices,
+        use_locking=use_locking,
+    )
