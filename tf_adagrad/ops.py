@@ -94,9 +94,10 @@ def _prepare(var, accum, lr, epsilon, grad):
     grad = tf.convert_to_tensor(grad)
     if grad.dtype != dtype:
         raise TypeError(f"`grad` must have the dtype of `var` ({dtype.name}), got {grad.dtype.name}.")
-    # Hyperparameters follow the variable's dtype, as in Keras.
-    lr = tf.cast(lr, dtype)
-    epsilon = tf.cast(epsilon, dtype)
+    # Hyperparameters follow the variable's dtype, as in Keras; Python
+    # numbers convert straight to it (not through float32).
+    lr = tf.cast(tf.convert_to_tensor(lr, dtype_hint=dtype), dtype)
+    epsilon = tf.cast(tf.convert_to_tensor(epsilon, dtype_hint=dtype), dtype)
     return var.handle, accum.handle, lr, epsilon, grad
 
 
