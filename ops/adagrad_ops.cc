@@ -74,17 +74,20 @@ absl::Status ApplySparseShape(InferenceContext* c) {
   ShapeHandle accum = VariableShape(c, 1);
   ShapeHandle grad = c->input(4);
   ShapeHandle indices = c->input(5);
-  ShapeHandle merged;
+  ShapeHandle merged, checked;
   TF_RETURN_IF_ERROR(Expect(op, c->Merge(var, accum, &merged), c,
                             "`accum` shape to equal `var` shape " +
                                 c->DebugString(var),
                             accum));
-  TF_RETURN_IF_ERROR(Expect(op, c->WithRankAtLeast(merged, 1, &merged), c,
+  TF_RETURN_IF_ERROR(Expect(op, c->WithRankAtLeast(merged, 1, &checked), c,
                             "`var` of rank >= 1", merged));
-  TF_RETURN_IF_ERROR(Expect(op, c->WithRank(indices, 1, &indices), c,
+  merged = checked;
+  TF_RETURN_IF_ERROR(Expect(op, c->WithRank(indices, 1, &checked), c,
                             "`indices` of rank 1", indices));
-  TF_RETURN_IF_ERROR(Expect(op, c->WithRankAtLeast(grad, 1, &grad), c,
+  indices = checked;
+  TF_RETURN_IF_ERROR(Expect(op, c->WithRankAtLeast(grad, 1, &checked), c,
                             "`grad` of rank >= 1", grad));
+  grad = checked;
   auto unused_dim = c->Dim(indices, 0);
   TF_RETURN_IF_ERROR(Expect(
       op, c->Merge(c->Dim(grad, 0), c->Dim(indices, 0), &unused_dim), c,

@@ -1,0 +1,308 @@
+"""Every rejection: error class, message text, and var/accum left untouched."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_adagrad
+from adagrad_reference import bits
+
+DENSE = "TfAdagrad>ApplyDense"
+SPARSE = "TfAdagrad>ApplySparse"
+
+
+def raw_ops():
+    """The generated op wrappers, bypassing tf_adagrad.ops' Python checks so
+    the kernels' own validation is what gets tested."""
+    return tf_adagrad.ops._load_library()
+
+
+def make_state(shape=(5, 3), dtype=np.float32):
+    var0 = np.arange(np.prod(shape), dtype=dtype).reshape(shape) / 7
+    accum0 = np.full(shape, 0.25, dtype)
+    return var0, accum0, tf.Variable(var0), tf.Variable(accum0)
+
+
+def assert_untouched(v, a, var0, accum0):
+    np.testing.assert_array_equal(bits(v.numpy()), bits(var0))
+    np.testing.assert_array_equal(bits(a.numpy()), bits(accum0))
+
+
+def dense(v, a, grad, lr=0.1, epsilon=1e-7, dtype=tf.float32):
+    raw_ops().tf_adagrad_apply_dense(
+        var=v.handle,
+        accum=a.handle,
+        lr=tf.constant(lr, dtype),
+        epsilon=tf.constant(epsilon, dtype),
+        grad=tf.constant(grad, dtype),
+    )
+
+
+def sparse(v, a, grad, indices, lr=0.1, epsilon=1e-7, dtype=tf.float32, index_dtype=tf.int64):
+    raw_ops().tf_adagrad_apply_sparse(
+        var=v.handle,
+        accum=a.handle,
+        lr=tf.constant(lr, dtype),
+        epsilon=tf.constant(epsilon, dtype),
+        grad=tf.constant(grad, dtype),
+        indices=tf.constant(indices, index_dtype),
+    )
+
+
+# (name, call, error class, message regex); each call gets a fresh (5, 3)
+# float32 var/accum pair, in eager mode (kernel-side validation).
+EAGER_REJECTIONS = [
+    (
+        "dense-lr-not-scalar",
+        lambda v, a: dense(v, a, np.ones((5, 3)), lr=[0.1, 0.2]),
+        tf.errors.InvalidArgumentError,
+        rf"{DENSE}: expected `lr` to be a scalar, got shape \[2\]",
+    ),
+    (
+        "dense-epsilon-not-scalar",
+        lambda v, a: dense(v, a, np.ones((5, 3)), epsilon=[[1e-7]]),
+        tf.errors.InvalidArgumentError,
+        rf"{DENSE}: expected `epsilon` to be a scalar, got shape \[1,1\]",
+    ),
+    (
+        "dense-grad-shape",
+        lambda v, a: dense(v, a, np.ones((5, 4))),
+        tf.errors.InvalidArgumentError,
+        rf"{DENSE}: expected `grad` shape to equal `var` shape \[5,3\], got \[5,4\]",
+    ),
+    (
+        "dense-grad-rank",
+        lambda v, a: dense(v, a, np.ones(15)),
+        tf.errors.InvalidArgumentError,
+        rf"{DENSE}: expected `grad` shape to equal `var` shape \[5,3\], got \[15\]",
+    ),
+    (
+        "dense-grad-dtype",
+        lambda v, a: dense(v, a, np.ones((5, 3)), dtype=tf.float64),
+        tf.errors.InvalidArgumentError,
+        rf"{DENSE}: expected `var` of dtype double \(the dtype of `grad`\), got float",
+    ),
+    (
+        "sparse-lr-not-scalar",
+        lambda v, a: sparse(v, a, np.ones((1, 3)), [0], lr=[0.1]),
+        tf.errors.InvalidArgumentError,
+        rf"{SPARSE}: expected `lr` to be a scalar, got shape \[1\]",
+    ),
+    (
+        "sparse-indices-rank",
+        lambda v, a: sparse(v, a, np.ones((2, 3)), [[0, 1]]),
+        tf.errors.InvalidArgumentError,
+        rf"{SPARSE}: expected `indices` of rank 1, got shape \[1,2\]",
+    ),
+    (
+        "sparse-grad-rows",
+        lambda v, a: sparse(v, a, np.ones((3, 3)), [0, 1]),
+        tf.errors.InvalidArgumentError,
+        rf"{SPARSE}: expected `grad.shape\[0\]` to equal the number of indices \(2\), got `grad` shape \[3,3\]",
+    ),
+    (
+        "sparse-grad-scalar",
+        lambda v, a: sparse(v, a, 1.0, [0]),
+        tf.errors.InvalidArgumentError,
+        rf"{SPARSE}: expected `grad.shape\[0\]` to equal the number of indices \(1\), got `grad` shape \[\]",
+    ),
+    (
+        "sparse-grad-row-shape",
+        lambda v, a: sparse(v, a, np.ones((2, 4)), [0, 1]),
+        tf.errors.InvalidArgumentError,
+        rf"{SPARSE}: expected `grad.shape\[1:\]` to equal `var.shape\[1:\]` \[3\] \(`var` shape \[5,3\]\), "
+        rf"got `grad` shape \[2,4\]",
+    ),
+    (
+        "sparse-index-too-large",
+        lambda v, a: sparse(v, a, np.ones((3, 3)), [0, 4, 5]),
+        tf.errors.InvalidArgumentError,
+        rf"{SPARSE}: expected every index in \[0, 5\) \(the first dimension of `var`\), "
+        rf"got indices\[2\] = 5; nothing was updated",
+    ),
+    (
+        "sparse-index-negative",
+        lambda v, a: sparse(v, a, np.ones((2, 3)), [-1, 2], index_dtype=tf.int32),
+        tf.errors.InvalidArgumentError,
+        rf"{SPARSE}: expected every index in \[0, 5\) .*got indices\[0\] = -1; nothing was updated",
+    ),
+    (
+        "sparse-index-int64-max",
+        lambda v, a: sparse(v, a, np.ones((2, 3)), [1, 2**63 - 1]),
+        tf.errors.InvalidArgumentError,
+        rf"{SPARSE}: expected every index in \[0, 5\) .*got indices\[1\] = 9223372036854775807",
+    ),
+    (
+        "sparse-index-int64-min",
+        lambda v, a: sparse(v, a, np.ones((1, 3)), [-(2**63)]),
+        tf.errors.InvalidArgumentError,
+        rf"{SPARSE}: .*got indices\[0\] = -9223372036854775808",
+    ),
+    (
+        "sparse-grad-dtype",
+        lambda v, a: sparse(v, a, np.ones((1, 3)), [0], dtype=tf.float16),
+        tf.errors.InvalidArgumentError,
+        rf"{SPARSE}: expected `var` of dtype half \(the dtype of `grad`\), got float",
+    ),
+    (
+        "same-variable-twice",
+        lambda v, a: dense(v, v, np.ones((5, 3))),
+        tf.errors.InvalidArgumentError,
+        rf"{DENSE}: expected `var` and `accum` to be two distinct variables, got the same variable twice",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", EAGER_REJECTIONS, ids=[c[0] for c in EAGER_REJECTIONS])
+def test_rejection_leaves_variables_untouched(case):
+    _, call, error, message = case
+    var0, accum0, v, a = make_state()
+    with pytest.raises(error, match=message):
+        call(v, a)
+    assert_untouched(v, a, var0, accum0)
+
+
+def test_out_of_range_after_valid_indices_writes_nothing():
+    """The rows before the bad index must not have been updated either."""
+    var0, accum0, v, a = make_state((100, 8))
+    indices = list(range(99)) + [100]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"got indices\[99\] = 100"):
+        sparse(v, a, np.ones((100, 8)), indices)
+    assert_untouched(v, a, var0, accum0)
+
+
+def test_index_into_empty_table_is_rejected():
+    var0, accum0, v, a = make_state((0, 2))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"expected every index in \[0, 0\)"):
+        sparse(v, a, np.ones((1, 2)), [0])
+
+
+@pytest.mark.parametrize("sparse_op", [False, True], ids=["dense", "sparse"])
+def test_accum_shape_mismatch(sparse_op):
+    var0 = np.ones((5, 3), np.float32)
+    accum0 = np.ones((4, 3), np.float32)
+    v, a = tf.Variable(var0), tf.Variable(accum0)
+    op = SPARSE if sparse_op else DENSE
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=rf"{op}: expected `accum` shape to equal `var` shape \[5,3\], got \[4,3\]",
+    ):
+        if sparse_op:
+            sparse(v, a, np.ones((1, 3)), [0])
+        else:
+            dense(v, a, np.ones((5, 3)))
+    assert_untouched(v, a, var0, accum0)
+
+
+@pytest.mark.parametrize("sparse_op", [False, True], ids=["dense", "sparse"])
+def test_accum_dtype_mismatch(sparse_op):
+    var0 = np.ones((5, 3), np.float32)
+    accum0 = np.ones((5, 3), np.float64)
+    v, a = tf.Variable(var0), tf.Variable(accum0)
+    op = SPARSE if sparse_op else DENSE
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=rf"{op}: expected `accum` of dtype float \(the dtype of `grad`\), got double",
+    ):
+        if sparse_op:
+            sparse(v, a, np.ones((1, 3)), [0])
+        else:
+            dense(v, a, np.ones((5, 3)))
+    assert_untouched(v, a, var0, accum0)
+
+
+def test_sparse_var_must_have_rank_at_least_one():
+    v, a = tf.Variable(1.0), tf.Variable(0.1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"{SPARSE}: expected `var` of rank >= 1, got shape \[\]"):
+        sparse(v, a, np.ones((1,)), [0])
+    assert v.numpy() == 1.0 and a.numpy() == np.float32(0.1)
+
+
+def test_uninitialized_variable_is_failed_precondition():
+    handle = tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[5, 3], shared_name="never_initialized")
+    _, accum0, _, a = make_state()
+    with pytest.raises(
+        tf.errors.FailedPreconditionError,
+        match=rf"{DENSE}: expected `var` to be an initialized resource variable",
+    ):
+        raw_ops().tf_adagrad_apply_dense(
+            var=handle, accum=a.handle, lr=0.1, epsilon=1e-7, grad=tf.ones((5, 3))
+        )
+    np.testing.assert_array_equal(bits(a.numpy()), bits(accum0))
+
+
+def test_uninitialized_accum_is_failed_precondition():
+    var0, _, v, _ = make_state()
+    handle = tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[5, 3], shared_name="never_initialized_accum")
+    with pytest.raises(
+        tf.errors.FailedPreconditionError,
+        match=rf"{SPARSE}: expected `accum` to be an initialized resource variable",
+    ):
+        raw_ops().tf_adagrad_apply_sparse(
+            var=v.handle, accum=handle, lr=0.1, epsilon=1e-7, grad=tf.ones((1, 3)), indices=[0]
+        )
+    np.testing.assert_array_equal(bits(v.numpy()), bits(var0))
+
+
+# Graph construction: the shape functions reject what they can see.
+SHAPE_FN_REJECTIONS = [
+    (
+        "dense-grad",
+        lambda v, a: tf_adagrad.ops.apply_adagrad(v, a, 0.1, 1e-7, tf.ones((5, 4))),
+        rf"{DENSE}: expected `grad` shape to equal `var` shape \[5,3\], got \[5,4\]",
+    ),
+    (
+        "dense-lr",
+        lambda v, a: tf_adagrad.ops.apply_adagrad(v, a, [0.1, 0.1], 1e-7, tf.ones((5, 3))),
+        rf"{DENSE}: expected `lr` to be a scalar, got \[2\]",
+    ),
+    (
+        "sparse-indices-rank",
+        lambda v, a: tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.1, 1e-7, tf.ones((2, 3)), [[0, 1]]),
+        rf"{SPARSE}: expected `indices` of rank 1, got \[1,2\]",
+    ),
+    (
+        "sparse-grad-rows",
+        lambda v, a: tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.1, 1e-7, tf.ones((3, 3)), [0, 1]),
+        rf"{SPARSE}: expected `grad.shape\[0\]` to equal the number of indices \[2\], got \[3,3\]",
+    ),
+    (
+        "sparse-grad-row-shape",
+        lambda v, a: tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.1, 1e-7, tf.ones((2, 4)), [0, 1]),
+        rf"{SPARSE}: expected `grad.shape\[1:\]` to equal `var.shape\[1:\]` \[3\], got \[2,4\]",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", SHAPE_FN_REJECTIONS, ids=[c[0] for c in SHAPE_FN_REJECTIONS])
+def test_shape_functions_reject_at_graph_construction(case):
+    _, call, message = case
+    var0, accum0, v, a = make_state()
+    with pytest.raises(ValueError, match=message):
+        tf.function(lambda: call(v, a)).get_concrete_function()
+    assert_untouched(v, a, var0, accum0)
+
+
+def test_sparse_var_rank_zero_rejected_by_shape_function():
+    v, a = tf.Variable(1.0), tf.Variable(0.1)
+    with pytest.raises(ValueError, match=rf"{SPARSE}: expected `var` of rank >= 1, got \[\]"):
+        tf.function(
+            lambda: tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.1, 1e-7, tf.ones((1,)), [0])
+        ).get_concrete_function()
+
+
+def test_python_wrapper_rejects_grad_of_another_dtype():
+    _, _, v, a = make_state()
+    with pytest.raises(TypeError, match=r"`grad` must have the dtype of `var` \(float32\), got float64"):
+        tf_adagrad.ops.apply_adagrad(v, a, 0.1, 1e-7, np.ones((5, 3), np.float64))
+
+
+def test_python_wrapper_rejects_non_variables():
+    with pytest.raises(TypeError, match=r"`var` must be a tf.Variable or a keras.Variable, got EagerTensor"):
+        tf_adagrad.ops.apply_adagrad(tf.ones(3), tf.Variable(tf.ones(3)), 0.1, 1e-7, tf.ones(3))
+
+
+def test_python_wrapper_rejects_float_indices():
+    _, _, v, a = make_state()
+    with pytest.raises(TypeError, match=r"`indices` must be int32 or int64, got float32"):
+        tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.1, 1e-7, tf.ones((1, 3)), [0.0])
