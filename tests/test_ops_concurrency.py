@@ -1,0 +1,143 @@
+"""Locking, determinism across thread counts, and the library loader."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_adagrad
+from tf_adagrad import ops as adagrad_ops
+
+
+def test_use_locking_serializes_concurrent_updates():
+    """Integer-valued gradients make every partial sum exact, so with
+    use_locking=True the accumulator must equal the sequential result
+    whatever the interleaving. Long rows that every call touches make the
+    calls overlap in time and space, so a lost update shows (without the
+    lock this test loses updates on a 2-core machine)."""
+    num_rows, row = 64, 50000
+    v = tf.Variable(np.zeros((num_rows, row), np.float32))
+    a = tf.Variable(np.zeros((num_rows, row), np.float32))
+    rng = np.random.default_rng(0)
+    dense_grads = [rng.integers(-2, 3, (num_rows, row)).astype(np.float32) for _ in range(2)]
+    indices = np.concatenate([np.arange(num_rows), rng.integers(0, num_rows, 16)])
+    sparse_grads = [rng.integers(-2, 3, (len(indices), row)).astype(np.float32) for _ in range(2)]
+    num_threads, steps = 4, 15
+    # (kind, which gradient) per step and thread.
+    plans = [[("dense" if s % 4 == 0 else "sparse", int(rng.integers(0, 2))) for s in range(steps)]
+             for _ in range(num_threads)]
+
+    squares = {}
+    for k in range(2):
+        squares["dense", k] = dense_grads[k].astype(np.float64) ** 2
+        summed = np.zeros((num_rows, row))
+        np.add.at(summed, indices, sparse_grads[k].astype(np.float64))
+        squares["sparse", k] = summed**2
+    expected = sum(squares[step] for plan in plans for step in plan)
+
+    errors = []
+    barrier = threading.Barrier(num_threads)
+
+    def worker(plan):
+        try:
+            barrier.wait()
+            for kind, k in plan:
+                if kind == "dense":
+                    tf_adagrad.ops.apply_adagrad(v, a, 0.01, 1e-7, dense_grads[k], use_locking=True)
+                else:
+                    tf_adagrad.ops.sparse_apply_adagrad(
+                        v, a, 0.01, 1e-7, sparse_grads[k], indices, use_locking=True
+                    )
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in plans]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert expected.max() < 2**24  # exact in float32
+    np.testing.assert_array_equal(a.numpy(), expected.astype(np.float32))
+    assert np.all(np.isfinite(v.numpy()))
+
+
+_DETERMINISM_SCRIPT = textwrap.dedent(
+    """
+    import hashlib, sys
+    import numpy as np
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+    import tf_adagrad
+    rng = np.random.default_rng(0)
+    for row, nnz in [(1, 200000), (64, 8192), (300, 2000)]:
+        v = tf.Variable(rng.standard_normal((5000, row)).astype(np.float32))
+        a = tf.Variable(np.full((5000, row), 0.1, np.float32))
+        idx = (rng.zipf(1.2, nnz) % 5000).astype(np.int64)  # heavy duplicates
+        grad = rng.standard_normal((nnz, row)).astype(np.float32)
+        tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.1, 1e-7, grad, idx)
+        print(hashlib.sha256(v.numpy().tobytes() + a.numpy().tobytes()).hexdigest())
+    """
+)
+
+
+def test_sparse_result_is_identical_whatever_the_thread_count():
+    digests = []
+    for threads in (1, 2, 7):
+        out = subprocess.run(
+            [sys.executable, "-c", _DETERMINISM_SCRIPT, str(threads)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        digests.append(out.stdout.split())
+    assert len(digests[0]) == 3
+    assert digests[0] == digests[1] == digests[2]
+
+
+@pytest.fixture
+def fresh_loader(monkeypatch):
+    """Makes the next op call load the library again, under test settings."""
+    monkeypatch.setattr(adagrad_ops, "_library", None)
+    return monkeypatch
+
+
+def test_missing_library_error_names_file_version_and_rebuild(fresh_loader, tmp_path):
+    missing = str(tmp_path / "_tf_adagrad_ops.so")
+    fresh_loader.setattr(adagrad_ops, "LIBRARY_PATH", missing)
+    with pytest.raises(tf_adagrad.OpLibraryError) as info:
+        tf_adagrad.ops.apply_adagrad(tf.Variable([1.0]), tf.Variable([1.0]), 0.1, 1e-7, [1.0])
+    message = str(info.value)
+    assert missing in message
+    assert f"installed TensorFlow: {tf.__version__}" in message
+    assert "make build" in message
+
+
+def test_library_built_for_other_tf_version_is_refused(fresh_loader):
+    fresh_loader.setattr(adagrad_ops, "_built_for_tf_version", lambda: "2.19.1")
+    with pytest.raises(tf_adagrad.OpLibraryError) as info:
+        tf_adagrad.ops.apply_adagrad(tf.Variable([1.0]), tf.Variable([1.0]), 0.1, 1e-7, [1.0])
+    message = str(info.value)
+    assert adagrad_ops.LIBRARY_PATH in message
+    assert "built for TensorFlow 2.19.1" in message
+    assert f"TensorFlow {tf.__version__} is installed" in message
+    assert "make build" in message
+
+
+def test_library_is_loaded_lazily():
+    """Importing tf_adagrad must not load the .so (a broken build should not
+    break `import`); the first op call does."""
+    script = (
+        "import tf_adagrad, tf_adagrad.ops as o; assert o._library is None; "
+        "import tensorflow as tf; v = tf.Variable([1.0]); a = tf.Variable([1.0]); "
+        "o.apply_adagrad(v, a, 0.1, 1e-7, [1.0]); assert o._library is not None"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert os.path.exists(adagrad_ops.LIBRARY_PATH)
