@@ -3,6 +3,9 @@ PYTHON_BOOTSTRAP ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BAZEL ?= bazel
+# Where Debian's bazel-platforms and bazel-rules-java put the local repos
+# that WORKSPACE points to.
+DEBIAN_BAZEL_REPOS := /usr/share/bazel
 OPS_TARGETS := //:tf_adagrad/_tf_adagrad_ops.so //:build_info
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -15,7 +18,8 @@ $(VENV)/.deps-installed: requirements-dev.txt
 	touch $@
 
 build: $(VENV)/.deps-installed
-	command -v $(BAZEL) >/dev/null || { $(SUDO) apt-get update -qq && \
+	command -v $(BAZEL) >/dev/null && [ -d $(DEBIAN_BAZEL_REPOS)/tools/platforms ] && \
+	  [ -d $(DEBIAN_BAZEL_REPOS)/rules/java ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	    bazel-bootstrap bazel-platforms bazel-rules-java; }
 	$(PY) configure.py

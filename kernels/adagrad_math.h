@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 namespace tf_adagrad {
@@ -174,17 +175,19 @@ template <typename Index>
 RowGroups GroupRowsByIndex(const Index* indices, int64_t nnz) {
   RowGroups groups;
   groups.positions.resize(nnz);
-  for (int64_t i = 0; i < nnz; ++i) groups.positions[i] = i;
   bool strictly_increasing = true;
   for (int64_t i = 1; i < nnz && strictly_increasing; ++i) {
     strictly_increasing = indices[i - 1] < indices[i];
   }
-  if (!strictly_increasing) {
-    std::sort(groups.positions.begin(), groups.positions.end(),
-              [indices](int64_t a, int64_t b) {
-                return indices[a] < indices[b] ||
-                       (indices[a] == indices[b] && a < b);
-              });
+  if (strictly_increasing) {
+    for (int64_t i = 0; i < nnz; ++i) groups.positions[i] = i;
+  } else {
+    // Sorting (index, position) pairs keeps duplicates in position order and
+    // compares contiguous data rather than chasing pointers.
+    std::vector<std::pair<Index, int64_t>> keyed(nnz);
+    for (int64_t i = 0; i < nnz; ++i) keyed[i] = {indices[i], i};
+    std::sort(keyed.begin(), keyed.end());
+    for (int64_t i = 0; i < nnz; ++i) groups.positions[i] = keyed[i].second;
   }
   groups.run_starts.reserve(nnz + 1);
   for (int64_t i = 0; i < nnz; ++i) {

@@ -114,11 +114,11 @@ def apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False):
         use_locking: If `True`, the update holds the variables' locks
             exclusively, so concurrent updates do not interleave.
 
-    Returns:
-        The op (in graph mode) or `None` (eagerly).
+    Inside `tf.function`, automatic control dependencies order the update
+    with the function's other uses of the variables; nothing is returned.
     """
     var_handle, accum_handle, lr, epsilon, grad = _prepare(var, accum, lr, epsilon, grad)
-    return _load_library().tf_adagrad_apply_dense(
+    _load_library().tf_adagrad_apply_dense(
         var=var_handle, accum=accum_handle, lr=lr, epsilon=epsilon, grad=grad, use_locking=use_locking
     )
 
@@ -144,14 +144,13 @@ def sparse_apply_adagrad(var, accum, lr, epsilon, grad, indices, use_locking=Fal
         use_locking: If `True`, the update holds the variables' locks
             exclusively; otherwise concurrent sparse updates may interleave.
 
-    Returns:
-        The op (in graph mode) or `None` (eagerly).
+    Nothing is returned.
     """
     var_handle, accum_handle, lr, epsilon, grad = _prepare(var, accum, lr, epsilon, grad)
     indices = tf.convert_to_tensor(indices)
     if indices.dtype not in (tf.int32, tf.int64):
         raise TypeError(f"`indices` must be int32 or int64, got {indices.dtype.name}.")
-    return _load_library().tf_adagrad_apply_sparse(
+    _load_library().tf_adagrad_apply_sparse(
         var=var_handle,
         accum=accum_handle,
         lr=lr,
