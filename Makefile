@@ -6,7 +6,7 @@ BAZEL ?= bazel
 # Where Debian's bazel-platforms and bazel-rules-java put the local repos
 # that WORKSPACE points to.
 DEBIAN_BAZEL_REPOS := /usr/share/bazel
-OPS_TARGETS := //:tf_adagrad/_tf_adagrad_ops.so //:build_info
+BAZEL_TARGETS := //:tf_adagrad/_tf_adagrad_ops.so //:build_info //tests/cc:adagrad_math_test
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: build test demo bench clean
@@ -23,7 +23,7 @@ build: $(VENV)/.deps-installed
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	    bazel-bootstrap bazel-platforms bazel-rules-java; }
 	$(PY) configure.py
-	$(BAZEL) build $(OPS_TARGETS)
+	$(BAZEL) build $(BAZEL_TARGETS)
 	install -m 644 bazel-bin/tf_adagrad/_tf_adagrad_ops.so bazel-bin/tf_adagrad/_build_info.py tf_adagrad/
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation --force-reinstall .
 

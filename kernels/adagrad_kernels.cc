@@ -99,7 +99,7 @@ struct ApplyAdagradSparse<CPUDevice, T, Index> {
     }
     if (nnz == 0 || row_size == 0) return absl::OkStatus();
 
-    const RowGroups groups = GroupRowsByIndex(indices.data(), nnz);
+    const RowGroups groups = GroupRowsByIndex(indices.data(), nnz, num_rows);
     using M = typename MathType<T>::type;
     auto* var_data = MathPointer(var.data());
     auto* accum_data = MathPointer(accum.data());

@@ -12,7 +12,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <utility>
 #include <vector>
 
 namespace tf_adagrad {
@@ -159,8 +158,9 @@ int64_t FindOutOfRangeIndex(const Index* indices, int64_t nnz,
 }
 
 // Duplicate indices grouped for a dense-equivalent sparse update.
-// `positions` lists the gradient rows sorted by (index, position);
-// unique row u owns positions[run_starts[u] .. run_starts[u + 1]).
+// Unique row u owns positions[run_starts[u] .. run_starts[u + 1]): the
+// gradient rows with that index, in their original order. Unique rows come
+// in increasing index order.
 struct RowGroups {
   std::vector<int64_t> positions;
   std::vector<int64_t> run_starts;  // size num_unique + 1
@@ -169,30 +169,64 @@ struct RowGroups {
   }
 };
 
-// Groups the gradient rows by index. Within a group the rows stay in their
-// original order, so the sums below are the same whatever the thread count.
+// Groups the gradient rows by index with a stable LSD radix sort: O(nnz)
+// per pass, and only as many passes as num_rows needs bits (two for a
+// million rows). Each key packs (index, position) into 64 bits when they fit
+// (they nearly always do), so one array moves per pass. Stability keeps
+// duplicates in position order, so the sums that follow are the same
+// whatever the thread count. Every index must be in [0, num_rows).
 template <typename Index>
-RowGroups GroupRowsByIndex(const Index* indices, int64_t nnz) {
+RowGroups GroupRowsByIndex(const Index* indices, int64_t nnz,
+                           int64_t num_rows) {
   RowGroups groups;
   groups.positions.resize(nnz);
-  bool strictly_increasing = true;
-  for (int64_t i = 1; i < nnz && strictly_increasing; ++i) {
-    strictly_increasing = indices[i - 1] < indices[i];
+  const auto bits_for = [](int64_t n) {  // bits to hold values in [0, n)
+    return n > 1 ? 64 - __builtin_clzll(static_cast<uint64_t>(n - 1)) : 0;
+  };
+  const int index_bits = bits_for(num_rows);
+  const int position_bits = bits_for(nnz);
+  const bool packed = index_bits + position_bits <= 64;
+  // Packed: key = index << position_bits | position. Otherwise the key is the
+  // index and the positions travel in a second array.
+  const int index_shift = packed ? position_bits : 0;
+  std::vector<uint64_t> keys(nnz);
+  for (int64_t i = 0; i < nnz; ++i) {
+    keys[i] = (static_cast<uint64_t>(indices[i]) << index_shift) |
+              (packed ? static_cast<uint64_t>(i) : 0);
+    if (!packed) groups.positions[i] = i;
   }
-  if (strictly_increasing) {
-    for (int64_t i = 0; i < nnz; ++i) groups.positions[i] = i;
-  } else {
-    // Sorting (index, position) pairs keeps duplicates in position order and
-    // compares contiguous data rather than chasing pointers.
-    std::vector<std::pair<Index, int64_t>> keyed(nnz);
-    for (int64_t i = 0; i < nnz; ++i) keyed[i] = {indices[i], i};
-    std::sort(keyed.begin(), keyed.end());
-    for (int64_t i = 0; i < nnz; ++i) groups.positions[i] = keyed[i].second;
+  constexpr int kMaxDigitBits = 11;  // 2048 buckets: fits in L1
+  const int passes = (index_bits + kMaxDigitBits - 1) / kMaxDigitBits;
+  if (passes > 0 && nnz > 1) {
+    const int digit_bits = (index_bits + passes - 1) / passes;
+    const uint64_t digit_mask = (uint64_t{1} << digit_bits) - 1;
+    std::vector<uint64_t> keys_out(nnz);
+    std::vector<int64_t> positions_out(packed ? 0 : nnz);
+    std::vector<int64_t> bucket_start(digit_mask + 2);
+    for (int pass = 0; pass < passes; ++pass) {
+      const int shift = index_shift + pass * digit_bits;
+      std::fill(bucket_start.begin(), bucket_start.end(), 0);
+      for (int64_t i = 0; i < nnz; ++i) {
+        ++bucket_start[((keys[i] >> shift) & digit_mask) + 1];
+      }
+      for (size_t b = 1; b < bucket_start.size(); ++b) {
+        bucket_start[b] += bucket_start[b - 1];
+      }
+      for (int64_t i = 0; i < nnz; ++i) {
+        const int64_t to = bucket_start[(keys[i] >> shift) & digit_mask]++;
+        keys_out[to] = keys[i];
+        if (!packed) positions_out[to] = groups.positions[i];
+      }
+      keys.swap(keys_out);
+      if (!packed) groups.positions.swap(positions_out);
+    }
   }
+  const uint64_t position_mask =
+      packed ? (uint64_t{1} << position_bits) - 1 : 0;
   groups.run_starts.reserve(nnz + 1);
   for (int64_t i = 0; i < nnz; ++i) {
-    if (i == 0 || indices[groups.positions[i]] !=
-                      indices[groups.positions[i - 1]]) {
+    if (packed) groups.positions[i] = static_cast<int64_t>(keys[i] & position_mask);
+    if (i == 0 || (keys[i] >> index_shift) != (keys[i - 1] >> index_shift)) {
       groups.run_starts.push_back(i);
     }
   }

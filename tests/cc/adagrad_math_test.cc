@@ -1,0 +1,160 @@
+// Tests of kernels/adagrad_math.h without TensorFlow: the conversions, the
+// grouping of duplicate indices (including paths the ops cannot reach with
+// real tables), and the sparse update against a scalar reference.
+#include "kernels/adagrad_math.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+namespace {
+
+int failures = 0;
+
+#define EXPECT(condition)                                            \
+  do {                                                               \
+    if (!(condition)) {                                              \
+      std::fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, \
+                   #condition);                                      \
+      ++failures;                                                    \
+    }                                                                \
+  } while (0)
+
+using tf_adagrad::RowGroups;
+
+// Every group lists exactly the positions holding its index, in order, and
+// the groups come in increasing index order.
+void ExpectValidGroups(const std::vector<int64_t>& indices,
+                       const RowGroups& groups) {
+  const int64_t nnz = indices.size();
+  EXPECT(static_cast<int64_t>(groups.positions.size()) == nnz);
+  EXPECT(groups.run_starts.front() == 0 && groups.run_starts.back() == nnz);
+  std::vector<int> seen(nnz, 0);
+  for (int64_t u = 0; u < groups.num_unique(); ++u) {
+    const int64_t first = groups.run_starts[u], last = groups.run_starts[u + 1];
+    EXPECT(first < last);
+    const int64_t index = indices[groups.positions[first]];
+    if (u > 0) {
+      EXPECT(indices[groups.positions[groups.run_starts[u - 1]]] < index);
+    }
+    for (int64_t k = first; k < last; ++k) {
+      EXPECT(indices[groups.positions[k]] == index);
+      if (k > first) EXPECT(groups.positions[k - 1] < groups.positions[k]);
+      ++seen[groups.positions[k]];
+    }
+  }
+  for (int64_t i = 0; i < nnz; ++i) EXPECT(seen[i] == 1);
+}
+
+void TestGrouping() {
+  std::mt19937_64 rng(0);
+  struct Case {
+    int64_t num_rows, nnz;
+  };
+  // Includes num_rows so large that (index, position) cannot share 64 bits.
+  const Case cases[] = {{1, 0},       {1, 5},          {2, 1},
+                        {7, 100},     {1 << 20, 8192}, {1000, 100000},
+                        {int64_t{1} << 62, 1000},
+                        {INT64_MAX, 50}};
+  for (const Case& c : cases) {
+    std::vector<int64_t> indices(c.nnz);
+    for (auto& index : indices) {
+      // Draw from a few values to force duplicates, spread over the range.
+      index = static_cast<int64_t>((rng() % 17) * (c.num_rows / 17)) % c.num_rows;
+    }
+    ExpectValidGroups(indices, tf_adagrad::GroupRowsByIndex(
+                                   indices.data(), c.nnz, c.num_rows));
+    std::vector<int32_t> narrow(indices.begin(), indices.end());
+    if (c.num_rows <= INT32_MAX) {
+      RowGroups g = tf_adagrad::GroupRowsByIndex(narrow.data(), c.nnz, c.num_rows);
+      ExpectValidGroups(indices, g);
+    }
+  }
+}
+
+void TestHalfConversions() {
+  // Every half round-trips through float (NaNs stay NaN).
+  for (uint32_t bits = 0; bits < 0x10000; ++bits) {
+    const float f = tf_adagrad::HalfToFloat(static_cast<uint16_t>(bits));
+    if (std::isnan(f)) {
+      EXPECT(std::isnan(tf_adagrad::HalfToFloat(tf_adagrad::FloatToHalf(f))));
+    } else {
+      EXPECT(tf_adagrad::FloatToHalf(f) == bits);
+    }
+  }
+  EXPECT(tf_adagrad::HalfToFloat(0x0001) == std::ldexp(1.0f, -24));
+  EXPECT(tf_adagrad::HalfToFloat(0x7bff) == 65504.0f);
+  EXPECT(tf_adagrad::FloatToHalf(65519.0f) == 0x7bff);
+  EXPECT(tf_adagrad::FloatToHalf(65520.0f) == 0x7c00);
+  EXPECT(tf_adagrad::FloatToHalf(std::ldexp(1.0f, -25)) == 0);       // tie -> even
+  EXPECT(tf_adagrad::FloatToHalf(std::ldexp(1.5f, -25)) == 0x0001);  // above tie
+  EXPECT(tf_adagrad::FloatToHalf(std::ldexp(3.0f, -25)) == 0x0002);  // tie -> even
+  EXPECT(tf_adagrad::FloatToHalf(-0.0f) == 0x8000);
+}
+
+void TestBFloat16Conversions() {
+  for (uint32_t bits = 0; bits < 0x10000; ++bits) {
+    const float f = tf_adagrad::BFloat16ToFloat(static_cast<uint16_t>(bits));
+    if (!std::isnan(f)) EXPECT(tf_adagrad::FloatToBFloat16(f) == bits);
+  }
+  // 1 + 2^-8 is halfway between two bfloat16 values: ties go to even.
+  EXPECT(tf_adagrad::FloatToBFloat16(1.0f + std::ldexp(1.0f, -8)) == 0x3f80);
+  EXPECT(tf_adagrad::FloatToBFloat16(1.0f + std::ldexp(3.0f, -8)) == 0x3f82);
+  EXPECT(std::isnan(tf_adagrad::BFloat16ToFloat(tf_adagrad::FloatToBFloat16(NAN))));
+}
+
+void TestSparseUpdateMatchesScalarReference() {
+  std::mt19937_64 rng(1);
+  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  const int64_t num_rows = 50, row_size = 3, nnz = 200;
+  std::vector<float> var(num_rows * row_size), accum(num_rows * row_size, 0.1f);
+  for (auto& v : var) v = uniform(rng);
+  std::vector<float> grad(nnz * row_size);
+  for (auto& g : grad) g = uniform(rng);
+  std::vector<int64_t> indices(nnz);
+  for (auto& i : indices) i = rng() % 20;
+  // Reference: densify in position order, then update touched rows.
+  std::vector<float> dense(num_rows * row_size, 0.0f);
+  std::vector<bool> touched(num_rows, false);
+  for (int64_t k = 0; k < nnz; ++k) {
+    touched[indices[k]] = true;
+    for (int64_t j = 0; j < row_size; ++j) {
+      dense[indices[k] * row_size + j] += grad[k * row_size + j];
+    }
+  }
+  std::vector<float> want_var = var, want_accum = accum;
+  for (int64_t r = 0; r < num_rows; ++r) {
+    if (!touched[r]) continue;
+    for (int64_t j = 0; j < row_size; ++j) {
+      const int64_t e = r * row_size + j;
+      want_accum[e] += dense[e] * dense[e];
+      want_var[e] -= 0.1f * dense[e] / std::sqrt(want_accum[e] + 1e-7f);
+    }
+  }
+  const RowGroups groups = tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
+  std::vector<float> scratch(row_size);
+  tf_adagrad::AdagradSparseRows(var.data(), accum.data(), grad.data(), indices.data(),
+                                groups, row_size, 0.1f, 1e-7f, 0, groups.num_unique(),
+                                scratch.data());
+  for (size_t e = 0; e < var.size(); ++e) {
+    EXPECT(var[e] == want_var[e]);
+    EXPECT(accum[e] == want_accum[e]);
+  }
+}
+
+}  // namespace
+
+int main() {
+  TestGrouping();
+  TestHalfConversions();
+  TestBFloat16Conversions();
+  TestSparseUpdateMatchesScalarReference();
+  if (failures) {
+    std::fprintf(stderr, "%d expectation(s) failed\n", failures);
+    return 1;
+  }
+  std::printf("adagrad_math_test: all expectations held\n");
+  return 0;
+}
