@@ -144,6 +144,32 @@ void TestSparseUpdateMatchesScalarReference() {
   }
 }
 
+// The vectorized float16 path (F16C, where the CPU has it) must give the
+// scalar path's bits, across the whole range: subnormals, overflow, ties.
+void TestHalfDenseVectorPathMatchesScalar() {
+  std::mt19937_64 rng(2);
+  const int64_t n = 4099;  // not a multiple of the vector width
+  std::vector<tf_adagrad::Float16> var(n), accum(n), grad(n);
+  for (int64_t i = 0; i < n; ++i) {
+    var[i].bits = static_cast<uint16_t>(rng());
+    accum[i].bits = static_cast<uint16_t>(rng() & 0x7fff);  // non-negative
+    grad[i].bits = static_cast<uint16_t>(rng());
+  }
+  for (float lr : {1e-3f, 1.0f, 3e4f}) {
+    std::vector<tf_adagrad::Float16> v1 = var, a1 = accum, v2 = var, a2 = accum;
+    tf_adagrad::AdagradDenseRange(v1.data(), a1.data(), grad.data(), lr, 1e-3f, 0, n);
+    tf_adagrad::AdagradDenseRangeScalar(v2.data(), a2.data(), grad.data(), lr, 1e-3f, 0, n);
+    for (int64_t i = 0; i < n; ++i) {
+      const float x1 = tf_adagrad::HalfToFloat(v1[i].bits);
+      const float x2 = tf_adagrad::HalfToFloat(v2[i].bits);
+      EXPECT(v1[i].bits == v2[i].bits || (std::isnan(x1) && std::isnan(x2)));
+      EXPECT(a1[i].bits == a2[i].bits ||
+             (std::isnan(tf_adagrad::HalfToFloat(a1[i].bits)) &&
+              std::isnan(tf_adagrad::HalfToFloat(a2[i].bits))));
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -151,6 +177,7 @@ int main() {
   TestHalfConversions();
   TestBFloat16Conversions();
   TestSparseUpdateMatchesScalarReference();
+  TestHalfDenseVectorPathMatchesScalar();
   if (failures) {
     std::fprintf(stderr, "%d expectation(s) failed\n", failures);
     return 1;
