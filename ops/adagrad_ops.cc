@@ -47,18 +47,24 @@ absl::Status CheckScalarHyperparameters(const char* op, InferenceContext* c,
   return absl::OkStatus();
 }
 
-// Inputs: var, accum, lr, epsilon, grad.
-absl::Status ApplyDenseShape(InferenceContext* c) {
-  const char* op = kApplyDense;
+// What both ops check: scalar lr and epsilon, and var and accum of one
+// shape, which is returned in `var_shape`.
+absl::Status CheckCommonInputs(const char* op, InferenceContext* c,
+                               ShapeHandle* var_shape) {
   TF_RETURN_IF_ERROR(CheckScalarHyperparameters(op, c, 2));
   ShapeHandle var = VariableShape(c, 0);
   ShapeHandle accum = VariableShape(c, 1);
-  ShapeHandle grad = c->input(4);
+  return Expect(op, c->Merge(var, accum, var_shape), c,
+                "`accum` shape to equal `var` shape " + c->DebugString(var),
+                accum);
+}
+
+// Inputs: var, accum, lr, epsilon, grad.
+absl::Status ApplyDenseShape(InferenceContext* c) {
+  const char* op = kApplyDense;
   ShapeHandle merged;
-  TF_RETURN_IF_ERROR(Expect(op, c->Merge(var, accum, &merged), c,
-                            "`accum` shape to equal `var` shape " +
-                                c->DebugString(var),
-                            accum));
+  TF_RETURN_IF_ERROR(CheckCommonInputs(op, c, &merged));
+  ShapeHandle grad = c->input(4);
   TF_RETURN_IF_ERROR(Expect(op, c->Merge(merged, grad, &merged), c,
                             "`grad` shape to equal `var` shape " +
                                 c->DebugString(merged),
@@ -69,16 +75,10 @@ absl::Status ApplyDenseShape(InferenceContext* c) {
 // Inputs: var, accum, lr, epsilon, grad, indices.
 absl::Status ApplySparseShape(InferenceContext* c) {
   const char* op = kApplySparse;
-  TF_RETURN_IF_ERROR(CheckScalarHyperparameters(op, c, 2));
-  ShapeHandle var = VariableShape(c, 0);
-  ShapeHandle accum = VariableShape(c, 1);
+  ShapeHandle merged, checked;
+  TF_RETURN_IF_ERROR(CheckCommonInputs(op, c, &merged));
   ShapeHandle grad = c->input(4);
   ShapeHandle indices = c->input(5);
-  ShapeHandle merged, checked;
-  TF_RETURN_IF_ERROR(Expect(op, c->Merge(var, accum, &merged), c,
-                            "`accum` shape to equal `var` shape " +
-                                c->DebugString(var),
-                            accum));
   TF_RETURN_IF_ERROR(Expect(op, c->WithRankAtLeast(merged, 1, &checked), c,
                             "`var` of rank >= 1", merged));
   merged = checked;
