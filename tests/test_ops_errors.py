@@ -28,8 +28,8 @@ def assert_untouched(v, a, var0, accum0):
     np.testing.assert_array_equal(bits(a.numpy()), bits(accum0))
 
 
-def dense(v, a, grad, lr=0.1, epsilon=1e-7, dtype=tf.float32):
-    raw_ops().tf_adagrad_apply_dense(
+def common_inputs(v, a, grad, lr, epsilon, dtype):
+    return dict(
         var=v.handle,
         accum=a.handle,
         lr=tf.constant(lr, dtype),
@@ -38,14 +38,13 @@ def dense(v, a, grad, lr=0.1, epsilon=1e-7, dtype=tf.float32):
     )
 
 
+def dense(v, a, grad, lr=0.1, epsilon=1e-7, dtype=tf.float32):
+    raw_ops().tf_adagrad_apply_dense(**common_inputs(v, a, grad, lr, epsilon, dtype))
+
+
 def sparse(v, a, grad, indices, lr=0.1, epsilon=1e-7, dtype=tf.float32, index_dtype=tf.int64):
     raw_ops().tf_adagrad_apply_sparse(
-        var=v.handle,
-        accum=a.handle,
-        lr=tf.constant(lr, dtype),
-        epsilon=tf.constant(epsilon, dtype),
-        grad=tf.constant(grad, dtype),
-        indices=tf.constant(indices, index_dtype),
+        **common_inputs(v, a, grad, lr, epsilon, dtype), indices=tf.constant(indices, index_dtype)
     )
 
 
