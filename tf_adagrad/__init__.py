@@ -5,7 +5,8 @@ The op library (`_tf_adagrad_ops.so`) is loaded on first use, not at import.
 
 from tf_adagrad import ops
 from tf_adagrad.ops import OpLibraryError
+from tf_adagrad.optimizer import Adagrad
 
 __version__ = "0.1.0"
 
-__all__ = ["OpLibraryError", "ops", "__version__"]
+__all__ = ["Adagrad", "OpLibraryError", "ops", "__version__"]
