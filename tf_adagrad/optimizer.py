@@ -221,8 +221,11 @@ def _sparse_update_in_tf_ops(variable, accumulator, lr, epsilon, values, indices
     starts_run = tf.concat([[True], sorted_indices[1:] != sorted_indices[:-1]], axis=0)
     starts_run = starts_run[:num_positions]  # no positions, no runs
     run_ids = tf.cumsum(tf.cast(starts_run, tf.int32)) - 1
+    # Summed in the compute type, as the kernel does (16-bit sums would round).
     summed = tf.math.unsorted_segment_sum(
-        tf.gather(values, order), run_ids, num_segments=num_positions
+        tf.cast(tf.gather(values, order), _compute_dtype(values.dtype)),
+        run_ids,
+        num_segments=num_positions,
     )
     grad_rows = tf.gather(summed, run_ids)
     new_var, new_accum = _updated_rows(

@@ -1,0 +1,219 @@
+"""tf_adagrad.Adagrad in real training: fit() with an Embedding table, XLA,
+the sparse path's cost, .keras files and checkpoints shared with Keras."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_adagrad
+import tf_adagrad.optimizer
+from adagrad_reference import bits
+from keras_reference import DensifyingKerasAdagrad, exact_graph_math, make_variables
+
+NUM_ROWS, DIM, FIELDS = 500, 8, 4
+
+
+def embedding_model(seed=7):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((FIELDS,), dtype="int32")
+    x = keras.layers.Embedding(NUM_ROWS, DIM)(inputs)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(16, activation="relu")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs)
+
+
+def click_data(num_examples=512, seed=0):
+    """Zipf-like ids (many duplicates per batch) and a label the ids predict."""
+    rng = np.random.default_rng(seed)
+    ids = np.minimum(rng.zipf(1.3, (num_examples, FIELDS)) - 1, NUM_ROWS - 1).astype(np.int32)
+    row_score = np.random.default_rng(99).standard_normal(NUM_ROWS)
+    labels = (row_score[ids].sum(axis=1) > 0).astype(np.float32)
+    return ids, labels
+
+
+def fit(optimizer, epochs=2, jit_compile=False, data=None):
+    model = embedding_model()
+    model.compile(optimizer=optimizer, loss="binary_crossentropy", jit_compile=jit_compile)
+    ids, labels = data or click_data()
+    history = model.fit(ids, labels, batch_size=32, epochs=epochs, shuffle=False, verbose=0)
+    return model, history.history["loss"]
+
+
+class CallCounter:
+    """Counts the calls (at trace time) of a function it replaces."""
+
+    def __init__(self, monkeypatch, owner, name):
+        self.calls = 0
+        original = getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+
+
+def test_fit_is_bit_identical_to_keras_on_the_densified_gradient(monkeypatch):
+    fused_sparse = CallCounter(monkeypatch, tf_adagrad.optimizer.ops, "sparse_apply_adagrad")
+    with exact_graph_math():
+        ours, ours_loss = fit(tf_adagrad.Adagrad(learning_rate=0.1))
+        theirs, theirs_loss = fit(DensifyingKerasAdagrad(learning_rate=0.1))
+    # fit() gave the Embedding's gradient as IndexedSlices to the fused op.
+    assert fused_sparse.calls >= 1
+    assert ours_loss == theirs_loss
+    for a, b in zip(ours.weights + ours.optimizer.variables, theirs.weights + theirs.optimizer.variables):
+        np.testing.assert_array_equal(bits(a.numpy()), bits(b.numpy()), err_msg=a.path)
+    # Learning happened.
+    assert ours_loss[-1] < ours_loss[0]
+
+
+def test_fit_loss_matches_keras_with_default_graph_rewrites():
+    """With Grappler's rewrites on (the default), Keras' own Adagrad moves by
+    float32 rounding only; the loss trajectories agree closely."""
+    _, ours_loss = fit(tf_adagrad.Adagrad(learning_rate=0.1))
+    _, theirs_loss = fit(DensifyingKerasAdagrad(learning_rate=0.1))
+    np.testing.assert_allclose(ours_loss, theirs_loss, rtol=1e-5)
+
+
+def test_fit_with_jit_compile_uses_plain_ops_and_matches(monkeypatch):
+    fused_sparse = CallCounter(monkeypatch, tf_adagrad.optimizer.ops, "sparse_apply_adagrad")
+    fused_dense = CallCounter(monkeypatch, tf_adagrad.optimizer.ops, "apply_adagrad")
+    xla_sparse = CallCounter(monkeypatch, tf_adagrad.optimizer, "_sparse_update_in_tf_ops")
+    xla_dense = CallCounter(monkeypatch, tf_adagrad.optimizer, "_dense_update_in_tf_ops")
+    xla_model, xla_loss = fit(tf_adagrad.Adagrad(learning_rate=0.1), jit_compile=True)
+    assert (fused_sparse.calls, fused_dense.calls) == (0, 0)
+    assert xla_sparse.calls >= 1 and xla_dense.calls >= 1
+    model, loss = fit(tf_adagrad.Adagrad(learning_rate=0.1))
+    assert fused_sparse.calls >= 1
+    # XLA compiles the whole step (model included) with its own fusions,
+    # FMA contraction and x/sqrt(y) -> x*rsqrt(y): float32 rounding apart.
+    np.testing.assert_allclose(xla_loss, loss, rtol=1e-5)
+    for a, b in zip(xla_model.weights, model.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+
+
+MACHINE_EPSILON = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_xla_update_equals_fused_kernels(dtype):
+    """The plain-op math used under XLA against the kernels, dense and
+    sparse with duplicates: equal up to the ulp of a step (lr * g / sqrt(a))
+    that XLA's FMA contraction and rsqrt rewrite may move. 16-bit sums stay
+    in float32, as in the kernel."""
+    rng = np.random.default_rng(4)
+    steps = []
+    for _ in range(4):
+        indices = tf.constant(rng.integers(0, 10, 12), tf.int64)
+        values = tf.constant(rng.uniform(-1, 1, (12, 3)), dtype)
+        steps.append([tf.IndexedSlices(values, indices, tf.constant([40, 3], tf.int64)), tf.constant(rng.uniform(-1, 1, (5,)), dtype)])
+    results = []
+    for jit_compile in (False, True):
+        variables = make_variables([(40, 3), (5,)], dtype)
+        optimizer = tf_adagrad.Adagrad(learning_rate=0.3)
+        step = tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=jit_compile)
+        for grads in steps:
+            step(grads)
+        results.append([v.numpy() for v in variables + optimizer.variables[2:]])
+    epsilon = MACHINE_EPSILON[dtype]
+    for xla, fused in zip(*results):
+        np.testing.assert_allclose(xla.astype(np.float64), fused.astype(np.float64), rtol=2 * epsilon, atol=2 * epsilon * 0.3)
+
+
+def test_xla_sparse_update_with_no_rows():
+    variables = make_variables([(10, 2)])
+    before = variables[0].numpy()
+    optimizer = tf_adagrad.Adagrad(learning_rate=0.3)
+    empty = tf.IndexedSlices(tf.zeros((0, 2)), tf.zeros((0,), tf.int32), tf.constant([10, 2]))
+    tf.function(lambda g: optimizer.apply([g], variables), jit_compile=True)(empty)
+    np.testing.assert_array_equal(variables[0].numpy(), before)
+
+
+TABLE_ROWS = 100_000
+
+
+def traced_sparse_step(jit_compile):
+    """The graph of one optimizer step on a 100k-row table's IndexedSlices."""
+    table = keras.Variable(np.zeros((TABLE_ROWS, 16), np.float32))
+    optimizer = tf_adagrad.Adagrad()
+    optimizer.build([table])
+
+    @tf.function(jit_compile=jit_compile)
+    def step(values, indices):
+        optimizer.apply([tf.IndexedSlices(values, indices, tf.constant([TABLE_ROWS, 16]))], [table])
+
+    return step.get_concrete_function(
+        tf.TensorSpec([256, 16], tf.float32), tf.TensorSpec([256], tf.int32)
+    ).graph
+
+
+def ops_in(graph):
+    for op in graph.get_operations():
+        yield op
+        for attr in ("then_branch", "else_branch", "body", "cond", "f"):
+            try:
+                function_name = op.get_attr(attr).name
+            except (ValueError, AttributeError):
+                continue
+            yield from ops_in(graph._get_function(function_name).graph)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["fused", "xla"])
+def test_sparse_step_runs_no_full_table_op(jit_compile):
+    """No op of the traced step reads, writes or builds a tensor the size of
+    the table: only the 256 named rows move."""
+    graph = traced_sparse_step(jit_compile)
+    op_types = {op.type for op in ops_in(graph)}
+    assert ("TfAdagrad>ApplySparse" in op_types) is not jit_compile
+    for op in ops_in(graph):
+        assert op.type != "ReadVariableOp" or op.outputs[0].shape.num_elements() in (0, 1), op
+        for tensor in op.outputs:
+            if tensor.dtype != tf.resource and tensor.shape.rank is not None and tensor.shape.rank > 0:
+                assert tensor.shape[0] != TABLE_ROWS, f"{op.type} {op.name} makes {tensor.shape}"
+
+
+def test_keras_save_load_then_continue_equals_uninterrupted(tmp_path):
+    ids, labels = click_data()
+    first, second = (ids[:256], labels[:256]), (ids[256:], labels[256:])
+
+    uninterrupted = embedding_model()
+    uninterrupted.compile(optimizer=tf_adagrad.Adagrad(learning_rate=0.1), loss="binary_crossentropy")
+    uninterrupted.fit(*first, batch_size=32, shuffle=False, verbose=0)
+    uninterrupted.fit(*second, batch_size=32, shuffle=False, verbose=0)
+
+    model = embedding_model()
+    model.compile(optimizer=tf_adagrad.Adagrad(learning_rate=0.1), loss="binary_crossentropy")
+    model.fit(*first, batch_size=32, shuffle=False, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.optimizer) is tf_adagrad.Adagrad
+    assert int(loaded.optimizer.iterations.numpy()) == 8
+    loaded.fit(*second, batch_size=32, shuffle=False, verbose=0)
+    for a, b in zip(loaded.weights + loaded.optimizer.variables, uninterrupted.weights + uninterrupted.optimizer.variables):
+        np.testing.assert_array_equal(bits(a.numpy()), bits(b.numpy()), err_msg=a.path)
+
+
+@pytest.mark.parametrize(
+    "writer, reader",
+    [(keras.optimizers.Adagrad, tf_adagrad.Adagrad), (tf_adagrad.Adagrad, keras.optimizers.Adagrad)],
+    ids=["keras-to-tf_adagrad", "tf_adagrad-to-keras"],
+)
+def test_checkpoint_interop(tmp_path, writer, reader):
+    ids, labels = click_data()
+    model = embedding_model()
+    model.compile(optimizer=writer(learning_rate=0.1, initial_accumulator_value=0.2), loss="binary_crossentropy")
+    model.fit(ids[:256], labels[:256], batch_size=32, shuffle=False, verbose=0)
+    path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(str(tmp_path / "ckpt"))
+
+    restored = embedding_model(seed=123)  # different initial weights
+    optimizer = reader(learning_rate=0.1, initial_accumulator_value=0.2)
+    optimizer.build(restored.trainable_variables)
+    tf.train.Checkpoint(model=restored, optimizer=optimizer).restore(path).assert_consumed()
+    assert int(optimizer.iterations.numpy()) == 8
+    for a, b in zip(restored.weights + optimizer.variables, model.weights + model.optimizer.variables):
+        np.testing.assert_array_equal(bits(a.numpy()), bits(b.numpy()), err_msg=a.path)
+    accumulator = optimizer.variables[2].numpy()
+    assert np.any(accumulator > 0.2) and np.any(accumulator == np.float32(0.2))  # some rows trained
