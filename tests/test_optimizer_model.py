@@ -217,3 +217,32 @@ def test_checkpoint_interop(tmp_path, writer, reader):
         np.testing.assert_array_equal(bits(a.numpy()), bits(b.numpy()), err_msg=a.path)
     accumulator = optimizer.variables[2].numpy()
     assert np.any(accumulator > 0.2) and np.any(accumulator == np.float32(0.2))  # some rows trained
+
+
+def out_of_range_step(jit_compile):
+    variables = make_variables([(10, 2)])
+    optimizer = tf_adagrad.Adagrad(learning_rate=1.0)
+    optimizer.build(variables)
+    before = [v.numpy() for v in variables + optimizer.variables]
+    grad = tf.IndexedSlices(tf.ones((3, 2)), tf.constant([1, 10, 4]), tf.constant([10, 2]))
+    step = tf.function(lambda g: optimizer.apply([g], variables), jit_compile=jit_compile)
+    return step, grad, variables + optimizer.variables, before
+
+
+def test_out_of_range_index_raises_and_writes_nothing():
+    step, grad, variables, before = out_of_range_step(jit_compile=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"got indices\[1\] = 10; nothing was updated"):
+        step(grad)
+    for v, b in zip(variables, before):
+        if "iteration" not in v.path:
+            np.testing.assert_array_equal(v.numpy(), b)
+
+
+def test_out_of_range_index_under_xla_is_dropped():
+    """The limit README states: XLA has no run-time errors, and its scatter
+    drops rows outside the table; the other rows are updated."""
+    step, grad, variables, before = out_of_range_step(jit_compile=True)
+    step(grad)
+    table = variables[0].numpy()
+    changed_rows = sorted(set(np.nonzero(table != before[0])[0]))
+    assert changed_rows == [1, 4]
