@@ -6,7 +6,8 @@ BAZEL ?= bazel
 # Where Debian's bazel-platforms and bazel-rules-java put the local repos
 # that WORKSPACE points to.
 DEBIAN_BAZEL_REPOS := /usr/share/bazel
-BAZEL_TARGETS := //:tf_adagrad/_tf_adagrad_ops.so //:build_info //tests/cc:adagrad_math_test
+BAZEL_TARGETS := //:tf_adagrad/_tf_adagrad_ops.so //:build_info //tests/cc:adagrad_math_test \
+  //tests/cc:adagrad_math_sanitize_test
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: build test demo bench clean

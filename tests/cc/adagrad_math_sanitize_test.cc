@@ -1,0 +1,245 @@
+// kernels/adagrad_math.h under AddressSanitizer and UndefinedBehaviorSanitizer
+// (see BUILD): every input lives in a heap block that ends exactly where the
+// data ends, so one element read or written past the end is reported, and
+// data starts at offsets that break 16- and 32-byte alignment. Edge sizes
+// around the vector widths, empty inputs, heavy duplicates, indices at the
+// edges of their types, all storage and index types. The results are checked
+// against the scalar update applied to the densified gradient.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "kernels/adagrad_math.h"
+
+namespace {
+
+int failures = 0;
+int64_t checks = 0;
+
+#define EXPECT(condition)                                            \
+  do {                                                               \
+    ++checks;                                                        \
+    if (!(condition)) {                                              \
+      std::fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, \
+                   #condition);                                      \
+      ++failures;                                                    \
+    }                                                                \
+  } while (0)
+
+using tf_adagrad::Arithmetic;
+using tf_adagrad::BFloat16;
+using tf_adagrad::ComputeType;
+using tf_adagrad::Float16;
+
+// `size` elements at `offset` elements into a heap block of exactly
+// offset + size elements.
+template <typename T>
+class TightBuffer {
+ public:
+  TightBuffer(int64_t size, int64_t offset)
+      : block_(new T[offset + size]), data_(block_.get() + offset), size_(size) {}
+  T* data() { return data_; }
+  T& operator[](int64_t i) { return data_[i]; }
+  std::vector<T> copy() const { return std::vector<T>(data_, data_ + size_); }
+
+ private:
+  std::unique_ptr<T[]> block_;
+  T* data_;
+  int64_t size_;
+};
+
+template <typename T>
+T FromFloat(float x) {
+  return Arithmetic<T>::Store(static_cast<ComputeType<T>>(x));
+}
+
+template <typename T>
+bool SameBits(const T& a, const T& b) {
+  return std::memcmp(&a, &b, sizeof(T)) == 0;
+}
+
+template <typename T>
+void Fill(TightBuffer<T>& buffer, int64_t size, std::mt19937_64& rng,
+          float low, float high) {
+  std::uniform_real_distribution<float> uniform(low, high);
+  for (int64_t i = 0; i < size; ++i) buffer[i] = FromFloat<T>(uniform(rng));
+}
+
+template <typename T>
+void TestDense(std::mt19937_64& rng) {
+  const int64_t sizes[] = {0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 1000, 4099};
+  for (int64_t size : sizes) {
+    for (int64_t offset : {0, 1, 3}) {
+      TightBuffer<T> var(size, offset), accum(size, offset), grad(size, offset);
+      Fill(var, size, rng, -2.0f, 2.0f);
+      Fill(accum, size, rng, 0.0f, 1.0f);
+      Fill(grad, size, rng, -1.0f, 1.0f);
+      std::vector<T> want_var = var.copy(), want_accum = accum.copy();
+      const ComputeType<T> lr = 0.1f, epsilon = 1e-3f;
+      tf_adagrad::AdagradDenseRangeScalar(want_var.data(), want_accum.data(),
+                                          grad.data(), lr, epsilon, 0, size);
+      tf_adagrad::AdagradDenseRange(var.data(), accum.data(), grad.data(), lr,
+                                    epsilon, 0, size);
+      for (int64_t i = 0; i < size; ++i) {
+        EXPECT(SameBits(var[i], want_var[i]));
+        EXPECT(SameBits(accum[i], want_accum[i]));
+      }
+    }
+  }
+}
+
+template <typename Index>
+void TestOutOfRange() {
+  const Index max = std::numeric_limits<Index>::max();
+  const Index min = std::numeric_limits<Index>::min();
+  struct Case {
+    std::vector<Index> indices;
+    int64_t num_rows, want;
+  };
+  const Case cases[] = {
+      {{}, 10, -1},
+      {{0, 9, 3}, 10, -1},
+      {{0, 10, 3}, 10, 1},
+      {{2, -1}, 10, 1},
+      {{min}, 10, 0},
+      {{max}, 10, 0},
+      {{max - 1, max}, static_cast<int64_t>(max), 1},
+      {{5}, 0, 0},
+  };
+  for (const Case& c : cases) {
+    TightBuffer<Index> indices(c.indices.size(), 1);
+    for (size_t i = 0; i < c.indices.size(); ++i) indices[i] = c.indices[i];
+    EXPECT(tf_adagrad::FindOutOfRangeIndex(indices.data(), c.indices.size(),
+                                           c.num_rows) == c.want);
+  }
+}
+
+template <typename T, typename Index>
+void TestSparse(std::mt19937_64& rng) {
+  using C = ComputeType<T>;
+  const int64_t row_sizes[] = {1, 3, 64, 1000};
+  const int64_t nnzs[] = {0, 1, 5, 200};
+  const int64_t num_rows_list[] = {1, 7, 50};
+  for (int64_t row_size : row_sizes) {
+    for (int64_t nnz : nnzs) {
+      for (int64_t num_rows : num_rows_list) {
+        if (row_size * nnz > 50000) continue;  // keeps the run short
+        const int64_t offset = (row_size + nnz) % 3;
+        const int64_t table = num_rows * row_size;
+        TightBuffer<T> var(table, offset), accum(table, offset);
+        TightBuffer<T> grad(nnz * row_size, offset);
+        TightBuffer<Index> indices(nnz, offset);
+        Fill(var, table, rng, -2.0f, 2.0f);
+        Fill(accum, table, rng, 0.0f, 1.0f);
+        Fill(grad, nnz * row_size, rng, -1.0f, 1.0f);
+        // Heavy duplicates: indices drawn from the first few rows.
+        const int64_t distinct = num_rows < 4 ? num_rows : num_rows / 4;
+        for (int64_t k = 0; k < nnz; ++k) indices[k] = static_cast<Index>(rng() % distinct);
+        EXPECT(tf_adagrad::FindOutOfRangeIndex(indices.data(), nnz, num_rows) == -1);
+
+        // Reference: densify in position order (compute type), then the
+        // scalar dense update of each touched row.
+        std::vector<C> dense(table, C(0));
+        std::vector<bool> touched(num_rows, false);
+        for (int64_t k = 0; k < nnz; ++k) {
+          touched[indices[k]] = true;
+          for (int64_t j = 0; j < row_size; ++j) {
+            dense[indices[k] * row_size + j] += Arithmetic<T>::Load(grad[k * row_size + j]);
+          }
+        }
+        std::vector<T> want_var = var.copy(), want_accum = accum.copy();
+        for (int64_t e = 0; e < table; ++e) {
+          if (!touched[e / row_size]) continue;
+          C v = Arithmetic<T>::Load(want_var[e]), a = Arithmetic<T>::Load(want_accum[e]);
+          tf_adagrad::UpdateElement(C(0.1f), C(1e-3f), dense[e], &v, &a);
+          want_var[e] = Arithmetic<T>::Store(v);
+          want_accum[e] = Arithmetic<T>::Store(a);
+        }
+
+        const tf_adagrad::RowGroups groups =
+            tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
+        TightBuffer<C> scratch(row_size, 0);
+        // Two halves, as two shards would run them.
+        const int64_t middle = groups.num_unique() / 2;
+        tf_adagrad::AdagradSparseRows(var.data(), accum.data(), grad.data(),
+                                      indices.data(), groups, row_size, C(0.1f),
+                                      C(1e-3f), 0, middle, scratch.data());
+        tf_adagrad::AdagradSparseRows(var.data(), accum.data(), grad.data(),
+                                      indices.data(), groups, row_size, C(0.1f),
+                                      C(1e-3f), middle, groups.num_unique(),
+                                      scratch.data());
+        for (int64_t e = 0; e < table; ++e) {
+          EXPECT(SameBits(var[e], want_var[e]));
+          EXPECT(SameBits(accum[e], want_accum[e]));
+        }
+      }
+    }
+  }
+}
+
+// Tables too tall for (index, position) to share 64 bits take the unpacked
+// sort; indices near the top of int64 must not overflow a shift.
+void TestGroupingOfHugeIndices(std::mt19937_64& rng) {
+  const int64_t nnz = 300;
+  TightBuffer<int64_t> indices(nnz, 1);
+  for (int64_t k = 0; k < nnz; ++k) {
+    indices[k] = INT64_MAX - 1 - static_cast<int64_t>(rng() % 7);
+  }
+  const tf_adagrad::RowGroups groups =
+      tf_adagrad::GroupRowsByIndex(indices.data(), nnz, INT64_MAX);
+  EXPECT(groups.num_unique() <= 7);
+  for (int64_t u = 0; u + 1 < groups.num_unique(); ++u) {
+    EXPECT(indices[groups.positions[groups.run_starts[u]]] <
+           indices[groups.positions[groups.run_starts[u + 1]]]);
+  }
+}
+
+template <typename T>
+void TestAllIndexTypes(std::mt19937_64& rng) {
+  TestDense<T>(rng);
+  TestSparse<T, int32_t>(rng);
+  TestSparse<T, int64_t>(rng);
+}
+
+// Deliberate bugs, so the test can prove the sanitizers are active.
+int PlantedBug(const char* which) {
+  volatile int64_t four = 4;  // sizes the compiler cannot see through
+  if (std::strcmp(which, "--plant-overflow") == 0) {
+    TightBuffer<float> buffer(four, 1);
+    return static_cast<int>(buffer[four]);
+  }
+  if (std::strcmp(which, "--plant-signed-overflow") == 0) {
+    const int64_t big = INT64_MAX - 3 + four;
+    std::printf("%lld\n", static_cast<long long>(big));
+    return 0;
+  }
+  std::fprintf(stderr, "unknown argument %s\n", which);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1) return PlantedBug(argv[1]);
+  std::mt19937_64 rng(7);
+  TestAllIndexTypes<Float16>(rng);
+  TestAllIndexTypes<BFloat16>(rng);
+  TestAllIndexTypes<float>(rng);
+  TestAllIndexTypes<double>(rng);
+  TestOutOfRange<int32_t>();
+  TestOutOfRange<int64_t>();
+  TestGroupingOfHugeIndices(rng);
+  if (failures) {
+    std::fprintf(stderr, "%d of %lld expectation(s) failed\n", failures,
+                 static_cast<long long>(checks));
+    return 1;
+  }
+  std::printf("adagrad_math_sanitize_test: %lld expectations held\n",
+              static_cast<long long>(checks));
+  return 0;
+}
