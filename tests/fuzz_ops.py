@@ -1,0 +1,257 @@
+"""Fuzzes TfAdagrad>ApplyDense and TfAdagrad>ApplySparse with generated inputs,
+valid and invalid, through the raw ops (no Python-side checks in the way).
+
+Every call must either succeed and match the NumPy reference bit for bit
+(NaN for NaN), when the inputs are valid, or raise the documented TF error
+class, with a message that says what was expected, and leave var and accum
+bit-identical to before, when they are not. Which of the two is predicted
+here from the documented rules, independently of the kernels.
+
+Run by tests/test_ops_fuzz.py in a subprocess, so that a crash fails the test:
+    python tests/fuzz_ops.py --examples 10000 --seed 1234
+"""
+
+import argparse
+import collections
+import itertools
+import os
+import sys
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from adagrad_reference import bits, dense_step_exact, np_dtype, sparse_step_exact  # noqa: E402
+
+import tf_adagrad  # noqa: E402
+
+DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
+# Normal numbers only: TF runs CPU kernels with denormals flushed to zero,
+# which NumPy does not model. Zero, NaN and the infinities are included.
+MAGNITUDES = [0.0, 1e-3, 0.01, 0.5, 1.0, 3.0, 100.0, 1e3]
+SPECIALS = [np.nan, np.inf, -np.inf]
+
+counts = collections.Counter()
+uninitialized_names = itertools.count()
+
+
+def values(draw, shape, dtype, allow_specials):
+    size = int(np.prod(shape, dtype=np.int64))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    out = rng.choice(MAGNITUDES, size) * rng.choice([-1.0, 1.0], size)
+    if allow_specials and size and draw(st.integers(0, 9)) == 0:
+        out[rng.integers(0, size, max(1, size // 10))] = rng.choice(SPECIALS, max(1, size // 10))
+    return out.reshape(shape).astype(np_dtype(dtype))
+
+
+def shapes(draw, rank_min=0, rank_max=3):
+    if draw(st.integers(0, 19)) == 0:  # very large rows, few of them
+        return (draw(st.integers(1, 2)), draw(st.integers(10_000, 70_000)))
+    rank = draw(st.integers(rank_min, rank_max))
+    return tuple(draw(st.integers(0, 5)) for _ in range(rank))
+
+
+def mutated(draw, shape):
+    """`shape` most of the time; otherwise another rank or one dimension off."""
+    choice = draw(st.integers(0, 9))
+    if choice == 0:
+        return shape + (1,)
+    if choice == 1 and shape:
+        return shape[:-1]
+    if choice == 2 and shape:
+        i = draw(st.integers(0, len(shape) - 1))
+        return shape[:i] + (abs(shape[i] + draw(st.sampled_from([-1, 1, 7]))),) + shape[i + 1 :]
+    return shape
+
+
+def index_values(draw, nnz, num_rows, index_dtype):
+    info = np.iinfo(index_dtype.as_numpy_dtype)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if num_rows > 0:
+        out = rng.integers(0, num_rows, nnz)
+        if draw(st.booleans()):  # heavy duplicates
+            out = out % max(1, num_rows // 3)
+    else:
+        out = np.zeros(nnz, np.int64)
+    if nnz and draw(st.integers(0, 4)) == 0:
+        bad = draw(st.sampled_from([-1, num_rows, num_rows + 1, info.max, info.max - 1, info.min]))
+        out[draw(st.integers(0, nnz - 1))] = bad
+    return out.astype(index_dtype.as_numpy_dtype)
+
+
+class Variable:
+    """A resource variable, or a handle to one that was never created."""
+
+    def __init__(self, value, dtype, initialized):
+        self.initialized = initialized
+        self.dtype = dtype
+        if initialized:
+            self.variable = tf.Variable(value, dtype=dtype)
+            self.handle = self.variable.handle
+        else:
+            self.handle = tf.raw_ops.VarHandleOp(
+                dtype=dtype, shape=value.shape, shared_name=f"never_assigned_{next(uninitialized_names)}"
+            )
+
+    def read(self):
+        return self.variable.numpy() if self.initialized else None
+
+
+def expected_error(case):
+    """(error class, reason) that the documented rules predict, or None."""
+    invalid, failed = tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError
+    var, accum, T = case["var"], case["accum"], case["T"]
+    if not var.initialized:
+        return failed, "uninitialized var"
+    if var.dtype != T:
+        return invalid, "var dtype"
+    if not accum.initialized:
+        return failed, "uninitialized accum"
+    if accum.dtype != T:
+        return invalid, "accum dtype"
+    if case["same_variable"]:
+        return invalid, "var is accum"
+    if case["lr"].shape != () or case["epsilon"].shape != ():
+        return invalid, "lr or epsilon not a scalar"
+    var_shape, accum_shape, grad_shape = case["var_shape"], case["accum_shape"], case["grad"].shape
+    if accum_shape != var_shape:
+        return invalid, "accum shape"
+    if not case["sparse"]:
+        return None if grad_shape == var_shape else (invalid, "grad shape")
+    indices = case["indices"]
+    if len(var_shape) < 1:
+        return invalid, "var rank 0"
+    if indices.ndim != 1:
+        return invalid, "indices rank"
+    if len(grad_shape) < 1 or grad_shape[0] != indices.shape[0] or grad_shape[1:] != var_shape[1:]:
+        return invalid, "grad shape"
+    if np.any(indices.astype(np.int64) < 0):
+        return invalid, "negative index"
+    if np.any(indices.astype(np.int64) >= var_shape[0]):
+        return invalid, "index too large"
+    return None
+
+
+@st.composite
+def cases(draw):
+    sparse = draw(st.booleans())
+    T = draw(st.sampled_from(DTYPES))
+    var_dtype = T if draw(st.integers(0, 9)) else draw(st.sampled_from(DTYPES))
+    accum_dtype = var_dtype if draw(st.integers(0, 9)) else draw(st.sampled_from(DTYPES))
+    var_shape = shapes(draw, rank_min=0 if not sparse or draw(st.integers(0, 9)) == 0 else 1)
+    accum_shape = var_shape if draw(st.integers(0, 9)) else mutated(draw, var_shape)
+    var_value = values(draw, var_shape, var_dtype, allow_specials=True)
+    # Accumulators are sums of squares: mostly non-negative.
+    accum_value = np.abs(values(draw, accum_shape, accum_dtype, allow_specials=True))
+    if draw(st.integers(0, 19)) == 0:
+        accum_value = -accum_value
+    var = Variable(var_value, var_dtype, initialized=draw(st.integers(0, 49)) != 0)
+    same_variable = draw(st.integers(0, 49)) == 0
+    accum = var if same_variable else Variable(accum_value, accum_dtype, initialized=draw(st.integers(0, 49)) != 0)
+    accum_shape = var_shape if same_variable else accum_shape
+    scalar_shape = () if draw(st.integers(0, 14)) else draw(st.sampled_from([(1,), (2,), (1, 1)]))
+    lr_magnitude = draw(st.sampled_from([0.1, 0.5, 1.0, -0.1, 0.0, 10.0, np.nan, np.inf]))
+    epsilon_magnitude = draw(st.sampled_from([1e-7, 1e-3, 0.0, 1.0, -1e-3, np.nan]))
+    lr = np.full(scalar_shape if draw(st.booleans()) else (), lr_magnitude).astype(np_dtype(T))
+    epsilon = np.full(scalar_shape if draw(st.booleans()) else (), epsilon_magnitude).astype(np_dtype(T))
+    case = dict(sparse=sparse, T=T, var=var, accum=accum, same_variable=same_variable, var_shape=var_shape,
+                accum_shape=accum_shape, lr=lr, epsilon=epsilon)
+    if sparse:
+        index_dtype = draw(st.sampled_from([tf.int32, tf.int64]))
+        nnz = draw(st.integers(0, 12))
+        num_rows = var_shape[0] if var_shape else 0
+        indices = index_values(draw, nnz, num_rows, index_dtype)
+        if draw(st.integers(0, 19)) == 0:
+            indices = indices.reshape((1, nnz)) if draw(st.booleans()) else np.array(indices[:1].sum(), indices.dtype)
+        grad_shape = (nnz,) + tuple(var_shape[1:])
+        grad_shape = grad_shape if draw(st.integers(0, 9)) else mutated(draw, grad_shape)
+        case["indices"] = indices
+    else:
+        grad_shape = var_shape if draw(st.integers(0, 9)) else mutated(draw, var_shape)
+    case["grad"] = values(draw, grad_shape, T, allow_specials=True)
+    return case
+
+
+def same_values(actual, expected):
+    """Bit-identical, except that any NaN matches any NaN."""
+    if actual.shape != expected.shape:
+        return False
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    both_nan = np.isnan(a) & np.isnan(e)
+    return bool(np.all(both_nan | (bits(actual) == bits(expected))))
+
+
+def run_case(case):
+    library = tf_adagrad.ops._load_library()
+    var, accum = case["var"], case["accum"]
+    before = (var.read(), accum.read())
+    arguments = dict(var=var.handle, accum=accum.handle, lr=case["lr"], epsilon=case["epsilon"],
+                     grad=case["grad"], use_locking=bool(counts["calls"] % 2))
+    want_error = expected_error(case)
+    counts["calls"] += 1
+    try:
+        if case["sparse"]:
+            library.tf_adagrad_apply_sparse(indices=case["indices"], **arguments)
+        else:
+            library.tf_adagrad_apply_dense(**arguments)
+    except (tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError) as e:
+        assert want_error is not None, f"valid input rejected: {type(e).__name__}: {e.message}"
+        want_class, reason = want_error
+        assert isinstance(e, want_class), f"expected {want_class.__name__} ({reason}), got {type(e).__name__}: {e.message}"
+        assert "expected" in e.message and ("TfAdagrad>Apply" in e.message), e.message
+        for after, old in zip((var.read(), accum.read()), before):
+            assert old is None or same_values(after, old), "a rejected call wrote to a variable"
+        counts[f"rejected: {type(e).__name__}"] += 1
+        counts[f"  reason: {reason}"] += 1
+        return
+    assert want_error is None, f"invalid input accepted; expected {want_error}"
+    lr, epsilon = case["lr"][()], case["epsilon"][()]
+    if case["sparse"]:
+        want_var, want_accum = sparse_step_exact(
+            before[0], before[1], lr, epsilon, case["grad"], case["indices"], case["T"])
+    else:
+        want_var, want_accum = dense_step_exact(before[0], before[1], lr, epsilon, case["grad"], case["T"])
+    assert same_values(accum.read(), want_accum), "accum differs from the NumPy reference"
+    assert same_values(var.read(), want_var), "var differs from the NumPy reference"
+    counts["matched the reference"] += 1
+    counts[f"  {'sparse' if case['sparse'] else 'dense'}, {case['T'].name}"] += 1
+    if case["grad"].size == 0 or before[0].size == 0:
+        counts["  empty grad or var"] += 1
+    if not np.all(np.isfinite(var.read().astype(np.float64))):
+        counts["  NaN or Inf in var after the step"] += 1
+    if case["var_shape"] and case["var_shape"][-1] >= 10_000:
+        counts["  rows of 10,000+ elements"] += 1
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--examples", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, required=True)
+    args = parser.parse_args()
+    print(f"fuzzing the ops: {args.examples} examples, seed {args.seed}", flush=True)
+
+    @seed(args.seed)
+    @settings(max_examples=args.examples, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(cases())
+    def fuzz(case):
+        run_case(case)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy on NaN/Inf inputs, by design
+        fuzz()
+    print(f"calls: {counts.pop('calls')}")
+    for heading in ("matched the reference", "rejected: InvalidArgumentError", "rejected: FailedPreconditionError"):
+        print(f"{heading}: {counts.pop(heading, 0)}")
+    for key, value in sorted(counts.items()):
+        print(f"{key}: {value}")
+    print("crashes: 0")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Runs tests/fuzz_ops.py (10,000 generated calls of both ops) in a child
+process, so that a crash fails this test instead of killing pytest.
+
+The seed is random unless TF_ADAGRAD_FUZZ_SEED is set, and is printed (and
+named in any failure) so that a failing run can be replayed."""
+
+import os
+import random
+import re
+import subprocess
+import sys
+
+EXAMPLES = 10_000
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_fuzzed_calls_match_the_reference_or_are_rejected_cleanly():
+    fuzz_seed = int(os.environ.get("TF_ADAGRAD_FUZZ_SEED", random.randrange(2**31)))
+    print(f"fuzz seed: {fuzz_seed} (replay: TF_ADAGRAD_FUZZ_SEED={fuzz_seed})")
+    out = subprocess.run(
+        [sys.executable, os.path.join(HERE, "fuzz_ops.py"), "--examples", str(EXAMPLES), "--seed", str(fuzz_seed)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    report = f"seed {fuzz_seed}, exit status {out.returncode}\n{out.stdout}\n{out.stderr[-6000:]}"
+    assert out.returncode == 0, report
+    print(out.stdout)
+    count = {key: int(value) for key, value in re.findall(r"^(\w[\w :]*): (\d+)$", out.stdout, re.M)}
+    assert count["calls"] == EXAMPLES, report
+    assert count["crashes"] == 0, report
+    assert count["matched the reference"] > EXAMPLES // 5, report
+    assert count["rejected: InvalidArgumentError"] > EXAMPLES // 10, report
+    assert count["rejected: FailedPreconditionError"] > 0, report
