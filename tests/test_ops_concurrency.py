@@ -67,6 +67,98 @@ def test_use_locking_serializes_concurrent_updates():
     assert np.all(np.isfinite(v.numpy()))
 
 
+def run_threads(targets, timeout=120):
+    errors = []
+
+    def guarded(target):
+        try:
+            target()
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(t,)) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    assert not errors, errors
+
+
+def test_unlocked_concurrent_updates_stay_finite_and_bounded():
+    """Without use_locking, racing updates may overwrite each other (as with
+    TensorFlow's own ops), but nothing crashes, and every accumulator element
+    stays between its start and the sequential total: each write is some
+    earlier value plus a square."""
+    num_rows, row = 64, 20000
+    v = tf.Variable(np.ones((num_rows, row), np.float32))
+    a = tf.Variable(np.full((num_rows, row), 0.5, np.float32))
+    rng = np.random.default_rng(1)
+    grad = rng.integers(-2, 3, (num_rows, row)).astype(np.float32)
+    indices = np.concatenate([np.arange(num_rows), np.arange(0, num_rows, 3)])
+    sparse_grad = rng.integers(-2, 3, (len(indices), row)).astype(np.float32)
+    steps = 10
+    summed = np.zeros((num_rows, row))
+    np.add.at(summed, indices, sparse_grad.astype(np.float64))
+    total = 0.5 + 2 * steps * (grad.astype(np.float64) ** 2 + summed**2)
+
+    def dense_worker():
+        for _ in range(steps):
+            tf_adagrad.ops.apply_adagrad(v, a, 0.01, 1e-7, grad)
+
+    def sparse_worker():
+        for _ in range(steps):
+            tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.01, 1e-7, sparse_grad, indices)
+
+    run_threads([dense_worker, dense_worker, sparse_worker, sparse_worker])
+    accum = a.numpy()
+    assert np.all(np.isfinite(v.numpy())) and np.all(np.isfinite(accum))
+    assert np.all(accum >= 0.5)
+    assert np.all(accum <= total.astype(np.float32))
+
+
+def test_reader_never_sees_a_torn_row_with_use_locking():
+    """Every row starts with equal elements and every update adds the same
+    value to all of a row's elements, so a row whose elements differ was read
+    half-updated. Reads take the variable's lock in shared mode; updates with
+    use_locking=True take it exclusively, so no read lands mid-update. (With
+    use_locking=False this test sees torn rows on a 2-core machine.)"""
+    num_rows, row = 32, 50000
+    v = tf.Variable(np.repeat(np.arange(num_rows, dtype=np.float32)[:, None], row, axis=1))
+    a = tf.Variable(np.full((num_rows, row), 1.0, np.float32))
+    rng = np.random.default_rng(2)
+    indices = rng.integers(0, num_rows, 48)
+    row_values = rng.integers(1, 4, len(indices)).astype(np.float32)
+    sparse_grad = np.repeat(row_values[:, None], row, axis=1)
+    dense_grad = np.repeat(rng.integers(1, 4, num_rows).astype(np.float32)[:, None], row, axis=1)
+    done = threading.Event()
+    reads, torn = [0], []
+
+    def writer(dense):
+        for _ in range(20):
+            if dense:
+                tf_adagrad.ops.apply_adagrad(v, a, 0.01, 1e-7, dense_grad, use_locking=True)
+            else:
+                tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.01, 1e-7, sparse_grad, indices, use_locking=True)
+
+    def writers():
+        try:
+            run_threads([lambda: writer(True), lambda: writer(False), lambda: writer(False)])
+        finally:
+            done.set()
+
+    def reader():
+        while not done.is_set():
+            for value in (v.read_value().numpy(), a.read_value().numpy()):
+                reads[0] += 1
+                spread = value.max(axis=1) - value.min(axis=1)
+                torn.extend(np.nonzero(spread)[0].tolist())
+
+    run_threads([writers, reader])
+    assert reads[0] > 10
+    assert torn == []
+
+
 _DETERMINISM_SCRIPT = textwrap.dedent(
     """
     import hashlib, sys
