@@ -288,3 +288,27 @@ def test_config_round_trip():
     from_get = keras.optimizers.get(serialized)
     assert type(from_get) is tf_adagrad.Adagrad
     assert keras.saving.serialize_keras_object(from_get.get_config()) == serialized_config
+
+
+def same_bits_or_both_nan(a, b):
+    both_nan = np.isnan(a) & np.isnan(b)
+    return bool(np.all(both_nan | (bits(a) == bits(b))))
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_nan_and_inf_propagate_as_in_keras(sparse):
+    """The NaN/Inf policy README states: the math propagates them, as Keras'
+    does (an Inf gradient makes the accumulator Inf and the step Inf / Inf =
+    NaN); nothing is skipped or clamped. Skipping non-finite steps is
+    LossScaleOptimizer's job (tested in test_optimizer_features.py)."""
+    grad = np.array([[1.0, np.nan, 0.5], [np.inf, -np.inf, 2.0], [0.25, 0.0, -1.0]])
+    if sparse:
+        steps = [[tf.IndexedSlices(tf.constant(grad), tf.constant([4, 1, 2]), tf.constant([6, 3]))]]
+    else:
+        steps = [[tf.constant(np.concatenate([grad, grad]))]]
+    # Sparse: against Keras on the densified gradient; Keras' own sparse
+    # path does other arithmetic with Inf (it can end at -inf, not NaN).
+    reference = DensifyingKerasAdagrad if sparse else keras.optimizers.Adagrad
+    ours, theirs = run_both([(6, 3)], steps * 2, reference=reference, learning_rate=0.1)
+    assert np.isnan(ours[0]).sum() == (3 if sparse else 6)
+    assert same_bits_or_both_nan(ours[0], theirs[0])

@@ -1,0 +1,87 @@
+"""Trains a dense and a sparse (Embedding) model with tf_adagrad.Adagrad from
+step `--start` to `--stop`, restoring from and saving to a
+tf.train.CheckpointManager directory, then writes every model and optimizer
+variable to an .npz file. Run by tests/test_resume.py, one process per leg.
+
+Each step's batch depends only on the step number, so a run split across
+processes sees the same data as an uninterrupted one.
+"""
+
+import argparse
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tf_adagrad  # noqa: E402
+
+NUM_ROWS, FIELDS, BATCH = 2000, 3, 64
+
+
+def build(kind):
+    keras.utils.set_random_seed(0)
+    if kind == "sparse":
+        inputs = keras.Input((FIELDS,), dtype="int32")
+        x = keras.layers.Flatten()(keras.layers.Embedding(NUM_ROWS, 16)(inputs))
+    else:
+        inputs = keras.Input((FIELDS,))
+        x = keras.layers.Dense(32, activation="relu")(inputs)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dense(8, activation="relu")(x))
+    return keras.Model(inputs, outputs)
+
+
+def batch(kind, step):
+    rng = np.random.default_rng(step)
+    if kind == "sparse":
+        x = np.minimum(rng.zipf(1.3, (BATCH, FIELDS)) - 1, NUM_ROWS - 1).astype(np.int32)
+        y = (x.sum(axis=1) % 2).astype(np.float32)
+    else:
+        x = rng.standard_normal((BATCH, FIELDS)).astype(np.float32)
+        y = (x.sum(axis=1) > 0).astype(np.float32)
+    return tf.constant(x), tf.constant(y[:, None])
+
+
+def train(kind, start, stop, checkpoint_dir):
+    model = build(kind)
+    optimizer = tf_adagrad.Adagrad(learning_rate=0.05)
+    optimizer.build(model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(checkpoint_dir, kind), max_to_keep=2)
+    if start > 0:
+        checkpoint.restore(manager.latest_checkpoint).assert_consumed()
+    assert int(optimizer.iterations.numpy()) == start
+    loss_fn = keras.losses.BinaryCrossentropy()
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+
+    for step in range(start, stop):
+        train_step(*batch(kind, step))
+    manager.save(checkpoint_number=stop)
+    return {v.path: v.numpy() for v in model.weights + optimizer.variables}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--start", type=int, required=True)
+    parser.add_argument("--stop", type=int, required=True)
+    parser.add_argument("--checkpoint-dir", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    arrays = {}
+    for kind in ("dense", "sparse"):
+        for path, value in train(kind, args.start, args.stop, args.checkpoint_dir).items():
+            arrays[f"{kind}:{path}"] = value
+    np.savez(args.out, **arrays)
+    print(f"trained steps {args.start}..{args.stop}: {len(arrays)} variables")
+
+
+if __name__ == "__main__":
+    main()
