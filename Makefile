@@ -6,7 +6,11 @@ BAZEL ?= bazel
 # Where Debian's bazel-platforms and bazel-rules-java put the local repos
 # that WORKSPACE points to.
 DEBIAN_BAZEL_REPOS := /usr/share/bazel
-BAZEL_TARGETS := //:tf_adagrad/_tf_adagrad_ops.so //:build_info //tests/cc:adagrad_math_test
+# Compiles the CUDA kernels (configure.py looks for this name).
+CUDA_CLANG := clang++-16
+CUDA_CLANG_PACKAGE := clang-16
+BAZEL_TARGETS := //:tf_adagrad/_tf_adagrad_ops.so //:build_info //tests/cc:adagrad_math_test \
+  //:cuda_test_programs
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: build test demo bench clean
@@ -23,9 +27,10 @@ $(VENV)/.deps-installed: requirements-dev.txt
 
 build: $(VENV)/.deps-installed
 	command -v $(BAZEL) >/dev/null && [ -d $(DEBIAN_BAZEL_REPOS)/tools/platforms ] && \
-	  [ -d $(DEBIAN_BAZEL_REPOS)/rules/java ] || { $(SUDO) apt-get update -qq && \
+	  [ -d $(DEBIAN_BAZEL_REPOS)/rules/java ] && command -v $(CUDA_CLANG) >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-	    bazel-bootstrap bazel-platforms bazel-rules-java; }
+	    bazel-bootstrap bazel-platforms bazel-rules-java $(CUDA_CLANG_PACKAGE); }
 	$(PY) configure.py
 	$(BAZEL) build $(BAZEL_TARGETS)
 	install -m 644 bazel-bin/tf_adagrad/_tf_adagrad_ops.so bazel-bin/tf_adagrad/_build_info.py tf_adagrad/
