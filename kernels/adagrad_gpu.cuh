@@ -50,6 +50,29 @@ cudaError_t ResidentGridSize(Kernel kernel, int64_t work_items, int* blocks) {
   return cudaSuccess;
 }
 
+// How the kernels read and write each type: as adagrad_math.h does, except
+// that float16 uses the GPU's conversion instructions, which give the same
+// bits as HalfToFloat and FloatToHalf (exact widening; rounding to nearest
+// even, gradual underflow, overflow to inf) for every value but NaN, whose
+// payload they may change, and are many times cheaper than the integer code.
+template <typename T>
+struct GpuArithmetic : Arithmetic<T> {};
+
+template <>
+struct GpuArithmetic<Float16> {
+  using Compute = float;
+  __device__ static float Load(Float16 x) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+    return f;
+  }
+  __device__ static Float16 Store(float f) {
+    Float16 x;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(x.bits) : "f"(f));
+    return x;
+  }
+};
+
 // ---------------------------------------------------------------- dense ---
 
 // kWidth consecutive elements, moved in one access (16 bytes for the
@@ -67,7 +90,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     AdagradDenseKernel(T* __restrict__ var, T* __restrict__ accum,
                        const T* __restrict__ grad, ComputeType<T> lr,
                        ComputeType<T> epsilon, int64_t size) {
-  using A = Arithmetic<T>;
+  using A = GpuArithmetic<T>;
   using C = ComputeType<T>;
   using P = Pack<T, kWidth>;
   const int64_t num_packs = size / kWidth;
@@ -248,54 +271,147 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   }
 }
 
-// One warp per sorted position. The warp at the start of each run of equal
-// indices owns that row: it sums the run's gradient rows in position order
-// (the order the CPU sums them in), then updates the row once; the other
-// warps return. No two warps write the same row, so there are no atomics and
-// the result does not depend on scheduling.
+// Columns of a row that one warp sums and updates: one per lane.
+constexpr int64_t kTileColumns = kWarpSize;
+
+// One warp per (sorted position, tile of kTileColumns columns). The warps at
+// the start of each run of equal indices own that row: each sums its columns
+// of the run's gradient rows in position order (the order the CPU sums them
+// in), then updates them once; the other warps return. No two warps write
+// the same element, so there are no atomics and the result does not depend
+// on scheduling.
+//
+// A long run (a hot row) is a chain of additions; its loads are not, so the
+// warp reads the positions kWarpSize at a time and issues the gradient loads
+// of all of them before it adds.
 template <typename T, typename Key>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     AdagradSparseRowsKernel(T* __restrict__ var, T* __restrict__ accum,
                             const T* __restrict__ grad,
                             const Key* __restrict__ sorted_indices,
                             const int64_t* __restrict__ sorted_positions,
-                            int64_t nnz, int64_t row_size, ComputeType<T> lr,
-                            ComputeType<T> epsilon) {
-  using A = Arithmetic<T>;
+                            int64_t nnz, int64_t row_size, int64_t num_tiles,
+                            ComputeType<T> lr, ComputeType<T> epsilon) {
+  using A = GpuArithmetic<T>;
   using C = ComputeType<T>;
-  const int64_t run_start =
+  constexpr unsigned kAllLanes = 0xffffffffu;
+  const int64_t warp =
       (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
+  const int64_t run_start = warp / num_tiles;
+  const int64_t column = warp % num_tiles * kTileColumns + lane;
   if (run_start >= nnz) return;
   const Key row = sorted_indices[run_start];
   if (run_start > 0 && sorted_indices[run_start - 1] == row) return;
-  // The run ends at the first different index; the warp checks 32 at a time.
-  int64_t run_end = run_start + 1;
-  for (;;) {
-    const int64_t k = run_end + lane;
-    const bool same = k < nnz && sorted_indices[k] == row;
-    const unsigned different = __ballot_sync(0xffffffffu, !same);
-    if (different != 0) {
-      run_end += __ffs(different) - 1;
-      break;
+  // The run ends at the first different index. Most runs are short: the
+  // warp checks the next kWarpSize positions at once, and bisects the rest.
+  int64_t run_end;
+  const int64_t next = run_start + 1 + lane;
+  const unsigned different =
+      __ballot_sync(kAllLanes, next >= nnz || sorted_indices[next] != row);
+  if (different != 0) {
+    run_end = run_start + __ffs(different);
+  } else {
+    int64_t low = run_start + kWarpSize + 1, high = nnz;  // sorted[low - 1] == row
+    while (low < high) {
+      const int64_t middle = low + (high - low) / 2;
+      if (sorted_indices[middle] == row) {
+        low = middle + 1;
+      } else {
+        high = middle;
+      }
     }
-    run_end += kWarpSize;
+    run_end = low;
   }
-  T* var_row = var + static_cast<int64_t>(row) * row_size;
-  T* accum_row = accum + static_cast<int64_t>(row) * row_size;
-  const int64_t first_position = sorted_positions[run_start];
-  for (int64_t j = lane; j < row_size; j += kWarpSize) {
-    C g = A::Load(grad[first_position * row_size + j]);
-#pragma unroll 8
-    for (int64_t k = run_start + 1; k < run_end; ++k) {
-      g += A::Load(grad[sorted_positions[k] * row_size + j]);
+  const bool in_row = column < row_size;
+  // -0 + x == x for every x, so the sum starts exactly as the CPU's, which
+  // starts from the first row itself; -0 also pads the last chunk.
+  C sum = C(-0.0);
+  // Each lane holds one position of the chunk; the next chunk's are read
+  // before this chunk's gradients.
+  int64_t lane_position =
+      run_start + lane < run_end ? sorted_positions[run_start + lane] : 0;
+  for (int64_t chunk = run_start; chunk < run_end; chunk += kWarpSize) {
+    const int64_t count = min(static_cast<int64_t>(kWarpSize), run_end - chunk);
+    const int64_t next_chunk = chunk + kWarpSize + lane;
+    const int64_t next_lane_position =
+        next_chunk < run_end ? sorted_positions[next_chunk] : 0;
+    C values[kWarpSize];
+#pragma unroll
+    for (int t = 0; t < kWarpSize; ++t) {
+      const int64_t position = __shfl_sync(kAllLanes, lane_position, t);
+      values[t] = t < count && in_row
+                      ? A::Load(grad[position * row_size + column])
+                      : C(-0.0);
     }
-    C v = A::Load(var_row[j]);
-    C a = A::Load(accum_row[j]);
-    UpdateElement(lr, epsilon, g, &v, &a);
-    accum_row[j] = A::Store(a);
-    var_row[j] = A::Store(v);
+#pragma unroll
+    for (int t = 0; t < kWarpSize; ++t) sum += values[t];
+    lane_position = next_lane_position;
   }
+  if (!in_row) return;
+  T* var_element = var + static_cast<int64_t>(row) * row_size + column;
+  T* accum_element = accum + static_cast<int64_t>(row) * row_size + column;
+  C v = A::Load(*var_element);
+  C a = A::Load(*accum_element);
+  UpdateElement(lr, epsilon, sum, &v, &a);
+  *accum_element = A::Store(a);
+  *var_element = A::Store(v);
+}
+
+template <typename Index>
+struct SparseBuffers {
+  SortKey<Index>* sorted_indices;
+  int64_t* positions;
+  int64_t* sorted_positions;
+  void* sort_storage;
+};
+
+template <typename Index>
+SparseBuffers<Index> Buffers(const SparseWorkspace& plan, void* workspace) {
+  char* base = static_cast<char*>(workspace);
+  return {reinterpret_cast<SortKey<Index>*>(base + plan.sorted_indices),
+          reinterpret_cast<int64_t*>(base + plan.positions),
+          reinterpret_cast<int64_t*>(base + plan.sorted_positions),
+          base + plan.sort_storage};
+}
+
+// First half of LaunchAdagradSparse: sorts (index, position) pairs by index
+// into the workspace. Radix sort is stable, so equal indices keep their
+// positions in increasing order.
+template <typename Index>
+cudaError_t SortIndices(const Index* indices, int64_t nnz,
+                        const SparseWorkspace& plan, void* workspace,
+                        cudaStream_t stream) {
+  const SparseBuffers<Index> buffers = Buffers<Index>(plan, workspace);
+  int blocks = 0;
+  cudaError_t err = ResidentGridSize(IotaKernel, nnz, &blocks);
+  if (err != cudaSuccess) return err;
+  IotaKernel<<<blocks, kThreadsPerBlock, 0, stream>>>(buffers.positions, nnz);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  size_t sort_storage_bytes = plan.sort_storage_bytes;
+  return cub::DeviceRadixSort::SortPairs(
+      buffers.sort_storage, sort_storage_bytes,
+      reinterpret_cast<const SortKey<Index>*>(indices), buffers.sorted_indices,
+      buffers.positions, buffers.sorted_positions, nnz, 0, plan.sort_end_bit,
+      stream);
+}
+
+// Second half of LaunchAdagradSparse: the update from the sorted pairs.
+template <typename T, typename Index>
+cudaError_t UpdateSortedRows(T* var, T* accum, const T* grad, int64_t nnz,
+                             int64_t row_size, ComputeType<T> lr,
+                             ComputeType<T> epsilon,
+                             const SparseWorkspace& plan, void* workspace,
+                             cudaStream_t stream) {
+  const SparseBuffers<Index> buffers = Buffers<Index>(plan, workspace);
+  const int64_t num_tiles = (row_size + kTileColumns - 1) / kTileColumns;
+  const int64_t blocks = (nnz * num_tiles + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  AdagradSparseRowsKernel<T, SortKey<Index>>
+      <<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream>>>(
+          var, accum, grad, buffers.sorted_indices, buffers.sorted_positions,
+          nnz, row_size, num_tiles, lr, epsilon);
+  return cudaGetLastError();
 }
 
 // Updates the rows of var and accum ([num_rows, row_size]) named by the nnz
@@ -309,35 +425,11 @@ cudaError_t LaunchAdagradSparse(T* var, T* accum, const T* grad,
                                 ComputeType<T> epsilon,
                                 const SparseWorkspace& plan, void* workspace,
                                 cudaStream_t stream) {
-  using Key = SortKey<Index>;
   if (nnz == 0 || row_size == 0) return cudaSuccess;
-  char* base = static_cast<char*>(workspace);
-  Key* sorted_indices = reinterpret_cast<Key*>(base + plan.sorted_indices);
-  int64_t* positions = reinterpret_cast<int64_t*>(base + plan.positions);
-  int64_t* sorted_positions =
-      reinterpret_cast<int64_t*>(base + plan.sorted_positions);
-
-  int blocks = 0;
-  cudaError_t err = ResidentGridSize(IotaKernel, nnz, &blocks);
+  const cudaError_t err = SortIndices(indices, nnz, plan, workspace, stream);
   if (err != cudaSuccess) return err;
-  IotaKernel<<<blocks, kThreadsPerBlock, 0, stream>>>(positions, nnz);
-  err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-
-  // Radix sort is stable: equal indices keep their positions in order.
-  size_t sort_storage_bytes = plan.sort_storage_bytes;
-  err = cub::DeviceRadixSort::SortPairs(
-      base + plan.sort_storage, sort_storage_bytes,
-      reinterpret_cast<const Key*>(indices), sorted_indices, positions,
-      sorted_positions, nnz, 0, plan.sort_end_bit, stream);
-  if (err != cudaSuccess) return err;
-
-  const int64_t update_blocks = (nnz + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  AdagradSparseRowsKernel<T, Key>
-      <<<static_cast<unsigned>(update_blocks), kThreadsPerBlock, 0, stream>>>(
-          var, accum, grad, sorted_indices, sorted_positions, nnz, row_size,
-          lr, epsilon);
-  return cudaGetLastError();
+  return UpdateSortedRows<T, Index>(var, accum, grad, nnz, row_size, lr,
+                                    epsilon, plan, workspace, stream);
 }
 
 }  // namespace gpu
