@@ -1,7 +1,8 @@
 // The Adagrad update on the GPU: CUDA kernels on raw pointers and a stream,
 // no TensorFlow, so that tests/cuda can run them on their own. The element
-// math and the 16-bit conversions are adagrad_math.h's, so a build without
-// FMA contraction gives the CPU path's results bit for bit.
+// math is adagrad_math.h's (float16 converts with the GPU's instructions,
+// which round the same way), so a build without FMA contraction gives the
+// CPU path's results bit for bit.
 //
 // Every function returns the first CUDA error it meets; each launch is
 // checked right after it is queued. (Faults inside a running kernel surface
