@@ -6,14 +6,16 @@ BAZEL ?= bazel
 # Where Debian's bazel-platforms and bazel-rules-java put the local repos
 # that WORKSPACE points to.
 DEBIAN_BAZEL_REPOS := /usr/share/bazel
-# Compiles the CUDA kernels (configure.py looks for this name).
-CUDA_CLANG := clang++-16
-CUDA_CLANG_PACKAGE := clang-16
-BAZEL_TARGETS := //:tf_adagrad/_tf_adagrad_ops.so //:build_info //tests/cc:adagrad_math_test \
-  //:cuda_test_programs
+BAZEL_TARGETS := //:tf_adagrad/_tf_adagrad_ops.so //:build_info //tests/cc:adagrad_math_test
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: build test demo bench clean
+
+# The compiler of the CUDA kernels (configure.py looks for the same name),
+# and the CUDA test program, which exists when configure.py turns CUDA on.
+CUDA_CLANG := clang++-16
+CUDA_CLANG_PACKAGE := clang-16
+BAZEL_TARGETS += //:cuda_test_programs
 
 $(VENV)/.deps-installed: requirements-dev.txt
 	[ -x $(PY) ] || $(PYTHON_BOOTSTRAP) -m venv $(VENV) || { \
