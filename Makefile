@@ -12,6 +12,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: build test demo bench clean
 
+# The compiler of the CUDA kernels (configure.py looks for the same name),
+# and the CUDA test program, which exists when configure.py turns CUDA on.
+CUDA_CLANG := clang++-16
+CUDA_CLANG_PACKAGE := clang-16
+BAZEL_TARGETS += //:cuda_test_programs
+
 $(VENV)/.deps-installed: requirements-dev.txt
 	[ -x $(PY) ] || $(PYTHON_BOOTSTRAP) -m venv $(VENV) || { \
 	  echo "venv failed: installing Debian's python3-venv"; rm -rf $(VENV); \
@@ -24,9 +30,10 @@ $(VENV)/.deps-installed: requirements-dev.txt
 
 build: $(VENV)/.deps-installed
 	command -v $(BAZEL) >/dev/null && [ -d $(DEBIAN_BAZEL_REPOS)/tools/platforms ] && \
-	  [ -d $(DEBIAN_BAZEL_REPOS)/rules/java ] || { $(SUDO) apt-get update -qq && \
+	  [ -d $(DEBIAN_BAZEL_REPOS)/rules/java ] && command -v $(CUDA_CLANG) >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-	    bazel-bootstrap bazel-platforms bazel-rules-java; }
+	    bazel-bootstrap bazel-platforms bazel-rules-java $(CUDA_CLANG_PACKAGE); }
 	$(PY) configure.py
 	$(BAZEL) build $(BAZEL_TARGETS)
 	install -m 644 bazel-bin/tf_adagrad/_tf_adagrad_ops.so bazel-bin/tf_adagrad/_build_info.py tf_adagrad/

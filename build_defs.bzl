@@ -1,4 +1,4 @@
-"""Bazel macro for TensorFlow op libraries built against the installed TF."""
+"""Bazel macros for TensorFlow op libraries built against the installed TF."""
 
 load("@rules_cc//cc:defs.bzl", "cc_binary")
 
@@ -12,20 +12,122 @@ KERNEL_COPTS = [
     "-Wno-unknown-pragmas",
 ]
 
-def tf_op_library(name, srcs, deps = [], copts = []):
+# Machine code for Volta, Ampere and Hopper, plus Hopper's PTX for the driver
+# to compile on newer GPUs.
+CUDA_ARCHS = ["sm_70", "sm_80", "sm_90"]
+CUDA_PTX_ARCH = "sm_90"
+
+def _cuda_object_impl(ctx):
+    compilation = cc_common.merge_cc_infos(
+        cc_infos = [dep[CcInfo] for dep in ctx.attr.deps],
+    ).compilation_context
+    toolkit = ctx.attr._toolkit.label.workspace_root + "/cuda"
+    # Position-independent either way; Bazel links x.pic.o files into shared
+    # libraries and x.o files into executables, and drops the other kind.
+    out = ctx.actions.declare_file(
+        ctx.label.name + (".o" if ctx.attr.for_executable else ".pic.o"),
+    )
+
+    args = ctx.actions.args()
+    args.add_all(["-x", "cuda", "-c", "-fPIC", "--cuda-path=" + toolkit])
+    args.add_all(CUDA_ARCHS, format_each = "--cuda-gpu-arch=%s")
+    args.add_all(["--no-cuda-include-ptx=all", "--cuda-include-ptx=" + CUDA_PTX_ARCH])
+
+    # clang-16 knows CUDA up to 11.8 and needs telling that CUDA 12's headers
+    # may declare variadic functions for the device.
+    args.add_all(["-Wno-unknown-cuda-version", "-Xclang", "-fcuda-allow-variadic-functions"])
+    args.add_all(["-include", ctx.file._prelude.path])
+    args.add("-DGOOGLE_CUDA=1")
+    if ctx.var["COMPILATION_MODE"] == "opt":
+        args.add("-DNDEBUG")
+
+    # The flags every C++ file gets (from .bazelrc and configure.py).
+    args.add_all(ctx.fragments.cpp.copts)
+    args.add_all(ctx.fragments.cpp.cxxopts)
+    args.add_all(ctx.attr.copts)
+    args.add_all(compilation.defines, format_each = "-D%s")
+    args.add_all(compilation.includes, before_each = "-I")
+    args.add_all(compilation.quote_includes, before_each = "-iquote")
+    args.add_all(compilation.system_includes, before_each = "-isystem")
+    args.add_all(["-o", out, ctx.file.src])
+
+    ctx.actions.run(
+        executable = ctx.executable._clang,
+        arguments = [args],
+        inputs = depset(
+            [ctx.file.src, ctx.file._prelude] + ctx.files.hdrs,
+            transitive = [compilation.headers, ctx.attr._toolkit.files],
+        ),
+        outputs = [out],
+        mnemonic = "CudaCompile",
+        progress_message = "Compiling CUDA %s" % ctx.file.src.short_path,
+    )
+    return [DefaultInfo(files = depset([out]))]
+
+cuda_object = rule(
+    implementation = _cuda_object_impl,
+    doc = "Compiles one CUDA source with clang into a position-independent object.",
+    attrs = {
+        "src": attr.label(allow_single_file = True, mandatory = True),
+        "hdrs": attr.label_list(allow_files = True),
+        "deps": attr.label_list(providers = [CcInfo]),
+        "copts": attr.string_list(),
+        "for_executable": attr.bool(default = False),
+        "_clang": attr.label(
+            default = "@local_config_cuda//:clang++",
+            allow_single_file = True,
+            executable = True,
+            cfg = "host",
+        ),
+        "_toolkit": attr.label(default = "@local_config_cuda//:toolkit"),
+        "_prelude": attr.label(
+            default = "//third_party/cuda:clang_cuda_prelude.h",
+            allow_single_file = True,
+        ),
+    },
+    fragments = ["cpp"],
+)
+
+def tf_op_library(name, srcs, deps = [], copts = [], cuda_srcs = []):
     """A TensorFlow op library `name` (a .so) for `tf.load_op_library`.
 
     Compiled with the flags configure.py read from tf.sysconfig and linked
-    against the installed libtensorflow_framework.
+    against the installed libtensorflow_framework. With --config=cuda, the
+    `.cu.cc` files of `cuda_srcs` (which may also list headers) are compiled
+    for the GPU and linked in, and every file sees GOOGLE_CUDA=1; otherwise
+    they are left out. The CUDA code uses the CUDA runtime that TensorFlow
+    loads (libtensorflow_framework exports it), so the library needs no CUDA
+    of its own to load.
     """
+    tf_deps = deps + [
+        "@local_config_tf//:tf_header_lib",
+        "@local_config_tf//:libtensorflow_framework",
+    ]
+    cuda_headers = [src for src in cuda_srcs if not src.endswith(".cu.cc")]
+    cuda_objects = []
+    for src in cuda_srcs:
+        if src.endswith(".cu.cc"):
+            object_name = name.replace("/", "_") + "_" + src.replace("/", "_")[:-len(".cu.cc")]
+            cuda_object(
+                name = object_name,
+                src = src,
+                hdrs = srcs + cuda_headers,
+                deps = tf_deps,
+                copts = KERNEL_COPTS + copts,
+            )
+            cuda_objects.append(":" + object_name)
+    using_cuda = "//third_party/cuda:using_cuda"
     cc_binary(
         name = name,
-        srcs = srcs,
-        copts = KERNEL_COPTS + copts,
+        srcs = srcs + select({
+            using_cuda: cuda_objects,
+            "//conditions:default": [],
+        }),
+        copts = KERNEL_COPTS + copts + select({
+            using_cuda: ["-DGOOGLE_CUDA=1"],
+            "//conditions:default": [],
+        }),
         linkshared = 1,
         linkopts = ["-Wl,--no-undefined"],
-        deps = deps + [
-            "@local_config_tf//:tf_header_lib",
-            "@local_config_tf//:libtensorflow_framework",
-        ],
+        deps = tf_deps,
     )

@@ -4,9 +4,16 @@
 Every compiler and linker flag comes from ``tf.sysconfig``; nothing is
 hard-coded. Run it with the Python whose TensorFlow the ops must match
 (``make build`` uses ``.venv/bin/python``).
+
+It also looks for the CUDA toolchain: clang (``CUDA_CLANG``, Debian's
+clang-16) and the CUDA 12 wheels of requirements-dev.txt in this Python's
+site-packages. When all are there, it defines ``--config=cuda`` and makes it
+the default, so the op library gets its GPU kernels.
 """
 
+import importlib.util
 import os
+import shutil
 import sys
 
 OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".tf_configure.bazelrc")
@@ -36,7 +43,34 @@ def tf_build_settings():
     }
 
 
-def bazelrc_lines(settings):
+CUDA_CLANG = "clang++-16"
+
+# What the CUDA build needs from each wheel, under site-packages/nvidia/.
+CUDA_WHEEL_FILES = {
+    "nvidia-cuda-nvcc-cu12": ["cuda_nvcc/bin/ptxas", "cuda_nvcc/nvvm/libdevice/libdevice.10.bc"],
+    "nvidia-cuda-runtime-cu12": ["cuda_runtime/include/cuda_runtime.h", "cuda_runtime/lib/libcudart.so.12"],
+    "nvidia-cuda-cccl-cu12": ["cuda_cccl/include/cub/cub.cuh"],
+    "nvidia-nvfatbin-cu12": ["nvfatbin/lib/libnvfatbin.so.12"],
+}
+
+
+def cuda_settings():
+    """Returns the CUDA toolchain's locations, or the reason it is unusable."""
+    clang = shutil.which(CUDA_CLANG)
+    if clang is None:
+        return None, f"{CUDA_CLANG} is not on PATH"
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        return None, "no nvidia-* wheels are installed"
+    nvidia_dir = list(spec.submodule_search_locations)[0]
+    for wheel, files in CUDA_WHEEL_FILES.items():
+        for path in files:
+            if not os.path.exists(os.path.join(nvidia_dir, path)):
+                return None, f"{wheel} is missing (no {path} in {nvidia_dir})"
+    return {"clang": clang, "nvidia_dir": nvidia_dir, "python": sys.executable}, None
+
+
+def bazelrc_lines(settings, cuda):
     lines = [
         "# Written by configure.py from tf.sysconfig; do not edit.",
         f"build --repo_env=TF_HEADER_DIR={settings['include_dir']}",
@@ -49,14 +83,28 @@ def bazelrc_lines(settings):
         # alignment) must match TF's in every translation unit.
         option = "cxxopt" if "std=" in flag else "copt"
         lines.append(f"build --{option}={flag}")
+    if cuda:
+        lines += [
+            "# The CUDA toolchain is here: build the GPU kernels too.",
+            "build:cuda --define=using_cuda=true",
+            f"build:cuda --repo_env=TF_ADAGRAD_CUDA_CLANG={cuda['clang']}",
+            f"build:cuda --repo_env=TF_ADAGRAD_CUDA_NVIDIA_DIR={cuda['nvidia_dir']}",
+            f"build:cuda --repo_env=TF_ADAGRAD_CUDA_PYTHON={cuda['python']}",
+            "build --config=cuda",
+        ]
     return lines
 
 
 def main():
     settings = tf_build_settings()
+    cuda, why_not = cuda_settings()
     with open(OUTPUT, "w") as f:
-        f.write("\n".join(bazelrc_lines(settings)) + "\n")
+        f.write("\n".join(bazelrc_lines(settings, cuda)) + "\n")
     print(f"configure.py: TensorFlow {settings['version']} at {settings['include_dir']}")
+    if cuda:
+        print(f"configure.py: CUDA kernels on: {cuda['clang']} with the CUDA 12 wheels in {cuda['nvidia_dir']}")
+    else:
+        print(f"configure.py: CUDA kernels off: {why_not}")
     print(f"configure.py: wrote {OUTPUT}")
 
 

@@ -11,18 +11,53 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/adagrad_math.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor_types.h"
+#include "tensorflow/core/kernels/dense_update_functor.h"
 
 namespace tf_adagrad {
+
+// The TF-free math type behind each TensorFlow element type.
+template <typename T>
+struct MathType {
+  using type = T;
+};
+template <>
+struct MathType<Eigen::half> {
+  using type = Float16;
+};
+template <>
+struct MathType<Eigen::bfloat16> {
+  using type = BFloat16;
+};
+static_assert(sizeof(Eigen::half) == sizeof(Float16), "layout");
+static_assert(sizeof(Eigen::bfloat16) == sizeof(BFloat16), "layout");
+
+template <typename T>
+typename MathType<T>::type* MathPointer(T* p) {
+  return reinterpret_cast<typename MathType<T>::type*>(p);
+}
+template <typename T>
+const typename MathType<T>::type* MathPointer(const T* p) {
+  return reinterpret_cast<const typename MathType<T>::type*>(p);
+}
+template <typename T>
+ComputeType<typename MathType<T>::type> ToCompute(T x) {
+  return static_cast<ComputeType<typename MathType<T>::type>>(x);
+}
+
 namespace functor {
 
 template <typename Device, typename T>
 struct ApplyAdagradDense {
-  // Updates every element of var and accum in one pass.
-  void operator()(const Device& device, typename tensorflow::TTypes<T>::Flat var,
-                  typename tensorflow::TTypes<T>::Flat accum, T lr, T epsilon,
-                  typename tensorflow::TTypes<T>::ConstFlat grad);
+  // Updates every element of var and accum in one pass. Fails only if the
+  // device does (a CUDA error).
+  absl::Status operator()(tensorflow::OpKernelContext* ctx,
+                          typename tensorflow::TTypes<T>::Flat var,
+                          typename tensorflow::TTypes<T>::Flat accum, T lr,
+                          T epsilon,
+                          typename tensorflow::TTypes<T>::ConstFlat grad);
 };
 
 template <typename Device, typename T, typename Index>
@@ -48,7 +83,58 @@ inline absl::Status IndexOutOfRangeError(const std::string& op_name,
       index, "; nothing was updated"));
 }
 
+#if GOOGLE_CUDA
+// The GPU specializations, defined and instantiated in adagrad_kernels.cu.cc.
+template <typename T>
+struct ApplyAdagradDense<Eigen::GpuDevice, T> {
+  absl::Status operator()(tensorflow::OpKernelContext* ctx,
+                          typename tensorflow::TTypes<T>::Flat var,
+                          typename tensorflow::TTypes<T>::Flat accum, T lr,
+                          T epsilon,
+                          typename tensorflow::TTypes<T>::ConstFlat grad);
+};
+
+template <typename T, typename Index>
+struct ApplyAdagradSparse<Eigen::GpuDevice, T, Index> {
+  absl::Status operator()(tensorflow::OpKernelContext* ctx,
+                          typename tensorflow::TTypes<T>::Matrix var,
+                          typename tensorflow::TTypes<T>::Matrix accum, T lr,
+                          T epsilon,
+                          typename tensorflow::TTypes<T>::ConstMatrix grad,
+                          typename tensorflow::TTypes<Index>::ConstVec indices);
+};
+
+#define TF_ADAGRAD_DECLARE_GPU_FUNCTORS(T)                                 \
+  extern template struct ApplyAdagradDense<Eigen::GpuDevice, T>;           \
+  extern template struct ApplyAdagradSparse<Eigen::GpuDevice, T, int32_t>; \
+  extern template struct ApplyAdagradSparse<Eigen::GpuDevice, T, int64_t>;
+TF_ADAGRAD_DECLARE_GPU_FUNCTORS(Eigen::half);
+TF_ADAGRAD_DECLARE_GPU_FUNCTORS(Eigen::bfloat16);
+TF_ADAGRAD_DECLARE_GPU_FUNCTORS(float);
+TF_ADAGRAD_DECLARE_GPU_FUNCTORS(double);
+#undef TF_ADAGRAD_DECLARE_GPU_FUNCTORS
+#endif  // GOOGLE_CUDA
+
 }  // namespace functor
 }  // namespace tf_adagrad
+
+#if GOOGLE_CUDA
+namespace tensorflow {
+namespace functor {
+// training_op_helpers.h copies a variable's buffer with this functor when
+// the buffer is shared (copy-on-write, and the switch to copy-on-read that
+// sparse updates make). TensorFlow's GPU version is compiled into
+// libtensorflow_cc, which op libraries do not link against, so this library
+// brings its own: a device-to-device copy on the op's stream, defined in
+// adagrad_kernels.cu.cc.
+template <typename T>
+struct DenseUpdate<Eigen::GpuDevice, T, ASSIGN> {
+  void operator()(const Eigen::GpuDevice& device,
+                  typename TTypes<T>::Flat params,
+                  typename TTypes<T>::ConstFlat update);
+};
+}  // namespace functor
+}  // namespace tensorflow
+#endif  // GOOGLE_CUDA
 
 #endif  // TF_ADAGRAD_KERNELS_ADAGRAD_FUNCTORS_H_

@@ -1,7 +1,8 @@
-// OpKernels for TfAdagrad>ApplyDense and TfAdagrad>ApplySparse, and the CPU
-// functors. The kernels are thin: look up and lock the variables, validate
-// every input (before anything is allocated or written), then hand raw
-// pointers to the math in adagrad_math.h.
+// OpKernels for TfAdagrad>ApplyDense and TfAdagrad>ApplySparse, registered
+// for the CPU and, in a CUDA build, the GPU; and the CPU functors. The
+// kernels are thin: look up and lock the variables, validate every input
+// (before anything is allocated or written), then hand raw pointers to the
+// math in adagrad_math.h (CPU) or adagrad_gpu.cuh (GPU).
 #define EIGEN_USE_THREADS
 
 #include <vector>
@@ -29,43 +30,15 @@ using ::tensorflow::TensorShapeUtils;
 using ::tensorflow::TTypes;
 using ::tensorflow::Var;
 using CPUDevice = Eigen::ThreadPoolDevice;
-
-// The TF-free math type behind each TensorFlow element type.
-template <typename T>
-struct MathType {
-  using type = T;
-};
-template <>
-struct MathType<Eigen::half> {
-  using type = Float16;
-};
-template <>
-struct MathType<Eigen::bfloat16> {
-  using type = BFloat16;
-};
-static_assert(sizeof(Eigen::half) == sizeof(Float16), "layout");
-static_assert(sizeof(Eigen::bfloat16) == sizeof(BFloat16), "layout");
-
-template <typename T>
-typename MathType<T>::type* MathPointer(T* p) {
-  return reinterpret_cast<typename MathType<T>::type*>(p);
-}
-template <typename T>
-const typename MathType<T>::type* MathPointer(const T* p) {
-  return reinterpret_cast<const typename MathType<T>::type*>(p);
-}
-template <typename T>
-ComputeType<typename MathType<T>::type> ToCompute(T x) {
-  return static_cast<ComputeType<typename MathType<T>::type>>(x);
-}
+using GPUDevice = Eigen::GpuDevice;
 
 namespace functor {
 
 template <typename T>
 struct ApplyAdagradDense<CPUDevice, T> {
-  void operator()(const CPUDevice& device, typename TTypes<T>::Flat var,
-                  typename TTypes<T>::Flat accum, T lr, T epsilon,
-                  typename TTypes<T>::ConstFlat grad) {
+  absl::Status operator()(OpKernelContext* ctx, typename TTypes<T>::Flat var,
+                          typename TTypes<T>::Flat accum, T lr, T epsilon,
+                          typename TTypes<T>::ConstFlat grad) {
     auto* var_data = MathPointer(var.data());
     auto* accum_data = MathPointer(accum.data());
     const auto* grad_data = MathPointer(grad.data());
@@ -73,11 +46,12 @@ struct ApplyAdagradDense<CPUDevice, T> {
     const auto epsilon_c = ToCompute(epsilon);
     // Memory-bound: 3 loads and 2 stores per element, a divide and a sqrt.
     const Eigen::TensorOpCost cost(3 * sizeof(T), 2 * sizeof(T), 20);
-    device.parallelFor(var.size(), cost,
-                       [&](Eigen::Index begin, Eigen::Index end) {
-                         AdagradDenseRange(var_data, accum_data, grad_data,
-                                           lr_c, epsilon_c, begin, end);
-                       });
+    ctx->eigen_device<CPUDevice>().parallelFor(
+        var.size(), cost, [&](Eigen::Index begin, Eigen::Index end) {
+          AdagradDenseRange(var_data, accum_data, grad_data, lr_c, epsilon_c,
+                            begin, end);
+        });
+    return absl::OkStatus();
   }
 };
 
@@ -244,9 +218,9 @@ class ApplyDenseOp : public AdagradOpBase<Device, T> {
   void Update(OpKernelContext* ctx, Tensor* var, Tensor* accum, T lr,
               T epsilon) override {
     if (var->NumElements() == 0) return;
-    functor::ApplyAdagradDense<Device, T>()(
-        ctx->eigen_device<Device>(), var->flat<T>(), accum->flat<T>(), lr,
-        epsilon, ctx->input(4).flat<T>());
+    OP_REQUIRES_OK(ctx, functor::ApplyAdagradDense<Device, T>()(
+                            ctx, var->flat<T>(), accum->flat<T>(), lr,
+                            epsilon, ctx->input(4).flat<T>()));
   }
 };
 
@@ -307,27 +281,48 @@ class ApplySparseOp : public AdagradOpBase<Device, T> {
   }
 };
 
-#define REGISTER_CPU_KERNELS(T)                                           \
+// lr and epsilon are read on the host (they are kernel arguments on the GPU);
+// indices stay on the device, where the GPU kernels read them.
+#define REGISTER_KERNELS(DEVICE, DeviceType, T)                            \
   REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplyDense")                    \
-                              .Device(::tensorflow::DEVICE_CPU)           \
+                              .Device(DEVICE)                             \
+                              .HostMemory("lr")                           \
+                              .HostMemory("epsilon")                      \
                               .TypeConstraint<T>("T"),                    \
-                          ApplyDenseOp<CPUDevice, T>);                    \
+                          ApplyDenseOp<DeviceType, T>);                   \
   REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplySparse")                   \
-                              .Device(::tensorflow::DEVICE_CPU)           \
+                              .Device(DEVICE)                             \
+                              .HostMemory("lr")                           \
+                              .HostMemory("epsilon")                      \
                               .TypeConstraint<T>("T")                     \
                               .TypeConstraint<int32_t>("Tindices"),       \
-                          ApplySparseOp<CPUDevice, T, int32_t>);          \
+                          ApplySparseOp<DeviceType, T, int32_t>);         \
   REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplySparse")                   \
-                              .Device(::tensorflow::DEVICE_CPU)           \
+                              .Device(DEVICE)                             \
+                              .HostMemory("lr")                           \
+                              .HostMemory("epsilon")                      \
                               .TypeConstraint<T>("T")                     \
                               .TypeConstraint<int64_t>("Tindices"),       \
-                          ApplySparseOp<CPUDevice, T, int64_t>);
+                          ApplySparseOp<DeviceType, T, int64_t>);
 
+#define REGISTER_CPU_KERNELS(T) \
+  REGISTER_KERNELS(::tensorflow::DEVICE_CPU, CPUDevice, T)
 REGISTER_CPU_KERNELS(Eigen::half);
 REGISTER_CPU_KERNELS(Eigen::bfloat16);
 REGISTER_CPU_KERNELS(float);
 REGISTER_CPU_KERNELS(double);
 #undef REGISTER_CPU_KERNELS
+
+#if GOOGLE_CUDA
+#define REGISTER_GPU_KERNELS(T) \
+  REGISTER_KERNELS(::tensorflow::DEVICE_GPU, GPUDevice, T)
+REGISTER_GPU_KERNELS(Eigen::half);
+REGISTER_GPU_KERNELS(Eigen::bfloat16);
+REGISTER_GPU_KERNELS(float);
+REGISTER_GPU_KERNELS(double);
+#undef REGISTER_GPU_KERNELS
+#endif  // GOOGLE_CUDA
+#undef REGISTER_KERNELS
 
 }  // namespace
 }  // namespace tf_adagrad

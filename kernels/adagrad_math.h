@@ -5,6 +5,10 @@
 //   accum += g * g
 //   var   -= lr * g / sqrt(accum + epsilon)
 // 16-bit types are widened to float32, computed, and rounded once on store.
+//
+// The conversions and the element update are also compiled for the GPU
+// (kernels/adagrad_gpu.cuh), so both devices share one definition of the
+// math.
 #ifndef TF_ADAGRAD_KERNELS_ADAGRAD_MATH_H_
 #define TF_ADAGRAD_KERNELS_ADAGRAD_MATH_H_
 
@@ -14,8 +18,17 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__)
+// x86 paths are host code: a CUDA compiler's device pass has no x86 target.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDA_ARCH__)
+#define TF_ADAGRAD_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
+#endif
+
+#if defined(__CUDACC__)
+#define TF_ADAGRAD_HOST_DEVICE __host__ __device__
+#else
+#define TF_ADAGRAD_HOST_DEVICE
 #endif
 
 namespace tf_adagrad {
@@ -29,21 +42,38 @@ struct BFloat16 {
   uint16_t bits;
 };
 
-inline float BitsToFloat(uint32_t bits) {
+TF_ADAGRAD_HOST_DEVICE inline float BitsToFloat(uint32_t bits) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(bits);
+#else
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
+#endif
 }
 
-inline uint32_t FloatToBits(float f) {
+TF_ADAGRAD_HOST_DEVICE inline uint32_t FloatToBits(float f) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(f);
+#else
   uint32_t bits;
   std::memcpy(&bits, &f, sizeof bits);
   return bits;
+#endif
+}
+
+// Leading zero bits of a nonzero x.
+TF_ADAGRAD_HOST_DEVICE inline int CountLeadingZeros(uint32_t x) {
+#ifdef __CUDA_ARCH__
+  return __clz(static_cast<int>(x));
+#else
+  return __builtin_clz(x);
+#endif
 }
 
 // Integer-only conversions: TensorFlow runs CPU kernels with denormals
 // flushed to zero, so float arithmetic tricks would lose half subnormals.
-inline float HalfToFloat(uint16_t h) {
+TF_ADAGRAD_HOST_DEVICE inline float HalfToFloat(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exponent = (h >> 10) & 0x1fu;
   uint32_t mantissa = h & 0x3ffu;
@@ -55,13 +85,13 @@ inline float HalfToFloat(uint16_t h) {
   }
   if (mantissa == 0) return BitsToFloat(sign);  // signed zero
   // Subnormal: shift the leading one up to bit 10 to normalize.
-  const int shift = __builtin_clz(mantissa) - 21;
+  const int shift = CountLeadingZeros(mantissa) - 21;
   mantissa = (mantissa << shift) & 0x3ffu;
   return BitsToFloat(sign | ((113u - shift) << 23) | (mantissa << 13));
 }
 
 // Round to nearest even, with overflow to inf and gradual underflow.
-inline uint16_t FloatToHalf(float f) {
+TF_ADAGRAD_HOST_DEVICE inline uint16_t FloatToHalf(float f) {
   const uint32_t x = FloatToBits(f);
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
   const uint32_t magnitude = x & 0x7fffffffu;
@@ -88,11 +118,11 @@ inline uint16_t FloatToHalf(float f) {
   return sign | static_cast<uint16_t>(result);
 }
 
-inline float BFloat16ToFloat(uint16_t b) {
+TF_ADAGRAD_HOST_DEVICE inline float BFloat16ToFloat(uint16_t b) {
   return BitsToFloat(static_cast<uint32_t>(b) << 16);
 }
 
-inline uint16_t FloatToBFloat16(float f) {
+TF_ADAGRAD_HOST_DEVICE inline uint16_t FloatToBFloat16(float f) {
   const uint32_t x = FloatToBits(f);
   if ((x & 0x7fffffffu) > 0x7f800000u) {  // nan: keep it a quiet nan
     return static_cast<uint16_t>((x >> 16) | 0x40u);
@@ -105,34 +135,62 @@ inline uint16_t FloatToBFloat16(float f) {
 template <typename T>
 struct Arithmetic {
   using Compute = T;  // float and double compute in themselves
-  static Compute Load(T x) { return x; }
-  static T Store(Compute x) { return x; }
+  TF_ADAGRAD_HOST_DEVICE static Compute Load(T x) { return x; }
+  TF_ADAGRAD_HOST_DEVICE static T Store(Compute x) { return x; }
 };
 
 template <>
 struct Arithmetic<Float16> {
   using Compute = float;
-  static float Load(Float16 x) { return HalfToFloat(x.bits); }
-  static Float16 Store(float x) { return Float16{FloatToHalf(x)}; }
+  TF_ADAGRAD_HOST_DEVICE static float Load(Float16 x) {
+    return HalfToFloat(x.bits);
+  }
+  TF_ADAGRAD_HOST_DEVICE static Float16 Store(float x) {
+    return Float16{FloatToHalf(x)};
+  }
 };
 
 template <>
 struct Arithmetic<BFloat16> {
   using Compute = float;
-  static float Load(BFloat16 x) { return BFloat16ToFloat(x.bits); }
-  static BFloat16 Store(float x) { return BFloat16{FloatToBFloat16(x)}; }
+  TF_ADAGRAD_HOST_DEVICE static float Load(BFloat16 x) {
+    return BFloat16ToFloat(x.bits);
+  }
+  TF_ADAGRAD_HOST_DEVICE static BFloat16 Store(float x) {
+    return BFloat16{FloatToBFloat16(x)};
+  }
 };
 
 template <typename T>
 using ComputeType = typename Arithmetic<T>::Compute;
 
+// IEEE square root on both devices: in device code std::sqrt(float) may
+// compile to an approximation (clang does that), so the GPU asks for the
+// correctly rounded instruction by name.
+TF_ADAGRAD_HOST_DEVICE inline float CorrectlyRoundedSqrt(float x) {
+#ifdef __CUDA_ARCH__
+  return __fsqrt_rn(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+
+TF_ADAGRAD_HOST_DEVICE inline double CorrectlyRoundedSqrt(double x) {
+#ifdef __CUDA_ARCH__
+  return __dsqrt_rn(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+
 // One element of the update, in the compute type. Same operation order as
 // Keras 3 (`lr * g / sqrt(accum + epsilon)`), so float32 results are
 // bit-identical to keras.optimizers.Adagrad's.
 template <typename C>
-inline void UpdateElement(C lr, C epsilon, C grad, C* var, C* accum) {
+TF_ADAGRAD_HOST_DEVICE inline void UpdateElement(C lr, C epsilon, C grad,
+                                                 C* var, C* accum) {
   *accum += grad * grad;
-  *var -= lr * grad / std::sqrt(*accum + epsilon);
+  *var -= lr * grad / CorrectlyRoundedSqrt(*accum + epsilon);
 }
 
 // Dense update of elements [begin, end): a single pass that reads var, accum
@@ -158,7 +216,7 @@ void AdagradDenseRange(T* var, T* accum, const T* grad, ComputeType<T> lr,
   AdagradDenseRangeScalar(var, accum, grad, lr, epsilon, begin, end);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef TF_ADAGRAD_X86
 // float16 through the F16C conversion instructions, 8 lanes at a time, when
 // the CPU has them (checked at run time; the library still runs on any
 // x86-64). Same operations and order as UpdateElement, no FMA, and the
@@ -191,9 +249,14 @@ __attribute__((target("avx,f16c"))) inline void AdagradDenseRangeHalfF16C(
   AdagradDenseRangeScalar(var, accum, grad, lr, epsilon, i, end);
 }
 
+// __builtin_cpu_supports("avx") also checks that the OS saves AVX state;
+// F16C comes from CPUID itself, which clang's builtin cannot name.
 inline bool CpuHasF16C() {
-  static const bool has_f16c =
-      __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+  static const bool has_f16c = [] {
+    unsigned eax, ebx, ecx, edx;
+    return __builtin_cpu_supports("avx") &&
+           __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+  }();
   return has_f16c;
 }
 
@@ -206,7 +269,7 @@ inline void AdagradDenseRange(Float16* var, Float16* accum,
     AdagradDenseRangeScalar(var, accum, grad, lr, epsilon, begin, end);
   }
 }
-#endif  // __x86_64__ && __GNUC__
+#endif  // TF_ADAGRAD_X86
 
 // Index of the first entry of `indices` outside [0, num_rows), or -1.
 template <typename Index>

@@ -1,0 +1,439 @@
+// The Adagrad update on the GPU: CUDA kernels on raw pointers and a stream,
+// no TensorFlow, so that tests/cuda can run them on their own. The element
+// math is adagrad_math.h's (float16 converts with the GPU's instructions,
+// which round the same way), so a build without FMA contraction gives the
+// CPU path's results bit for bit.
+//
+// Every function returns the first CUDA error it meets; each launch is
+// checked right after it is queued. (Faults inside a running kernel surface
+// later, at the next synchronizing call on the stream, as CUDA reports them.)
+#ifndef TF_ADAGRAD_KERNELS_ADAGRAD_GPU_CUH_
+#define TF_ADAGRAD_KERNELS_ADAGRAD_GPU_CUH_
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include <cub/device/device_radix_sort.cuh>
+
+#include "kernels/adagrad_math.h"
+
+namespace tf_adagrad {
+namespace gpu {
+
+// Eight warps: a multiple of the warp size that divides the threads-per-
+// multiprocessor limit of every target (sm_70 to sm_90), so full occupancy
+// stays reachable.
+constexpr int kThreadsPerBlock = 256;
+constexpr int kWarpSize = 32;
+constexpr int kWarpsPerBlock = kThreadsPerBlock / kWarpSize;
+
+// Blocks for a grid-stride kernel over `work_items` items (one per thread):
+// as many as the current device keeps resident at once, or fewer if the work
+// needs fewer.
+template <typename Kernel>
+cudaError_t ResidentGridSize(Kernel kernel, int64_t work_items, int* blocks) {
+  int device = 0, multiprocessors = 0, blocks_per_multiprocessor = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&multiprocessors,
+                               cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &blocks_per_multiprocessor, kernel, kThreadsPerBlock, 0);
+  if (err != cudaSuccess) return err;
+  const int64_t needed = (work_items + kThreadsPerBlock - 1) / kThreadsPerBlock;
+  *blocks = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(needed, static_cast<int64_t>(multiprocessors) *
+                                       blocks_per_multiprocessor)));
+  return cudaSuccess;
+}
+
+// How the kernels read and write each type: as adagrad_math.h does, except
+// that float16 uses the GPU's conversion instructions, which give the same
+// bits as HalfToFloat and FloatToHalf (exact widening; rounding to nearest
+// even, gradual underflow, overflow to inf) for every value but NaN, whose
+// payload they may change, and are many times cheaper than the integer code.
+template <typename T>
+struct GpuArithmetic : Arithmetic<T> {};
+
+template <>
+struct GpuArithmetic<Float16> {
+  using Compute = float;
+  __device__ static float Load(Float16 x) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+    return f;
+  }
+  __device__ static Float16 Store(float f) {
+    Float16 x;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(x.bits) : "f"(f));
+    return x;
+  }
+};
+
+// ---------------------------------------------------------------- dense ---
+
+// kWidth consecutive elements, moved in one access (16 bytes for the
+// vectorized kernels, one element for the unaligned fallback).
+template <typename T, int kWidth>
+struct alignas(sizeof(T) * kWidth) Pack {
+  T elements[kWidth];
+};
+
+// One pass over var, accum and grad, kWidth elements per access, grid-stride.
+// Elements past the last whole pack (fewer than kWidth) are done one by one
+// by the first threads of the grid.
+template <typename T, int kWidth>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    AdagradDenseKernel(T* __restrict__ var, T* __restrict__ accum,
+                       const T* __restrict__ grad, ComputeType<T> lr,
+                       ComputeType<T> epsilon, int64_t size) {
+  using A = GpuArithmetic<T>;
+  using C = ComputeType<T>;
+  using P = Pack<T, kWidth>;
+  const int64_t num_packs = size / kWidth;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  P* var_packs = reinterpret_cast<P*>(var);
+  P* accum_packs = reinterpret_cast<P*>(accum);
+  const P* grad_packs = reinterpret_cast<const P*>(grad);
+  for (int64_t p = first; p < num_packs; p += stride) {
+    P v = var_packs[p];
+    P a = accum_packs[p];
+    const P g = grad_packs[p];
+#pragma unroll
+    for (int k = 0; k < kWidth; ++k) {
+      C v_c = A::Load(v.elements[k]);
+      C a_c = A::Load(a.elements[k]);
+      UpdateElement(lr, epsilon, A::Load(g.elements[k]), &v_c, &a_c);
+      v.elements[k] = A::Store(v_c);
+      a.elements[k] = A::Store(a_c);
+    }
+    accum_packs[p] = a;
+    var_packs[p] = v;
+  }
+  const int64_t tail = num_packs * kWidth + first;
+  if (tail < size) {
+    C v_c = A::Load(var[tail]);
+    C a_c = A::Load(accum[tail]);
+    UpdateElement(lr, epsilon, A::Load(grad[tail]), &v_c, &a_c);
+    accum[tail] = A::Store(a_c);
+    var[tail] = A::Store(v_c);
+  }
+}
+
+template <typename T, int kWidth>
+cudaError_t LaunchDenseKernel(T* var, T* accum, const T* grad,
+                              ComputeType<T> lr, ComputeType<T> epsilon,
+                              int64_t size, cudaStream_t stream) {
+  const auto kernel = AdagradDenseKernel<T, kWidth>;
+  int blocks = 0;
+  const cudaError_t err =
+      ResidentGridSize(kernel, (size + kWidth - 1) / kWidth, &blocks);
+  if (err != cudaSuccess) return err;
+  kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(var, accum, grad, lr,
+                                                  epsilon, size);
+  return cudaGetLastError();
+}
+
+// Updates `size` elements of var and accum in place, on `stream`.
+template <typename T>
+cudaError_t LaunchAdagradDense(T* var, T* accum, const T* grad,
+                               ComputeType<T> lr, ComputeType<T> epsilon,
+                               int64_t size, cudaStream_t stream) {
+  if (size == 0) return cudaSuccess;
+  constexpr int kVectorBytes = 16;
+  constexpr int kVectorWidth = kVectorBytes / sizeof(T);
+  const bool vector_aligned =
+      (reinterpret_cast<uintptr_t>(var) | reinterpret_cast<uintptr_t>(accum) |
+       reinterpret_cast<uintptr_t>(grad)) % kVectorBytes == 0;
+  if (vector_aligned) {
+    return LaunchDenseKernel<T, kVectorWidth>(var, accum, grad, lr, epsilon,
+                                              size, stream);
+  }
+  return LaunchDenseKernel<T, 1>(var, accum, grad, lr, epsilon, size, stream);
+}
+
+// --------------------------------------------------------------- sparse ---
+
+// Lowers *first_bad to the smallest position whose index is outside
+// [0, num_rows).
+template <typename Index>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    FindOutOfRangeKernel(const Index* __restrict__ indices, int64_t nnz,
+                         int64_t num_rows,
+                         unsigned long long* __restrict__ first_bad) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       i < nnz; i += stride) {
+    const int64_t index = static_cast<int64_t>(indices[i]);
+    if (index < 0 || index >= num_rows) {
+      atomicMin(first_bad, static_cast<unsigned long long>(i));
+      return;  // this thread's later positions are larger
+    }
+  }
+}
+
+// Finds the first position of `indices` whose value is outside
+// [0, num_rows): sets *position to it and *index to its value, or *position
+// to -1. `scratch` is one device word. Waits for the stream: the caller
+// decides on the host whether the update may run.
+template <typename Index>
+cudaError_t FindFirstOutOfRangeIndex(const Index* indices, int64_t nnz,
+                                     int64_t num_rows,
+                                     unsigned long long* scratch,
+                                     int64_t* position, int64_t* index,
+                                     cudaStream_t stream) {
+  *position = -1;
+  if (nnz == 0) return cudaSuccess;
+  const auto kernel = FindOutOfRangeKernel<Index>;
+  int blocks = 0;
+  cudaError_t err = ResidentGridSize(kernel, nnz, &blocks);
+  if (err != cudaSuccess) return err;
+  // All ones: larger than any position.
+  err = cudaMemsetAsync(scratch, 0xff, sizeof(*scratch), stream);
+  if (err != cudaSuccess) return err;
+  kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(indices, nnz, num_rows,
+                                                  scratch);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  unsigned long long first_bad = 0;
+  err = cudaMemcpyAsync(&first_bad, scratch, sizeof(first_bad),
+                        cudaMemcpyDeviceToHost, stream);
+  if (err != cudaSuccess) return err;
+  err = cudaStreamSynchronize(stream);
+  if (err != cudaSuccess || first_bad >= static_cast<uint64_t>(nnz)) return err;
+  Index bad_index;
+  err = cudaMemcpyAsync(&bad_index, indices + first_bad, sizeof(bad_index),
+                        cudaMemcpyDeviceToHost, stream);
+  if (err != cudaSuccess) return err;
+  err = cudaStreamSynchronize(stream);
+  if (err != cudaSuccess) return err;
+  *position = static_cast<int64_t>(first_bad);
+  *index = static_cast<int64_t>(bad_index);
+  return cudaSuccess;
+}
+
+// Where the sparse update's temporary arrays sit in one device allocation.
+struct SparseWorkspace {
+  int sort_end_bit = 0;  // indices fit in this many low bits
+  size_t sorted_indices = 0;  // nnz indices, ascending
+  size_t positions = 0;  // nnz positions 0, 1, ..., nnz - 1
+  size_t sorted_positions = 0;  // nnz positions, in sorted-index order
+  size_t sort_storage = 0;
+  size_t sort_storage_bytes = 0;
+  size_t total_bytes = 0;
+};
+
+// The sort key: indices are known to be in [0, num_rows) by now, so their
+// unsigned bits order them the same way.
+template <typename Index>
+using SortKey = std::make_unsigned_t<Index>;
+
+// Plans the workspace of LaunchAdagradSparse for nnz > 0 indices, all in
+// [0, num_rows).
+template <typename Index>
+cudaError_t PlanSparseWorkspace(int64_t nnz, int64_t num_rows,
+                                SparseWorkspace* plan) {
+  using Key = SortKey<Index>;
+  int index_bits = 0;
+  while (index_bits < 63 && (int64_t{1} << index_bits) < num_rows) ++index_bits;
+  // A radix sort needs at least one bit, even when every index is 0.
+  plan->sort_end_bit = std::max(index_bits, 1);
+  const cudaError_t err = cub::DeviceRadixSort::SortPairs(
+      nullptr, plan->sort_storage_bytes, static_cast<const Key*>(nullptr),
+      static_cast<Key*>(nullptr), static_cast<const int64_t*>(nullptr),
+      static_cast<int64_t*>(nullptr), nnz, 0, plan->sort_end_bit);
+  if (err != cudaSuccess) return err;
+  constexpr size_t kAlignment = 256;  // cudaMalloc's own alignment
+  size_t offset = 0;
+  const auto place = [&offset](size_t bytes) {
+    const size_t at = offset;
+    offset += (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    return at;
+  };
+  plan->sorted_indices = place(nnz * sizeof(Key));
+  plan->positions = place(nnz * sizeof(int64_t));
+  plan->sorted_positions = place(nnz * sizeof(int64_t));
+  plan->sort_storage = place(plan->sort_storage_bytes);
+  plan->total_bytes = offset;
+  return cudaSuccess;
+}
+
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    IotaKernel(int64_t* __restrict__ values, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       i < n; i += stride) {
+    values[i] = i;
+  }
+}
+
+// Columns of a row that one warp sums and updates: one per lane.
+constexpr int64_t kTileColumns = kWarpSize;
+
+// One warp per (sorted position, tile of kTileColumns columns). The warps at
+// the start of each run of equal indices own that row: each sums its columns
+// of the run's gradient rows in position order (the order the CPU sums them
+// in), then updates them once; the other warps return. No two warps write
+// the same element, so there are no atomics and the result does not depend
+// on scheduling.
+//
+// A long run (a hot row) is a chain of additions; its loads are not, so the
+// warp reads the positions kWarpSize at a time and issues the gradient loads
+// of all of them before it adds.
+template <typename T, typename Key>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    AdagradSparseRowsKernel(T* __restrict__ var, T* __restrict__ accum,
+                            const T* __restrict__ grad,
+                            const Key* __restrict__ sorted_indices,
+                            const int64_t* __restrict__ sorted_positions,
+                            int64_t nnz, int64_t row_size, int64_t num_tiles,
+                            ComputeType<T> lr, ComputeType<T> epsilon) {
+  using A = GpuArithmetic<T>;
+  using C = ComputeType<T>;
+  constexpr unsigned kAllLanes = 0xffffffffu;
+  const int64_t warp =
+      (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t run_start = warp / num_tiles;
+  const int64_t column = warp % num_tiles * kTileColumns + lane;
+  if (run_start >= nnz) return;
+  const Key row = sorted_indices[run_start];
+  if (run_start > 0 && sorted_indices[run_start - 1] == row) return;
+  // The run ends at the first different index. Most runs are short: the
+  // warp checks the next kWarpSize positions at once, and bisects the rest.
+  int64_t run_end;
+  const int64_t next = run_start + 1 + lane;
+  const unsigned different =
+      __ballot_sync(kAllLanes, next >= nnz || sorted_indices[next] != row);
+  if (different != 0) {
+    run_end = run_start + __ffs(different);
+  } else {
+    int64_t low = run_start + kWarpSize + 1, high = nnz;  // sorted[low - 1] == row
+    while (low < high) {
+      const int64_t middle = low + (high - low) / 2;
+      if (sorted_indices[middle] == row) {
+        low = middle + 1;
+      } else {
+        high = middle;
+      }
+    }
+    run_end = low;
+  }
+  const bool in_row = column < row_size;
+  // -0 + x == x for every x, so the sum starts exactly as the CPU's, which
+  // starts from the first row itself; -0 also pads the last chunk.
+  C sum = C(-0.0);
+  // Each lane holds one position of the chunk; the next chunk's are read
+  // before this chunk's gradients.
+  int64_t lane_position =
+      run_start + lane < run_end ? sorted_positions[run_start + lane] : 0;
+  for (int64_t chunk = run_start; chunk < run_end; chunk += kWarpSize) {
+    const int64_t count = min(static_cast<int64_t>(kWarpSize), run_end - chunk);
+    const int64_t next_chunk = chunk + kWarpSize + lane;
+    const int64_t next_lane_position =
+        next_chunk < run_end ? sorted_positions[next_chunk] : 0;
+    C values[kWarpSize];
+#pragma unroll
+    for (int t = 0; t < kWarpSize; ++t) {
+      const int64_t position = __shfl_sync(kAllLanes, lane_position, t);
+      values[t] = t < count && in_row
+                      ? A::Load(grad[position * row_size + column])
+                      : C(-0.0);
+    }
+#pragma unroll
+    for (int t = 0; t < kWarpSize; ++t) sum += values[t];
+    lane_position = next_lane_position;
+  }
+  if (!in_row) return;
+  T* var_element = var + static_cast<int64_t>(row) * row_size + column;
+  T* accum_element = accum + static_cast<int64_t>(row) * row_size + column;
+  C v = A::Load(*var_element);
+  C a = A::Load(*accum_element);
+  UpdateElement(lr, epsilon, sum, &v, &a);
+  *accum_element = A::Store(a);
+  *var_element = A::Store(v);
+}
+
+template <typename Index>
+struct SparseBuffers {
+  SortKey<Index>* sorted_indices;
+  int64_t* positions;
+  int64_t* sorted_positions;
+  void* sort_storage;
+};
+
+template <typename Index>
+SparseBuffers<Index> Buffers(const SparseWorkspace& plan, void* workspace) {
+  char* base = static_cast<char*>(workspace);
+  return {reinterpret_cast<SortKey<Index>*>(base + plan.sorted_indices),
+          reinterpret_cast<int64_t*>(base + plan.positions),
+          reinterpret_cast<int64_t*>(base + plan.sorted_positions),
+          base + plan.sort_storage};
+}
+
+// First half of LaunchAdagradSparse: sorts (index, position) pairs by index
+// into the workspace. Radix sort is stable, so equal indices keep their
+// positions in increasing order.
+template <typename Index>
+cudaError_t SortIndices(const Index* indices, int64_t nnz,
+                        const SparseWorkspace& plan, void* workspace,
+                        cudaStream_t stream) {
+  const SparseBuffers<Index> buffers = Buffers<Index>(plan, workspace);
+  int blocks = 0;
+  cudaError_t err = ResidentGridSize(IotaKernel, nnz, &blocks);
+  if (err != cudaSuccess) return err;
+  IotaKernel<<<blocks, kThreadsPerBlock, 0, stream>>>(buffers.positions, nnz);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  size_t sort_storage_bytes = plan.sort_storage_bytes;
+  return cub::DeviceRadixSort::SortPairs(
+      buffers.sort_storage, sort_storage_bytes,
+      reinterpret_cast<const SortKey<Index>*>(indices), buffers.sorted_indices,
+      buffers.positions, buffers.sorted_positions, nnz, 0, plan.sort_end_bit,
+      stream);
+}
+
+// Second half of LaunchAdagradSparse: the update from the sorted pairs.
+template <typename T, typename Index>
+cudaError_t UpdateSortedRows(T* var, T* accum, const T* grad, int64_t nnz,
+                             int64_t row_size, ComputeType<T> lr,
+                             ComputeType<T> epsilon,
+                             const SparseWorkspace& plan, void* workspace,
+                             cudaStream_t stream) {
+  const SparseBuffers<Index> buffers = Buffers<Index>(plan, workspace);
+  const int64_t num_tiles = (row_size + kTileColumns - 1) / kTileColumns;
+  const int64_t blocks = (nnz * num_tiles + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  AdagradSparseRowsKernel<T, SortKey<Index>>
+      <<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream>>>(
+          var, accum, grad, buffers.sorted_indices, buffers.sorted_positions,
+          nnz, row_size, num_tiles, lr, epsilon);
+  return cudaGetLastError();
+}
+
+// Updates the rows of var and accum ([num_rows, row_size]) named by the nnz
+// indices, with grad [nnz, row_size]; duplicate indices are summed first.
+// Every index must be in [0, num_rows) (see FindFirstOutOfRangeIndex).
+// `workspace` holds plan.total_bytes of device memory.
+template <typename T, typename Index>
+cudaError_t LaunchAdagradSparse(T* var, T* accum, const T* grad,
+                                const Index* indices, int64_t nnz,
+                                int64_t row_size, ComputeType<T> lr,
+                                ComputeType<T> epsilon,
+                                const SparseWorkspace& plan, void* workspace,
+                                cudaStream_t stream) {
+  if (nnz == 0 || row_size == 0) return cudaSuccess;
+  const cudaError_t err = SortIndices(indices, nnz, plan, workspace, stream);
+  if (err != cudaSuccess) return err;
+  return UpdateSortedRows<T, Index>(var, accum, grad, nnz, row_size, lr,
+                                    epsilon, plan, workspace, stream);
+}
+
+}  // namespace gpu
+}  // namespace tf_adagrad
+
+#endif  // TF_ADAGRAD_KERNELS_ADAGRAD_GPU_CUH_

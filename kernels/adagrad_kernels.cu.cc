@@ -1,0 +1,138 @@
+// GPU functors for the fused Adagrad ops: the TensorFlow side of the CUDA
+// kernels in adagrad_gpu.cuh (the op's stream, temporary memory from the
+// op's allocator, errors as statuses), and their explicit instantiations.
+#if GOOGLE_CUDA
+#define EIGEN_USE_GPU
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/adagrad_functors.h"
+#include "kernels/adagrad_gpu.cuh"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "unsupported/Eigen/CXX11/Tensor"
+
+namespace tf_adagrad {
+namespace functor {
+
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::TTypes;
+using GPUDevice = Eigen::GpuDevice;
+
+namespace {
+
+absl::Status CudaStatus(OpKernelContext* ctx, const char* step,
+                        cudaError_t err) {
+  if (err == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(ctx->op_kernel().type_string(),
+                                          ": CUDA error in ", step, ": ",
+                                          cudaGetErrorName(err), " (",
+                                          cudaGetErrorString(err), ")"));
+}
+
+cudaStream_t Stream(OpKernelContext* ctx) {
+  return ctx->eigen_device<GPUDevice>().stream();
+}
+
+}  // namespace
+
+template <typename T>
+absl::Status ApplyAdagradDense<GPUDevice, T>::operator()(
+    OpKernelContext* ctx, typename TTypes<T>::Flat var,
+    typename TTypes<T>::Flat accum, T lr, T epsilon,
+    typename TTypes<T>::ConstFlat grad) {
+  return CudaStatus(
+      ctx, "the dense update",
+      gpu::LaunchAdagradDense(MathPointer(var.data()),
+                              MathPointer(accum.data()),
+                              MathPointer(grad.data()), ToCompute(lr),
+                              ToCompute(epsilon), var.size(), Stream(ctx)));
+}
+
+template <typename T, typename Index>
+absl::Status ApplyAdagradSparse<GPUDevice, T, Index>::operator()(
+    OpKernelContext* ctx, typename TTypes<T>::Matrix var,
+    typename TTypes<T>::Matrix accum, T lr, T epsilon,
+    typename TTypes<T>::ConstMatrix grad,
+    typename TTypes<Index>::ConstVec indices) {
+  const int64_t nnz = indices.size();
+  const int64_t num_rows = var.dimension(0);
+  const int64_t row_size = var.dimension(1);
+  if (nnz == 0) return absl::OkStatus();
+  const cudaStream_t stream = Stream(ctx);
+
+  // Indices are checked on the device, and the host waits for the answer
+  // before anything is written.
+  Tensor first_bad;  // one word for the kernel's atomicMin
+  TF_RETURN_IF_ERROR(
+      ctx->allocate_temp(tensorflow::DT_UINT64, TensorShape({1}), &first_bad));
+  int64_t bad_position = -1, bad_index = 0;
+  TF_RETURN_IF_ERROR(CudaStatus(
+      ctx, "the index check",
+      gpu::FindFirstOutOfRangeIndex(
+          indices.data(), nnz, num_rows,
+          // uint64 and unsigned long long: both 64 bits, named differently.
+          reinterpret_cast<unsigned long long*>(
+              first_bad.flat<uint64_t>().data()),
+          &bad_position, &bad_index, stream)));
+  if (bad_position >= 0) {
+    return IndexOutOfRangeError(ctx->op_kernel().type_string(), bad_position,
+                                bad_index, num_rows);
+  }
+  if (row_size == 0) return absl::OkStatus();
+
+  gpu::SparseWorkspace plan;
+  TF_RETURN_IF_ERROR(CudaStatus(
+      ctx, "planning the sort",
+      gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &plan)));
+  Tensor workspace;
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(
+      tensorflow::DT_INT8,
+      TensorShape({static_cast<int64_t>(plan.total_bytes)}), &workspace));
+  return CudaStatus(
+      ctx, "the sparse update",
+      gpu::LaunchAdagradSparse(
+          MathPointer(var.data()), MathPointer(accum.data()),
+          MathPointer(grad.data()), indices.data(), nnz, row_size,
+          ToCompute(lr), ToCompute(epsilon), plan,
+          workspace.flat<int8_t>().data(), stream));
+}
+
+#define INSTANTIATE_GPU_FUNCTORS(T)                          \
+  template struct ApplyAdagradDense<GPUDevice, T>;           \
+  template struct ApplyAdagradSparse<GPUDevice, T, int32_t>; \
+  template struct ApplyAdagradSparse<GPUDevice, T, int64_t>;
+INSTANTIATE_GPU_FUNCTORS(Eigen::half);
+INSTANTIATE_GPU_FUNCTORS(Eigen::bfloat16);
+INSTANTIATE_GPU_FUNCTORS(float);
+INSTANTIATE_GPU_FUNCTORS(double);
+#undef INSTANTIATE_GPU_FUNCTORS
+
+}  // namespace functor
+}  // namespace tf_adagrad
+
+namespace tensorflow {
+namespace functor {
+
+template <typename T>
+void DenseUpdate<Eigen::GpuDevice, T, ASSIGN>::operator()(
+    const Eigen::GpuDevice& device, typename TTypes<T>::Flat params,
+    typename TTypes<T>::ConstFlat update) {
+  device.memcpy(params.data(), update.data(), params.size() * sizeof(T));
+}
+
+template struct DenseUpdate<Eigen::GpuDevice, Eigen::half, ASSIGN>;
+template struct DenseUpdate<Eigen::GpuDevice, Eigen::bfloat16, ASSIGN>;
+template struct DenseUpdate<Eigen::GpuDevice, float, ASSIGN>;
+template struct DenseUpdate<Eigen::GpuDevice, double, ASSIGN>;
+
+}  // namespace functor
+}  // namespace tensorflow
+
+#endif  // GOOGLE_CUDA

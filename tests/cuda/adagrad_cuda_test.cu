@@ -1,0 +1,641 @@
+// Standalone test of the CUDA kernels in kernels/adagrad_gpu.cuh, without
+// TensorFlow. Runs both updates on random shapes and data against the CPU
+// path of kernels/adagrad_math.h (the reference), requires the results to be
+// bit-identical to it and from one run to the next, checks the index
+// validation, then times the dense kernel against a device-to-device copy and
+// the sparse update on a 1M x 64 table.
+//
+// Usage: adagrad_cuda_test [seed]
+// Exit status: 0 every check passed; 1 a check failed; 77 no CUDA device.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/adagrad_gpu.cuh"
+#include "kernels/adagrad_math.h"
+
+namespace {
+
+using tf_adagrad::Arithmetic;
+using tf_adagrad::BFloat16;
+using tf_adagrad::ComputeType;
+using tf_adagrad::Float16;
+
+#define CUDA_CHECK(call)                                                   \
+  do {                                                                     \
+    const cudaError_t cuda_check_error = (call);                           \
+    if (cuda_check_error != cudaSuccess) {                                 \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__,   \
+                   #call, cudaGetErrorString(cuda_check_error));           \
+      std::exit(1);                                                        \
+    }                                                                      \
+  } while (0)
+
+int checks_passed = 0;
+int checks_failed = 0;
+
+void Record(bool ok, const std::string& what) {
+  if (ok) {
+    ++checks_passed;
+  } else {
+    ++checks_failed;
+    std::printf("FAILED: %s\n", what.c_str());
+  }
+}
+
+template <typename T>
+struct TypeName;
+template <>
+struct TypeName<Float16> {
+  static constexpr const char* value = "float16";
+};
+template <>
+struct TypeName<BFloat16> {
+  static constexpr const char* value = "bfloat16";
+};
+template <>
+struct TypeName<float> {
+  static constexpr const char* value = "float32";
+};
+template <>
+struct TypeName<double> {
+  static constexpr const char* value = "float64";
+};
+template <>
+struct TypeName<int32_t> {
+  static constexpr const char* value = "int32";
+};
+template <>
+struct TypeName<int64_t> {
+  static constexpr const char* value = "int64";
+};
+
+// Device memory for n elements, freed on scope exit.
+template <typename T>
+class DeviceArray {
+ public:
+  explicit DeviceArray(size_t n) : size_(n) {
+    if (n > 0) CUDA_CHECK(cudaMalloc(&data_, n * sizeof(T)));
+  }
+  ~DeviceArray() { cudaFree(data_); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  T* data() const { return data_; }
+  void CopyFrom(const std::vector<T>& host, size_t offset = 0) const {
+    if (!host.empty()) {
+      CUDA_CHECK(cudaMemcpy(data_ + offset, host.data(),
+                            host.size() * sizeof(T), cudaMemcpyHostToDevice));
+    }
+  }
+  std::vector<T> CopyOut(size_t n, size_t offset = 0) const {
+    std::vector<T> host(n);
+    if (n > 0) {
+      CUDA_CHECK(cudaMemcpy(host.data(), data_ + offset, n * sizeof(T),
+                            cudaMemcpyDeviceToHost));
+    }
+    return host;
+  }
+
+ private:
+  T* data_ = nullptr;
+  size_t size_;
+};
+
+template <typename T>
+T FromDouble(double x) {
+  return Arithmetic<T>::Store(static_cast<ComputeType<T>>(x));
+}
+
+template <typename T>
+bool IsNaN(T x) {
+  return std::isnan(Arithmetic<T>::Load(x));
+}
+
+// Same bits, or NaN on both sides: a GPU writes the canonical NaN where x86
+// propagates an operand's payload, and NaN payloads carry no meaning here.
+template <typename T>
+bool SameValue(T a, T b) {
+  return std::memcmp(&a, &b, sizeof(T)) == 0 || (IsNaN(a) && IsNaN(b));
+}
+
+template <typename T>
+int64_t FirstDifference(const std::vector<T>& got, const std::vector<T>& want) {
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!SameValue(got[i], want[i])) return static_cast<int64_t>(i);
+  }
+  return -1;
+}
+
+template <typename T>
+bool Identical(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() &&
+         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+// Random values in [low, high), with a few gradients replaced by values that
+// exercise the edges of the math: zeros, infinities, NaN, subnormals, huge.
+template <typename T>
+std::vector<T> RandomValues(size_t n, double low, double high, bool specials,
+                            std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> uniform(low, high);
+  std::uniform_int_distribution<int> special_pick(0, 127);
+  const double infinity = std::numeric_limits<double>::infinity();
+  const double edge[] = {0.0,       -0.0, infinity, -infinity,
+                         std::nan(""), 1e-40, -3e-42, 1e30};
+  std::vector<T> values(n);
+  for (auto& v : values) {
+    const int pick = specials ? special_pick(rng) : 127;
+    v = FromDouble<T>(pick < 8 ? edge[pick] : uniform(rng));
+  }
+  return values;
+}
+
+// lr and epsilon pass through T, as the ops receive them.
+template <typename T>
+struct Hyperparameters {
+  ComputeType<T> lr, epsilon;
+};
+
+template <typename T>
+Hyperparameters<T> RandomHyperparameters(std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> lr(1e-3, 1.0);
+  const double epsilons[] = {1e-7, 1e-3, 0.1};
+  const double epsilon = epsilons[std::uniform_int_distribution<int>(0, 2)(rng)];
+  return {Arithmetic<T>::Load(FromDouble<T>(lr(rng))),
+          Arithmetic<T>::Load(FromDouble<T>(epsilon))};
+}
+
+// ---------------------------------------------------------------- dense ---
+
+// One dense update of `size` elements on the GPU; `offset` elements into
+// each allocation, so that offset 1 misaligns the 16-byte vector accesses.
+template <typename T>
+void RunDense(const std::vector<T>& var, const std::vector<T>& accum,
+              const std::vector<T>& grad, Hyperparameters<T> h, size_t offset,
+              std::vector<T>* var_out, std::vector<T>* accum_out) {
+  const size_t size = var.size();
+  DeviceArray<T> d_var(size + offset), d_accum(size + offset),
+      d_grad(size + offset);
+  d_var.CopyFrom(var, offset);
+  d_accum.CopyFrom(accum, offset);
+  d_grad.CopyFrom(grad, offset);
+  CUDA_CHECK(tf_adagrad::gpu::LaunchAdagradDense(
+      d_var.data() + offset, d_accum.data() + offset, d_grad.data() + offset,
+      h.lr, h.epsilon, static_cast<int64_t>(size), cudaStream_t{0}));
+  CUDA_CHECK(cudaDeviceSynchronize());
+  *var_out = d_var.CopyOut(size, offset);
+  *accum_out = d_accum.CopyOut(size, offset);
+}
+
+template <typename T>
+void CheckDense(size_t size, size_t offset, std::mt19937_64& rng) {
+  const std::vector<T> var = RandomValues<T>(size, -1.0, 1.0, true, rng);
+  const std::vector<T> accum = RandomValues<T>(size, 0.0, 4.0, false, rng);
+  const std::vector<T> grad = RandomValues<T>(size, -2.0, 2.0, true, rng);
+  const Hyperparameters<T> h = RandomHyperparameters<T>(rng);
+
+  std::vector<T> want_var = var, want_accum = accum;
+  tf_adagrad::AdagradDenseRangeScalar(want_var.data(), want_accum.data(),
+                                      grad.data(), h.lr, h.epsilon, 0,
+                                      static_cast<int64_t>(size));
+  std::vector<T> var1, accum1, var2, accum2;
+  RunDense(var, accum, grad, h, offset, &var1, &accum1);
+  RunDense(var, accum, grad, h, offset, &var2, &accum2);
+
+  const std::string name = std::string("dense ") + TypeName<T>::value +
+                           " size " + std::to_string(size) +
+                           (offset ? " misaligned" : " aligned");
+  const int64_t bad_var = FirstDifference(var1, want_var);
+  const int64_t bad_accum = FirstDifference(accum1, want_accum);
+  Record(bad_var < 0 && bad_accum < 0,
+         name + ": differs from the CPU reference at var[" +
+             std::to_string(bad_var) + "] / accum[" +
+             std::to_string(bad_accum) + "]");
+  Record(Identical(var1, var2) && Identical(accum1, accum2),
+         name + ": two runs differ");
+}
+
+// --------------------------------------------------------------- sparse ---
+
+enum class IndexPattern { kUniform, kFewRows, kZipf };
+
+// Zipf(1.1) over [0, num_rows): row r drawn with weight 1 / (r + 1)^1.1.
+class ZipfRows {
+ public:
+  explicit ZipfRows(int64_t num_rows) : cdf_(num_rows) {
+    double total = 0;
+    for (int64_t r = 0; r < num_rows; ++r) {
+      total += std::pow(static_cast<double>(r + 1), -1.1);
+      cdf_[r] = total;
+    }
+    for (double& c : cdf_) c /= total;
+  }
+  int64_t operator()(std::mt19937_64& rng) const {
+    const double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+    const auto it = std::lower_bound(cdf_.begin(), cdf_.end(), u);
+    return std::min<int64_t>(it - cdf_.begin(), cdf_.size() - 1);
+  }
+
+ private:
+  std::vector<double> cdf_;
+};
+
+template <typename Index>
+std::vector<Index> RandomIndices(int64_t nnz, int64_t num_rows,
+                                 IndexPattern pattern, std::mt19937_64& rng) {
+  std::vector<Index> indices(nnz);
+  if (pattern == IndexPattern::kZipf) {
+    const ZipfRows zipf(num_rows);
+    for (auto& i : indices) i = static_cast<Index>(zipf(rng));
+    return indices;
+  }
+  // kFewRows: every index among the first 4 rows, so runs are long.
+  const int64_t high =
+      pattern == IndexPattern::kFewRows ? std::min<int64_t>(num_rows, 4) : num_rows;
+  std::uniform_int_distribution<int64_t> row(0, high - 1);
+  for (auto& i : indices) i = static_cast<Index>(row(rng));
+  return indices;
+}
+
+// One sparse update on the GPU, as the op runs it: validate the indices,
+// then sort and update.
+template <typename T, typename Index>
+bool RunSparse(const std::vector<T>& var, const std::vector<T>& accum,
+               const std::vector<T>& grad, const std::vector<Index>& indices,
+               int64_t num_rows, int64_t row_size, Hyperparameters<T> h,
+               std::vector<T>* var_out, std::vector<T>* accum_out) {
+  const int64_t nnz = static_cast<int64_t>(indices.size());
+  DeviceArray<T> d_var(var.size()), d_accum(accum.size()), d_grad(grad.size());
+  DeviceArray<Index> d_indices(indices.size());
+  DeviceArray<unsigned long long> d_scratch(1);
+  d_var.CopyFrom(var);
+  d_accum.CopyFrom(accum);
+  d_grad.CopyFrom(grad);
+  d_indices.CopyFrom(indices);
+  int64_t bad_position = -1, bad_index = 0;
+  CUDA_CHECK(tf_adagrad::gpu::FindFirstOutOfRangeIndex(
+      d_indices.data(), nnz, num_rows, d_scratch.data(), &bad_position,
+      &bad_index, cudaStream_t{0}));
+  if (bad_position >= 0) return false;
+  if (nnz > 0) {
+    tf_adagrad::gpu::SparseWorkspace plan;
+    CUDA_CHECK(tf_adagrad::gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &plan));
+    DeviceArray<char> workspace(plan.total_bytes);
+    CUDA_CHECK(tf_adagrad::gpu::LaunchAdagradSparse(
+        d_var.data(), d_accum.data(), d_grad.data(), d_indices.data(), nnz,
+        row_size, h.lr, h.epsilon, plan, workspace.data(), cudaStream_t{0}));
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  *var_out = d_var.CopyOut(var.size());
+  *accum_out = d_accum.CopyOut(accum.size());
+  return true;
+}
+
+const char* PatternName(IndexPattern pattern) {
+  switch (pattern) {
+    case IndexPattern::kUniform:
+      return "uniform";
+    case IndexPattern::kFewRows:
+      return "4 rows";
+    case IndexPattern::kZipf:
+      return "zipf";
+  }
+  return "?";
+}
+
+template <typename T, typename Index>
+void CheckSparse(int64_t num_rows, int64_t row_size, int64_t nnz,
+                 IndexPattern pattern, std::mt19937_64& rng) {
+  const std::vector<T> var =
+      RandomValues<T>(num_rows * row_size, -1.0, 1.0, true, rng);
+  const std::vector<T> accum =
+      RandomValues<T>(num_rows * row_size, 0.0, 4.0, false, rng);
+  const std::vector<T> grad = RandomValues<T>(nnz * row_size, -2.0, 2.0, true, rng);
+  const std::vector<Index> indices =
+      RandomIndices<Index>(nnz, num_rows, pattern, rng);
+  const Hyperparameters<T> h = RandomHyperparameters<T>(rng);
+
+  std::vector<T> want_var = var, want_accum = accum;
+  if (nnz > 0 && row_size > 0) {
+    const tf_adagrad::RowGroups groups =
+        tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
+    std::vector<ComputeType<T>> scratch(row_size);
+    tf_adagrad::AdagradSparseRows(want_var.data(), want_accum.data(),
+                                  grad.data(), indices.data(), groups,
+                                  row_size, h.lr, h.epsilon, 0,
+                                  groups.num_unique(), scratch.data());
+  }
+  std::vector<T> var1, accum1, var2, accum2;
+  const std::string name = std::string("sparse ") + TypeName<T>::value + "/" +
+                           TypeName<Index>::value + " " +
+                           std::to_string(num_rows) + "x" +
+                           std::to_string(row_size) + ", " +
+                           std::to_string(nnz) + " " + PatternName(pattern) +
+                           " indices";
+  const bool ran =
+      RunSparse(var, accum, grad, indices, num_rows, row_size, h, &var1, &accum1) &&
+      RunSparse(var, accum, grad, indices, num_rows, row_size, h, &var2, &accum2);
+  Record(ran, name + ": valid indices were rejected");
+  if (!ran) return;
+  const int64_t bad_var = FirstDifference(var1, want_var);
+  const int64_t bad_accum = FirstDifference(accum1, want_accum);
+  Record(bad_var < 0 && bad_accum < 0,
+         name + ": differs from the CPU reference at var[" +
+             std::to_string(bad_var) + "] / accum[" +
+             std::to_string(bad_accum) + "]");
+  Record(Identical(var1, var2) && Identical(accum1, accum2),
+         name + ": two runs differ");
+}
+
+// Plants out-of-range values among valid indices; the GPU must name the same
+// first position and value as the CPU's FindOutOfRangeIndex.
+template <typename Index>
+void CheckOutOfRange(int64_t num_rows, int64_t nnz, int planted,
+                     std::mt19937_64& rng) {
+  // With no rows, the zeros are out of range too.
+  std::vector<Index> indices =
+      num_rows > 0
+          ? RandomIndices<Index>(nnz, num_rows, IndexPattern::kUniform, rng)
+          : std::vector<Index>(nnz, 0);
+  const Index bad_values[] = {Index{-1}, static_cast<Index>(num_rows),
+                              std::numeric_limits<Index>::min(),
+                              std::numeric_limits<Index>::max(),
+                              static_cast<Index>(num_rows + 12345)};
+  std::uniform_int_distribution<int64_t> position(0, nnz - 1);
+  std::uniform_int_distribution<int> value(0, 4);
+  for (int p = 0; p < planted; ++p) indices[position(rng)] = bad_values[value(rng)];
+  const int64_t want_position =
+      tf_adagrad::FindOutOfRangeIndex(indices.data(), nnz, num_rows);
+  const int64_t want_index =
+      want_position >= 0 ? static_cast<int64_t>(indices[want_position]) : 0;
+
+  DeviceArray<Index> d_indices(nnz);
+  DeviceArray<unsigned long long> d_scratch(1);
+  d_indices.CopyFrom(indices);
+  int64_t got_position = -1, got_index = 0;
+  CUDA_CHECK(tf_adagrad::gpu::FindFirstOutOfRangeIndex(
+      d_indices.data(), nnz, num_rows, d_scratch.data(), &got_position,
+      &got_index, cudaStream_t{0}));
+  const bool ok = got_position == want_position &&
+                  (want_position < 0 || got_index == want_index);
+  Record(ok, std::string("out-of-range ") + TypeName<Index>::value + " " +
+                 std::to_string(nnz) + " indices, " + std::to_string(planted) +
+                 " planted: got position " + std::to_string(got_position) +
+                 " value " + std::to_string(got_index) + ", want " +
+                 std::to_string(want_position) + " value " +
+                 std::to_string(want_index));
+}
+
+template <typename T, typename Index>
+void CheckSparseShapes(std::mt19937_64& rng) {
+  std::uniform_int_distribution<int64_t> small_odd(50, 499);
+  for (const int64_t row_size : {1, 3, 64, 1000}) {
+    // About 4M gradient elements in the large cases.
+    const int64_t large = (int64_t{1} << 22) / row_size | 1;
+    CheckSparse<T, Index>(10, row_size, 0, IndexPattern::kUniform, rng);
+    CheckSparse<T, Index>(1, row_size, 1, IndexPattern::kUniform, rng);
+    CheckSparse<T, Index>(5, row_size, 7, IndexPattern::kFewRows, rng);
+    CheckSparse<T, Index>(3000, row_size, small_odd(rng) * 2 + 1,
+                          IndexPattern::kUniform, rng);
+    CheckSparse<T, Index>(std::max<int64_t>(large / 4, 1), row_size, large,
+                          IndexPattern::kZipf, rng);
+    CheckSparse<T, Index>(64, row_size, large / 2 | 1, IndexPattern::kFewRows,
+                          rng);
+    // One row: a single run, on both sides of a warp's worth of positions.
+    for (const int64_t nnz : {31, 32, 33, 64, 65, 1000}) {
+      CheckSparse<T, Index>(1, row_size, nnz, IndexPattern::kUniform, rng);
+    }
+  }
+}
+
+template <typename T>
+void CheckType(std::mt19937_64& rng) {
+  std::uniform_int_distribution<size_t> odd(50000, 500000);
+  for (const size_t size :
+       {size_t{0}, size_t{1}, size_t{2}, size_t{3}, size_t{7}, size_t{8},
+        size_t{9}, size_t{15}, size_t{17}, size_t{1000}, size_t{4097},
+        odd(rng) * 2 + 1, (size_t{1} << 22) + 5}) {
+    for (const size_t offset : {size_t{0}, size_t{1}}) {
+      CheckDense<T>(size, offset, rng);
+    }
+  }
+  CheckSparseShapes<T, int32_t>(rng);
+  CheckSparseShapes<T, int64_t>(rng);
+}
+
+// ------------------------------------------------------------- timings ---
+
+// Fills values[0, n) with values spread over [low, high) by a hash of the
+// index: not zeros, and quick to make for arrays of gigabytes.
+template <typename T>
+__global__ void FillKernel(T* values, int64_t n, double low, double high,
+                           uint64_t seed) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       i < n; i += stride) {
+    uint64_t h = (static_cast<uint64_t>(i) + seed) * 0x9e3779b97f4a7c15ull;
+    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 31;
+    const double u = static_cast<double>(h >> 11) * 0x1.0p-53;
+    values[i] = Arithmetic<T>::Store(
+        static_cast<ComputeType<T>>(low + (high - low) * u));
+  }
+}
+
+template <typename T>
+void Fill(const DeviceArray<T>& array, int64_t n, double low, double high,
+          std::mt19937_64& rng) {
+  int blocks = 0;
+  CUDA_CHECK(tf_adagrad::gpu::ResidentGridSize(FillKernel<T>, n, &blocks));
+  FillKernel<T><<<blocks, tf_adagrad::gpu::kThreadsPerBlock>>>(
+      array.data(), n, low, high, rng());
+  CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename F>
+float MedianMilliseconds(F&& run, int warmup, int repeats) {
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  for (int i = 0; i < warmup; ++i) run();
+  std::vector<float> times;
+  for (int i = 0; i < repeats; ++i) {
+    CUDA_CHECK(cudaEventRecord(start));
+    run();
+    CUDA_CHECK(cudaEventRecord(stop));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    times.push_back(ms);
+  }
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+// Dense update of `bytes`-sized arrays, as GB/s of memory traffic (three
+// arrays read, two written) and as a share of a device-to-device copy of the
+// same size (one read, one write).
+template <typename T>
+void TimeDense(size_t bytes, double copy_gbps, std::mt19937_64& rng) {
+  const size_t size = bytes / sizeof(T);
+  DeviceArray<T> var(size), accum(size), grad(size);
+  Fill(var, size, -1.0, 1.0, rng);
+  Fill(accum, size, 0.0, 4.0, rng);
+  Fill(grad, size, -2.0, 2.0, rng);
+  const Hyperparameters<T> h = RandomHyperparameters<T>(rng);
+  const float ms = MedianMilliseconds(
+      [&] {
+        CUDA_CHECK(tf_adagrad::gpu::LaunchAdagradDense(
+            var.data(), accum.data(), grad.data(), h.lr, h.epsilon,
+            static_cast<int64_t>(size), cudaStream_t{0}));
+      },
+      3, 20);
+  const double gbps = 5.0 * size * sizeof(T) / (ms * 1e6);
+  std::printf("RESULT dense %-8s %zu elements: %.3f ms, %.0f GB/s = %.1f%% of the copy\n",
+              TypeName<T>::value, size, ms, gbps, 100.0 * gbps / copy_gbps);
+}
+
+// One sparse step as the op runs it: index check (with its wait for the
+// device), workspace plan, sort and update, then a wait for the result.
+template <typename Index>
+void TimeSparse(std::mt19937_64& rng) {
+  const int64_t num_rows = int64_t{1} << 20, row_size = 64, nnz = 8192;
+  DeviceArray<float> var(num_rows * row_size), accum(num_rows * row_size),
+      grad(nnz * row_size);
+  DeviceArray<Index> indices(nnz);
+  DeviceArray<unsigned long long> scratch(1);
+  Fill(var, num_rows * row_size, -1.0, 1.0, rng);
+  Fill(accum, num_rows * row_size, 0.0, 4.0, rng);
+  Fill(grad, nnz * row_size, -2.0, 2.0, rng);
+  const std::vector<Index> host_indices =
+      RandomIndices<Index>(nnz, num_rows, IndexPattern::kZipf, rng);
+  indices.CopyFrom(host_indices);
+  tf_adagrad::gpu::SparseWorkspace plan;
+  CUDA_CHECK(tf_adagrad::gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &plan));
+  DeviceArray<char> workspace(plan.total_bytes);
+  const auto step = [&] {
+    int64_t bad_position = -1, bad_index = 0;
+    CUDA_CHECK(tf_adagrad::gpu::FindFirstOutOfRangeIndex(
+        indices.data(), nnz, num_rows, scratch.data(), &bad_position,
+        &bad_index, cudaStream_t{0}));
+    tf_adagrad::gpu::SparseWorkspace step_plan;
+    CUDA_CHECK(tf_adagrad::gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &step_plan));
+    CUDA_CHECK(tf_adagrad::gpu::LaunchAdagradSparse(
+        var.data(), accum.data(), grad.data(), indices.data(), nnz, row_size,
+        0.01f, 1e-7f, step_plan, workspace.data(), cudaStream_t{0}));
+    CUDA_CHECK(cudaDeviceSynchronize());
+  };
+  for (int i = 0; i < 5; ++i) step();
+  std::vector<double> times;
+  for (int i = 0; i < 50; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    step();
+    times.push_back(std::chrono::duration<double, std::micro>(
+                        std::chrono::steady_clock::now() - start)
+                        .count());
+  }
+  std::sort(times.begin(), times.end());
+  const float sort_ms = MedianMilliseconds(
+      [&] {
+        CUDA_CHECK(tf_adagrad::gpu::SortIndices(indices.data(), nnz, plan,
+                                                workspace.data(),
+                                                cudaStream_t{0}));
+      },
+      5, 50);
+  const float update_ms = MedianMilliseconds(
+      [&] {
+        CUDA_CHECK((tf_adagrad::gpu::UpdateSortedRows<float, Index>(
+            var.data(), accum.data(), grad.data(), nnz, row_size, 0.01f, 1e-7f,
+            plan, workspace.data(), cudaStream_t{0})));
+      },
+      5, 50);
+  std::vector<Index> sorted = host_indices;
+  std::sort(sorted.begin(), sorted.end());
+  int64_t longest_run = 0;
+  for (auto run = sorted.begin(); run != sorted.end();) {
+    const auto next = std::upper_bound(run, sorted.end(), *run);
+    longest_run = std::max<int64_t>(longest_run, next - run);
+    run = next;
+  }
+  const int64_t unique = std::unique(sorted.begin(), sorted.end()) - sorted.begin();
+  std::printf(
+      "RESULT sparse float32 1048576x64, 8192 zipf(1.1) %s indices (%" PRId64
+      " unique, longest run %" PRId64 "): %.1f us per step (index check and "
+      "its wait, sort, update, wait); sort alone %.1f us, update alone %.1f us\n",
+      TypeName<Index>::value, unique, longest_run, times[times.size() / 2],
+      sort_ms * 1e3, update_ms * 1e3);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int device_count = 0;
+  const cudaError_t device_error = cudaGetDeviceCount(&device_count);
+  if (device_error != cudaSuccess || device_count == 0) {
+    std::printf("no CUDA device: %s\n",
+                device_error != cudaSuccess ? cudaGetErrorString(device_error)
+                                            : "none found");
+    return 77;
+  }
+  cudaDeviceProp props;
+  CUDA_CHECK(cudaGetDeviceProperties(&props, 0));
+  const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10)
+                                 : std::random_device{}();
+  std::printf("RESULT device: %s, sm_%d%d, %d multiprocessors; seed %" PRIu64 "\n",
+              props.name, props.major, props.minor, props.multiProcessorCount,
+              seed);
+  std::mt19937_64 rng(seed);
+
+  CheckType<Float16>(rng);
+  CheckType<BFloat16>(rng);
+  CheckType<float>(rng);
+  CheckType<double>(rng);
+  for (const int planted : {0, 1, 3, 100}) {
+    for (const int64_t nnz : {1, 2, 1000, 100001}) {
+      if (planted > nnz) continue;
+      CheckOutOfRange<int32_t>(5000, nnz, planted, rng);
+      CheckOutOfRange<int64_t>(5000, nnz, planted, rng);
+    }
+  }
+  // No rows at all: every index is out of range.
+  CheckOutOfRange<int64_t>(0, 3, 0, rng);
+  std::printf("RESULT correctness: %d checks passed, %d failed\n", checks_passed,
+              checks_failed);
+
+  // Arrays of 1 GiB each (or less on a small card): well past the L2.
+  size_t free_bytes = 0, total_bytes = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const size_t bytes = std::min<size_t>(size_t{1} << 30, free_bytes / 8);
+  DeviceArray<char> from(bytes), to(bytes);
+  CUDA_CHECK(cudaMemset(from.data(), 1, bytes));
+  const float copy_ms = MedianMilliseconds(
+      [&] {
+        CUDA_CHECK(cudaMemcpyAsync(to.data(), from.data(), bytes,
+                                   cudaMemcpyDeviceToDevice, cudaStream_t{0}));
+      },
+      3, 20);
+  const double copy_gbps = 2.0 * bytes / (copy_ms * 1e6);
+  std::printf("RESULT copy %zu bytes: %.3f ms, %.0f GB/s (read + write)\n", bytes,
+              copy_ms, copy_gbps);
+  TimeDense<float>(bytes, copy_gbps, rng);
+  TimeDense<double>(bytes, copy_gbps, rng);
+  TimeDense<Float16>(bytes, copy_gbps, rng);
+  TimeDense<BFloat16>(bytes, copy_gbps, rng);
+  TimeSparse<int64_t>(rng);
+  TimeSparse<int32_t>(rng);
+
+  std::printf("%d passed, %d failed\n", checks_passed, checks_failed);
+  return checks_failed == 0 ? 0 : 1;
+}

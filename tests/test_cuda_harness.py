@@ -1,0 +1,61 @@
+"""Builds and runs the standalone CUDA test program, tests/cuda/adagrad_cuda_test.cu.
+
+Two builds of the same program: the one `make build` makes with the op
+library's own CUDA toolchain (clang-16 and the CUDA 12 wheels), and one made
+here with nvcc when nvcc is on PATH. Each is run when the machine has a GPU;
+without one the program exits 77, and the run is skipped with its message.
+"""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BAZEL_BINARY = os.path.join(REPO, "bazel-bin", "tests", "cuda", "adagrad_cuda_test")
+BAZELRC = os.path.join(REPO, ".tf_configure.bazelrc")
+RUN_ON_GPU = os.path.join(REPO, "tests", "cuda", "run_on_gpu.sh")
+NO_DEVICE = 77  # the program's exit status when it finds no CUDA device
+RUN_TIMEOUT_S = 600
+
+
+def cuda_build_configured():
+    with open(BAZELRC) as f:
+        return "build --config=cuda" in f.read().splitlines()
+
+
+def run_harness(binary):
+    """Runs the program; skips when there is no GPU, fails on any failed check."""
+    out = subprocess.run([binary], capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    if out.returncode == NO_DEVICE:
+        pytest.skip(f"needs a GPU: {binary} says {out.stdout.strip()!r}")
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
+    assert " 0 failed" in out.stdout.splitlines()[-1]
+
+
+def test_harness_built_with_project_toolchain_runs():
+    if not cuda_build_configured():
+        pytest.skip("configure.py found no CUDA toolchain, so the build has no CUDA")
+    assert os.path.exists(BAZEL_BINARY), f"{BAZEL_BINARY} is missing: run `make build`"
+    run_harness(BAZEL_BINARY)
+
+
+@pytest.fixture(scope="module")
+def nvcc_binary(tmp_path_factory):
+    if shutil.which("nvcc") is None:
+        pytest.skip("no nvcc on PATH")
+    out_dir = tmp_path_factory.mktemp("nvcc_build")
+    build = subprocess.run(
+        [RUN_ON_GPU, "--compile-only", str(out_dir)], capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    return str(out_dir / "adagrad_cuda_test")
+
+
+def test_harness_compiles_with_nvcc(nvcc_binary):
+    assert os.access(nvcc_binary, os.X_OK)
+
+
+def test_harness_built_with_nvcc_runs(nvcc_binary):
+    run_harness(nvcc_binary)

@@ -1,0 +1,51 @@
+"""The op library's GPU kernels: registered in a CUDA build, for every type.
+
+They run only on a GPU (tests/cuda/ checks their math there); what a machine
+without one can check is that the library it loads has them, with the
+scalars in host memory as the OpKernels read them.
+"""
+
+import os
+
+import pytest
+import tensorflow as tf
+from tensorflow.python.framework import kernels
+
+import tf_adagrad.ops
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BAZELRC = os.path.join(REPO, ".tf_configure.bazelrc")
+
+TYPES = ["float16", "bfloat16", "float32", "float64"]
+INDEX_TYPES = ["int32", "int64"]
+
+
+def registered(op_name, device_type):
+    tf_adagrad.ops._load_library()
+    found = []
+    for kernel in kernels.get_registered_kernels_for_op(op_name).kernel:
+        if kernel.device_type != device_type:
+            continue
+        constraints = {c.name: [tf.as_dtype(t).name for t in c.allowed_values.list.type] for c in kernel.constraint}
+        found.append((constraints, sorted(kernel.host_memory_arg)))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def cuda_build():
+    with open(BAZELRC) as f:
+        if "build --config=cuda" not in f.read().splitlines():
+            pytest.skip("configure.py found no CUDA toolchain, so the build has no GPU kernels")
+
+
+def test_dense_gpu_kernels_for_every_type():
+    found = registered("TfAdagrad>ApplyDense", "GPU")
+    assert sorted(c["T"] for c, _ in found) == sorted([t] for t in TYPES)
+    assert all(host == ["epsilon", "lr"] for _, host in found)
+
+
+def test_sparse_gpu_kernels_for_every_type_and_index_type():
+    found = registered("TfAdagrad>ApplySparse", "GPU")
+    pairs = sorted(c["T"] + c["Tindices"] for c, _ in found)
+    assert pairs == sorted([t, i] for t in TYPES for i in INDEX_TYPES)
+    assert all(host == ["epsilon", "lr"] for _, host in found)
