@@ -6,17 +6,16 @@ BAZEL ?= bazel
 # Where Debian's bazel-platforms and bazel-rules-java put the local repos
 # that WORKSPACE points to.
 DEBIAN_BAZEL_REPOS := /usr/share/bazel
+# The op library, its build record, the C++ test programs, and the CUDA test
+# program (which exists when configure.py turns CUDA on).
 BAZEL_TARGETS := //:tf_adagrad/_tf_adagrad_ops.so //:build_info //tests/cc:adagrad_math_test \
-  //tests/cc:adagrad_math_sanitize_test
+  //tests/cc:adagrad_math_sanitize_test //:cuda_test_programs
+# The compiler of the CUDA kernels (configure.py looks for the same name).
+CUDA_CLANG := clang++-16
+CUDA_CLANG_PACKAGE := clang-16
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: build test demo bench clean
-
-# The compiler of the CUDA kernels (configure.py looks for the same name),
-# and the CUDA test program, which exists when configure.py turns CUDA on.
-CUDA_CLANG := clang++-16
-CUDA_CLANG_PACKAGE := clang-16
-BAZEL_TARGETS += //:cuda_test_programs
 
 $(VENV)/.deps-installed: requirements-dev.txt
 	[ -x $(PY) ] || $(PYTHON_BOOTSTRAP) -m venv $(VENV) || { \
