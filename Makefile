@@ -29,10 +29,13 @@ $(VENV)/.deps-installed: requirements-dev.txt
 
 build: $(VENV)/.deps-installed
 	command -v $(BAZEL) >/dev/null && [ -d $(DEBIAN_BAZEL_REPOS)/tools/platforms ] && \
-	  [ -d $(DEBIAN_BAZEL_REPOS)/rules/java ] && command -v $(CUDA_CLANG) >/dev/null || { \
-	  $(SUDO) apt-get update -qq && \
+	  [ -d $(DEBIAN_BAZEL_REPOS)/rules/java ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-	    bazel-bootstrap bazel-platforms bazel-rules-java $(CUDA_CLANG_PACKAGE); }
+	    bazel-bootstrap bazel-platforms bazel-rules-java; }
+	# Without clang-16 the build goes on without GPU kernels (configure.py says so).
+	command -v $(CUDA_CLANG) >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(CUDA_CLANG_PACKAGE); } || \
+	  echo "make build: could not install $(CUDA_CLANG_PACKAGE); building without CUDA kernels"
 	$(PY) configure.py
 	$(BAZEL) build $(BAZEL_TARGETS)
 	install -m 644 bazel-bin/tf_adagrad/_tf_adagrad_ops.so bazel-bin/tf_adagrad/_build_info.py tf_adagrad/
