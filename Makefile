@@ -27,12 +27,13 @@ $(VENV)/.deps-installed: requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# Bazel is required; without clang-16 the build goes on without GPU kernels
+# (configure.py says so).
 build: $(VENV)/.deps-installed
 	command -v $(BAZEL) >/dev/null && [ -d $(DEBIAN_BAZEL_REPOS)/tools/platforms ] && \
 	  [ -d $(DEBIAN_BAZEL_REPOS)/rules/java ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	    bazel-bootstrap bazel-platforms bazel-rules-java; }
-	# Without clang-16 the build goes on without GPU kernels (configure.py says so).
 	command -v $(CUDA_CLANG) >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(CUDA_CLANG_PACKAGE); } || \
 	  echo "make build: could not install $(CUDA_CLANG_PACKAGE); building without CUDA kernels"
