@@ -282,3 +282,17 @@ def test_16bit_rounding_across_the_range(dtype, log10_range, lr):
         want_var, want_accum = dense_step_exact(var0, accum0, lr, 1.0, grad, dtype)
     np.testing.assert_array_equal(bits(a.numpy()), bits(want_accum))
     np.testing.assert_array_equal(bits(v.numpy()), bits(want_var))
+
+
+def test_ops_in_tf_function_raise_no_autograph_warning(caplog):
+    v, a = tf.Variable([1.0, 2.0]), tf.Variable([0.1, 0.1])
+
+    @tf.function
+    def step(grad, indices):
+        tf_adagrad.ops.apply_adagrad(v, a, 0.1, 1e-7, grad)
+        tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.1, 1e-7, grad[:1], indices)
+
+    with caplog.at_level("WARNING", logger="tensorflow"):
+        step(tf.constant([1.0, 1.0]), tf.constant([1]))
+    assert not [r for r in caplog.records if "AutoGraph" in r.getMessage()]
+    assert "dense Adagrad step" in tf_adagrad.ops.apply_adagrad.__doc__  # the decorator keeps it

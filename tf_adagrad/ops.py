@@ -101,6 +101,9 @@ def _prepare(var, accum, lr, epsilon, grad):
     return var.handle, accum.handle, lr, epsilon, grad
 
 
+# The wrappers have no tensor-dependent Python control flow, so AutoGraph
+# has nothing to convert; left to it, it would try (and warn) on os.path.
+@tf.autograph.experimental.do_not_convert
 def apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False):
     """Applies one dense Adagrad step to `var` and `accum` in place.
 
@@ -123,6 +126,7 @@ def apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False):
     )
 
 
+@tf.autograph.experimental.do_not_convert
 def sparse_apply_adagrad(var, accum, lr, epsilon, grad, indices, use_locking=False):
     """Applies an Adagrad step to the rows of `var` and `accum` named by `indices`.
 
