@@ -15,21 +15,12 @@
 #include <vector>
 
 #include "kernels/adagrad_math.h"
+#include "tests/cc/expect.h"
 
 namespace {
 
-int failures = 0;
-int64_t checks = 0;
-
-#define EXPECT(condition)                                            \
-  do {                                                               \
-    ++checks;                                                        \
-    if (!(condition)) {                                              \
-      std::fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, \
-                   #condition);                                      \
-      ++failures;                                                    \
-    }                                                                \
-  } while (0)
+using tf_adagrad_test::checks;
+using tf_adagrad_test::failures;
 
 using tf_adagrad::Arithmetic;
 using tf_adagrad::BFloat16;

@@ -2,6 +2,7 @@
 // grouping of duplicate indices (including paths the ops cannot reach with
 // real tables), and the sparse update against a scalar reference.
 #include "kernels/adagrad_math.h"
+#include "tests/cc/expect.h"
 
 #include <cmath>
 #include <cstdio>
@@ -11,16 +12,7 @@
 
 namespace {
 
-int failures = 0;
-
-#define EXPECT(condition)                                            \
-  do {                                                               \
-    if (!(condition)) {                                              \
-      std::fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, \
-                   #condition);                                      \
-      ++failures;                                                    \
-    }                                                                \
-  } while (0)
+using tf_adagrad_test::failures;
 
 using tf_adagrad::RowGroups;
 
