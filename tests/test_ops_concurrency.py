@@ -14,6 +14,25 @@ import tf_adagrad
 from tf_adagrad import ops as adagrad_ops
 
 
+def run_threads(targets, timeout=120):
+    """Runs each target in its own thread; fails on a hang or an exception."""
+    errors = []
+
+    def guarded(target):
+        try:
+            target()
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(t,)) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    assert not errors, errors
+
+
 def test_use_locking_serializes_concurrent_updates():
     """Integer-valued gradients make every partial sum exact, so with
     use_locking=True the accumulator must equal the sequential result
@@ -40,49 +59,20 @@ def test_use_locking_serializes_concurrent_updates():
         squares["sparse", k] = summed**2
     expected = sum(squares[step] for plan in plans for step in plan)
 
-    errors = []
     barrier = threading.Barrier(num_threads)
 
     def worker(plan):
-        try:
-            barrier.wait()
-            for kind, k in plan:
-                if kind == "dense":
-                    tf_adagrad.ops.apply_adagrad(v, a, 0.01, 1e-7, dense_grads[k], use_locking=True)
-                else:
-                    tf_adagrad.ops.sparse_apply_adagrad(
-                        v, a, 0.01, 1e-7, sparse_grads[k], indices, use_locking=True
-                    )
-        except Exception as e:  # surfaced below
-            errors.append(e)
+        barrier.wait()
+        for kind, k in plan:
+            if kind == "dense":
+                tf_adagrad.ops.apply_adagrad(v, a, 0.01, 1e-7, dense_grads[k], use_locking=True)
+            else:
+                tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.01, 1e-7, sparse_grads[k], indices, use_locking=True)
 
-    threads = [threading.Thread(target=worker, args=(p,)) for p in plans]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
+    run_threads([lambda plan=plan: worker(plan) for plan in plans])
     assert expected.max() < 2**24  # exact in float32
     np.testing.assert_array_equal(a.numpy(), expected.astype(np.float32))
     assert np.all(np.isfinite(v.numpy()))
-
-
-def run_threads(targets, timeout=120):
-    errors = []
-
-    def guarded(target):
-        try:
-            target()
-        except Exception as e:  # surfaced below
-            errors.append(e)
-
-    threads = [threading.Thread(target=guarded, args=(t,)) for t in targets]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=timeout)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    assert not errors, errors
 
 
 def test_unlocked_concurrent_updates_stay_finite_and_bounded():
