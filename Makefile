@@ -46,7 +46,7 @@ test: build
 	$(VENV)/bin/pytest -ra tests
 
 demo: build
-	$(PY) examples/demo.py
+	$(PY) examples/recommender.py
 
 bench: build
 	$(PY) bench/bench.py

@@ -1,0 +1,82 @@
+"""The demo (`make demo`, examples/recommender.py) in its quick mode, plain and
+under MirroredStrategy, and its quality check."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+sys.path.insert(0, EXAMPLES)
+
+import recommender  # noqa: E402
+
+TABLE_ROWS = ("time per step (ms)", "examples/s", "final train loss", "held-out loss", "held-out AUC")
+
+
+@pytest.mark.parametrize("flags", [[], ["--mirrored", "2"]], ids=["default", "mirrored"])
+def test_quick_demo_prints_the_comparison_and_passes_its_check(flags):
+    out = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "recommender.py"), "--quick", *flags],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    header = next(line for line in lines if "tf_adagrad" in line and "keras" in line and "Adagrad" not in line)
+    assert header.split() == ["tf_adagrad", "keras"]
+    for row in TABLE_ROWS:
+        (line,) = [line for line in lines if line.startswith(row)]
+        values = line[len(row):].split()
+        assert len(values) == 2, line
+        assert all(float(v.replace(",", "")) > 0 for v in values), line
+    assert any(line.startswith("speed-up: ") for line in lines)
+    assert "quality matches" in out.stdout
+    # Keras' progress bars were shown.
+    assert "/59" in out.stdout and "step - auc:" in out.stdout
+    if flags:
+        assert "MirroredStrategy over /cpu:0, /cpu:1" in out.stdout
+
+
+def results(auc=0.8, loss=0.5, scores=(0.2, 0.7)):
+    return {"held-out AUC": auc, "held-out loss": loss, "held-out scores": np.array(scores)}
+
+
+def test_quality_check_passes_close_models():
+    problems, gap = recommender.quality_problems(
+        {
+            "tf_adagrad.Adagrad": results(),
+            "keras.optimizers.Adagrad": results(auc=0.804, loss=0.504, scores=(0.204, 0.696)),
+        },
+        min_auc=0.75,
+    )
+    assert problems == []
+    assert gap == pytest.approx(0.004)
+
+
+@pytest.mark.parametrize(
+    "keras_result, expected",
+    [
+        (results(auc=0.806), "held-out AUCs differ by 0.0060 (allowed: 0.005)"),
+        (results(loss=0.494), "held-out losses differ by 0.0060 (allowed: 0.005)"),
+        (results(scores=(0.2, 0.712)), "held-out click probabilities differ by 0.0060 on average (allowed: 0.005)"),
+        (results(auc=0.70), "keras.optimizers.Adagrad did not learn: held-out AUC 0.7000 < 0.75"),
+    ],
+)
+def test_quality_check_names_each_mismatch(keras_result, expected):
+    problems, _ = recommender.quality_problems(
+        {"tf_adagrad.Adagrad": results(), "keras.optimizers.Adagrad": keras_result}, min_auc=0.75
+    )
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_exact_auc_against_pairwise_count():
+    rng = np.random.default_rng(3)
+    labels = (rng.random(300) < 0.4).astype(np.float32)
+    scores = np.round(rng.random(300), 1)  # many ties
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    pairwise = (positives[:, None] > negatives[None, :]).mean() + 0.5 * (positives[:, None] == negatives[None, :]).mean()
+    assert recommender.exact_auc(labels, scores) == pytest.approx(pairwise, rel=1e-12)
