@@ -14,8 +14,15 @@ import threading
 import keras
 import tensorflow as tf
 
-LIBRARY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tf_adagrad_ops.so")
-REBUILD_COMMAND = "make build  (in the tf-adagrad source tree)"
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+LIBRARY_PATH = os.path.join(_PACKAGE_DIR, "_tf_adagrad_ops.so")
+BUILD_RECORD_PATH = os.path.join(_PACKAGE_DIR, "_build_info.py")
+REBUILD_COMMAND = (
+    "`make build` in the tf-adagrad source tree (for its .venv); for another "
+    "Python environment, in the source tree with that environment's python: "
+    "`python configure.py && bazel build //:wheel && python -m pip install "
+    "--force-reinstall --no-deps bazel-bin/dist/tf_adagrad-*.whl`"
+)
 
 _load_lock = threading.Lock()
 _library = None
@@ -27,6 +34,49 @@ class OpLibraryError(ImportError):
 
 def _major_minor(version):
     return tuple(version.split(".")[:2])
+
+
+def _recorded_tf_version():
+    """The TensorFlow version in the build record, or None without one."""
+    try:
+        from tf_adagrad import _build_info
+    except ImportError:
+        return None
+    return _build_info.TF_VERSION
+
+
+def _built_for_tf_version():
+    built_for = _recorded_tf_version()
+    if built_for is None:
+        raise OpLibraryError(
+            f"tf_adagrad's op library {LIBRARY_PATH} has no build record "
+            f"({BUILD_RECORD_PATH}), so the TensorFlow it was built for is "
+            f"unknown (installed: {tf.__version__}). Rebuild it with: "
+            f"{REBUILD_COMMAND}"
+        )
+    return built_for
+
+
+def _check_built_for_installed_tf(built_for):
+    """TensorFlow's C++ ABI changes between minor versions: a library built
+    for another one may fail to load or misbehave, so it is refused."""
+    if _major_minor(built_for) != _major_minor(tf.__version__):
+        raise OpLibraryError(
+            f"tf_adagrad's op library {LIBRARY_PATH} was built for "
+            f"TensorFlow {built_for} (as recorded in {BUILD_RECORD_PATH}), but "
+            f"TensorFlow {tf.__version__} is installed; their major and minor "
+            f"versions must match. Rebuild it with: {REBUILD_COMMAND}"
+        )
+
+
+def check_build_at_import():
+    """Raises OpLibraryError if the build record names another TensorFlow
+    minor version than the installed one. Cheap: the op library itself is
+    not loaded. Without a build record (a source tree not built yet) it
+    passes, and the first op call reports what is missing."""
+    built_for = _recorded_tf_version()
+    if built_for is not None:
+        _check_built_for_installed_tf(built_for)
 
 
 def _load_library():
@@ -41,12 +91,7 @@ def _load_library():
                 f"TensorFlow: {tf.__version__}). Rebuild it with: {REBUILD_COMMAND}"
             )
         built_for = _built_for_tf_version()
-        if _major_minor(built_for) != _major_minor(tf.__version__):
-            raise OpLibraryError(
-                f"tf_adagrad's op library {LIBRARY_PATH} was built for "
-                f"TensorFlow {built_for}, but TensorFlow {tf.__version__} is "
-                f"installed. Rebuild it with: {REBUILD_COMMAND}"
-            )
+        _check_built_for_installed_tf(built_for)
         try:
             _library = tf.load_op_library(LIBRARY_PATH)
         except tf.errors.NotFoundError as e:
@@ -56,19 +101,6 @@ def _load_library():
                 f"{e.message}. Rebuild it with: {REBUILD_COMMAND}"
             ) from e
         return _library
-
-
-def _built_for_tf_version():
-    try:
-        from tf_adagrad import _build_info
-    except ImportError as e:
-        raise OpLibraryError(
-            f"tf_adagrad's op library {LIBRARY_PATH} has no build record "
-            f"(tf_adagrad/_build_info.py), so the TensorFlow it was built for "
-            f"is unknown (installed: {tf.__version__}). Rebuild it with: "
-            f"{REBUILD_COMMAND}"
-        ) from e
-    return _build_info.TF_VERSION
 
 
 def _as_tf_variable(var, arg_name):
