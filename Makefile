@@ -6,9 +6,10 @@ BAZEL ?= bazel
 # Where Debian's bazel-platforms and bazel-rules-java put the local repos
 # that WORKSPACE points to.
 DEBIAN_BAZEL_REPOS := /usr/share/bazel
-# The op library, its build record, the C++ test programs, and the CUDA test
-# program (which exists when configure.py turns CUDA on).
-BAZEL_TARGETS := //:tf_adagrad/_tf_adagrad_ops.so //:build_info //tests/cc:adagrad_math_test \
+# The op library, its build record, the wheel (bazel-bin/dist/), the C++ test
+# programs, and the CUDA test program (which exists when configure.py turns
+# CUDA on).
+BAZEL_TARGETS := //:tf_adagrad/_tf_adagrad_ops.so //:build_info //:wheel //tests/cc:adagrad_math_test \
   //tests/cc:adagrad_math_sanitize_test //:cuda_test_programs
 # The compiler of the CUDA kernels (configure.py looks for the same name).
 CUDA_CLANG := clang++-16
@@ -28,7 +29,8 @@ $(VENV)/.deps-installed: requirements-dev.txt
 	touch $@
 
 # Bazel is required; without clang-16 the build goes on without GPU kernels
-# (configure.py says so).
+# (configure.py says so). The op library and its build record are also copied
+# into the source tree, so that tf_adagrad imports from there too.
 build: $(VENV)/.deps-installed
 	command -v $(BAZEL) >/dev/null && [ -d $(DEBIAN_BAZEL_REPOS)/tools/platforms ] && \
 	  [ -d $(DEBIAN_BAZEL_REPOS)/rules/java ] || { $(SUDO) apt-get update -qq && \
@@ -40,7 +42,7 @@ build: $(VENV)/.deps-installed
 	$(PY) configure.py
 	$(BAZEL) build $(BAZEL_TARGETS)
 	install -m 644 bazel-bin/tf_adagrad/_tf_adagrad_ops.so bazel-bin/tf_adagrad/_build_info.py tf_adagrad/
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation --force-reinstall .
+	$(PY) -m pip install --quiet --no-deps --force-reinstall bazel-bin/dist/tf_adagrad-*.whl
 
 test: build
 	$(VENV)/bin/pytest -ra tests
@@ -53,4 +55,4 @@ bench: build
 
 clean:
 	$(BAZEL) clean
-	rm -rf build *.egg-info tf_adagrad/_tf_adagrad_ops.so tf_adagrad/_build_info.py
+	rm -f tf_adagrad/_tf_adagrad_ops.so tf_adagrad/_build_info.py

@@ -131,3 +131,70 @@ def tf_op_library(name, srcs, deps = [], copts = [], cuda_srcs = []):
         linkopts = ["-Wl,--no-undefined"],
         deps = tf_deps,
     )
+
+def _required_define(ctx, name):
+    value = ctx.var.get(name, "")
+    if not value:
+        fail("--define=%s is not set: run ./configure.py (or `make build`) first." % name)
+    return value
+
+def _python_wheel_impl(ctx):
+    out_dir = ctx.actions.declare_directory(ctx.attr.out_dir)
+    args = ctx.actions.args()
+    args.add(ctx.file._builder)
+    args.add("--out_dir", out_dir.path)
+    args.add("--name", ctx.attr.distribution)
+    args.add("--summary", ctx.attr.summary)
+    args.add("--license_name", ctx.attr.license_name)
+    args.add("--license_file", ctx.file.license_file)
+    args.add("--description", ctx.file.description_file)
+    args.add("--version_file", ctx.file.version_file)
+    args.add("--build_record", ctx.file.build_record)
+    args.add("--python_tag", _required_define(ctx, "python_tag"))
+    args.add("--abi_tag", _required_define(ctx, "abi_tag"))
+    args.add("--platform_tag", _required_define(ctx, "platform_tag"))
+    package_files = ctx.files.package_files
+    for f in package_files:
+        args.add("--file", "%s/%s=%s" % (ctx.attr.package, f.basename, f.path))
+    ctx.actions.run(
+        # The Python configure.py ran with; the builder needs only its
+        # standard library.
+        executable = _required_define(ctx, "build_python"),
+        arguments = [args],
+        inputs = package_files + [
+            ctx.file._builder,
+            ctx.file.license_file,
+            ctx.file.description_file,
+            ctx.file.version_file,
+            ctx.file.build_record,
+        ],
+        outputs = [out_dir],
+        mnemonic = "PythonWheel",
+        progress_message = "Building the %s wheel" % ctx.attr.distribution,
+    )
+    return [DefaultInfo(files = depset([out_dir]))]
+
+python_wheel = rule(
+    implementation = _python_wheel_impl,
+    doc = """A wheel of one Python package, in the folder `out_dir`, by build_wheel.py.
+
+    Every file of `package_files` goes into the package's folder in the wheel
+    (by its base name); nothing else of the package does. The version comes
+    from `version_file`'s `__version__`, the TensorFlow requirement from
+    `build_record`'s `TF_VERSION`, and the tags from the defines that
+    configure.py writes (python_tag, abi_tag, platform_tag).
+    """,
+    attrs = {
+        "distribution": attr.string(mandatory = True),
+        "package": attr.string(mandatory = True),
+        "package_files": attr.label_list(allow_files = True, mandatory = True),
+        "version_file": attr.label(allow_single_file = True, mandatory = True),
+        "build_record": attr.label(allow_single_file = True, mandatory = True),
+        "summary": attr.string(mandatory = True),
+        "license_name": attr.string(mandatory = True),
+        "license_file": attr.label(allow_single_file = True, mandatory = True),
+        "description_file": attr.label(allow_single_file = True, mandatory = True),
+        "out_dir": attr.string(default = "dist"),
+        "_builder": attr.label(default = "//:build_wheel.py", allow_single_file = True),
+    },
+)

@@ -5,6 +5,10 @@ Every compiler and linker flag comes from ``tf.sysconfig``; nothing is
 hard-coded. Run it with the Python whose TensorFlow the ops must match
 (``make build`` uses ``.venv/bin/python``).
 
+It also records the tags of the wheel (``//:wheel``): this Python's
+interpreter and ABI and the platform, for example ``cp311-cp311-linux_x86_64``,
+and this Python, which runs the wheel builder.
+
 It also looks for the CUDA toolchain: clang (``CUDA_CLANG``, Debian's
 clang-16) and the CUDA 12 wheels of requirements-dev.txt in this Python's
 site-packages. When all are there, it defines ``--config=cuda`` and makes it
@@ -15,6 +19,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import sysconfig
 
 OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".tf_configure.bazelrc")
 
@@ -40,6 +45,19 @@ def tf_build_settings():
         "lib_dir": lib_dir,
         "lib_name": lib_name,
         "compile_flags": other_compile_flags,
+    }
+
+
+def wheel_settings():
+    """The wheel's tags for this Python (PEP 425), and this Python."""
+    if sys.implementation.name != "cpython":
+        raise SystemExit(f"configure.py: the wheel needs CPython (TensorFlow's), not {sys.implementation.name}")
+    python_tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    return {
+        "python_tag": python_tag,
+        "abi_tag": python_tag + sys.abiflags,
+        "platform_tag": sysconfig.get_platform().replace("-", "_").replace(".", "_"),
+        "build_python": sys.executable,
     }
 
 
@@ -70,7 +88,7 @@ def cuda_settings():
     return {"clang": clang, "nvidia_dir": nvidia_dir, "python": sys.executable}, None
 
 
-def bazelrc_lines(settings, cuda):
+def bazelrc_lines(settings, wheel, cuda):
     lines = [
         "# Written by configure.py from tf.sysconfig; do not edit.",
         f"build --repo_env=TF_HEADER_DIR={settings['include_dir']}",
@@ -78,6 +96,7 @@ def bazelrc_lines(settings, cuda):
         f"build --repo_env=TF_SHARED_LIBRARY_NAME={settings['lib_name']}",
         f"build --define=tf_version={settings['version']}",
     ]
+    lines += [f"build --define={name}={value}" for name, value in wheel.items()]
     for flag in settings["compile_flags"]:
         # The C++ standard flag applies to C++ only; the rest (ABI, Eigen
         # alignment) must match TF's in every translation unit.
@@ -97,10 +116,12 @@ def bazelrc_lines(settings, cuda):
 
 def main():
     settings = tf_build_settings()
+    wheel = wheel_settings()
     cuda, why_not = cuda_settings()
     with open(OUTPUT, "w") as f:
-        f.write("\n".join(bazelrc_lines(settings, cuda)) + "\n")
+        f.write("\n".join(bazelrc_lines(settings, wheel, cuda)) + "\n")
     print(f"configure.py: TensorFlow {settings['version']} at {settings['include_dir']}")
+    print(f"configure.py: wheel tag {wheel['python_tag']}-{wheel['abi_tag']}-{wheel['platform_tag']}")
     if cuda:
         print(f"configure.py: CUDA kernels on: {cuda['clang']} with the CUDA 12 wheels in {cuda['nvidia_dir']}")
     else:

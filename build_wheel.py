@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Writes the tf-adagrad wheel (run by Bazel's `//:wheel`; standard library only).
+
+The wheel holds the `tf_adagrad` package (its Python modules, the op library
+and its build record) and a `.dist-info` with METADATA, WHEEL, LICENSE and
+RECORD (sha256 of every file), as the wheel format (PEP 427) asks. It is
+reproducible: entries in a fixed order with a fixed date.
+
+- The version is `__version__` of the package's `__init__.py`, read without
+  importing it.
+- `Requires-Dist` pins TensorFlow to the major and minor version the op
+  library was built for, read from the build record (`_build_info.py`), so
+  pip keeps them together.
+- The tag (`--python_tag`, `--platform_tag`, which configure.py takes from
+  the Python that builds) names the interpreter and platform the library was
+  built and tested with, for example `cp311-cp311-linux_x86_64`. The op
+  library does not call Python's C API, but it is bound to one TensorFlow
+  build, and TensorFlow ships one build per CPython version. The platform is
+  plain `linux_x86_64`, not `manylinux`: the library is compiled by the
+  local toolchain and not audited for older Linux systems.
+"""
+
+import argparse
+import ast
+import base64
+import hashlib
+import os
+import stat
+import sys
+import zipfile
+
+# Zip entries get this date (the earliest a zip file can hold), so the same
+# inputs give the same wheel bytes.
+FIXED_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def module_string(path, name):
+    """The string assigned to `name` at the top level of the module at `path`."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [name]:
+            value = ast.literal_eval(node.value)
+            if isinstance(value, str):
+                return value
+    raise SystemExit(f"build_wheel.py: {path} assigns no string to {name}")
+
+
+def tensorflow_requirement(build_record):
+    """`tensorflow==X.Y.*` for the TensorFlow X.Y.Z named in the build record."""
+    tf_version = module_string(build_record, "TF_VERSION")
+    parts = tf_version.split(".")
+    if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
+        raise SystemExit(f"build_wheel.py: {build_record} has TF_VERSION {tf_version!r}, expected X.Y.Z")
+    return f"tensorflow=={parts[0]}.{parts[1]}.*"
+
+
+def metadata(args, version):
+    with open(args.description, encoding="utf-8") as f:
+        description = f.read()
+    python = args.python_tag[2:]
+    lines = [
+        "Metadata-Version: 2.1",
+        f"Name: {args.name}",
+        f"Version: {version}",
+        f"Summary: {args.summary}",
+        f"License: {args.license_name}",
+        "Classifier: License :: OSI Approved :: Apache Software License",
+        "Classifier: Operating System :: POSIX :: Linux",
+        f"Classifier: Programming Language :: Python :: {python[0]}.{python[1:]}",
+        f"Requires-Python: >={python[0]}.{python[1:]}",
+        f"Requires-Dist: {tensorflow_requirement(args.build_record)}",
+        "Description-Content-Type: text/markdown",
+    ]
+    return "\n".join(lines) + "\n\n" + description
+
+
+def wheel_file(tag):
+    return "\n".join(
+        [
+            "Wheel-Version: 1.0",
+            "Generator: tf-adagrad build_wheel.py",
+            # The op library makes it platform-specific.
+            "Root-Is-Purelib: false",
+            f"Tag: {tag}",
+        ]
+    ) + "\n"
+
+
+def record_line(path, data):
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{path},sha256={digest},{len(data)}"
+
+
+def add_entry(archive, path, data, executable=False):
+    info = zipfile.ZipInfo(path, date_time=FIXED_DATE)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    mode = 0o755 if executable else 0o644
+    info.external_attr = (stat.S_IFREG | mode) << 16
+    archive.writestr(info, data)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out_dir", required=True, help="where the .whl goes")
+    parser.add_argument("--name", required=True, help="the distribution name, such as tf-adagrad")
+    parser.add_argument("--summary", required=True)
+    parser.add_argument("--license_name", required=True, help="such as Apache-2.0")
+    parser.add_argument("--license_file", required=True)
+    parser.add_argument("--description", required=True, help="a Markdown file for the long description")
+    parser.add_argument("--version_file", required=True, help="the module that sets __version__")
+    parser.add_argument("--build_record", required=True, help="_build_info.py, which sets TF_VERSION")
+    parser.add_argument("--python_tag", required=True, help="such as cp311")
+    parser.add_argument("--abi_tag", required=True, help="such as cp311")
+    parser.add_argument("--platform_tag", required=True, help="such as linux_x86_64")
+    parser.add_argument(
+        "--file", action="append", default=[], metavar="WHEEL_PATH=SOURCE", help="a file of the package"
+    )
+    args = parser.parse_args()
+
+    version = module_string(args.version_file, "__version__")
+    distribution = args.name.replace("-", "_")
+    tag = f"{args.python_tag}-{args.abi_tag}-{args.platform_tag}"
+    dist_info = f"{distribution}-{version}.dist-info"
+
+    entries = []  # (path in the wheel, bytes, executable)
+    for spec in sorted(args.file):
+        wheel_path, source = spec.split("=", 1)
+        with open(source, "rb") as f:
+            entries.append((wheel_path, f.read(), wheel_path.endswith(".so")))
+    with open(args.license_file, "rb") as f:
+        license_text = f.read()
+    entries += [
+        (f"{dist_info}/METADATA", metadata(args, version).encode(), False),
+        (f"{dist_info}/WHEEL", wheel_file(tag).encode(), False),
+        (f"{dist_info}/LICENSE", license_text, False),
+    ]
+    paths = [path for path, _, _ in entries]
+    if len(set(paths)) != len(paths):
+        raise SystemExit(f"build_wheel.py: a path appears twice among {paths}")
+
+    record_path = f"{dist_info}/RECORD"
+    record = "\n".join([record_line(path, data) for path, data, _ in entries] + [f"{record_path},,"]) + "\n"
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    wheel_path = os.path.join(args.out_dir, f"{distribution}-{version}-{tag}.whl")
+    with zipfile.ZipFile(wheel_path, "w") as archive:
+        for path, data, executable in entries:
+            add_entry(archive, path, data, executable)
+        add_entry(archive, record_path, record.encode())
+    print(f"build_wheel.py: wrote {wheel_path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

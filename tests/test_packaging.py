@@ -1,0 +1,313 @@
+"""Packaging: the wheel that `bazel build //:wheel` writes (its contents, and
+an install into a new virtual environment that has only TensorFlow), the
+TensorFlow version guard at import, and the version number."""
+
+import base64
+import csv
+import glob
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+
+import pytest
+import tensorflow as tf
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+import tf_adagrad
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TF_MAJOR_MINOR = ".".join(tf.__version__.split(".")[:2])
+
+
+@pytest.fixture(scope="module")
+def wheel_path():
+    wheels = glob.glob(os.path.join(REPO, "bazel-bin", "dist", "*.whl"))
+    assert len(wheels) == 1, f"expected one wheel in bazel-bin/dist/ (run `make build`), found {wheels}"
+    return wheels[0]
+
+
+def run(args, **kwargs):
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300, **kwargs)
+    assert out.returncode == 0, f"{args} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout
+
+
+def python_env():
+    """The environment for child Pythons: nothing pointing into this tree."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    return env
+
+
+# The wheel's contents.
+
+
+def test_wheel_name_and_tags_describe_this_build(wheel_path):
+    python = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    platform = sysconfig.get_platform().replace("-", "_").replace(".", "_")
+    tag = f"{python}-{python}-{platform}"
+    assert os.path.basename(wheel_path) == f"tf_adagrad-{tf_adagrad.__version__}-{tag}.whl"
+    with zipfile.ZipFile(wheel_path) as wheel:
+        fields = wheel.read(f"tf_adagrad-{tf_adagrad.__version__}.dist-info/WHEEL").decode().splitlines()
+    assert "Wheel-Version: 1.0" in fields
+    assert "Root-Is-Purelib: false" in fields
+    assert f"Tag: {tag}" in fields
+    assert "manylinux" not in tag  # not audited for other Linux systems
+
+
+def test_wheel_holds_the_package_its_library_and_metadata_only(wheel_path):
+    dist_info = f"tf_adagrad-{tf_adagrad.__version__}.dist-info"
+    with zipfile.ZipFile(wheel_path) as wheel:
+        names = sorted(wheel.namelist())
+        library = wheel.read("tf_adagrad/_tf_adagrad_ops.so")
+        build_record = wheel.read("tf_adagrad/_build_info.py").decode()
+        license_text = wheel.read(f"{dist_info}/LICENSE")
+        library_mode = (wheel.getinfo("tf_adagrad/_tf_adagrad_ops.so").external_attr >> 16) & 0o777
+    sources = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "tf_adagrad", "*.py")))
+    expected_modules = sorted(set(sources) | {"_build_info.py"})
+    assert names == sorted(
+        [f"tf_adagrad/{name}" for name in expected_modules]
+        + ["tf_adagrad/_tf_adagrad_ops.so"]
+        + [f"{dist_info}/{name}" for name in ("LICENSE", "METADATA", "RECORD", "WHEEL")]
+    )
+    assert not any("test" in name for name in names)
+    with open(os.path.join(REPO, "bazel-bin", "tf_adagrad", "_tf_adagrad_ops.so"), "rb") as f:
+        assert library == f.read()
+    assert library_mode == 0o755
+    assert f'TF_VERSION = "{tf.__version__}"' in build_record
+    with open(os.path.join(REPO, "LICENSE"), "rb") as f:
+        assert license_text == f.read()
+
+
+def test_wheel_record_lists_every_file_with_its_sha256(wheel_path):
+    dist_info = f"tf_adagrad-{tf_adagrad.__version__}.dist-info"
+    with zipfile.ZipFile(wheel_path) as wheel:
+        rows = list(csv.reader(io.StringIO(wheel.read(f"{dist_info}/RECORD").decode())))
+        recorded = {path: (digest, size) for path, digest, size in rows}
+        assert sorted(recorded) == sorted(wheel.namelist())
+        assert recorded.pop(f"{dist_info}/RECORD") == ("", "")
+        for path, (digest, size) in recorded.items():
+            data = wheel.read(path)
+            expected = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            assert digest == f"sha256={expected}", path
+            assert int(size) == len(data), path
+
+
+def test_wheel_metadata_pins_the_tensorflow_it_was_built_for(wheel_path):
+    with zipfile.ZipFile(wheel_path) as wheel:
+        text = wheel.read(f"tf_adagrad-{tf_adagrad.__version__}.dist-info/METADATA").decode()
+    headers, _, description = text.partition("\n\n")
+    fields = [line.split(": ", 1) for line in headers.splitlines()]
+    assert ["Name", "tf-adagrad"] in fields
+    assert ["Version", tf_adagrad.__version__] in fields
+    assert ["License", "Apache-2.0"] in fields
+    assert [value for key, value in fields if key == "Requires-Dist"] == [f"tensorflow=={TF_MAJOR_MINOR}.*"]
+    assert description.startswith("# tf-adagrad")
+
+
+def test_make_build_installed_the_wheel_into_the_venv():
+    distribution = importlib.metadata.distribution("tf-adagrad")
+    assert distribution.version == tf_adagrad.__version__
+    assert "Generator: tf-adagrad build_wheel.py" in distribution.read_text("WHEEL")
+    installed = {str(path) for path in distribution.files}
+    assert "tf_adagrad/_tf_adagrad_ops.so" in installed
+    assert os.path.dirname(tf_adagrad.__file__) == os.path.dirname(
+        str(distribution.locate_file("tf_adagrad/__init__.py"))
+    )
+
+
+# The wheel installed into a new virtual environment.
+
+
+def tensorflow_only_view(target):
+    """Links TensorFlow and the distributions it requires (and nothing else)
+    from this Python's site-packages into `target`: what `pip install
+    tensorflow` would put in a new environment, without a download."""
+    distributions, pending = {}, ["tensorflow"]
+    while pending:
+        name = canonicalize_name(pending.pop())
+        if name in distributions:
+            continue
+        distributions[name] = distribution = importlib.metadata.distribution(name)
+        for requirement in map(Requirement, distribution.requires or []):
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+    os.makedirs(target)
+    for distribution in distributions.values():
+        for path in distribution.files:
+            top = path.parts[0]
+            # Scripts (../../bin), caches, and .pth files (only read in
+            # site directories) stay out.
+            if top.startswith("..") or top == "__pycache__" or top.endswith(".pth"):
+                continue
+            link = os.path.join(target, top)
+            if not os.path.lexists(link):
+                os.symlink(distribution.locate_file(top), link)
+    return sorted(distributions)
+
+
+_FIT_ONE_STEP = r"""
+import importlib.metadata, json, os, sys
+import numpy as np
+import tensorflow as tf
+import keras
+import tf_adagrad
+
+def one_step(optimizer):
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([
+        keras.Input((2,), dtype="int32"),
+        keras.layers.Embedding(10, 4),
+        keras.layers.Flatten(),
+        keras.layers.Dense(1),
+    ])
+    model.compile(optimizer=optimizer, loss="mse")
+    before = [w.numpy().copy() for w in model.weights]
+    ids = np.array([[1, 2], [3, 4], [5, 6], [7, 8]], dtype=np.int32)  # no duplicates
+    history = model.fit(ids, np.arange(4, dtype=np.float32), batch_size=4, epochs=1, verbose=0)
+    assert len(history.history["loss"]) == 1
+    return before, [w.numpy() for w in model.weights]
+
+before, ours = one_step(tf_adagrad.Adagrad(learning_rate=0.1))
+_, theirs = one_step(keras.optimizers.Adagrad(learning_rate=0.1))
+print(json.dumps({
+    "tf_adagrad_file": tf_adagrad.__file__,
+    "library_path": tf_adagrad.ops.LIBRARY_PATH,
+    "library_loaded": tf_adagrad.ops._library is not None,
+    "version": tf_adagrad.__version__,
+    "requires": importlib.metadata.requires("tf-adagrad"),
+    "tensorflow": tf.__version__,
+    "changed": [bool(np.any(a != b)) for a, b in zip(before, ours)],
+    "max_gap_to_keras": max(float(np.max(np.abs(a - b))) for a, b in zip(ours, theirs)),
+}))
+"""
+
+
+def test_wheel_installs_into_a_new_venv_with_only_tensorflow_and_fits(wheel_path, tmp_path):
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    python = str(venv / "bin" / "python")
+    site_packages = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip()
+    distributions = tensorflow_only_view(str(tmp_path / "tensorflow_only"))
+    assert "tensorflow" in distributions and "pytest" not in distributions
+    with open(os.path.join(site_packages, "tensorflow_only.pth"), "w") as f:
+        f.write(str(tmp_path / "tensorflow_only") + "\n")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = python_env()
+
+    # Before the install: TensorFlow is there, tf_adagrad and the test tools are not.
+    found = run(
+        [python, "-c", "import importlib.util as u; print([u.find_spec(m) is not None for m in "
+         "('tensorflow', 'tf_adagrad', 'pytest', 'hypothesis')])"],
+        cwd=outside,
+        env=env,
+    )
+    assert found.strip() == "[True, False, False, False]"
+
+    # pip of this venv installs into the new one; no index, so nothing can be
+    # downloaded: the TensorFlow requirement must be met by what is there.
+    pip = [sys.executable, "-m", "pip", "--python", python]
+    run([*pip, "install", "--no-index", wheel_path], cwd=outside, env=env)
+    assert "No broken requirements found" in run([*pip, "check"], cwd=outside, env=env)
+
+    result = json.loads(run([python, "-c", _FIT_ONE_STEP], cwd=outside, env=env).splitlines()[-1])
+    installed_package = os.path.join(site_packages, "tf_adagrad")
+    assert result["tf_adagrad_file"] == os.path.join(installed_package, "__init__.py")
+    assert result["library_path"] == os.path.join(installed_package, "_tf_adagrad_ops.so")
+    assert result["library_loaded"]
+    assert result["version"] == tf_adagrad.__version__
+    assert result["requires"] == [f"tensorflow=={TF_MAJOR_MINOR}.*"]
+    assert result["tensorflow"] == tf.__version__
+    assert all(result["changed"]), result["changed"]
+    # Keras' Adagrad on the same step agrees (distinct ids, so its sparse
+    # path is the same math; Grappler may move Keras' result by an ulp).
+    assert result["max_gap_to_keras"] < 1e-6
+
+
+# The version guard at import.
+
+
+def package_with_build_record(tmp_path, tf_version):
+    """A copy of the installed package whose build record names `tf_version`."""
+    copy = tmp_path / "packages" / "tf_adagrad"
+    shutil.copytree(os.path.dirname(tf_adagrad.__file__), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "_build_info.py").write_text(f'TF_VERSION = "{tf_version}"\n')
+    return copy
+
+
+def import_from(package, tmp_path):
+    env = python_env()
+    env["PYTHONPATH"] = str(package.parent)
+    return subprocess.run(
+        [sys.executable, "-c", "import tf_adagrad; print(tf_adagrad.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_import_refuses_a_build_for_another_tensorflow_minor_version(tmp_path):
+    major, minor = tf.__version__.split(".")[:2]
+    other = f"{major}.{int(minor) - 1}.3"
+    package = package_with_build_record(tmp_path, other)
+    out = import_from(package, tmp_path)
+    assert out.returncode != 0
+    last_line = out.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("tf_adagrad.ops.OpLibraryError: "), out.stderr[-3000:]
+    assert f"was built for TensorFlow {other} (as recorded in {package / '_build_info.py'})" in last_line
+    assert f"but TensorFlow {tf.__version__} is installed" in last_line
+    assert str(package / "_tf_adagrad_ops.so") in last_line
+    assert "`make build` in the tf-adagrad source tree" in last_line
+    assert "python configure.py && bazel build //:wheel" in last_line
+
+
+def test_import_accepts_a_build_for_another_patch_release(tmp_path):
+    major, minor, patch = tf.__version__.split(".")[:3]
+    patch_number = int(re.match(r"\d+", patch).group())
+    other = f"{major}.{minor}.{patch_number + 1}"
+    package = package_with_build_record(tmp_path, other)
+    out = import_from(package, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == str(package / "__init__.py")
+
+
+def test_import_without_a_build_record_defers_to_the_first_op_call(tmp_path):
+    """A source tree that is not built yet still imports; the op call then
+    says what is missing."""
+    package = package_with_build_record(tmp_path, tf.__version__)
+    os.remove(package / "_build_info.py")
+    env = python_env()
+    env["PYTHONPATH"] = str(package.parent)
+    script = (
+        "import tensorflow as tf, tf_adagrad\n"
+        "try:\n"
+        "    tf_adagrad.ops.apply_adagrad(tf.Variable([1.0]), tf.Variable([1.0]), 0.1, 1e-7, [1.0])\n"
+        "except tf_adagrad.OpLibraryError as e:\n"
+        "    print(e)\n"
+    )
+    out = run([sys.executable, "-c", script], cwd=tmp_path, env=env)
+    assert f"has no build record ({package / '_build_info.py'})" in out
+    assert f"installed: {tf.__version__}" in out
+
+
+# The version number.
+
+
+def test_version_is_pep440_and_has_a_changelog_entry():
+    assert re.fullmatch(r"\d+\.\d+\.\d+", tf_adagrad.__version__)
+    with open(os.path.join(REPO, "CHANGELOG.md")) as f:
+        changelog = f.read()
+    assert re.search(rf"^## \[?{re.escape(tf_adagrad.__version__)}\]? ", changelog, re.MULTILINE)
