@@ -20,9 +20,10 @@ takes `sqrt(accumulator + epsilon)` of all of it); tf_adagrad touches only
 the rows in the batch. The results are not bit-identical: for an index that
 appears several times in a batch, tf_adagrad adds the square of the summed
 gradient to the accumulator (the dense-equivalent update), Keras' sparse path
-the sum of the squares. The demo therefore checks that the two models'
-quality matches within `MAX_AUC_GAP` and `MAX_LOSS_GAP` on held-out data, and
-that both learned (a held-out AUC well above chance); it exits with an error if not.
+the sum of the squares. The demo therefore checks that the two models
+match on held-out data within bounds that allow for this (`MAX_AUC_GAP`,
+`MAX_LOSS_GAP`, `MAX_MEAN_PROBABILITY_GAP`) and that both learned (a held-out
+AUC well above chance); it exits with an error if not.
 
 Usage:
     python examples/recommender.py              # the full demo (`make demo`)
@@ -60,14 +61,15 @@ QUICK = (60_000, 1, 0.65)
 HELD_OUT = 50_000
 
 # How close the two models must be. The only difference in their math is
-# the duplicate-index update explained above; on the full run it moves the
-# held-out AUC and loss by about 1e-4 and the held-out click probabilities
-# by 0.002 on average. Training tf_adagrad with a 1.5x learning rate
-# instead moves the probabilities by 0.011, so these bounds catch real
-# differences in the optimizer.
+# the duplicate-index update explained above. On the full run it moves the
+# held-out AUC and loss by about 1e-4, and the held-out click probabilities by
+# 0.002 on average (popular items, many times in a batch, get different
+# accumulators). Training tf_adagrad with a 1.5x learning rate instead moves
+# the probabilities by 0.011, with initial_accumulator_value 0.5 instead of
+# 0.1 by 0.028.
 MAX_AUC_GAP = 0.005
 MAX_LOSS_GAP = 0.005
-MAX_MEAN_PROBABILITY_GAP = 0.005
+MAX_MEAN_PROBABILITY_GAP = 0.01
 
 
 def hidden_click_model(rng):

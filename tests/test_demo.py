@@ -62,7 +62,7 @@ def test_quality_check_passes_close_models():
     [
         (results(auc=0.806), "held-out AUCs differ by 0.0060 (allowed: 0.005)"),
         (results(loss=0.494), "held-out losses differ by 0.0060 (allowed: 0.005)"),
-        (results(scores=(0.2, 0.712)), "held-out click probabilities differ by 0.0060 on average (allowed: 0.005)"),
+        (results(scores=(0.2, 0.722)), "held-out click probabilities differ by 0.0110 on average (allowed: 0.01)"),
         (results(auc=0.70), "keras.optimizers.Adagrad did not learn: held-out AUC 0.7000 < 0.75"),
     ],
 )
