@@ -65,6 +65,7 @@ def test_quality_check_passes_close_models():
         (results(scores=(0.2, 0.722)), "held-out click probabilities differ by 0.0110 on average (allowed: 0.01)"),
         (results(auc=0.70), "keras.optimizers.Adagrad did not learn: held-out AUC 0.7000 < 0.75"),
     ],
+    ids=["auc", "loss", "probabilities", "not-learned"],
 )
 def test_quality_check_names_each_mismatch(keras_result, expected):
     problems, _ = recommender.quality_problems(
