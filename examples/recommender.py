@@ -241,6 +241,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="train on fewer examples (for tests)")
     parser.add_argument("--mirrored", type=int, default=0, metavar="N", help="train under MirroredStrategy on N replicas")
     args = parser.parse_args(argv)
+    if args.mirrored < 0:
+        parser.error(f"--mirrored takes a number of replicas, got {args.mirrored}")
     start = time.perf_counter()
     strategy, strategy_description = distribution_strategy(args.mirrored)
     num_examples, epochs, min_auc = QUICK if args.quick else FULL
