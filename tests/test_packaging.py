@@ -215,9 +215,10 @@ def test_wheel_installs_into_a_new_venv_with_only_tensorflow_and_fits(wheel_path
     )
     assert found.strip() == "[True, False, False, False]"
 
-    # pip of this venv installs into the new one; no index, so nothing can be
-    # downloaded: the TensorFlow requirement must be met by what is there.
-    pip = [sys.executable, "-m", "pip", "--python", python]
+    # pip of this venv installs into the new one; no index and no user or
+    # environment settings (such as extra find-links), so nothing can be
+    # fetched: the TensorFlow requirement must be met by what is there.
+    pip = [sys.executable, "-m", "pip", "--isolated", "--python", python]
     run([*pip, "install", "--no-index", wheel_path], cwd=outside, env=env)
     assert "No broken requirements found" in run([*pip, "check"], cwd=outside, env=env)
 
