@@ -13,5 +13,14 @@ from tf_adagrad.ops import OpLibraryError  # noqa: E402
 ops.check_build_at_import()
 
 from tf_adagrad.optimizer import Adagrad  # noqa: E402
+from tf_adagrad.saved_model import load_saved_model  # noqa: E402
+from tf_adagrad.sharded import sharded_gradients  # noqa: E402
 
-__all__ = ["Adagrad", "OpLibraryError", "ops", "__version__"]
+__all__ = [
+    "Adagrad",
+    "OpLibraryError",
+    "load_saved_model",
+    "ops",
+    "sharded_gradients",
+    "__version__",
+]

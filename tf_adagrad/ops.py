@@ -103,6 +103,23 @@ def _load_library():
         return _library
 
 
+def load_library():
+    """Loads the op library now and registers its ops with TensorFlow.
+
+    The library otherwise loads on the first update. Load it first where
+    TensorFlow meets the ops without this package's Python: before
+    `tf.saved_model.load` of a model saved with a training step (or use
+    `tf_adagrad.load_saved_model`), and in every worker and parameter
+    server process of a cluster before it starts its `tf.distribute.Server`.
+
+    Raises:
+        OpLibraryError: The library is missing or was built for another
+            TensorFlow; the message names the file, both versions and the
+            command that rebuilds it.
+    """
+    _load_library()
+
+
 def _as_tf_variable(var, arg_name):
     """The tf.Variable behind a tf.Variable or a keras.Variable."""
     if isinstance(var, tf.Variable):

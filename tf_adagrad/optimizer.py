@@ -1,7 +1,10 @@
 """`tf_adagrad.Adagrad`: Keras 3's Adagrad on the fused ops."""
 
+import functools
+
 import keras
 import tensorflow as tf
+from tensorflow.python.distribute.sharded_variable import ShardedVariable
 from tensorflow.python.ops import control_flow_util
 
 from tf_adagrad import ops
@@ -148,9 +151,59 @@ class Adagrad(keras.optimizers.Optimizer):
             initializer=keras.initializers.Constant(self.initial_accumulator_value),
         )
 
+    def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
+        reference = _backing_variable(reference_variable)
+        if not isinstance(reference, ShardedVariable):
+            return super().add_variable_from_reference(reference_variable, name, initializer)
+        # Keras would make one unsharded variable on one parameter server.
+        # Shard the accumulator like the variable instead, each shard beside
+        # its variable shard, so that each shard's update is local to one
+        # parameter server.
+        initializer = keras.initializers.get(initializer)
+        dtype = reference_variable.dtype
+
+        def create_shards_beside_reference_shards(next_creator, **kwargs):
+            shards = []
+            for i, reference_shard in enumerate(reference.variables):
+                shard_kwargs = dict(kwargs)
+                shard_kwargs.update(
+                    name=f"{kwargs['name']}/part_{i}",
+                    shape=reference_shard.shape,
+                    initial_value=functools.partial(initializer, reference_shard.shape, dtype),
+                    colocate_with=reference_shard,
+                )
+                shards.append(next_creator(**shard_kwargs))
+            return ShardedVariable(shards)
+
+        with tf.variable_creator_scope(create_shards_beside_reference_shards):
+            return super().add_variable_from_reference(reference_variable, name, initializer)
+
+    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+        # Keras hands every variable to `strategy.extended.update`, which
+        # cannot colocate with a ShardedVariable (ParameterServerStrategy
+        # with a `variable_partitioner`). Such variables are updated shard by
+        # shard instead; each shard's op runs where that shard lives.
+        sharded = [(g, v) for g, v in grads_and_vars if isinstance(v, ShardedVariable)]
+        unsharded = [(g, v) for g, v in grads_and_vars if not isinstance(v, ShardedVariable)]
+        super()._distributed_tf_update_step(distribution, unsharded, learning_rate)
+        for gradient, variable in sharded:
+            if gradient is not None:
+                self.update_step(gradient, variable, learning_rate)
+
     def update_step(self, gradient, variable, learning_rate):
         """Update step given gradient and the associated model variable."""
         accumulator = self._accumulators[self._get_variable_index(variable)]
+        variable = _backing_variable(variable)
+        accumulator = _backing_variable(accumulator)
+        if isinstance(variable, ShardedVariable):
+            for shard_gradient, shard, accumulator_shard in zip(
+                _split_by_shard(gradient, variable), variable.variables, accumulator.variables
+            ):
+                self._update_variable(shard_gradient, shard, accumulator_shard, learning_rate)
+        else:
+            self._update_variable(gradient, variable, accumulator, learning_rate)
+
+    def _update_variable(self, gradient, variable, accumulator, learning_rate):
         variable = ops._as_tf_variable(variable, "variable")
         accumulator = ops._as_tf_variable(accumulator, "accumulator")
         dtype = variable.dtype
@@ -179,6 +232,53 @@ class Adagrad(keras.optimizers.Optimizer):
             }
         )
         return config
+
+
+def _backing_variable(variable):
+    return variable._value if isinstance(variable, keras.Variable) else variable
+
+
+def _split_by_shard(gradient, variable):
+    """`gradient` of a ShardedVariable (sharded on axis 0), one piece per shard.
+
+    A dense gradient is sliced. An IndexedSlices gradient is partitioned by
+    row, keeping position order within each shard (so duplicates are summed
+    in the same order as unsharded), after a check that every index lies in
+    the whole variable: an out-of-range index fails before any shard is
+    written.
+    """
+    shard_rows = [shard.shape[0] for shard in variable.variables]
+    if not isinstance(gradient, tf.IndexedSlices):
+        return tf.split(gradient, shard_rows, axis=0)
+    indices = gradient.indices
+    num_rows = sum(shard_rows)
+    in_range = tf.logical_and(indices >= 0, indices < num_rows)
+    first_bad = tf.where(tf.logical_not(in_range))[:1, 0]
+    name = variable.variables[0].name.split("/part_0")[0]
+    check = tf.debugging.Assert(
+        tf.reduce_all(in_range),
+        [
+            tf.strings.format(
+                f"Expected every index of the gradient of the sharded variable {name} in "
+                f"[0, {num_rows}); received indices{{}} = {{}}",
+                (first_bad, tf.gather(indices, first_bad)),
+            )
+        ],
+    )
+    with tf.control_dependencies([check]):
+        shard_starts = tf.constant(
+            [sum(shard_rows[:i]) for i in range(len(shard_rows))], dtype=indices.dtype
+        )
+        shard_ids = tf.searchsorted(shard_starts[1:], indices, side="right", out_type=tf.int32)
+        local_indices = indices - tf.gather(shard_starts, shard_ids)
+    num_shards = len(shard_rows)
+    return [
+        tf.IndexedSlices(values, shard_indices)
+        for values, shard_indices in zip(
+            tf.dynamic_partition(gradient.values, shard_ids, num_shards),
+            tf.dynamic_partition(local_indices, shard_ids, num_shards),
+        )
+    ]
 
 
 # The fused kernels' math as plain TF ops, for XLA, which cannot compile

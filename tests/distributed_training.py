@@ -1,0 +1,415 @@
+"""Training scenarios under tf.distribute, one per subcommand, each run in
+its own process by tests/test_distribute.py (a strategy's devices and
+cluster are fixed when TensorFlow starts).
+
+Every scenario trains the same small recommender-style model (an Embedding
+table, whose gradient is a tf.IndexedSlices, and Dense layers) from the same
+initial weights on the same global batches, distributed and on one device,
+and writes both results to an .npz file for the test to compare.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+NUM_ROWS, FIELDS, DIM, GLOBAL_BATCH, STEPS = 2000, 4, 8, 32, 6
+LEARNING_RATE = 0.05
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--out")
+    parser.add_argument("--cluster", help="JSON cluster spec")
+    parser.add_argument("--job")
+    parser.add_argument("--task", type=int, default=0)
+    parser.add_argument("--without-ops", action="store_true")
+    parser.add_argument("--checkpoint-dir")
+    args = parser.parse_args()
+    SCENARIOS[args.scenario](args)
+
+
+# Imported inside the scenarios: TF_CONFIG and the logical devices must be
+# set before TensorFlow starts.
+
+
+def batches():
+    """STEPS global batches; ids from a Zipf law, so many repeat in a batch."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    x = np.minimum(rng.zipf(1.3, (STEPS * GLOBAL_BATCH, FIELDS)) - 1, NUM_ROWS - 1).astype(np.int32)
+    y = ((x % 3).sum(axis=1, keepdims=True) > FIELDS).astype(np.float32)
+    return x, y
+
+
+def build_model():
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((FIELDS,), dtype="int32"),
+            keras.layers.Embedding(NUM_ROWS, DIM, name="item_embedding"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+
+
+def initial_weights():
+    import keras
+
+    keras.utils.set_random_seed(1)
+    return build_model().get_weights()
+
+
+def count_sparse_updates():
+    """Counts the optimizer's calls of the sparse op (at trace time)."""
+    import tf_adagrad
+
+    counter = {"sparse": 0}
+    sparse_apply = tf_adagrad.ops.sparse_apply_adagrad
+
+    def counting(*args, **kwargs):
+        counter["sparse"] += 1
+        return sparse_apply(*args, **kwargs)
+
+    tf_adagrad.ops.sparse_apply_adagrad = counting
+    return counter
+
+
+def per_example_loss(model, x, y):
+    import tensorflow as tf
+
+    return tf.keras.losses.binary_crossentropy(y, model(x, training=True))
+
+
+def train_custom_loop_single(weights, x, y, steps=STEPS):
+    """The reference: plain training on one device."""
+    import tensorflow as tf
+
+    import tf_adagrad
+
+    model = build_model()
+    model.set_weights(weights)
+    optimizer = tf_adagrad.Adagrad(LEARNING_RATE)
+
+    @tf.function
+    def train_step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(per_example_loss(model, xb, yb))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+
+    for step in range(steps):
+        rows = slice(step * GLOBAL_BATCH, (step + 1) * GLOBAL_BATCH)
+        train_step(x[rows], y[rows])
+    return model.get_weights()
+
+
+def fit(weights, x, y, strategy):
+    """fit() from `weights`; the model and optimizer made in `strategy`'s scope."""
+    import tf_adagrad
+
+    with strategy.scope():
+        model = build_model()
+        model.set_weights(weights)
+        model.compile(optimizer=tf_adagrad.Adagrad(LEARNING_RATE), loss="binary_crossentropy")
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+    model.fit(dataset, epochs=1, verbose=0)
+    return model.get_weights()
+
+
+def save(out, **groups):
+    import numpy as np
+
+    arrays = {}
+    for group, values in groups.items():
+        if isinstance(values, dict):
+            arrays.update({f"{group}:{k}": np.asarray(v) for k, v in values.items()})
+        else:
+            arrays.update({f"{group}:{i}": np.asarray(v) for i, v in enumerate(values)})
+    np.savez(out, **arrays)
+
+
+def mirrored(args):
+    """MirroredStrategy over 2 logical CPUs: fit(), a custom loop, and a
+    CheckpointManager save and restore halfway through the custom loop."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+    import tf_adagrad
+
+    counter = count_sparse_updates()
+    x, y = batches()
+    weights = initial_weights()
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+    fit_single = fit(weights, x, y, tf.distribute.get_strategy())
+    fit_mirrored = fit(weights, x, y, strategy)
+    fit_sparse_calls = counter["sparse"]
+
+    def custom_loop(first_step, last_step, checkpoint_dir):
+        """Steps [first_step, last_step) in the strategy; restores the latest
+        checkpoint first if there is one and saves one at the end."""
+        with strategy.scope():
+            model = build_model()
+            model.set_weights(weights)
+            optimizer = tf_adagrad.Adagrad(LEARNING_RATE)
+            optimizer.build(model.trainable_variables)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=1)
+        if manager.latest_checkpoint:
+            checkpoint.restore(manager.latest_checkpoint).assert_consumed()
+
+        @tf.function
+        def train_step(iterator):
+            def step_fn(xb, yb):
+                with tf.GradientTape() as tape:
+                    loss = tf.nn.compute_average_loss(
+                        per_example_loss(model, xb, yb), global_batch_size=GLOBAL_BATCH
+                    )
+                grads = tape.gradient(loss, model.trainable_variables)
+                optimizer.apply(grads, model.trainable_variables)
+
+            strategy.run(step_fn, args=next(iterator))
+
+        rows = slice(first_step * GLOBAL_BATCH, last_step * GLOBAL_BATCH)
+        dataset = tf.data.Dataset.from_tensor_slices((x[rows], y[rows])).batch(GLOBAL_BATCH)
+        iterator = iter(strategy.experimental_distribute_dataset(dataset))
+        for _ in range(first_step, last_step):
+            train_step(iterator)
+        manager.save()
+        return model.get_weights() + [v.numpy() for v in optimizer.variables]
+
+    straight = custom_loop(0, STEPS, os.path.join(args.checkpoint_dir, "straight"))
+    custom_sparse_calls = counter["sparse"] - fit_sparse_calls
+    custom_loop(0, STEPS // 2, os.path.join(args.checkpoint_dir, "split"))
+    resumed = custom_loop(STEPS // 2, STEPS, os.path.join(args.checkpoint_dir, "split"))
+    save(
+        args.out,
+        initial=weights,
+        fit_single=fit_single,
+        fit_mirrored=fit_mirrored,
+        custom_single=train_custom_loop_single(weights, x, y),
+        custom_mirrored=straight[: len(weights)],
+        custom_straight=straight,
+        custom_resumed=resumed,
+        counts={"fit_sparse_calls": fit_sparse_calls, "custom_sparse_calls": custom_sparse_calls},
+        replicas={"n": strategy.num_replicas_in_sync},
+    )
+
+
+def multi_worker(args):
+    """One worker of a MultiWorkerMirroredStrategy cluster.
+
+    fit() first, with Keras' own Adagrad and with tf_adagrad's: Keras 3
+    cannot fit under this strategy (keras-team/keras#20585), so both fail,
+    and the failures are recorded for the test. Then a custom loop trains on
+    the global batches, each worker taking its half of every batch; worker 0
+    also trains the one-device reference.
+    """
+    import numpy as np
+
+    cluster = json.loads(args.cluster)
+    os.environ["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": args.task}})
+    import traceback
+
+    import keras
+    import tensorflow as tf
+
+    import tf_adagrad
+
+    counter = count_sparse_updates()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    x, y = batches()
+    weights = initial_weights()
+
+    keras.config.disable_traceback_filtering()  # record where fit() fails
+    fit_failures = {}
+    for name, make_optimizer in [("keras", keras.optimizers.Adagrad), ("tf_adagrad", tf_adagrad.Adagrad)]:
+        with strategy.scope():
+            model = build_model()
+            model.compile(optimizer=make_optimizer(LEARNING_RATE), loss="binary_crossentropy")
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+        try:
+            model.fit(dataset, epochs=1, verbose=0)
+            fit_failures[name] = "fit() ran"
+        except Exception as e:  # noqa: BLE001 - the test inspects what failed where
+            frames = [f"{frame.filename}: {frame.name}" for frame in traceback.extract_tb(e.__traceback__)]
+            fit_failures[name] = f"{type(e).__name__}: {str(e)[:200]}\n" + "\n".join(frames)
+
+    with strategy.scope():
+        model = build_model()
+        model.set_weights(weights)
+        optimizer = tf_adagrad.Adagrad(LEARNING_RATE)
+
+    def worker_dataset(context):
+        """This worker's half of each global batch, in order."""
+        per_replica = context.get_per_replica_batch_size(GLOBAL_BATCH)
+        first = context.input_pipeline_id * per_replica
+        rows = np.concatenate(
+            [np.arange(step * GLOBAL_BATCH + first, step * GLOBAL_BATCH + first + per_replica) for step in range(STEPS)]
+        )
+        return tf.data.Dataset.from_tensor_slices((x[rows], y[rows])).batch(per_replica)
+
+    @tf.function
+    def train_step(iterator):
+        def step_fn(xb, yb):
+            with tf.GradientTape() as tape:
+                loss = tf.nn.compute_average_loss(per_example_loss(model, xb, yb), global_batch_size=GLOBAL_BATCH)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply(grads, model.trainable_variables)
+
+        strategy.run(step_fn, args=next(iterator))
+
+    iterator = iter(strategy.distribute_datasets_from_function(worker_dataset))
+    for _ in range(STEPS):
+        train_step(iterator)
+    results = {
+        "worker": model.get_weights(),
+        "counts": {"sparse_calls": counter["sparse"]},
+        "replicas": {"n": strategy.num_replicas_in_sync},
+        "fit_failures": fit_failures,
+        "initial": weights,
+    }
+    if args.task == 0:
+        results["single"] = train_custom_loop_single(weights, x, y)
+    save(args.out, **results)
+
+
+def parameter_server(args):
+    """A worker or parameter server task of a ParameterServerStrategy cluster."""
+    import tensorflow as tf
+
+    if not args.without_ops:
+        import tf_adagrad
+
+        tf_adagrad.ops.load_library()
+    server = tf.distribute.Server(
+        tf.train.ClusterSpec(json.loads(args.cluster)),
+        job_name=args.job,
+        task_index=args.task,
+        protocol="grpc",
+        start=True,
+    )
+    print(f"{args.job}:{args.task} serving", flush=True)
+    server.join()
+
+
+def coordinator(args):
+    """The coordinator of a ParameterServerStrategy cluster: the Embedding
+    table is sharded over 2 parameter servers; a custom loop schedules one
+    step at a time on the workers (so the steps run in order, as in the
+    reference); then a CheckpointManager save and restore into new objects
+    resumes exactly."""
+    import tensorflow as tf
+
+    import tf_adagrad
+    from tensorflow.python.distribute.sharded_variable import ShardedVariable
+
+    counter = count_sparse_updates()
+    x, y = batches()
+    weights = initial_weights()
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(json.loads(args.cluster)), rpc_layer="grpc"
+    )
+    # Tables of 16 KiB and more are split in 2; the Dense layers are not.
+    partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
+        min_shard_bytes=16 << 10, max_shards=2
+    )
+    strategy = tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
+    cluster = tf.distribute.coordinator.ClusterCoordinator(strategy)
+
+    def build(restore_from=None):
+        with strategy.scope():
+            model = build_model()
+            model.set_weights(weights)
+            optimizer = tf_adagrad.Adagrad(LEARNING_RATE)
+            optimizer.build(model.trainable_variables)
+        # tf.train.Checkpoint(model=model) fails for a Keras variable backed
+        # by a ShardedVariable (Keras hands the ShardedVariable to the saver
+        # as one tensor); the backing variables checkpoint shard by shard.
+        checkpoint = tf.train.Checkpoint(
+            model=[v.value for v in model.variables], optimizer=[v.value for v in optimizer.variables]
+        )
+        if restore_from:
+            checkpoint.restore(restore_from).assert_consumed()
+
+        @tf.function
+        def train_step(xb, yb):
+            def step_fn(xb, yb):
+                with tf.GradientTape() as tape:
+                    loss = tf.reduce_mean(per_example_loss(model, xb, yb))
+                grads = tf_adagrad.sharded_gradients(tape, loss, model.trainable_variables)
+                optimizer.apply(grads, model.trainable_variables)
+                return loss
+
+            return strategy.run(step_fn, args=(xb, yb))
+
+        return model, optimizer, checkpoint, train_step
+
+    def run_steps(train_step, first, last):
+        for step in range(first, last):
+            rows = slice(step * GLOBAL_BATCH, (step + 1) * GLOBAL_BATCH)
+            cluster.schedule(train_step, args=(tf.constant(x[rows]), tf.constant(y[rows])))
+            cluster.join()
+
+    model, optimizer, checkpoint, train_step = build()
+    table = model.get_layer("item_embedding").embeddings
+    accumulator = optimizer._accumulators[optimizer._get_variable_index(table)]
+    placement = {
+        "table_is_sharded": isinstance(table._value, ShardedVariable),
+        "accumulator_is_sharded": isinstance(accumulator._value, ShardedVariable),
+    }
+    if placement["table_is_sharded"] and placement["accumulator_is_sharded"]:
+        placement["table_shards"] = [v.device for v in table._value.variables]
+        placement["accumulator_shards"] = [v.device for v in accumulator._value.variables]
+    print(json.dumps(placement), flush=True)
+    try:
+        tf.train.Checkpoint(model=model).save(os.path.join(args.checkpoint_dir, "keras_model"))
+        keras_checkpoint = "saved"
+    except AttributeError as e:
+        keras_checkpoint = f"AttributeError: {e}"
+
+    run_steps(train_step, 0, STEPS // 2)
+    manager = tf.train.CheckpointManager(checkpoint, args.checkpoint_dir, max_to_keep=1)
+    manager.save()
+    run_steps(train_step, STEPS // 2, STEPS)
+    straight = model.get_weights() + [v.numpy() for v in optimizer.variables]
+
+    model, optimizer, _, train_step = build(restore_from=manager.latest_checkpoint)
+    run_steps(train_step, STEPS // 2, STEPS)
+    resumed = model.get_weights() + [v.numpy() for v in optimizer.variables]
+
+    save(
+        args.out,
+        initial=weights,
+        single=train_custom_loop_single(weights, x, y),
+        sharded=straight[: len(weights)],
+        straight=straight,
+        resumed=resumed,
+        counts={"sparse_calls": counter["sparse"]},
+        placement={"json": json.dumps(placement)},
+        keras_checkpoint={"error": keras_checkpoint},
+    )
+
+
+SCENARIOS = {
+    "mirrored": mirrored,
+    "multi-worker": multi_worker,
+    "parameter-server": parameter_server,
+    "coordinator": coordinator,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

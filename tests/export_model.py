@@ -1,0 +1,144 @@
+"""SavedModel export scenarios, one per subcommand, each run in a fresh
+process by tests/test_export.py:
+
+  save        a tf.Module holding a model and a tf_adagrad.Adagrad, with a
+              `train_step` signature, and `model.export()` for inference;
+              then one train_step here, whose result is written out
+  load        `import tf_adagrad`, `tf_adagrad.load_saved_model`, the same
+              train_step on the same batch
+  load-plain  `tf.saved_model.load` without tf_adagrad (fails)
+  serve       the inference export, without tf_adagrad
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+NUM_ROWS, FIELDS, BATCH = 5000, 3, 64
+TRAIN_DIR, INFERENCE_DIR = "train_module", "inference"
+
+
+class TrainModule(tf.Module):
+    """A model and its optimizer, with a training step to export."""
+
+    def __init__(self, model, optimizer):
+        super().__init__()
+        self.model = model
+        self.optimizer = optimizer
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, FIELDS], tf.int32), tf.TensorSpec([None, 1], tf.float32)]
+    )
+    def train_step(self, x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.binary_crossentropy(y, self.model(x, training=True)))
+        grads = tape.gradient(loss, self.model.trainable_variables)
+        self.optimizer.apply(grads, self.model.trainable_variables)
+        return {"loss": loss}
+
+    @tf.function(input_signature=[])
+    def state(self):
+        """Every model and optimizer variable, in a fixed order."""
+        variables = self.model.variables + self.optimizer.variables
+        return {f"v{i:03d}": tf.identity(v.value) for i, v in enumerate(variables)}
+
+
+def batch():
+    rng = np.random.default_rng(3)
+    x = np.minimum(rng.zipf(1.3, (BATCH, FIELDS)) - 1, NUM_ROWS - 1).astype(np.int32)
+    y = (x.sum(axis=1, keepdims=True) % 2).astype(np.float32)
+    return x, y
+
+
+def state_arrays(state):
+    return {name: value.numpy() for name, value in state.items()}
+
+
+def save(args):
+    import tf_adagrad
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((FIELDS,), dtype="int32"),
+            keras.layers.Embedding(NUM_ROWS, 8),
+            keras.layers.Flatten(),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    optimizer = tf_adagrad.Adagrad(learning_rate=0.1)
+    optimizer.build(model.trainable_variables)
+    module = TrainModule(model, optimizer)
+    tf.saved_model.save(
+        module,
+        os.path.join(args.dir, TRAIN_DIR),
+        signatures={"train_step": module.train_step, "state": module.state},
+    )
+    model.export(os.path.join(args.dir, INFERENCE_DIR), verbose=False)
+
+    x, y = batch()
+    predictions = model.predict(x, verbose=0)
+    before = state_arrays(module.state())
+    loss = module.train_step(x, y)["loss"].numpy()
+    after = state_arrays(module.state())
+    np.savez(
+        args.out,
+        loss=loss,
+        predictions=predictions,
+        **{f"before:{k}": v for k, v in before.items()},
+        **{f"after:{k}": v for k, v in after.items()},
+    )
+
+
+def load(args):
+    import tf_adagrad
+
+    loaded = tf_adagrad.load_saved_model(os.path.join(args.dir, TRAIN_DIR))
+    x, y = batch()
+    before = state_arrays(loaded.signatures["state"]())
+    loss = loaded.signatures["train_step"](x=tf.constant(x), y=tf.constant(y))["loss"].numpy()
+    after = state_arrays(loaded.signatures["state"]())
+    np.savez(
+        args.out,
+        loss=loss,
+        **{f"before:{k}": v for k, v in before.items()},
+        **{f"after:{k}": v for k, v in after.items()},
+    )
+
+
+def load_plain(args):
+    try:
+        tf.saved_model.load(os.path.join(args.dir, TRAIN_DIR))
+    except Exception as e:  # noqa: BLE001 - the test reads the message
+        print(f"LOAD FAILED: {type(e).__name__}: {e}")
+        return 3
+    print("LOADED")
+    return 0
+
+
+def serve(args):
+    loaded = tf.saved_model.load(os.path.join(args.dir, INFERENCE_DIR))
+    x, _ = batch()
+    predictions = loaded.serve(tf.constant(x)).numpy()
+    np.savez(args.out, predictions=predictions, tf_adagrad_imported="tf_adagrad" in sys.modules)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=["save", "load", "load-plain", "serve"])
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    scenarios = {"save": save, "load": load, "load-plain": load_plain, "serve": serve}
+    return scenarios[args.scenario](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
