@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 // x86 paths are host code: a CUDA compiler's device pass has no x86 target.
@@ -122,13 +123,14 @@ TF_ADAGRAD_HOST_DEVICE inline float BFloat16ToFloat(uint16_t b) {
   return BitsToFloat(static_cast<uint32_t>(b) << 16);
 }
 
+// Round to nearest even; a nan stays a quiet nan. Written as a select, not
+// a branch, so that loops over it vectorize.
 TF_ADAGRAD_HOST_DEVICE inline uint16_t FloatToBFloat16(float f) {
   const uint32_t x = FloatToBits(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) {  // nan: keep it a quiet nan
-    return static_cast<uint16_t>((x >> 16) | 0x40u);
-  }
-  const uint32_t rounding_bias = 0x7fffu + ((x >> 16) & 1u);
-  return static_cast<uint16_t>((x + rounding_bias) >> 16);
+  const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (x >> 16) | 0x40u;
+  return static_cast<uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? quiet_nan
+                                                                : rounded);
 }
 
 // How a storage type is read into, and written from, its compute type.
@@ -194,12 +196,13 @@ TF_ADAGRAD_HOST_DEVICE inline void UpdateElement(C lr, C epsilon, C grad,
 }
 
 // Dense update of elements [begin, end): a single pass that reads var, accum
-// and grad once and writes var and accum once. The compiler vectorizes it
-// for float and double (and bfloat16, whose conversions are shifts).
+// and grad once and writes var and accum once. Always inlined, so each
+// instruction-set variant below vectorizes it for its own vector width (float,
+// double and bfloat16, whose conversions are integer shifts and selects).
 template <typename T>
-void AdagradDenseRangeScalar(T* var, T* accum, const T* grad,
-                             ComputeType<T> lr, ComputeType<T> epsilon,
-                             int64_t begin, int64_t end) {
+__attribute__((always_inline)) inline void AdagradDenseLoop(
+    T* var, T* accum, const T* grad, ComputeType<T> lr, ComputeType<T> epsilon,
+    int64_t begin, int64_t end) {
   using A = Arithmetic<T>;
   for (int64_t i = begin; i < end; ++i) {
     ComputeType<T> v = A::Load(var[i]);
@@ -210,11 +213,71 @@ void AdagradDenseRangeScalar(T* var, T* accum, const T* grad,
   }
 }
 
+// The baseline variant: SSE2 on x86-64; also the tests' reference.
+template <typename T>
+void AdagradDenseRangeScalar(T* var, T* accum, const T* grad,
+                             ComputeType<T> lr, ComputeType<T> epsilon,
+                             int64_t begin, int64_t end) {
+  AdagradDenseLoop(var, accum, grad, lr, epsilon, begin, end);
+}
+
+#ifdef TF_ADAGRAD_X86
+// The same loop compiled for AVX2 and for AVX-512, chosen at run time by
+// what the CPU has (the library still runs on any x86-64). No FMA (the build
+// has -ffp-contract=off), and vector sqrt and divide are IEEE, so every
+// variant gives the baseline's bits.
+template <typename T>
+__attribute__((target("avx2"))) void AdagradDenseRangeAvx2(
+    T* var, T* accum, const T* grad, ComputeType<T> lr, ComputeType<T> epsilon,
+    int64_t begin, int64_t end) {
+  AdagradDenseLoop(var, accum, grad, lr, epsilon, begin, end);
+}
+
+template <typename T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void
+AdagradDenseRangeAvx512(T* var, T* accum, const T* grad, ComputeType<T> lr,
+                        ComputeType<T> epsilon, int64_t begin, int64_t end) {
+  AdagradDenseLoop(var, accum, grad, lr, epsilon, begin, end);
+}
+
+enum class VectorIsa { kBaseline, kAvx2, kAvx512 };
+
+// The widest variant this CPU runs. __builtin_cpu_supports also checks that
+// the OS saves the registers' state.
+inline VectorIsa CpuVectorIsa() {
+  static const VectorIsa isa = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl")) {
+      return VectorIsa::kAvx512;
+    }
+    return __builtin_cpu_supports("avx2") ? VectorIsa::kAvx2
+                                          : VectorIsa::kBaseline;
+  }();
+  return isa;
+}
+
+template <typename T>
+void AdagradDenseRange(T* var, T* accum, const T* grad, ComputeType<T> lr,
+                       ComputeType<T> epsilon, int64_t begin, int64_t end) {
+  switch (CpuVectorIsa()) {
+    case VectorIsa::kAvx512:
+      return AdagradDenseRangeAvx512(var, accum, grad, lr, epsilon, begin, end);
+    case VectorIsa::kAvx2:
+      return AdagradDenseRangeAvx2(var, accum, grad, lr, epsilon, begin, end);
+    case VectorIsa::kBaseline:
+      break;
+  }
+  AdagradDenseRangeScalar(var, accum, grad, lr, epsilon, begin, end);
+}
+#else
 template <typename T>
 void AdagradDenseRange(T* var, T* accum, const T* grad, ComputeType<T> lr,
                        ComputeType<T> epsilon, int64_t begin, int64_t end) {
   AdagradDenseRangeScalar(var, accum, grad, lr, epsilon, begin, end);
 }
+#endif  // TF_ADAGRAD_X86
 
 #ifdef TF_ADAGRAD_X86
 // float16 through the F16C conversion instructions, 8 lanes at a time, when
@@ -359,32 +422,76 @@ RowGroups GroupRowsByIndex(const Index* indices, int64_t nnz,
   return groups;
 }
 
+// How far ahead the sparse update prefetches, in unique rows and in
+// duplicate gradient rows, and how much of each row: the rows of a large
+// table are scattered, so every row is a cache (and TLB) miss that must be
+// in flight well before it is needed; within a long row the hardware
+// prefetcher follows on.
+constexpr int64_t kPrefetchRowsAhead = 6;
+constexpr int64_t kPrefetchDuplicatesAhead = 4;
+constexpr int64_t kPrefetchBytesPerRow = 512;
+
+template <typename T>
+inline void PrefetchRow(const T* row, int64_t row_size, bool for_write) {
+  const char* bytes = reinterpret_cast<const char*>(row);
+  const int64_t size =
+      std::min<int64_t>(row_size * static_cast<int64_t>(sizeof(T)),
+                        kPrefetchBytesPerRow);
+  for (int64_t offset = 0; offset < size; offset += 64) {
+    if (for_write) {
+      __builtin_prefetch(bytes + offset, 1, 3);
+    } else {
+      __builtin_prefetch(bytes + offset, 0, 3);
+    }
+  }
+}
+
 // Sparse update of unique rows [begin, end) of `groups`. Each row's
 // gradient is the sum of its duplicate rows (in position order, in the
 // compute type), then the row is updated once, as the dense update would.
-// `scratch` holds at least `row_size` compute-type values.
+// `scratch` holds at least `row_size` compute-type values. Always inlined
+// into one variant per instruction set, like the dense loop.
 template <typename T, typename Index>
-void AdagradSparseRows(T* var, T* accum, const T* grad, const Index* indices,
-                       const RowGroups& groups, int64_t row_size,
-                       ComputeType<T> lr, ComputeType<T> epsilon,
-                       int64_t begin, int64_t end, ComputeType<T>* scratch) {
+__attribute__((always_inline)) inline void AdagradSparseRowsLoop(
+    T* var, T* accum, const T* grad, const Index* indices,
+    const RowGroups& groups, int64_t row_size, ComputeType<T> lr,
+    ComputeType<T> epsilon, int64_t begin, int64_t end,
+    ComputeType<T>* scratch) {
   using A = Arithmetic<T>;
   using C = ComputeType<T>;
+  const int64_t* positions = groups.positions.data();
+  const int64_t* run_starts = groups.run_starts.data();
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t first = groups.run_starts[u];
-    const int64_t last = groups.run_starts[u + 1];
-    const int64_t row = static_cast<int64_t>(indices[groups.positions[first]]);
+    if (u + kPrefetchRowsAhead < end) {
+      const int64_t ahead = positions[run_starts[u + kPrefetchRowsAhead]];
+      const int64_t ahead_row = static_cast<int64_t>(indices[ahead]);
+      PrefetchRow(var + ahead_row * row_size, row_size, true);
+      PrefetchRow(accum + ahead_row * row_size, row_size, true);
+      PrefetchRow(grad + ahead * row_size, row_size, false);
+    }
+    const int64_t first = run_starts[u];
+    const int64_t last = run_starts[u + 1];
+    const int64_t row = static_cast<int64_t>(indices[positions[first]]);
     T* var_row = var + row * row_size;
     T* accum_row = accum + row * row_size;
-    const T* grad_row = grad + groups.positions[first] * row_size;
+    const T* grad_row = grad + positions[first] * row_size;
     if (last - first == 1) {
-      AdagradDenseRange(var_row, accum_row, grad_row, lr, epsilon, 0,
-                        row_size);
+      if constexpr (std::is_same_v<T, Float16>) {
+        AdagradDenseRange(var_row, accum_row, grad_row, lr, epsilon, 0,
+                          row_size);  // F16C where the CPU has it
+      } else {
+        AdagradDenseLoop(var_row, accum_row, grad_row, lr, epsilon, 0,
+                         row_size);
+      }
       continue;
     }
     for (int64_t j = 0; j < row_size; ++j) scratch[j] = A::Load(grad_row[j]);
     for (int64_t k = first + 1; k < last; ++k) {
-      const T* dup_row = grad + groups.positions[k] * row_size;
+      if (k + kPrefetchDuplicatesAhead < last) {
+        PrefetchRow(grad + positions[k + kPrefetchDuplicatesAhead] * row_size,
+                    row_size, false);
+      }
+      const T* dup_row = grad + positions[k] * row_size;
       for (int64_t j = 0; j < row_size; ++j) scratch[j] += A::Load(dup_row[j]);
     }
     for (int64_t j = 0; j < row_size; ++j) {
@@ -395,6 +502,60 @@ void AdagradSparseRows(T* var, T* accum, const T* grad, const Index* indices,
       var_row[j] = A::Store(v);
     }
   }
+}
+
+template <typename T, typename Index>
+void AdagradSparseRowsScalar(T* var, T* accum, const T* grad,
+                             const Index* indices, const RowGroups& groups,
+                             int64_t row_size, ComputeType<T> lr,
+                             ComputeType<T> epsilon, int64_t begin,
+                             int64_t end, ComputeType<T>* scratch) {
+  AdagradSparseRowsLoop(var, accum, grad, indices, groups, row_size, lr,
+                        epsilon, begin, end, scratch);
+}
+
+#ifdef TF_ADAGRAD_X86
+template <typename T, typename Index>
+__attribute__((target("avx2"))) void AdagradSparseRowsAvx2(
+    T* var, T* accum, const T* grad, const Index* indices,
+    const RowGroups& groups, int64_t row_size, ComputeType<T> lr,
+    ComputeType<T> epsilon, int64_t begin, int64_t end,
+    ComputeType<T>* scratch) {
+  AdagradSparseRowsLoop(var, accum, grad, indices, groups, row_size, lr,
+                        epsilon, begin, end, scratch);
+}
+
+template <typename T, typename Index>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void
+AdagradSparseRowsAvx512(T* var, T* accum, const T* grad, const Index* indices,
+                        const RowGroups& groups, int64_t row_size,
+                        ComputeType<T> lr, ComputeType<T> epsilon,
+                        int64_t begin, int64_t end, ComputeType<T>* scratch) {
+  AdagradSparseRowsLoop(var, accum, grad, indices, groups, row_size, lr,
+                        epsilon, begin, end, scratch);
+}
+#endif  // TF_ADAGRAD_X86
+
+template <typename T, typename Index>
+void AdagradSparseRows(T* var, T* accum, const T* grad, const Index* indices,
+                       const RowGroups& groups, int64_t row_size,
+                       ComputeType<T> lr, ComputeType<T> epsilon,
+                       int64_t begin, int64_t end, ComputeType<T>* scratch) {
+#ifdef TF_ADAGRAD_X86
+  switch (CpuVectorIsa()) {
+    case VectorIsa::kAvx512:
+      return AdagradSparseRowsAvx512(var, accum, grad, indices, groups,
+                                     row_size, lr, epsilon, begin, end,
+                                     scratch);
+    case VectorIsa::kAvx2:
+      return AdagradSparseRowsAvx2(var, accum, grad, indices, groups,
+                                   row_size, lr, epsilon, begin, end, scratch);
+    case VectorIsa::kBaseline:
+      break;
+  }
+#endif  // TF_ADAGRAD_X86
+  AdagradSparseRowsScalar(var, accum, grad, indices, groups, row_size, lr,
+                          epsilon, begin, end, scratch);
 }
 
 }  // namespace tf_adagrad
