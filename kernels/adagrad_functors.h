@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -71,6 +72,17 @@ struct ApplyAdagradSparse {
                           T epsilon,
                           typename tensorflow::TTypes<T>::ConstMatrix grad,
                           typename tensorflow::TTypes<Index>::ConstVec indices);
+};
+
+template <typename Device, typename T>
+struct ApplyAdagradDenseMulti {
+  // Updates every variable of `tensors` (pointers into var, accum and grad
+  // of each) in one pass over each, the work split across threads by
+  // elements, not by tensor. Fails only if the device does.
+  absl::Status operator()(
+      tensorflow::OpKernelContext* ctx,
+      const std::vector<DenseTensors<typename MathType<T>::type>>& tensors,
+      T lr, T epsilon);
 };
 
 // The same message on every device.

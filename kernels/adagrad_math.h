@@ -334,6 +334,39 @@ inline void AdagradDenseRange(Float16* var, Float16* accum,
 }
 #endif  // TF_ADAGRAD_X86
 
+// One variable of a multi-tensor dense update: var, accum and grad of `size`
+// elements each.
+template <typename T>
+struct DenseTensors {
+  T* var;
+  T* accum;
+  const T* grad;
+  int64_t size;
+};
+
+// Elements [begin, end) of the concatenation of `num_tensors` tensors, where
+// `starts[i]` is the offset of tensor i in it (`starts` has num_tensors + 1
+// entries, the last the total). The work is split by elements, not by
+// tensor, so a range may cover the end of one tensor and the start of the
+// next; empty tensors are skipped.
+template <typename T>
+void AdagradDenseMultiRange(const DenseTensors<T>* tensors,
+                            const int64_t* starts, int64_t num_tensors,
+                            ComputeType<T> lr, ComputeType<T> epsilon,
+                            int64_t begin, int64_t end) {
+  int64_t t =
+      std::upper_bound(starts, starts + num_tensors + 1, begin) - starts - 1;
+  while (begin < end && t < num_tensors) {
+    const int64_t stop = std::min(end, starts[t + 1]);
+    if (stop > begin) {
+      AdagradDenseRange(tensors[t].var, tensors[t].accum, tensors[t].grad, lr,
+                        epsilon, begin - starts[t], stop - starts[t]);
+    }
+    begin = stop;
+    ++t;
+  }
+}
+
 // Index of the first entry of `indices` outside [0, num_rows), or -1.
 template <typename Index>
 int64_t FindOutOfRangeIndex(const Index* indices, int64_t nnz,
