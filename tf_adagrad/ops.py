@@ -201,13 +201,14 @@ def multi_apply_adagrad(variables, accumulators, lr, epsilon, grads):
     variables = [_as_tf_variable(v, f"variables[{i}]") for i, v in enumerate(variables)]
     accumulators = [_as_tf_variable(a, f"accumulators[{i}]") for i, a in enumerate(accumulators)]
     dtype = variables[0].dtype
-    converted = []
-    for i, (variable, grad) in enumerate(zip(variables, grads)):
+    for i, variable in enumerate(variables):
         if variable.dtype != dtype:
             raise TypeError(
                 f"`variables` must all have one dtype: `variables[0]` is {dtype.name}, "
                 f"`variables[{i}]` is {variable.dtype.name}."
             )
+    converted = []
+    for i, grad in enumerate(grads):
         grad = tf.convert_to_tensor(grad)
         if grad.dtype != dtype:
             raise TypeError(

@@ -148,6 +148,37 @@ class Adagrad(keras.optimizers.Optimizer):
             initializer=keras.initializers.Constant(self.initial_accumulator_value),
         )
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        """All of a step's updates: the dense gradients of the variables on
+        the CPU in one `TfAdagrad>MultiApplyDense` per dtype, the rest
+        (sparse gradients, other devices) one fused op per variable.
+
+        Under a `tf.distribute` strategy, Keras' TensorFlow backend reduces
+        the gradients and updates each variable through the strategy; that
+        path, and XLA's, stay per variable.
+        """
+        if tf.distribute.has_strategy() or _in_xla():
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        dense_by_dtype = {}
+        for grad, variable in zip(grads, trainable_variables):
+            tf_variable = ops._as_tf_variable(variable, "variable")
+            if isinstance(grad, tf.IndexedSlices) or not _on_cpu(tf_variable):
+                self.update_step(grad, variable, learning_rate)
+            else:
+                dense_by_dtype.setdefault(tf_variable.dtype, []).append((grad, variable, tf_variable))
+        for dtype, updates in dense_by_dtype.items():
+            accumulators = [
+                ops._as_tf_variable(self._accumulators[self._get_variable_index(variable)], "accumulator")
+                for _, variable, _ in updates
+            ]
+            ops.multi_apply_adagrad(
+                [tf_variable for _, _, tf_variable in updates],
+                accumulators,
+                tf.cast(learning_rate, dtype),
+                self._epsilon_as(dtype),
+                [tf.cast(grad, dtype) for grad, _, _ in updates],
+            )
+
     def update_step(self, gradient, variable, learning_rate):
         """Update step given gradient and the associated model variable."""
         accumulator = self._accumulators[self._get_variable_index(variable)]
@@ -155,8 +186,8 @@ class Adagrad(keras.optimizers.Optimizer):
         accumulator = ops._as_tf_variable(accumulator, "accumulator")
         dtype = variable.dtype
         lr = tf.cast(learning_rate, dtype)
-        epsilon = tf.cast(tf.convert_to_tensor(self.epsilon, dtype_hint=dtype), dtype)
-        in_xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+        epsilon = self._epsilon_as(dtype)
+        in_xla = _in_xla()
         if isinstance(gradient, tf.IndexedSlices):
             values = tf.cast(gradient.values, dtype)
             if in_xla:
@@ -170,6 +201,10 @@ class Adagrad(keras.optimizers.Optimizer):
             else:
                 ops.apply_adagrad(variable, accumulator, lr, epsilon, gradient)
 
+    def _epsilon_as(self, dtype):
+        # Python numbers convert straight to the dtype (not through float32).
+        return tf.cast(tf.convert_to_tensor(self.epsilon, dtype_hint=dtype), dtype)
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -179,6 +214,15 @@ class Adagrad(keras.optimizers.Optimizer):
             }
         )
         return config
+
+
+def _in_xla():
+    """Whether ops built now are compiled by XLA, which cannot run custom ops."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _on_cpu(variable):
+    return tf.DeviceSpec.from_string(variable.device).device_type == "CPU"
 
 
 # The fused kernels' math as plain TF ops, for XLA, which cannot compile
