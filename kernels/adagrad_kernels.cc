@@ -112,7 +112,18 @@ struct ApplyAdagradSparse<CPUDevice, T, Index> {
     }
     if (nnz == 0 || row_size == 0) return absl::OkStatus();
 
-    const RowGroups groups = GroupRowsByIndex(indices.data(), nnz, num_rows);
+    // The sort runs on all threads when nnz is large (the math header
+    // decides when a split pays).
+    const CPUDevice& device = ctx->eigen_device<CPUDevice>();
+    const auto run_tasks = [&device](int64_t num_tasks, const auto& task) {
+      if (num_tasks == 1) return task(0);
+      device.parallelFor(num_tasks, Eigen::TensorOpCost(0, 0, 1e9),
+                         [&task](Eigen::Index begin, Eigen::Index end) {
+                           for (Eigen::Index c = begin; c < end; ++c) task(c);
+                         });
+    };
+    const RowGroups groups = GroupRowsByIndex(
+        indices.data(), nnz, num_rows, device.numThreads(), run_tasks);
     using M = typename MathType<T>::type;
     auto* var_data = MathPointer(var.data());
     auto* accum_data = MathPointer(accum.data());
@@ -123,7 +134,7 @@ struct ApplyAdagradSparse<CPUDevice, T, Index> {
     const Eigen::TensorOpCost cost_per_row(
         row_bytes * 3.0 * nnz / groups.num_unique(), row_bytes * 2.0,
         20.0 * row_size);
-    ctx->eigen_device<CPUDevice>().parallelFor(
+    device.parallelFor(
         groups.num_unique(), cost_per_row,
         [&](Eigen::Index begin, Eigen::Index end) {
           std::vector<ComputeType<M>> scratch(row_size);

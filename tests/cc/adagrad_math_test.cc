@@ -250,10 +250,37 @@ void TestVectorVariantsMatchBaseline() {
 }
 #endif  // TF_ADAGRAD_X86
 
+// The sort split into chunks (as the op splits it across threads for large
+// nnz) gives exactly the serial sort's groups.
+void TestChunkedGroupingEqualsSerial() {
+  std::mt19937_64 rng(4);
+  for (int64_t nnz : {int64_t{0}, int64_t{1}, tf_adagrad::kMinKeysPerSortChunk * 3 + 17,
+                      tf_adagrad::kMinKeysPerSortChunk * 8}) {
+    for (int64_t num_rows : {int64_t{1}, int64_t{1000}, int64_t{1} << 30, INT64_MAX}) {
+      std::vector<int64_t> indices(nnz);
+      for (auto& index : indices) index = static_cast<int64_t>(rng() % num_rows);
+      const RowGroups serial = tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
+      for (int64_t chunks : {2, 3, 8, 64}) {
+        int64_t tasks_run = 0;
+        const auto count_tasks = [&tasks_run](int64_t n, const auto& task) {
+          for (int64_t c = 0; c < n; ++c, ++tasks_run) task(c);
+        };
+        const RowGroups chunked =
+            tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows, chunks, count_tasks);
+        EXPECT(chunked.positions == serial.positions);
+        EXPECT(chunked.run_starts == serial.run_starts);
+        ExpectValidGroups(indices, chunked);
+        EXPECT(tasks_run > 0);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
   TestGrouping();
+  TestChunkedGroupingEqualsSerial();
   TestHalfConversions();
   TestBFloat16Conversions();
   TestSparseUpdateMatchesScalarReference();
