@@ -4,10 +4,12 @@ the same run.
 
 Run with `make bench`. Each implementation gets its own variables; a step is
 one call of a tf.function (the optimizer's `apply`, or the raw ops), timed
-after a warm-up; the median of the repeated steps is reported. The roofline
-is the bytes a step must move (read var, accum, grad; write var, accum; for
-sparse steps only the touched rows, plus the gradient and the indices)
-divided by the memory bandwidth measured at the start of the run.
+after a warm-up, the implementations in turns; the median of the repeated
+steps is reported. The roofline is the bytes a step must move (read var,
+accum, grad; write var, accum; for sparse steps only the touched rows, plus
+the gradient and the indices) divided by the memory bandwidth, measured in
+turns with each case's steps. The call floor is a tf.function that captures
+the same variables and gradients as tf_adagrad's step and computes nothing.
 
 Prints a line per case, then writes bench/results/bench.json, bench.md (a
 markdown table with the ratios) and bench.png (a bar chart).
@@ -29,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 import tf_adagrad  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-REPEATS, WARMUP = 30, 5
+REPEATS, WARMUP = 50, 5
 LR, EPSILON = 0.01, 1e-7
 IMPLEMENTATIONS = ("tf_adagrad", "keras", "tf_raw")
 LABELS = {
@@ -50,26 +52,38 @@ def graph_step(update):
     return step
 
 
-def median_ms(step):
-    for _ in range(WARMUP):
-        step()
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+def median_ms(steps):
+    """Median ms per call of each of `steps` (name -> callable). The steps
+    are called in turns, so a slow spell of a shared machine hits them all
+    alike; Python's garbage collector is off meanwhile (as in timeit)."""
+    for step in steps.values():
+        for _ in range(WARMUP):
+            step()
+    times = {name: [] for name in steps}
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(REPEATS):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - start)
+    finally:
+        gc.enable()
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
-def measure_bandwidth():
-    """Bytes per second of TF's multi-threaded in-place add `x += y` over
-    64 MiB float32 arrays (reads x and y, writes x): what a streaming
-    one-pass kernel can reach on this machine, with all its threads."""
-    n = 16 * 2**20
-    x = tf.Variable(tf.zeros([n]))
-    y = tf.ones([n])
-    ms = median_ms(graph_step(lambda: x.assign_add(y)))
-    return 3 * 4 * n / (ms * 1e-3)
+class BandwidthProbe:
+    """TF's multi-threaded in-place add `x += y` over 64 MiB float32 arrays
+    (reads x and y, writes x): what a streaming one-pass kernel reaches on
+    this machine with all its threads. Timed in turns with each case."""
+
+    def __init__(self):
+        n = 16 * 2**20
+        self.x = tf.Variable(tf.zeros([n]))
+        self.y = tf.ones([n])
+        self.bytes = 3 * 4 * n
+        self.step = graph_step(lambda: self.x.assign_add(self.y))
 
 
 def optimizer_steps(make_optimizer_vars, grads):
@@ -83,7 +97,25 @@ def optimizer_steps(make_optimizer_vars, grads):
         steps[impl] = graph_step(
             lambda optimizer=optimizer, variables=variables: optimizer.apply(grads, variables)
         )
+        if impl == "tf_adagrad":
+            steps["floor"] = call_floor_step(variables + optimizer.variables, grads)
     return steps
+
+
+def call_floor_step(variables, grads):
+    """A tf.function that captures the same variables and gradients as the
+    optimizer's step and computes nothing: what calling a step costs."""
+    tensors = []
+    for grad in grads:
+        tensors += [grad.values, grad.indices] if isinstance(grad, tf.IndexedSlices) else [grad]
+
+    @tf.function
+    def step():
+        handles = [v.handle if isinstance(v, tf.Variable) else v.value.handle for v in variables]
+        with tf.control_dependencies(handles + tensors):
+            tf.no_op()
+
+    return step
 
 
 def dense_case(sizes, dtype=np.float32):
@@ -161,8 +193,8 @@ def ratio(x, y):
 
 def markdown_table(results):
     lines = [
-        "| case | tf_adagrad.Adagrad | keras.optimizers.Adagrad | TF raw fused ops | memory roofline |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| case | tf_adagrad.Adagrad | keras.optimizers.Adagrad | TF raw fused ops | memory roofline | call floor |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         ms = r["ms"]
@@ -175,7 +207,7 @@ def markdown_table(results):
 
         lines.append(
             f"| {r['case']} | {ours:.3f} | {slower('keras')} | {slower('tf_raw')} | "
-            f"{ms['roofline']:.3f} (ours {ours / ms['roofline']:.2f}×) |"
+            f"{ms['roofline']:.3f} (ours {ours / ms['roofline']:.2f}×) | {ms['floor']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -212,29 +244,35 @@ def main():
         f"{os.cpu_count()} CPUs"
     )
     print(header + "; median ms per step", flush=True)
-    bandwidth = measure_bandwidth()
-    print(f"memory bandwidth (TF in-place add, 64 MiB arrays): {bandwidth / 1e9:.1f} GB/s", flush=True)
+    probe = BandwidthProbe()
     results = []
     for name, make in CASES:
         steps, bytes_moved = make()
+        runnable = {}
         ms = {}
         for impl in IMPLEMENTATIONS:
             try:
-                ms[impl] = median_ms(steps[impl])
+                steps[impl]()
+                runnable[impl] = steps[impl]
             except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
                 # TF registers no raw kernel for some dtypes.
                 print(f"  {impl}: not run ({type(e).__name__})", flush=True)
                 ms[impl] = None
+        runnable["floor"] = steps["floor"]
+        runnable["bandwidth"] = probe.step
+        ms.update(median_ms(runnable))
+        bandwidth = probe.bytes / (ms.pop("bandwidth") * 1e-3)
         ms["roofline"] = 1e3 * bytes_moved / bandwidth
-        results.append({"case": name, "bytes_moved": bytes_moved, "ms": ms})
+        results.append({"case": name, "bytes_moved": bytes_moved, "bandwidth_bytes_per_s": bandwidth, "ms": ms})
         ours = ms["tf_adagrad"]
-        parts = [f"{name:40s} tf_adagrad {ours:8.3f}"]
+        parts = [f"{name:38s} tf_adagrad {ours:7.3f}"]
         for impl in ("keras", "tf_raw"):
             if ms[impl] is not None:
-                parts.append(f"{impl} {ms[impl]:8.3f} ({ms[impl] / ours:6.1f}x)")
-        parts.append(f"roofline {ms['roofline']:7.3f} (ours {ours / ms['roofline']:.2f}x)")
+                parts.append(f"{impl} {ms[impl]:7.3f} ({ms[impl] / ours:5.1f}x)")
+        parts.append(f"roofline {ms['roofline']:6.3f} (ours {ours / ms['roofline']:.2f}x, {bandwidth / 1e9:.0f} GB/s)")
+        parts.append(f"call floor {ms['floor']:6.3f}")
         print("  ".join(parts), flush=True)
-        del steps
+        del steps, runnable
         gc.collect()
 
     os.makedirs(RESULTS_DIR, exist_ok=True)
@@ -246,15 +284,16 @@ def main():
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "repeats": REPEATS,
         "warmup": WARMUP,
-        "bandwidth_bytes_per_s": bandwidth,
         "cases": results,
     }
     with open(os.path.join(RESULTS_DIR, "bench.json"), "w") as f:
         json.dump(record, f, indent=2)
     with open(os.path.join(RESULTS_DIR, "bench.md"), "w") as f:
         f.write(
-            f"{header}; memory bandwidth {bandwidth / 1e9:.1f} GB/s; median ms per step of "
-            f"{REPEATS}, after {WARMUP} warm-up steps.\n\n"
+            f"{header}; median ms per step of {REPEATS}, after {WARMUP} warm-up steps; the "
+            f"roofline at the memory bandwidth measured with each case "
+            f"({min(r['bandwidth_bytes_per_s'] for r in results) / 1e9:.0f} to "
+            f"{max(r['bandwidth_bytes_per_s'] for r in results) / 1e9:.0f} GB/s).\n\n"
         )
         f.write(markdown_table(results))
     bar_chart(results, os.path.join(RESULTS_DIR, "bench.png"), header)
