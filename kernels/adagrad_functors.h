@@ -116,8 +116,17 @@ struct ApplyAdagradSparse<Eigen::GpuDevice, T, Index> {
                           typename tensorflow::TTypes<Index>::ConstVec indices);
 };
 
+template <typename T>
+struct ApplyAdagradDenseMulti<Eigen::GpuDevice, T> {
+  absl::Status operator()(
+      tensorflow::OpKernelContext* ctx,
+      const std::vector<DenseTensors<typename MathType<T>::type>>& tensors,
+      T lr, T epsilon);
+};
+
 #define TF_ADAGRAD_DECLARE_GPU_FUNCTORS(T)                                 \
   extern template struct ApplyAdagradDense<Eigen::GpuDevice, T>;           \
+  extern template struct ApplyAdagradDenseMulti<Eigen::GpuDevice, T>;      \
   extern template struct ApplyAdagradSparse<Eigen::GpuDevice, T, int32_t>; \
   extern template struct ApplyAdagradSparse<Eigen::GpuDevice, T, int64_t>;
 TF_ADAGRAD_DECLARE_GPU_FUNCTORS(Eigen::half);

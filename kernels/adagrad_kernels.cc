@@ -458,16 +458,16 @@ class MultiApplyDenseOp : public OpKernel {
                               .HostMemory("epsilon")                      \
                               .TypeConstraint<T>("T")                     \
                               .TypeConstraint<int64_t>("Tindices"),       \
-                          ApplySparseOp<DeviceType, T, int64_t>);
+                          ApplySparseOp<DeviceType, T, int64_t>);       \
+  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>MultiApplyDense")               \
+                              .Device(DEVICE)                             \
+                              .HostMemory("lr")                           \
+                              .HostMemory("epsilon")                      \
+                              .TypeConstraint<T>("T"),                    \
+                          MultiApplyDenseOp<DeviceType, T>);
 
-// The multi-tensor op is CPU-only: the optimizer uses it for variables on
-// the CPU, and the per-variable ops everywhere else.
-#define REGISTER_CPU_KERNELS(T)                                   \
-  REGISTER_KERNELS(::tensorflow::DEVICE_CPU, CPUDevice, T)        \
-  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>MultiApplyDense")       \
-                              .Device(::tensorflow::DEVICE_CPU)   \
-                              .TypeConstraint<T>("T"),            \
-                          MultiApplyDenseOp<CPUDevice, T>);
+#define REGISTER_CPU_KERNELS(T) \
+  REGISTER_KERNELS(::tensorflow::DEVICE_CPU, CPUDevice, T)
 REGISTER_CPU_KERNELS(Eigen::half);
 REGISTER_CPU_KERNELS(Eigen::bfloat16);
 REGISTER_CPU_KERNELS(float);

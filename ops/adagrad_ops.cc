@@ -177,8 +177,9 @@ REGISTER_OP(kMultiApplyDense)
     .SetShapeFn(MultiApplyDenseShape)
     .Doc(R"doc(
 ApplyDense for N variables of one dtype in one op: each var[i] and accum[i]
-is updated with grad[i], the work split across threads by elements. Every
-input is checked before anything is written. CPU only.
+is updated with grad[i], the work split across threads by elements (one
+kernel launch per 64 variables on a GPU). Every input is checked before
+anything is written.
 )doc");
 
 }  // namespace tf_adagrad

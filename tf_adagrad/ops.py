@@ -170,11 +170,11 @@ def multi_apply_adagrad(variables, accumulators, lr, epsilon, grads):
     """Applies one dense Adagrad step to several variables in one op.
 
     The same update as `apply_adagrad(variables[i], accumulators[i], lr,
-    epsilon, grads[i])` for every `i`, in one op call (one launch) whose
-    work is split across threads by elements, not by variable, so many small
-    variables cost about as much as one large one. Every input is checked
-    before any variable is written. CPU only: the variables must live on the
-    CPU (`tf_adagrad.Adagrad` uses the per-variable ops elsewhere).
+    epsilon, grads[i])` for every `i`, in one op call whose work is split
+    across threads by elements, not by variable (on a GPU: one kernel launch
+    per 64 variables), so many small variables cost about as much as one
+    large one. Every input is checked before any variable is written. All
+    variables must be on one device.
 
     Args:
         variables: A non-empty list of `tf.Variable` or `keras.Variable`, all

@@ -13,8 +13,10 @@ class Adagrad(keras.optimizers.Optimizer):
 
     A drop-in replacement for `keras.optimizers.Adagrad` (same arguments,
     same defaults, same math, same variables), for the TensorFlow backend.
-    Each step is one fused kernel per variable instead of a chain of
-    whole-tensor ops. A `tf.IndexedSlices` gradient, such as an `Embedding`
+    A step runs the dense updates of all variables in one fused op per
+    device and dtype (the work split across threads by elements), and each
+    sparse update in one fused op, instead of a chain of whole-tensor ops
+    per variable. A `tf.IndexedSlices` gradient, such as an `Embedding`
     layer's, updates only the rows it names: rows that share an index are
     summed first, so the result equals a dense step with the densified
     gradient, and the rest of the table is never read. Keras 3's Adagrad
@@ -149,9 +151,9 @@ class Adagrad(keras.optimizers.Optimizer):
         )
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        """All of a step's updates: the dense gradients of the variables on
-        the CPU in one `TfAdagrad>MultiApplyDense` per dtype, the rest
-        (sparse gradients, other devices) one fused op per variable.
+        """All of a step's updates: the dense gradients in one
+        `TfAdagrad>MultiApplyDense` per device and dtype, each sparse
+        gradient in its own `TfAdagrad>ApplySparse`.
 
         Under a `tf.distribute` strategy, Keras' TensorFlow backend reduces
         the gradients and updates each variable through the strategy; that
@@ -159,14 +161,15 @@ class Adagrad(keras.optimizers.Optimizer):
         """
         if tf.distribute.has_strategy() or _in_xla():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
-        dense_by_dtype = {}
+        dense_groups = {}
         for grad, variable in zip(grads, trainable_variables):
-            tf_variable = ops._as_tf_variable(variable, "variable")
-            if isinstance(grad, tf.IndexedSlices) or not _on_cpu(tf_variable):
+            if isinstance(grad, tf.IndexedSlices):
                 self.update_step(grad, variable, learning_rate)
             else:
-                dense_by_dtype.setdefault(tf_variable.dtype, []).append((grad, variable, tf_variable))
-        for dtype, updates in dense_by_dtype.items():
+                tf_variable = ops._as_tf_variable(variable, "variable")
+                key = (tf_variable.device, tf_variable.dtype)
+                dense_groups.setdefault(key, []).append((grad, variable, tf_variable))
+        for (_, dtype), updates in dense_groups.items():
             accumulators = [
                 ops._as_tf_variable(self._accumulators[self._get_variable_index(variable)], "accumulator")
                 for _, variable, _ in updates
@@ -219,10 +222,6 @@ class Adagrad(keras.optimizers.Optimizer):
 def _in_xla():
     """Whether ops built now are compiled by XLA, which cannot run custom ops."""
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-
-
-def _on_cpu(variable):
-    return tf.DeviceSpec.from_string(variable.device).device_type == "CPU"
 
 
 # The fused kernels' math as plain TF ops, for XLA, which cannot compile
