@@ -502,30 +502,6 @@ RowGroups GroupRowsByIndex(const Index* indices, int64_t nnz,
   return groups;
 }
 
-// How far ahead the sparse update prefetches, in unique rows and in
-// duplicate gradient rows, and how much of each row: the rows of a large
-// table are scattered, so every row is a cache (and TLB) miss that must be
-// in flight well before it is needed; within a long row the hardware
-// prefetcher follows on.
-constexpr int64_t kPrefetchRowsAhead = 6;
-constexpr int64_t kPrefetchDuplicatesAhead = 4;
-constexpr int64_t kPrefetchBytesPerRow = 512;
-
-template <typename T>
-inline void PrefetchRow(const T* row, int64_t row_size, bool for_write) {
-  const char* bytes = reinterpret_cast<const char*>(row);
-  const int64_t size =
-      std::min<int64_t>(row_size * static_cast<int64_t>(sizeof(T)),
-                        kPrefetchBytesPerRow);
-  for (int64_t offset = 0; offset < size; offset += 64) {
-    if (for_write) {
-      __builtin_prefetch(bytes + offset, 1, 3);
-    } else {
-      __builtin_prefetch(bytes + offset, 0, 3);
-    }
-  }
-}
-
 // Sparse update of unique rows [begin, end) of `groups`. Each row's
 // gradient is the sum of its duplicate rows (in position order, in the
 // compute type), then the row is updated once, as the dense update would.
@@ -542,13 +518,6 @@ __attribute__((always_inline)) inline void AdagradSparseRowsLoop(
   const int64_t* positions = groups.positions.data();
   const int64_t* run_starts = groups.run_starts.data();
   for (int64_t u = begin; u < end; ++u) {
-    if (u + kPrefetchRowsAhead < end) {
-      const int64_t ahead = positions[run_starts[u + kPrefetchRowsAhead]];
-      const int64_t ahead_row = static_cast<int64_t>(indices[ahead]);
-      PrefetchRow(var + ahead_row * row_size, row_size, true);
-      PrefetchRow(accum + ahead_row * row_size, row_size, true);
-      PrefetchRow(grad + ahead * row_size, row_size, false);
-    }
     const int64_t first = run_starts[u];
     const int64_t last = run_starts[u + 1];
     const int64_t row = static_cast<int64_t>(indices[positions[first]]);
@@ -567,10 +536,6 @@ __attribute__((always_inline)) inline void AdagradSparseRowsLoop(
     }
     for (int64_t j = 0; j < row_size; ++j) scratch[j] = A::Load(grad_row[j]);
     for (int64_t k = first + 1; k < last; ++k) {
-      if (k + kPrefetchDuplicatesAhead < last) {
-        PrefetchRow(grad + positions[k + kPrefetchDuplicatesAhead] * row_size,
-                    row_size, false);
-      }
       const T* dup_row = grad + positions[k] * row_size;
       for (int64_t j = 0; j < row_size; ++j) scratch[j] += A::Load(dup_row[j]);
     }
