@@ -4,11 +4,11 @@ the same run.
 
 Run with `make bench`. Each implementation gets its own variables; a step is
 one call of a tf.function (the optimizer's `apply`, or the raw ops), timed
-after a warm-up, the implementations in turns; the median of the repeated
-steps is reported. The roofline is the bytes a step must move (read var,
+after a warm-up, the implementations in turns (five rounds of ten timed
+consecutive steps each); the median of the 50 steps is reported. The roofline is the bytes a step must move (read var,
 accum, grad; write var, accum; for sparse steps only the touched rows, plus
 the gradient and the indices) divided by the memory bandwidth, measured in
-turns with each case's steps. The call floor is a tf.function that captures
+turns with each case's steps. The call floor is a tf.function that takes in
 the same variables and gradients as tf_adagrad's step and computes nothing.
 
 Prints a line per case, then writes bench/results/bench.json, bench.md (a
@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 import tf_adagrad  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-REPEATS, WARMUP = 50, 5
+REPEATS, ROUNDS, WARMUP = 50, 5, 5
 LR, EPSILON = 0.01, 1e-7
 IMPLEMENTATIONS = ("tf_adagrad", "keras", "tf_raw")
 LABELS = {
@@ -54,8 +54,11 @@ def graph_step(update):
 
 def median_ms(steps):
     """Median ms per call of each of `steps` (name -> callable). The steps
-    are called in turns, so a slow spell of a shared machine hits them all
-    alike; Python's garbage collector is off meanwhile (as in timeit)."""
+    take turns in rounds, so a slow spell of a shared machine hits them all
+    alike; within a round each runs a block of consecutive calls, the first
+    untimed (caches refill after the other steps' work), as a training loop
+    calls its step. Python's garbage collector is off meanwhile (as in
+    timeit)."""
     for step in steps.values():
         for _ in range(WARMUP):
             step()
@@ -63,11 +66,13 @@ def median_ms(steps):
     gc.collect()
     gc.disable()
     try:
-        for _ in range(REPEATS):
+        for _ in range(ROUNDS):
             for name, step in steps.items():
-                start = time.perf_counter()
                 step()
-                times[name].append(time.perf_counter() - start)
+                for _ in range(REPEATS // ROUNDS):
+                    start = time.perf_counter()
+                    step()
+                    times[name].append(time.perf_counter() - start)
     finally:
         gc.enable()
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
@@ -103,8 +108,9 @@ def optimizer_steps(make_optimizer_vars, grads):
 
 
 def call_floor_step(variables, grads):
-    """A tf.function that captures the same variables and gradients as the
-    optimizer's step and computes nothing: what calling a step costs."""
+    """A tf.function that takes in the same variables and gradients as the
+    optimizer's step and computes nothing (one IdentityN consumes them all):
+    what calling a step costs before any work."""
     tensors = []
     for grad in grads:
         tensors += [grad.values, grad.indices] if isinstance(grad, tf.IndexedSlices) else [grad]
@@ -112,8 +118,8 @@ def call_floor_step(variables, grads):
     @tf.function
     def step():
         handles = [v.handle if isinstance(v, tf.Variable) else v.value.handle for v in variables]
-        with tf.control_dependencies(handles + tensors):
-            tf.no_op()
+        inputs = tf.raw_ops.IdentityN(input=handles + tensors)
+        return tf.shape(inputs[-1])  # an output, so nothing is pruned
 
     return step
 
