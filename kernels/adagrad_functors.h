@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -73,6 +74,17 @@ struct ApplyAdagradSparse {
                           typename tensorflow::TTypes<Index>::ConstVec indices);
 };
 
+template <typename Device, typename T>
+struct ApplyAdagradDenseMulti {
+  // Updates every variable of `tensors` (pointers into var, accum and grad
+  // of each) in one pass over each, the work split across threads by
+  // elements, not by tensor. Fails only if the device does.
+  absl::Status operator()(
+      tensorflow::OpKernelContext* ctx,
+      const std::vector<DenseTensors<typename MathType<T>::type>>& tensors,
+      T lr, T epsilon);
+};
+
 // The same message on every device.
 inline absl::Status IndexOutOfRangeError(const std::string& op_name,
                                          int64_t position, int64_t index,
@@ -104,8 +116,17 @@ struct ApplyAdagradSparse<Eigen::GpuDevice, T, Index> {
                           typename tensorflow::TTypes<Index>::ConstVec indices);
 };
 
+template <typename T>
+struct ApplyAdagradDenseMulti<Eigen::GpuDevice, T> {
+  absl::Status operator()(
+      tensorflow::OpKernelContext* ctx,
+      const std::vector<DenseTensors<typename MathType<T>::type>>& tensors,
+      T lr, T epsilon);
+};
+
 #define TF_ADAGRAD_DECLARE_GPU_FUNCTORS(T)                                 \
   extern template struct ApplyAdagradDense<Eigen::GpuDevice, T>;           \
+  extern template struct ApplyAdagradDenseMulti<Eigen::GpuDevice, T>;      \
   extern template struct ApplyAdagradSparse<Eigen::GpuDevice, T, int32_t>; \
   extern template struct ApplyAdagradSparse<Eigen::GpuDevice, T, int64_t>;
 TF_ADAGRAD_DECLARE_GPU_FUNCTORS(Eigen::half);

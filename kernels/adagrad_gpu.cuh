@@ -157,6 +157,82 @@ cudaError_t LaunchAdagradDense(T* var, T* accum, const T* grad,
   return LaunchDenseKernel<T, 1>(var, accum, grad, lr, epsilon, size, stream);
 }
 
+// --------------------------------------------------------- multi-tensor ---
+
+// Variables per launch of the multi-tensor kernel. Their pointers and
+// offsets travel by value in the kernel's parameters (2 KiB of the 4 KiB
+// allowed), so a launch needs no device memory and no host-to-device copy;
+// more variables take more launches.
+constexpr int kMaxTensorsPerLaunch = 64;
+
+template <typename T>
+struct DenseTensorBatch {
+  T* var[kMaxTensorsPerLaunch];
+  T* accum[kMaxTensorsPerLaunch];
+  const T* grad[kMaxTensorsPerLaunch];
+  // starts[t] is tensor t's first element in the concatenation of the
+  // batch's tensors; starts[num_tensors] is the total.
+  int64_t starts[kMaxTensorsPerLaunch + 1];
+  int num_tensors;
+};
+
+// One pass over the concatenation of the batch's tensors, grid-stride: the
+// work is split by elements, not by tensor, and neighbouring threads touch
+// neighbouring elements of one tensor (coalesced). A thread's elements only
+// increase, so it finds each element's tensor by walking `starts` forward.
+template <typename T>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    AdagradDenseMultiKernel(const DenseTensorBatch<T> batch,
+                            ComputeType<T> lr, ComputeType<T> epsilon) {
+  using A = GpuArithmetic<T>;
+  using C = ComputeType<T>;
+  const int64_t total = batch.starts[batch.num_tensors];
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  int t = 0;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       i < total; i += stride) {
+    while (batch.starts[t + 1] <= i) ++t;
+    const int64_t j = i - batch.starts[t];
+    C v = A::Load(batch.var[t][j]);
+    C a = A::Load(batch.accum[t][j]);
+    UpdateElement(lr, epsilon, A::Load(batch.grad[t][j]), &v, &a);
+    batch.accum[t][j] = A::Store(a);
+    batch.var[t][j] = A::Store(v);
+  }
+}
+
+// Updates every variable of `tensors` in place, on `stream`: one launch per
+// kMaxTensorsPerLaunch variables.
+template <typename T>
+cudaError_t LaunchAdagradDenseMulti(const DenseTensors<T>* tensors,
+                                    int64_t num_tensors, ComputeType<T> lr,
+                                    ComputeType<T> epsilon,
+                                    cudaStream_t stream) {
+  const auto kernel = AdagradDenseMultiKernel<T>;
+  for (int64_t first = 0; first < num_tensors; first += kMaxTensorsPerLaunch) {
+    DenseTensorBatch<T> batch;
+    batch.num_tensors = static_cast<int>(
+        std::min<int64_t>(kMaxTensorsPerLaunch, num_tensors - first));
+    batch.starts[0] = 0;
+    for (int t = 0; t < batch.num_tensors; ++t) {
+      const DenseTensors<T>& tensor = tensors[first + t];
+      batch.var[t] = tensor.var;
+      batch.accum[t] = tensor.accum;
+      batch.grad[t] = tensor.grad;
+      batch.starts[t + 1] = batch.starts[t] + tensor.size;
+    }
+    const int64_t total = batch.starts[batch.num_tensors];
+    if (total == 0) continue;
+    int blocks = 0;
+    cudaError_t err = ResidentGridSize(kernel, total, &blocks);
+    if (err != cudaSuccess) return err;
+    kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(batch, lr, epsilon);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
 // --------------------------------------------------------------- sparse ---
 
 // Lowers *first_bad to the smallest position whose index is outside

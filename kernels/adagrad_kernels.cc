@@ -5,6 +5,8 @@
 // math in adagrad_math.h (CPU) or adagrad_gpu.cuh (GPU).
 #define EIGEN_USE_THREADS
 
+#include <algorithm>
+#include <string>
 #include <vector>
 
 #include "kernels/adagrad_functors.h"
@@ -34,6 +36,23 @@ using GPUDevice = Eigen::GpuDevice;
 
 namespace functor {
 
+// Dense work is split into shards of whole 4 KiB pages, so that two threads
+// never write the same cache line and each streams whole pages.
+constexpr Eigen::Index kShardAlignBytes = 4096;
+
+// Runs fn(begin, end) over [0, num_elements) on the op's threads.
+template <typename T, typename Fn>
+void ParallelForDenseElements(OpKernelContext* ctx, int64_t num_elements,
+                              const Fn& fn) {
+  // Memory-bound: 3 loads and 2 stores per element, a divide and a sqrt.
+  const Eigen::TensorOpCost cost(3 * sizeof(T), 2 * sizeof(T), 20);
+  constexpr Eigen::Index align = kShardAlignBytes / sizeof(T);
+  ctx->eigen_device<CPUDevice>().parallelFor(
+      num_elements, cost,
+      [](Eigen::Index size) { return (size + align - 1) / align * align; },
+      [&fn](Eigen::Index begin, Eigen::Index end) { fn(begin, end); });
+}
+
 template <typename T>
 struct ApplyAdagradDense<CPUDevice, T> {
   absl::Status operator()(OpKernelContext* ctx, typename TTypes<T>::Flat var,
@@ -44,12 +63,32 @@ struct ApplyAdagradDense<CPUDevice, T> {
     const auto* grad_data = MathPointer(grad.data());
     const auto lr_c = ToCompute(lr);
     const auto epsilon_c = ToCompute(epsilon);
-    // Memory-bound: 3 loads and 2 stores per element, a divide and a sqrt.
-    const Eigen::TensorOpCost cost(3 * sizeof(T), 2 * sizeof(T), 20);
-    ctx->eigen_device<CPUDevice>().parallelFor(
-        var.size(), cost, [&](Eigen::Index begin, Eigen::Index end) {
+    ParallelForDenseElements<T>(
+        ctx, var.size(), [&](int64_t begin, int64_t end) {
           AdagradDenseRange(var_data, accum_data, grad_data, lr_c, epsilon_c,
                             begin, end);
+        });
+    return absl::OkStatus();
+  }
+};
+
+template <typename T>
+struct ApplyAdagradDenseMulti<CPUDevice, T> {
+  absl::Status operator()(
+      OpKernelContext* ctx,
+      const std::vector<DenseTensors<typename MathType<T>::type>>& tensors,
+      T lr, T epsilon) {
+    const int64_t num_tensors = static_cast<int64_t>(tensors.size());
+    std::vector<int64_t> starts(num_tensors + 1, 0);
+    for (int64_t i = 0; i < num_tensors; ++i) {
+      starts[i + 1] = starts[i] + tensors[i].size;
+    }
+    const auto lr_c = ToCompute(lr);
+    const auto epsilon_c = ToCompute(epsilon);
+    ParallelForDenseElements<T>(
+        ctx, starts[num_tensors], [&](int64_t begin, int64_t end) {
+          AdagradDenseMultiRange(tensors.data(), starts.data(), num_tensors,
+                                 lr_c, epsilon_c, begin, end);
         });
     return absl::OkStatus();
   }
@@ -73,7 +112,18 @@ struct ApplyAdagradSparse<CPUDevice, T, Index> {
     }
     if (nnz == 0 || row_size == 0) return absl::OkStatus();
 
-    const RowGroups groups = GroupRowsByIndex(indices.data(), nnz, num_rows);
+    // The sort runs on all threads when nnz is large (the math header
+    // decides when a split pays).
+    const CPUDevice& device = ctx->eigen_device<CPUDevice>();
+    const auto run_tasks = [&device](int64_t num_tasks, const auto& task) {
+      if (num_tasks == 1) return task(0);
+      device.parallelFor(num_tasks, Eigen::TensorOpCost(0, 0, 1e9),
+                         [&task](Eigen::Index begin, Eigen::Index end) {
+                           for (Eigen::Index c = begin; c < end; ++c) task(c);
+                         });
+    };
+    const RowGroups groups = GroupRowsByIndex(
+        indices.data(), nnz, num_rows, device.numThreads(), run_tasks);
     using M = typename MathType<T>::type;
     auto* var_data = MathPointer(var.data());
     auto* accum_data = MathPointer(accum.data());
@@ -84,7 +134,7 @@ struct ApplyAdagradSparse<CPUDevice, T, Index> {
     const Eigen::TensorOpCost cost_per_row(
         row_bytes * 3.0 * nnz / groups.num_unique(), row_bytes * 2.0,
         20.0 * row_size);
-    ctx->eigen_device<CPUDevice>().parallelFor(
+    device.parallelFor(
         groups.num_unique(), cost_per_row,
         [&](Eigen::Index begin, Eigen::Index end) {
           std::vector<ComputeType<M>> scratch(row_size);
@@ -100,6 +150,46 @@ struct ApplyAdagradSparse<CPUDevice, T, Index> {
 
 namespace {
 
+// Looks up the resource variable of input `input` (`input_name` in messages)
+// and checks that it is initialized and of dtype T.
+template <typename T>
+absl::Status LookupVariable(OpKernelContext* ctx, const std::string& op_name,
+                            int input, const std::string& input_name,
+                            tensorflow::core::RefCountPtr<Var>* var) {
+  absl::Status status = tensorflow::LookupResource(
+      ctx, tensorflow::HandleFromInput(ctx, input), var);
+  if (!status.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        op_name, ": expected `", input_name,
+        "` to be an initialized resource variable, but it could not be "
+        "read (uninitialized or deleted?): ",
+        status.message()));
+  }
+  tensorflow::tf_shared_lock lock(*(*var)->mu());
+  if (!(*var)->is_initialized) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        op_name, ": expected `", input_name,
+        "` to be an initialized resource variable, got an uninitialized "
+        "one"));
+  }
+  const tensorflow::DataType dtype = (*var)->tensor()->dtype();
+  if (dtype != DataTypeToEnum<T>::value) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op_name, ": expected `", input_name, "` of dtype ",
+        DataTypeString(DataTypeToEnum<T>::value),
+        " (the dtype of `grad`), got ", DataTypeString(dtype)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ExpectScalar(const std::string& op_name, const char* input_name,
+                          const Tensor& t) {
+  if (TensorShapeUtils::IsScalar(t.shape())) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(op_name, ": expected `", input_name, "` to be a scalar, got shape ",
+                   t.shape().DebugString()));
+}
+
 // Looks up var (input 0) and accum (input 1), locks them in a fixed order,
 // and checks what both ops need: both exist, are initialized, are distinct,
 // have the op's dtype and the same shape; lr and epsilon are scalars.
@@ -114,16 +204,16 @@ class AdagradOpBase : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     tensorflow::core::RefCountPtr<Var> var_resource;
     tensorflow::core::RefCountPtr<Var> accum_resource;
-    OP_REQUIRES_OK(ctx, LookupVariable(ctx, 0, "var", &var_resource));
-    OP_REQUIRES_OK(ctx, LookupVariable(ctx, 1, "accum", &accum_resource));
+    OP_REQUIRES_OK(ctx, LookupVariable<T>(ctx, name(), 0, "var", &var_resource));
+    OP_REQUIRES_OK(ctx, LookupVariable<T>(ctx, name(), 1, "accum", &accum_resource));
     OP_REQUIRES(ctx, var_resource.get() != accum_resource.get(),
                 absl::InvalidArgumentError(absl::StrCat(
                     name(), ": expected `var` and `accum` to be two distinct "
                             "variables, got the same variable twice")));
     const Tensor& lr = ctx->input(2);
     const Tensor& epsilon = ctx->input(3);
-    OP_REQUIRES_OK(ctx, ExpectScalar("lr", lr));
-    OP_REQUIRES_OK(ctx, ExpectScalar("epsilon", epsilon));
+    OP_REQUIRES_OK(ctx, ExpectScalar(name(), "lr", lr));
+    OP_REQUIRES_OK(ctx, ExpectScalar(name(), "epsilon", epsilon));
 
     auto locks = tensorflow::MaybeLockVariableInputMutexesInOrder<Device, T>(
         ctx, use_locking_, sparse_, {0, 1});
@@ -159,41 +249,6 @@ class AdagradOpBase : public OpKernel {
   }
 
  private:
-  absl::Status LookupVariable(OpKernelContext* ctx, int input,
-                              const char* input_name,
-                              tensorflow::core::RefCountPtr<Var>* var) {
-    absl::Status status = tensorflow::LookupResource(
-        ctx, tensorflow::HandleFromInput(ctx, input), var);
-    if (!status.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          name(), ": expected `", input_name,
-          "` to be an initialized resource variable, but it could not be "
-          "read (uninitialized or deleted?): ",
-          status.message()));
-    }
-    tensorflow::tf_shared_lock lock(*(*var)->mu());
-    if (!(*var)->is_initialized) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          name(), ": expected `", input_name,
-          "` to be an initialized resource variable, got an uninitialized "
-          "one"));
-    }
-    const tensorflow::DataType dtype = (*var)->tensor()->dtype();
-    if (dtype != DataTypeToEnum<T>::value) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          name(), ": expected `", input_name, "` of dtype ",
-          DataTypeString(DataTypeToEnum<T>::value), " (the dtype of `grad`), got ",
-          DataTypeString(dtype)));
-    }
-    return absl::OkStatus();
-  }
-
-  absl::Status ExpectScalar(const char* input_name, const Tensor& t) {
-    if (TensorShapeUtils::IsScalar(t.shape())) return absl::OkStatus();
-    return Error(absl::StrCat("`", input_name, "` to be a scalar"),
-                 absl::StrCat("shape ", t.shape().DebugString()));
-  }
-
   bool use_locking_ = false;
   const bool sparse_;
 };
@@ -281,6 +336,106 @@ class ApplySparseOp : public AdagradOpBase<Device, T> {
   }
 };
 
+// TfAdagrad>MultiApplyDense: inputs var[0..N), accum[0..N), lr, epsilon,
+// grad[0..N). Every variable is looked up, checked and locked (exclusively,
+// as every dense update is, in address order) before any is written, so a
+// bad input anywhere leaves all of them untouched.
+template <typename Device, typename T>
+class MultiApplyDenseOp : public OpKernel {
+ public:
+  explicit MultiApplyDenseOp(OpKernelConstruction* context)
+      : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("N", &num_vars_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int n = num_vars_;
+    const int lr_input = 2 * n, epsilon_input = 2 * n + 1, grad_input = 2 * n + 2;
+    const auto input_name = [n](int input) {
+      return input < n ? absl::StrCat("var[", input, "]")
+                       : absl::StrCat("accum[", input - n, "]");
+    };
+    std::vector<tensorflow::core::RefCountPtr<Var>> resources(2 * n);
+    for (int input = 0; input < 2 * n; ++input) {
+      OP_REQUIRES_OK(ctx, LookupVariable<T>(ctx, name(), input,
+                                            input_name(input),
+                                            &resources[input]));
+    }
+    // Sorted by address: duplicates become neighbours, and the locks are
+    // taken in a fixed order (no deadlock with another op locking an
+    // overlapping set).
+    std::vector<int> by_address(2 * n);
+    for (int input = 0; input < 2 * n; ++input) by_address[input] = input;
+    std::sort(by_address.begin(), by_address.end(), [&](int a, int b) {
+      return resources[a].get() < resources[b].get() ||
+             (resources[a].get() == resources[b].get() && a < b);
+    });
+    for (int k = 1; k < 2 * n; ++k) {
+      const int a = by_address[k - 1], b = by_address[k];
+      OP_REQUIRES(
+          ctx, resources[a].get() != resources[b].get(),
+          absl::InvalidArgumentError(absl::StrCat(
+              name(), ": expected the ", 2 * n,
+              " variables of `var` and `accum` to be distinct, got the same "
+              "variable as `",
+              input_name(a), "` and `", input_name(b), "`")));
+    }
+    const Tensor& lr = ctx->input(lr_input);
+    const Tensor& epsilon = ctx->input(epsilon_input);
+    OP_REQUIRES_OK(ctx, ExpectScalar(name(), "lr", lr));
+    OP_REQUIRES_OK(ctx, ExpectScalar(name(), "epsilon", epsilon));
+
+    std::vector<tensorflow::mutex_lock> locks;
+    locks.reserve(2 * n);
+    for (int input : by_address) locks.emplace_back(*resources[input]->mu());
+    // Shapes are read under the locks: another op may have reassigned a
+    // variable since the lookup.
+    for (int i = 0; i < n; ++i) {
+      const TensorShape& var_shape = resources[i]->tensor()->shape();
+      const TensorShape& accum_shape = resources[n + i]->tensor()->shape();
+      const TensorShape& grad_shape = ctx->input(grad_input + i).shape();
+      OP_REQUIRES(ctx, var_shape == accum_shape,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      name(), ": expected `accum[", i,
+                      "]` shape to equal `var[", i, "]` shape ",
+                      var_shape.DebugString(), ", got ",
+                      accum_shape.DebugString())));
+      OP_REQUIRES(ctx, grad_shape == var_shape,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      name(), ": expected `grad[", i,
+                      "]` shape to equal `var[", i, "]` shape ",
+                      var_shape.DebugString(), ", got ",
+                      grad_shape.DebugString())));
+    }
+    using M = typename MathType<T>::type;
+    std::vector<DenseTensors<M>> tensors;
+    tensors.reserve(n);
+    for (int input = 0; input < 2 * n; ++input) {
+      // A buffer shared with a reader is copied first (copy-on-write), as
+      // TensorFlow's own training ops do.
+      OP_REQUIRES_OK(ctx, tensorflow::PrepareToUpdateVariable<Device, T>(
+                              ctx, resources[input]->tensor(),
+                              resources[input]->copy_on_read_mode.load()));
+    }
+    for (int i = 0; i < n; ++i) {
+      Tensor* var = resources[i]->tensor();
+      if (var->NumElements() == 0) continue;
+      tensors.push_back(DenseTensors<M>{
+          MathPointer(var->flat<T>().data()),
+          MathPointer(resources[n + i]->tensor()->flat<T>().data()),
+          MathPointer(ctx->input(grad_input + i).flat<T>().data()),
+          var->NumElements()});
+    }
+    if (tensors.empty()) return;
+    OP_REQUIRES_OK(ctx, functor::ApplyAdagradDenseMulti<Device, T>()(
+                            ctx, tensors, lr.scalar<T>()(),
+                            epsilon.scalar<T>()()));
+  }
+
+ private:
+  int num_vars_ = 0;
+};
+
 // lr and epsilon are read on the host (they are kernel arguments on the GPU);
 // indices stay on the device, where the GPU kernels read them.
 #define REGISTER_KERNELS(DEVICE, DeviceType, T)                            \
@@ -303,7 +458,13 @@ class ApplySparseOp : public AdagradOpBase<Device, T> {
                               .HostMemory("epsilon")                      \
                               .TypeConstraint<T>("T")                     \
                               .TypeConstraint<int64_t>("Tindices"),       \
-                          ApplySparseOp<DeviceType, T, int64_t>);
+                          ApplySparseOp<DeviceType, T, int64_t>);       \
+  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>MultiApplyDense")               \
+                              .Device(DEVICE)                             \
+                              .HostMemory("lr")                           \
+                              .HostMemory("epsilon")                      \
+                              .TypeConstraint<T>("T"),                    \
+                          MultiApplyDenseOp<DeviceType, T>);
 
 #define REGISTER_CPU_KERNELS(T) \
   REGISTER_KERNELS(::tensorflow::DEVICE_CPU, CPUDevice, T)

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -53,6 +54,19 @@ absl::Status ApplyAdagradDense<GPUDevice, T>::operator()(
                               MathPointer(accum.data()),
                               MathPointer(grad.data()), ToCompute(lr),
                               ToCompute(epsilon), var.size(), Stream(ctx)));
+}
+
+template <typename T>
+absl::Status ApplyAdagradDenseMulti<GPUDevice, T>::operator()(
+    OpKernelContext* ctx,
+    const std::vector<DenseTensors<typename MathType<T>::type>>& tensors,
+    T lr, T epsilon) {
+  return CudaStatus(
+      ctx, "the multi-tensor dense update",
+      gpu::LaunchAdagradDenseMulti(tensors.data(),
+                                   static_cast<int64_t>(tensors.size()),
+                                   ToCompute(lr), ToCompute(epsilon),
+                                   Stream(ctx)));
 }
 
 template <typename T, typename Index>
@@ -106,6 +120,7 @@ absl::Status ApplyAdagradSparse<GPUDevice, T, Index>::operator()(
 
 #define INSTANTIATE_GPU_FUNCTORS(T)                          \
   template struct ApplyAdagradDense<GPUDevice, T>;           \
+  template struct ApplyAdagradDenseMulti<GPUDevice, T>;      \
   template struct ApplyAdagradSparse<GPUDevice, T, int32_t>; \
   template struct ApplyAdagradSparse<GPUDevice, T, int64_t>;
 INSTANTIATE_GPU_FUNCTORS(Eigen::half);

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 // x86 paths are host code: a CUDA compiler's device pass has no x86 target.
@@ -122,13 +123,14 @@ TF_ADAGRAD_HOST_DEVICE inline float BFloat16ToFloat(uint16_t b) {
   return BitsToFloat(static_cast<uint32_t>(b) << 16);
 }
 
+// Round to nearest even; a nan stays a quiet nan. Written as a select, not
+// a branch, so that loops over it vectorize.
 TF_ADAGRAD_HOST_DEVICE inline uint16_t FloatToBFloat16(float f) {
   const uint32_t x = FloatToBits(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) {  // nan: keep it a quiet nan
-    return static_cast<uint16_t>((x >> 16) | 0x40u);
-  }
-  const uint32_t rounding_bias = 0x7fffu + ((x >> 16) & 1u);
-  return static_cast<uint16_t>((x + rounding_bias) >> 16);
+  const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (x >> 16) | 0x40u;
+  return static_cast<uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? quiet_nan
+                                                                : rounded);
 }
 
 // How a storage type is read into, and written from, its compute type.
@@ -194,12 +196,13 @@ TF_ADAGRAD_HOST_DEVICE inline void UpdateElement(C lr, C epsilon, C grad,
 }
 
 // Dense update of elements [begin, end): a single pass that reads var, accum
-// and grad once and writes var and accum once. The compiler vectorizes it
-// for float and double (and bfloat16, whose conversions are shifts).
+// and grad once and writes var and accum once. Always inlined, so each
+// instruction-set variant below vectorizes it for its own vector width (float,
+// double and bfloat16, whose conversions are integer shifts and selects).
 template <typename T>
-void AdagradDenseRangeScalar(T* var, T* accum, const T* grad,
-                             ComputeType<T> lr, ComputeType<T> epsilon,
-                             int64_t begin, int64_t end) {
+__attribute__((always_inline)) inline void AdagradDenseLoop(
+    T* var, T* accum, const T* grad, ComputeType<T> lr, ComputeType<T> epsilon,
+    int64_t begin, int64_t end) {
   using A = Arithmetic<T>;
   for (int64_t i = begin; i < end; ++i) {
     ComputeType<T> v = A::Load(var[i]);
@@ -210,11 +213,71 @@ void AdagradDenseRangeScalar(T* var, T* accum, const T* grad,
   }
 }
 
+// The baseline variant: SSE2 on x86-64; also the tests' reference.
+template <typename T>
+void AdagradDenseRangeScalar(T* var, T* accum, const T* grad,
+                             ComputeType<T> lr, ComputeType<T> epsilon,
+                             int64_t begin, int64_t end) {
+  AdagradDenseLoop(var, accum, grad, lr, epsilon, begin, end);
+}
+
+#ifdef TF_ADAGRAD_X86
+// The same loop compiled for AVX2 and for AVX-512, chosen at run time by
+// what the CPU has (the library still runs on any x86-64). No FMA (the build
+// has -ffp-contract=off), and vector sqrt and divide are IEEE, so every
+// variant gives the baseline's bits.
+template <typename T>
+__attribute__((target("avx2"))) void AdagradDenseRangeAvx2(
+    T* var, T* accum, const T* grad, ComputeType<T> lr, ComputeType<T> epsilon,
+    int64_t begin, int64_t end) {
+  AdagradDenseLoop(var, accum, grad, lr, epsilon, begin, end);
+}
+
+template <typename T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void
+AdagradDenseRangeAvx512(T* var, T* accum, const T* grad, ComputeType<T> lr,
+                        ComputeType<T> epsilon, int64_t begin, int64_t end) {
+  AdagradDenseLoop(var, accum, grad, lr, epsilon, begin, end);
+}
+
+enum class VectorIsa { kBaseline, kAvx2, kAvx512 };
+
+// The widest variant this CPU runs. __builtin_cpu_supports also checks that
+// the OS saves the registers' state.
+inline VectorIsa CpuVectorIsa() {
+  static const VectorIsa isa = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl")) {
+      return VectorIsa::kAvx512;
+    }
+    return __builtin_cpu_supports("avx2") ? VectorIsa::kAvx2
+                                          : VectorIsa::kBaseline;
+  }();
+  return isa;
+}
+
+template <typename T>
+void AdagradDenseRange(T* var, T* accum, const T* grad, ComputeType<T> lr,
+                       ComputeType<T> epsilon, int64_t begin, int64_t end) {
+  switch (CpuVectorIsa()) {
+    case VectorIsa::kAvx512:
+      return AdagradDenseRangeAvx512(var, accum, grad, lr, epsilon, begin, end);
+    case VectorIsa::kAvx2:
+      return AdagradDenseRangeAvx2(var, accum, grad, lr, epsilon, begin, end);
+    case VectorIsa::kBaseline:
+      break;
+  }
+  AdagradDenseRangeScalar(var, accum, grad, lr, epsilon, begin, end);
+}
+#else
 template <typename T>
 void AdagradDenseRange(T* var, T* accum, const T* grad, ComputeType<T> lr,
                        ComputeType<T> epsilon, int64_t begin, int64_t end) {
   AdagradDenseRangeScalar(var, accum, grad, lr, epsilon, begin, end);
 }
+#endif  // TF_ADAGRAD_X86
 
 #ifdef TF_ADAGRAD_X86
 // float16 through the F16C conversion instructions, 8 lanes at a time, when
@@ -271,6 +334,39 @@ inline void AdagradDenseRange(Float16* var, Float16* accum,
 }
 #endif  // TF_ADAGRAD_X86
 
+// One variable of a multi-tensor dense update: var, accum and grad of `size`
+// elements each.
+template <typename T>
+struct DenseTensors {
+  T* var;
+  T* accum;
+  const T* grad;
+  int64_t size;
+};
+
+// Elements [begin, end) of the concatenation of `num_tensors` tensors, where
+// `starts[i]` is the offset of tensor i in it (`starts` has num_tensors + 1
+// entries, the last the total). The work is split by elements, not by
+// tensor, so a range may cover the end of one tensor and the start of the
+// next; empty tensors are skipped.
+template <typename T>
+void AdagradDenseMultiRange(const DenseTensors<T>* tensors,
+                            const int64_t* starts, int64_t num_tensors,
+                            ComputeType<T> lr, ComputeType<T> epsilon,
+                            int64_t begin, int64_t end) {
+  int64_t t =
+      std::upper_bound(starts, starts + num_tensors + 1, begin) - starts - 1;
+  while (begin < end && t < num_tensors) {
+    const int64_t stop = std::min(end, starts[t + 1]);
+    if (stop > begin) {
+      AdagradDenseRange(tensors[t].var, tensors[t].accum, tensors[t].grad, lr,
+                        epsilon, begin - starts[t], stop - starts[t]);
+    }
+    begin = stop;
+    ++t;
+  }
+}
+
 // Index of the first entry of `indices` outside [0, num_rows), or -1.
 template <typename Index>
 int64_t FindOutOfRangeIndex(const Index* indices, int64_t nnz,
@@ -294,15 +390,34 @@ struct RowGroups {
   }
 };
 
+// Runs task(c) for every c in [0, num_tasks): the serial runner. The op
+// passes one that runs the tasks on its threads.
+struct SerialTasks {
+  template <typename Task>
+  void operator()(int64_t num_tasks, const Task& task) const {
+    for (int64_t c = 0; c < num_tasks; ++c) task(c);
+  }
+};
+
+// Below this many keys per chunk, splitting the sort across threads costs
+// more in synchronization than it saves.
+constexpr int64_t kMinKeysPerSortChunk = 1 << 15;
+
 // Groups the gradient rows by index with a stable LSD radix sort: O(nnz)
 // per pass, and only as many passes as num_rows needs bits (two for a
 // million rows). Each key packs (index, position) into 64 bits when they fit
 // (they nearly always do), so one array moves per pass. Stability keeps
 // duplicates in position order, so the sums that follow are the same
 // whatever the thread count. Every index must be in [0, num_rows).
-template <typename Index>
+//
+// With `num_chunks` > 1 (and enough keys), every pass is split into that
+// many contiguous chunks run by `run_tasks`: each chunk counts its digits,
+// and then scatters its keys after those of the chunks before it, which
+// keeps the sort stable and its result independent of the chunk count.
+template <typename Index, typename RunTasks = SerialTasks>
 RowGroups GroupRowsByIndex(const Index* indices, int64_t nnz,
-                           int64_t num_rows) {
+                           int64_t num_rows, int64_t num_chunks = 1,
+                           const RunTasks& run_tasks = RunTasks()) {
   RowGroups groups;
   groups.positions.resize(nnz);
   const auto bits_for = [](int64_t n) {  // bits to hold values in [0, n)
@@ -314,43 +429,71 @@ RowGroups GroupRowsByIndex(const Index* indices, int64_t nnz,
   // Packed: key = index << position_bits | position. Otherwise the key is the
   // index and the positions travel in a second array.
   const int index_shift = packed ? position_bits : 0;
+  num_chunks = std::max<int64_t>(
+      1, std::min(num_chunks, nnz / kMinKeysPerSortChunk));
+  const auto chunk_begin = [nnz, num_chunks](int64_t c) {
+    return nnz / num_chunks * c + std::min(c, nnz % num_chunks);
+  };
+
   std::vector<uint64_t> keys(nnz);
-  for (int64_t i = 0; i < nnz; ++i) {
-    keys[i] = (static_cast<uint64_t>(indices[i]) << index_shift) |
-              (packed ? static_cast<uint64_t>(i) : 0);
-    if (!packed) groups.positions[i] = i;
-  }
-  constexpr int kMaxDigitBits = 11;  // 2048 buckets: fits in L1
+  run_tasks(num_chunks, [&](int64_t c) {
+    for (int64_t i = chunk_begin(c); i < chunk_begin(c + 1); ++i) {
+      keys[i] = (static_cast<uint64_t>(indices[i]) << index_shift) |
+                (packed ? static_cast<uint64_t>(i) : 0);
+      if (!packed) groups.positions[i] = i;
+    }
+  });
+  constexpr int kMaxDigitBits = 11;  // 2048 buckets: counts fit in L1
   const int passes = (index_bits + kMaxDigitBits - 1) / kMaxDigitBits;
   if (passes > 0 && nnz > 1) {
     const int digit_bits = (index_bits + passes - 1) / passes;
-    const uint64_t digit_mask = (uint64_t{1} << digit_bits) - 1;
+    const int64_t num_buckets = int64_t{1} << digit_bits;
+    const uint64_t digit_mask = static_cast<uint64_t>(num_buckets - 1);
     std::vector<uint64_t> keys_out(nnz);
     std::vector<int64_t> positions_out(packed ? 0 : nnz);
-    std::vector<int64_t> bucket_start(digit_mask + 2);
+    // Chunk c's cursor for bucket b is at [c * num_buckets + b].
+    std::vector<int64_t> cursors(num_chunks * num_buckets);
     for (int pass = 0; pass < passes; ++pass) {
       const int shift = index_shift + pass * digit_bits;
-      std::fill(bucket_start.begin(), bucket_start.end(), 0);
-      for (int64_t i = 0; i < nnz; ++i) {
-        ++bucket_start[((keys[i] >> shift) & digit_mask) + 1];
+      run_tasks(num_chunks, [&](int64_t c) {
+        int64_t* count = cursors.data() + c * num_buckets;
+        std::fill(count, count + num_buckets, 0);
+        for (int64_t i = chunk_begin(c); i < chunk_begin(c + 1); ++i) {
+          ++count[(keys[i] >> shift) & digit_mask];
+        }
+      });
+      // Bucket-major, chunk-minor exclusive prefix sum: the cursors.
+      int64_t total = 0;
+      for (int64_t b = 0; b < num_buckets; ++b) {
+        for (int64_t c = 0; c < num_chunks; ++c) {
+          const int64_t count = cursors[c * num_buckets + b];
+          cursors[c * num_buckets + b] = total;
+          total += count;
+        }
       }
-      for (size_t b = 1; b < bucket_start.size(); ++b) {
-        bucket_start[b] += bucket_start[b - 1];
-      }
-      for (int64_t i = 0; i < nnz; ++i) {
-        const int64_t to = bucket_start[(keys[i] >> shift) & digit_mask]++;
-        keys_out[to] = keys[i];
-        if (!packed) positions_out[to] = groups.positions[i];
-      }
+      run_tasks(num_chunks, [&](int64_t c) {
+        int64_t* cursor = cursors.data() + c * num_buckets;
+        for (int64_t i = chunk_begin(c); i < chunk_begin(c + 1); ++i) {
+          const int64_t to = cursor[(keys[i] >> shift) & digit_mask]++;
+          keys_out[to] = keys[i];
+          if (!packed) positions_out[to] = groups.positions[i];
+        }
+      });
       keys.swap(keys_out);
       if (!packed) groups.positions.swap(positions_out);
     }
   }
   const uint64_t position_mask =
       packed ? (uint64_t{1} << position_bits) - 1 : 0;
+  if (packed) {
+    run_tasks(num_chunks, [&](int64_t c) {
+      for (int64_t i = chunk_begin(c); i < chunk_begin(c + 1); ++i) {
+        groups.positions[i] = static_cast<int64_t>(keys[i] & position_mask);
+      }
+    });
+  }
   groups.run_starts.reserve(nnz + 1);
   for (int64_t i = 0; i < nnz; ++i) {
-    if (packed) groups.positions[i] = static_cast<int64_t>(keys[i] & position_mask);
     if (i == 0 || (keys[i] >> index_shift) != (keys[i - 1] >> index_shift)) {
       groups.run_starts.push_back(i);
     }
@@ -362,29 +505,38 @@ RowGroups GroupRowsByIndex(const Index* indices, int64_t nnz,
 // Sparse update of unique rows [begin, end) of `groups`. Each row's
 // gradient is the sum of its duplicate rows (in position order, in the
 // compute type), then the row is updated once, as the dense update would.
-// `scratch` holds at least `row_size` compute-type values.
+// `scratch` holds at least `row_size` compute-type values. Always inlined
+// into one variant per instruction set, like the dense loop.
 template <typename T, typename Index>
-void AdagradSparseRows(T* var, T* accum, const T* grad, const Index* indices,
-                       const RowGroups& groups, int64_t row_size,
-                       ComputeType<T> lr, ComputeType<T> epsilon,
-                       int64_t begin, int64_t end, ComputeType<T>* scratch) {
+__attribute__((always_inline)) inline void AdagradSparseRowsLoop(
+    T* var, T* accum, const T* grad, const Index* indices,
+    const RowGroups& groups, int64_t row_size, ComputeType<T> lr,
+    ComputeType<T> epsilon, int64_t begin, int64_t end,
+    ComputeType<T>* scratch) {
   using A = Arithmetic<T>;
   using C = ComputeType<T>;
+  const int64_t* positions = groups.positions.data();
+  const int64_t* run_starts = groups.run_starts.data();
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t first = groups.run_starts[u];
-    const int64_t last = groups.run_starts[u + 1];
-    const int64_t row = static_cast<int64_t>(indices[groups.positions[first]]);
+    const int64_t first = run_starts[u];
+    const int64_t last = run_starts[u + 1];
+    const int64_t row = static_cast<int64_t>(indices[positions[first]]);
     T* var_row = var + row * row_size;
     T* accum_row = accum + row * row_size;
-    const T* grad_row = grad + groups.positions[first] * row_size;
+    const T* grad_row = grad + positions[first] * row_size;
     if (last - first == 1) {
-      AdagradDenseRange(var_row, accum_row, grad_row, lr, epsilon, 0,
-                        row_size);
+      if constexpr (std::is_same_v<T, Float16>) {
+        AdagradDenseRange(var_row, accum_row, grad_row, lr, epsilon, 0,
+                          row_size);  // F16C where the CPU has it
+      } else {
+        AdagradDenseLoop(var_row, accum_row, grad_row, lr, epsilon, 0,
+                         row_size);
+      }
       continue;
     }
     for (int64_t j = 0; j < row_size; ++j) scratch[j] = A::Load(grad_row[j]);
     for (int64_t k = first + 1; k < last; ++k) {
-      const T* dup_row = grad + groups.positions[k] * row_size;
+      const T* dup_row = grad + positions[k] * row_size;
       for (int64_t j = 0; j < row_size; ++j) scratch[j] += A::Load(dup_row[j]);
     }
     for (int64_t j = 0; j < row_size; ++j) {
@@ -395,6 +547,60 @@ void AdagradSparseRows(T* var, T* accum, const T* grad, const Index* indices,
       var_row[j] = A::Store(v);
     }
   }
+}
+
+template <typename T, typename Index>
+void AdagradSparseRowsScalar(T* var, T* accum, const T* grad,
+                             const Index* indices, const RowGroups& groups,
+                             int64_t row_size, ComputeType<T> lr,
+                             ComputeType<T> epsilon, int64_t begin,
+                             int64_t end, ComputeType<T>* scratch) {
+  AdagradSparseRowsLoop(var, accum, grad, indices, groups, row_size, lr,
+                        epsilon, begin, end, scratch);
+}
+
+#ifdef TF_ADAGRAD_X86
+template <typename T, typename Index>
+__attribute__((target("avx2"))) void AdagradSparseRowsAvx2(
+    T* var, T* accum, const T* grad, const Index* indices,
+    const RowGroups& groups, int64_t row_size, ComputeType<T> lr,
+    ComputeType<T> epsilon, int64_t begin, int64_t end,
+    ComputeType<T>* scratch) {
+  AdagradSparseRowsLoop(var, accum, grad, indices, groups, row_size, lr,
+                        epsilon, begin, end, scratch);
+}
+
+template <typename T, typename Index>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void
+AdagradSparseRowsAvx512(T* var, T* accum, const T* grad, const Index* indices,
+                        const RowGroups& groups, int64_t row_size,
+                        ComputeType<T> lr, ComputeType<T> epsilon,
+                        int64_t begin, int64_t end, ComputeType<T>* scratch) {
+  AdagradSparseRowsLoop(var, accum, grad, indices, groups, row_size, lr,
+                        epsilon, begin, end, scratch);
+}
+#endif  // TF_ADAGRAD_X86
+
+template <typename T, typename Index>
+void AdagradSparseRows(T* var, T* accum, const T* grad, const Index* indices,
+                       const RowGroups& groups, int64_t row_size,
+                       ComputeType<T> lr, ComputeType<T> epsilon,
+                       int64_t begin, int64_t end, ComputeType<T>* scratch) {
+#ifdef TF_ADAGRAD_X86
+  switch (CpuVectorIsa()) {
+    case VectorIsa::kAvx512:
+      return AdagradSparseRowsAvx512(var, accum, grad, indices, groups,
+                                     row_size, lr, epsilon, begin, end,
+                                     scratch);
+    case VectorIsa::kAvx2:
+      return AdagradSparseRowsAvx2(var, accum, grad, indices, groups,
+                                   row_size, lr, epsilon, begin, end, scratch);
+    case VectorIsa::kBaseline:
+      break;
+  }
+#endif  // TF_ADAGRAD_X86
+  AdagradSparseRowsScalar(var, accum, grad, indices, groups, row_size, lr,
+                          epsilon, begin, end, scratch);
 }
 
 }  // namespace tf_adagrad

@@ -4,6 +4,7 @@
 // TensorFlow's own ops. Shape functions reject wrong ranks and mismatched
 // shapes when the graph is built; the kernels check everything again at run
 // time, when shapes are fully known.
+#include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -25,6 +26,7 @@ ShapeHandle VariableShape(InferenceContext* c, int input) {
 
 constexpr char kApplyDense[] = "TfAdagrad>ApplyDense";
 constexpr char kApplySparse[] = "TfAdagrad>ApplySparse";
+constexpr char kMultiApplyDense[] = "TfAdagrad>MultiApplyDense";
 
 // Wraps a shape-inference failure in a message that says what was expected.
 absl::Status Expect(const char* op_name, absl::Status status,
@@ -104,6 +106,32 @@ absl::Status ApplySparseShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
+// Inputs: var[0..N), accum[0..N), lr, epsilon, grad[0..N). Each position
+// is checked as ApplyDense checks its inputs, and a mismatch names it.
+absl::Status MultiApplyDenseShape(InferenceContext* c) {
+  const char* op = kMultiApplyDense;
+  int n;
+  TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
+  TF_RETURN_IF_ERROR(CheckScalarHyperparameters(op, c, 2 * n));
+  for (int i = 0; i < n; ++i) {
+    ShapeHandle var = VariableShape(c, i);
+    ShapeHandle accum = VariableShape(c, n + i);
+    ShapeHandle grad = c->input(2 * n + 2 + i);
+    ShapeHandle merged;
+    TF_RETURN_IF_ERROR(Expect(
+        op, c->Merge(var, accum, &merged), c,
+        absl::StrCat("`accum[", i, "]` shape to equal `var[", i, "]` shape ",
+                     c->DebugString(var)),
+        accum));
+    TF_RETURN_IF_ERROR(Expect(
+        op, c->Merge(merged, grad, &merged), c,
+        absl::StrCat("`grad[", i, "]` shape to equal `var[", i, "]` shape ",
+                     c->DebugString(merged)),
+        grad));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 REGISTER_OP(kApplyDense)
@@ -136,6 +164,22 @@ REGISTER_OP(kApplySparse)
 Adagrad update of the rows of var and accum named by indices. Rows of grad
 with the same index are summed first, so the result equals the dense update
 with the densified gradient, deterministically.
+)doc");
+
+REGISTER_OP(kMultiApplyDense)
+    .Input("var: N * resource")
+    .Input("accum: N * resource")
+    .Input("lr: T")
+    .Input("epsilon: T")
+    .Input("grad: N * T")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .SetShapeFn(MultiApplyDenseShape)
+    .Doc(R"doc(
+ApplyDense for N variables of one dtype in one op: each var[i] and accum[i]
+is updated with grad[i], the work split across threads by elements (one
+kernel launch per 64 variables on a GPU). Every input is checked before
+anything is written.
 )doc");
 
 }  // namespace tf_adagrad

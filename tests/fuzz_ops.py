@@ -1,5 +1,6 @@
-"""Fuzzes TfAdagrad>ApplyDense and TfAdagrad>ApplySparse with generated inputs,
-valid and invalid, through the raw ops (no Python-side checks in the way).
+"""Fuzzes TfAdagrad>ApplyDense, TfAdagrad>ApplySparse and
+TfAdagrad>MultiApplyDense with generated inputs, valid and invalid, through
+the raw ops (no Python-side checks in the way).
 
 Every call must either succeed and match the NumPy reference bit for bit
 (NaN for NaN), when the inputs are valid, or raise the documented TF error
@@ -137,10 +138,48 @@ def expected_error(case):
     return None
 
 
+def expected_multi_error(case):
+    """The multi-tensor op looks up var[0..N) then accum[0..N) in order, then
+    checks that all 2N are distinct, the scalars, and each position's shapes."""
+    invalid, failed = tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError
+    T, pairs = case["T"], case["pairs"]
+    for role in ("var", "accum"):
+        for pair in pairs:
+            variable = pair[role]
+            if not variable.initialized:
+                return failed, f"uninitialized {role} (multi)"
+            if variable.dtype != T:
+                return invalid, f"{role} dtype (multi)"
+    if any(pair["same_variable"] for pair in pairs):
+        return invalid, "a variable twice (multi)"
+    if case["lr"].shape != () or case["epsilon"].shape != ():
+        return invalid, "lr or epsilon not a scalar (multi)"
+    for pair in pairs:
+        if pair["accum_shape"] != pair["var_shape"]:
+            return invalid, "accum shape (multi)"
+        if pair["grad"].shape != pair["var_shape"]:
+            return invalid, "grad shape (multi)"
+    return None
+
+
 @st.composite
-def cases(draw):
-    sparse = draw(st.booleans())
+def multi_cases(draw):
+    """1 to 4 dense cases of one T, updated by one MultiApplyDense call with
+    the first case's lr and epsilon."""
     T = draw(st.sampled_from(DTYPES))
+    pairs = [draw(cases(sparse=False, T=T)) for _ in range(draw(st.integers(1, 4)))]
+    return dict(multi=True, T=T, pairs=pairs, lr=pairs[0]["lr"], epsilon=pairs[0]["epsilon"])
+
+
+@st.composite
+def any_cases(draw):
+    return draw(multi_cases()) if draw(st.integers(0, 2)) == 0 else draw(cases())
+
+
+@st.composite
+def cases(draw, sparse=None, T=None):
+    sparse = draw(st.booleans()) if sparse is None else sparse
+    T = draw(st.sampled_from(DTYPES)) if T is None else T
     var_dtype = T if draw(st.integers(0, 9)) else draw(st.sampled_from(DTYPES))
     accum_dtype = var_dtype if draw(st.integers(0, 9)) else draw(st.sampled_from(DTYPES))
     var_shape = shapes(draw, rank_min=0 if not sparse or draw(st.integers(0, 9)) == 0 else 1)
@@ -159,7 +198,7 @@ def cases(draw):
     epsilon_magnitude = draw(st.sampled_from([1e-7, 1e-3, 0.0, 1.0, -1e-3, np.nan]))
     lr = np.full(scalar_shape if draw(st.booleans()) else (), lr_magnitude).astype(np_dtype(T))
     epsilon = np.full(scalar_shape if draw(st.booleans()) else (), epsilon_magnitude).astype(np_dtype(T))
-    case = dict(sparse=sparse, T=T, var=var, accum=accum, same_variable=same_variable, var_shape=var_shape,
+    case = dict(multi=False, sparse=sparse, T=T, var=var, accum=accum, same_variable=same_variable, var_shape=var_shape,
                 accum_shape=accum_shape, lr=lr, epsilon=epsilon)
     if sparse:
         index_dtype = draw(st.sampled_from([tf.int32, tf.int64]))
@@ -186,7 +225,48 @@ def same_values(actual, expected):
     return bool(np.all(both_nan | (bits(actual) == bits(expected))))
 
 
+def check_rejection(e, want_error, variables, before):
+    assert want_error is not None, f"valid input rejected: {type(e).__name__}: {e.message}"
+    want_class, reason = want_error
+    assert isinstance(e, want_class), f"expected {want_class.__name__} ({reason}), got {type(e).__name__}: {e.message}"
+    assert "expected" in e.message and ("TfAdagrad>" in e.message), e.message
+    for variable, old in zip(variables, before):
+        assert old is None or same_values(variable.read(), old), "a rejected call wrote to a variable"
+    counts[f"rejected: {type(e).__name__}"] += 1
+    counts[f"  reason: {reason}"] += 1
+
+
+def run_multi_case(case):
+    library = tf_adagrad.ops._load_library()
+    pairs = case["pairs"]
+    variables = [pair["var"] for pair in pairs] + [pair["accum"] for pair in pairs]
+    before = [v.read() for v in variables]
+    want_error = expected_multi_error(case)
+    counts["calls"] += 1
+    try:
+        library.tf_adagrad_multi_apply_dense(
+            var=[pair["var"].handle for pair in pairs],
+            accum=[pair["accum"].handle for pair in pairs],
+            lr=case["lr"],
+            epsilon=case["epsilon"],
+            grad=[pair["grad"] for pair in pairs],
+        )
+    except (tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError) as e:
+        check_rejection(e, want_error, variables, before)
+        return
+    assert want_error is None, f"invalid input accepted; expected {want_error}"
+    lr, epsilon = case["lr"][()], case["epsilon"][()]
+    for i, pair in enumerate(pairs):
+        want_var, want_accum = dense_step_exact(before[i], before[len(pairs) + i], lr, epsilon, pair["grad"], case["T"])
+        assert same_values(pair["accum"].read(), want_accum), f"accum[{i}] differs from the NumPy reference"
+        assert same_values(pair["var"].read(), want_var), f"var[{i}] differs from the NumPy reference"
+    counts["matched the reference"] += 1
+    counts[f"  multi, {case['T'].name}, {len(pairs)} variables"] += 1
+
+
 def run_case(case):
+    if case["multi"]:
+        return run_multi_case(case)
     library = tf_adagrad.ops._load_library()
     var, accum = case["var"], case["accum"]
     before = (var.read(), accum.read())
@@ -200,14 +280,7 @@ def run_case(case):
         else:
             library.tf_adagrad_apply_dense(**arguments)
     except (tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError) as e:
-        assert want_error is not None, f"valid input rejected: {type(e).__name__}: {e.message}"
-        want_class, reason = want_error
-        assert isinstance(e, want_class), f"expected {want_class.__name__} ({reason}), got {type(e).__name__}: {e.message}"
-        assert "expected" in e.message and ("TfAdagrad>Apply" in e.message), e.message
-        for after, old in zip((var.read(), accum.read()), before):
-            assert old is None or same_values(after, old), "a rejected call wrote to a variable"
-        counts[f"rejected: {type(e).__name__}"] += 1
-        counts[f"  reason: {reason}"] += 1
+        check_rejection(e, want_error, (var, accum), before)
         return
     assert want_error is None, f"invalid input accepted; expected {want_error}"
     lr, epsilon = case["lr"][()], case["epsilon"][()]
@@ -238,7 +311,7 @@ def main():
     @seed(args.seed)
     @settings(max_examples=args.examples, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(cases())
+    @given(any_cases())
     def fuzz(case):
         run_case(case)
 

@@ -38,8 +38,9 @@ def cuda_build():
             pytest.skip("configure.py found no CUDA toolchain, so the build has no GPU kernels")
 
 
-def test_dense_gpu_kernels_for_every_type():
-    found = registered("TfAdagrad>ApplyDense", "GPU")
+@pytest.mark.parametrize("op_name", ["TfAdagrad>ApplyDense", "TfAdagrad>MultiApplyDense"])
+def test_dense_gpu_kernels_for_every_type(op_name):
+    found = registered(op_name, "GPU")
     assert sorted(c["T"] for c, _ in found) == sorted([t] for t in TYPES)
     assert all(host == ["epsilon", "lr"] for _, host in found)
 

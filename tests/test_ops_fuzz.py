@@ -1,4 +1,4 @@
-"""Runs tests/fuzz_ops.py (10,000 generated calls of both ops) in a child
+"""Runs tests/fuzz_ops.py (10,000 generated calls of the three ops) in a child
 process, so that a crash fails this test instead of killing pytest.
 
 The seed is random unless TF_ADAGRAD_FUZZ_SEED is set, and is printed (and

@@ -212,3 +212,64 @@ def sparse_apply_adagrad(var, accum, lr, epsilon, grad, indices, use_locking=Fal
         indices=indices,
         use_locking=use_locking,
     )
+
+
+@tf.autograph.experimental.do_not_convert
+def multi_apply_adagrad(variables, accumulators, lr, epsilon, grads):
+    """Applies one dense Adagrad step to several variables in one op.
+
+    The same update as `apply_adagrad(variables[i], accumulators[i], lr,
+    epsilon, grads[i])` for every `i`, in one op call whose work is split
+    across threads by elements, not by variable (on a GPU: one kernel launch
+    per 64 variables), so many small variables cost about as much as one
+    large one. Every input is checked before any variable is written. All
+    variables must be on one device.
+
+    Args:
+        variables: A non-empty list of `tf.Variable` or `keras.Variable`, all
+            of one floating dtype (float16, bfloat16, float32, float64).
+        accumulators: A list of the same length: `accumulators[i]` has the
+            shape and dtype of `variables[i]`.
+        lr: The learning rate; a scalar, cast to the variables' dtype.
+        epsilon: Added to the accumulators inside the square root; a scalar.
+        grads: A list of the same length: `grads[i]` has the shape and dtype
+            of `variables[i]`.
+
+    Every dense update holds its variables' locks exclusively (taken in
+    address order), so there is no `use_locking` argument. Nothing is
+    returned.
+    """
+    variables, accumulators, grads = list(variables), list(accumulators), list(grads)
+    if not variables:
+        raise ValueError("`variables` must hold at least one variable, got an empty list.")
+    if len(accumulators) != len(variables) or len(grads) != len(variables):
+        raise ValueError(
+            f"`variables`, `accumulators` and `grads` must have the same length, got "
+            f"{len(variables)}, {len(accumulators)} and {len(grads)}."
+        )
+    variables = [_as_tf_variable(v, f"variables[{i}]") for i, v in enumerate(variables)]
+    accumulators = [_as_tf_variable(a, f"accumulators[{i}]") for i, a in enumerate(accumulators)]
+    dtype = variables[0].dtype
+    for i, variable in enumerate(variables):
+        if variable.dtype != dtype:
+            raise TypeError(
+                f"`variables` must all have one dtype: `variables[0]` is {dtype.name}, "
+                f"`variables[{i}]` is {variable.dtype.name}."
+            )
+    converted = []
+    for i, grad in enumerate(grads):
+        grad = tf.convert_to_tensor(grad)
+        if grad.dtype != dtype:
+            raise TypeError(
+                f"`grads[{i}]` must have the dtype of `variables[{i}]` ({dtype.name}), got {grad.dtype.name}."
+            )
+        converted.append(grad)
+    lr = tf.cast(tf.convert_to_tensor(lr, dtype_hint=dtype), dtype)
+    epsilon = tf.cast(tf.convert_to_tensor(epsilon, dtype_hint=dtype), dtype)
+    _load_library().tf_adagrad_multi_apply_dense(
+        var=[v.handle for v in variables],
+        accum=[a.handle for a in accumulators],
+        lr=lr,
+        epsilon=epsilon,
+        grad=converted,
+    )

@@ -16,8 +16,10 @@ class Adagrad(keras.optimizers.Optimizer):
 
     A drop-in replacement for `keras.optimizers.Adagrad` (same arguments,
     same defaults, same math, same variables), for the TensorFlow backend.
-    Each step is one fused kernel per variable instead of a chain of
-    whole-tensor ops. A `tf.IndexedSlices` gradient, such as an `Embedding`
+    A step runs the dense updates of all variables in one fused op per
+    device and dtype (the work split across threads by elements), and each
+    sparse update in one fused op, instead of a chain of whole-tensor ops
+    per variable. A `tf.IndexedSlices` gradient, such as an `Embedding`
     layer's, updates only the rows it names: rows that share an index are
     summed first, so the result equals a dense step with the densified
     gradient, and the rest of the table is never read. Keras 3's Adagrad
@@ -190,6 +192,38 @@ class Adagrad(keras.optimizers.Optimizer):
             if gradient is not None:
                 self.update_step(gradient, variable, learning_rate)
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        """All of a step's updates: the dense gradients in one
+        `TfAdagrad>MultiApplyDense` per device and dtype, each sparse
+        gradient (and each sharded variable) on its own.
+
+        Under a `tf.distribute` strategy, Keras' TensorFlow backend reduces
+        the gradients and updates each variable through the strategy; that
+        path, and XLA's, stay per variable.
+        """
+        if tf.distribute.has_strategy() or _in_xla():
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        dense_groups = {}
+        for grad, variable in zip(grads, trainable_variables):
+            if isinstance(grad, tf.IndexedSlices) or isinstance(_backing_variable(variable), ShardedVariable):
+                self.update_step(grad, variable, learning_rate)
+            else:
+                tf_variable = ops._as_tf_variable(variable, "variable")
+                key = (tf_variable.device, tf_variable.dtype)
+                dense_groups.setdefault(key, []).append((grad, variable, tf_variable))
+        for (_, dtype), updates in dense_groups.items():
+            accumulators = [
+                ops._as_tf_variable(self._accumulators[self._get_variable_index(variable)], "accumulator")
+                for _, variable, _ in updates
+            ]
+            ops.multi_apply_adagrad(
+                [tf_variable for _, _, tf_variable in updates],
+                accumulators,
+                tf.cast(learning_rate, dtype),
+                self._epsilon_as(dtype),
+                [tf.cast(grad, dtype) for grad, _, _ in updates],
+            )
+
     def update_step(self, gradient, variable, learning_rate):
         """Update step given gradient and the associated model variable."""
         accumulator = self._accumulators[self._get_variable_index(variable)]
@@ -208,8 +242,8 @@ class Adagrad(keras.optimizers.Optimizer):
         accumulator = ops._as_tf_variable(accumulator, "accumulator")
         dtype = variable.dtype
         lr = tf.cast(learning_rate, dtype)
-        epsilon = tf.cast(tf.convert_to_tensor(self.epsilon, dtype_hint=dtype), dtype)
-        in_xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+        epsilon = self._epsilon_as(dtype)
+        in_xla = _in_xla()
         if isinstance(gradient, tf.IndexedSlices):
             values = tf.cast(gradient.values, dtype)
             if in_xla:
@@ -222,6 +256,10 @@ class Adagrad(keras.optimizers.Optimizer):
                 _dense_update_in_tf_ops(variable, accumulator, lr, epsilon, gradient)
             else:
                 ops.apply_adagrad(variable, accumulator, lr, epsilon, gradient)
+
+    def _epsilon_as(self, dtype):
+        # Python numbers convert straight to the dtype (not through float32).
+        return tf.cast(tf.convert_to_tensor(self.epsilon, dtype_hint=dtype), dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -279,6 +317,11 @@ def _split_by_shard(gradient, variable):
             tf.dynamic_partition(local_indices, shard_ids, num_shards),
         )
     ]
+
+
+def _in_xla():
+    """Whether ops built now are compiled by XLA, which cannot run custom ops."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 # The fused kernels' math as plain TF ops, for XLA, which cannot compile

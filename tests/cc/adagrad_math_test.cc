@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -162,14 +163,133 @@ void TestHalfDenseVectorPathMatchesScalar() {
   }
 }
 
+#ifdef TF_ADAGRAD_X86
+// Random bits of every kind (subnormals, infinities, NaN) for T's elements;
+// accumulators non-negative.
+template <typename T>
+T RandomElement(std::mt19937_64& rng, bool non_negative) {
+  T x;
+  uint64_t bits = rng();
+  if (non_negative) bits &= ~(uint64_t{1} << (8 * sizeof(T) - 1));
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
+template <typename T>
+bool SameBits(T a, T b) {
+  return std::memcmp(&a, &b, sizeof a) == 0;
+}
+
+bool IsNanBits(float x) { return std::isnan(x); }
+bool IsNanBits(double x) { return std::isnan(x); }
+bool IsNanBits(tf_adagrad::BFloat16 x) {
+  return std::isnan(tf_adagrad::BFloat16ToFloat(x.bits));
+}
+
+// Each instruction-set variant this CPU runs (AVX2, AVX-512), dense and
+// sparse, gives the baseline build's bits (NaN payloads aside).
+template <typename T>
+void TestVectorVariantsMatchBaseline() {
+  using C = tf_adagrad::ComputeType<T>;
+  std::mt19937_64 rng(3);
+  const int64_t n = 4099, rows = 64, row_size = n / rows, nnz = 200;
+  std::vector<T> var(n), accum(n), grad(n), sparse_grad(nnz * row_size);
+  for (int64_t i = 0; i < n; ++i) {
+    var[i] = RandomElement<T>(rng, false);
+    accum[i] = RandomElement<T>(rng, true);
+    grad[i] = RandomElement<T>(rng, false);
+  }
+  for (auto& g : sparse_grad) g = RandomElement<T>(rng, false);
+  std::vector<int64_t> indices(nnz);
+  for (auto& index : indices) index = static_cast<int64_t>(rng() % 16);  // duplicates
+  const tf_adagrad::RowGroups groups =
+      tf_adagrad::GroupRowsByIndex(indices.data(), nnz, rows);
+  std::vector<C> scratch(row_size);
+  const C lr = static_cast<C>(0.01), epsilon = static_cast<C>(1e-7);
+
+  std::vector<T> want_var = var, want_accum = accum;
+  tf_adagrad::AdagradDenseRangeScalar(want_var.data(), want_accum.data(), grad.data(), lr,
+                                      epsilon, 0, n);
+  std::vector<T> want_sparse_var = var, want_sparse_accum = accum;
+  tf_adagrad::AdagradSparseRowsScalar(want_sparse_var.data(), want_sparse_accum.data(),
+                                      sparse_grad.data(), indices.data(), groups, row_size,
+                                      lr, epsilon, 0, groups.num_unique(), scratch.data());
+  const auto expect_same = [](const std::vector<T>& got, const std::vector<T>& want) {
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT(SameBits(got[i], want[i]) || (IsNanBits(got[i]) && IsNanBits(want[i])));
+    }
+  };
+  const bool has_avx2 = __builtin_cpu_supports("avx2");
+  const bool has_avx512 = tf_adagrad::CpuVectorIsa() == tf_adagrad::VectorIsa::kAvx512;
+  if (has_avx2) {
+    std::vector<T> v = var, a = accum;
+    tf_adagrad::AdagradDenseRangeAvx2(v.data(), a.data(), grad.data(), lr, epsilon, 0, n);
+    expect_same(v, want_var);
+    expect_same(a, want_accum);
+    v = var, a = accum;
+    tf_adagrad::AdagradSparseRowsAvx2(v.data(), a.data(), sparse_grad.data(), indices.data(),
+                                      groups, row_size, lr, epsilon, 0, groups.num_unique(),
+                                      scratch.data());
+    expect_same(v, want_sparse_var);
+    expect_same(a, want_sparse_accum);
+  }
+  if (has_avx512) {
+    std::vector<T> v = var, a = accum;
+    tf_adagrad::AdagradDenseRangeAvx512(v.data(), a.data(), grad.data(), lr, epsilon, 0, n);
+    expect_same(v, want_var);
+    expect_same(a, want_accum);
+    v = var, a = accum;
+    tf_adagrad::AdagradSparseRowsAvx512(v.data(), a.data(), sparse_grad.data(), indices.data(),
+                                        groups, row_size, lr, epsilon, 0, groups.num_unique(),
+                                        scratch.data());
+    expect_same(v, want_sparse_var);
+    expect_same(a, want_sparse_accum);
+  }
+  std::printf("vector variants checked: avx2 %s, avx512 %s\n", has_avx2 ? "yes" : "no (CPU lacks it)",
+              has_avx512 ? "yes" : "no (CPU lacks it)");
+}
+#endif  // TF_ADAGRAD_X86
+
+// The sort split into chunks (as the op splits it across threads for large
+// nnz) gives exactly the serial sort's groups.
+void TestChunkedGroupingEqualsSerial() {
+  std::mt19937_64 rng(4);
+  for (int64_t nnz : {int64_t{0}, int64_t{1}, tf_adagrad::kMinKeysPerSortChunk * 3 + 17,
+                      tf_adagrad::kMinKeysPerSortChunk * 8}) {
+    for (int64_t num_rows : {int64_t{1}, int64_t{1000}, int64_t{1} << 30, INT64_MAX}) {
+      std::vector<int64_t> indices(nnz);
+      for (auto& index : indices) index = static_cast<int64_t>(rng() % num_rows);
+      const RowGroups serial = tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
+      for (int64_t chunks : {2, 3, 8, 64}) {
+        int64_t tasks_run = 0;
+        const auto count_tasks = [&tasks_run](int64_t n, const auto& task) {
+          for (int64_t c = 0; c < n; ++c, ++tasks_run) task(c);
+        };
+        const RowGroups chunked =
+            tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows, chunks, count_tasks);
+        EXPECT(chunked.positions == serial.positions);
+        EXPECT(chunked.run_starts == serial.run_starts);
+        ExpectValidGroups(indices, chunked);
+        EXPECT(tasks_run > 0);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
   TestGrouping();
+  TestChunkedGroupingEqualsSerial();
   TestHalfConversions();
   TestBFloat16Conversions();
   TestSparseUpdateMatchesScalarReference();
   TestHalfDenseVectorPathMatchesScalar();
+#ifdef TF_ADAGRAD_X86
+  TestVectorVariantsMatchBaseline<float>();
+  TestVectorVariantsMatchBaseline<double>();
+  TestVectorVariantsMatchBaseline<tf_adagrad::BFloat16>();
+#endif
   if (failures) {
     std::fprintf(stderr, "%d expectation(s) failed\n", failures);
     return 1;

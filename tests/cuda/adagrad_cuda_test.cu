@@ -1,6 +1,7 @@
 // Standalone test of the CUDA kernels in kernels/adagrad_gpu.cuh, without
-// TensorFlow. Runs both updates on random shapes and data against the CPU
-// path of kernels/adagrad_math.h (the reference), requires the results to be
+// TensorFlow. Runs the dense, multi-tensor dense and sparse updates on random
+// shapes and data against the CPU path of kernels/adagrad_math.h (the
+// reference), requires the results to be
 // bit-identical to it and from one run to the next, checks the index
 // validation, then times the dense kernel against a device-to-device copy and
 // the sparse update on a 1M x 64 table.
@@ -17,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -225,6 +227,90 @@ void CheckDense(size_t size, size_t offset, std::mt19937_64& rng) {
          name + ": two runs differ");
 }
 
+// --------------------------------------------------------- multi-tensor ---
+
+// One multi-tensor update of variables of the given sizes (more than one
+// launch's worth when there are more than kMaxTensorsPerLaunch), each
+// `offset` elements into its own allocation; every variable must equal the
+// CPU reference, and two runs must agree.
+template <typename T>
+void CheckDenseMulti(const std::vector<size_t>& sizes, size_t offset,
+                     std::mt19937_64& rng) {
+  const Hyperparameters<T> h = RandomHyperparameters<T>(rng);
+  const size_t n = sizes.size();
+  std::vector<std::vector<T>> var(n), accum(n), grad(n);
+  for (size_t t = 0; t < n; ++t) {
+    var[t] = RandomValues<T>(sizes[t], -1.0, 1.0, true, rng);
+    accum[t] = RandomValues<T>(sizes[t], 0.0, 4.0, false, rng);
+    grad[t] = RandomValues<T>(sizes[t], -2.0, 2.0, true, rng);
+  }
+  std::vector<std::vector<T>> got_var[2], got_accum[2];
+  for (int run = 0; run < 2; ++run) {
+    std::vector<std::unique_ptr<DeviceArray<T>>> arrays;
+    std::vector<tf_adagrad::DenseTensors<T>> tensors;
+    for (size_t t = 0; t < n; ++t) {
+      T* pointers[3];
+      const std::vector<T>* host[3] = {&var[t], &accum[t], &grad[t]};
+      for (int k = 0; k < 3; ++k) {
+        arrays.push_back(std::make_unique<DeviceArray<T>>(sizes[t] + offset));
+        arrays.back()->CopyFrom(*host[k], offset);
+        pointers[k] = arrays.back()->data() + (sizes[t] + offset > 0 ? offset : 0);
+      }
+      tensors.push_back({pointers[0], pointers[1], pointers[2],
+                         static_cast<int64_t>(sizes[t])});
+    }
+    CUDA_CHECK(tf_adagrad::gpu::LaunchAdagradDenseMulti(
+        tensors.data(), static_cast<int64_t>(n), h.lr, h.epsilon,
+        cudaStream_t{0}));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    for (size_t t = 0; t < n; ++t) {
+      got_var[run].push_back(arrays[3 * t]->CopyOut(sizes[t], offset));
+      got_accum[run].push_back(arrays[3 * t + 1]->CopyOut(sizes[t], offset));
+    }
+  }
+  const std::string name = std::string("dense multi-tensor ") +
+                           TypeName<T>::value + ", " + std::to_string(n) +
+                           " variables" + (offset ? " misaligned" : "");
+  bool same_as_reference = true, runs_agree = true;
+  std::string first_bad;
+  for (size_t t = 0; t < n; ++t) {
+    std::vector<T> want_var = var[t], want_accum = accum[t];
+    tf_adagrad::AdagradDenseRangeScalar(want_var.data(), want_accum.data(),
+                                        grad[t].data(), h.lr, h.epsilon, 0,
+                                        static_cast<int64_t>(sizes[t]));
+    const int64_t bad_var = FirstDifference(got_var[0][t], want_var);
+    const int64_t bad_accum = FirstDifference(got_accum[0][t], want_accum);
+    if ((bad_var >= 0 || bad_accum >= 0) && same_as_reference) {
+      same_as_reference = false;
+      first_bad = "variable " + std::to_string(t) + " (size " +
+                  std::to_string(sizes[t]) + ") at var[" +
+                  std::to_string(bad_var) + "] / accum[" +
+                  std::to_string(bad_accum) + "]";
+    }
+    runs_agree = runs_agree && Identical(got_var[0][t], got_var[1][t]) &&
+                 Identical(got_accum[0][t], got_accum[1][t]);
+  }
+  Record(same_as_reference,
+         name + ": differs from the CPU reference in " + first_bad);
+  Record(runs_agree, name + ": two runs differ");
+}
+
+template <typename T>
+void CheckDenseMultiShapes(std::mt19937_64& rng) {
+  std::uniform_int_distribution<size_t> small(0, 5000), large(100000, 600000);
+  // Empty variables among others, sizes around the vector widths, one
+  // variable, exactly one launch's worth, and more than two launches' worth.
+  CheckDenseMulti<T>({0, 1, 0, 7, 8, 9, 4097, 0}, 0, rng);
+  CheckDenseMulti<T>({large(rng)}, 1, rng);
+  CheckDenseMulti<T>({0}, 0, rng);
+  for (const size_t count : {size_t{64}, size_t{65}, size_t{150}}) {
+    std::vector<size_t> sizes(count);
+    for (auto& size : sizes) size = small(rng);
+    sizes[count / 2] = large(rng);
+    CheckDenseMulti<T>(sizes, count % 2, rng);
+  }
+}
+
 // --------------------------------------------------------------- sparse ---
 
 enum class IndexPattern { kUniform, kFewRows, kZipf };
@@ -429,6 +515,7 @@ void CheckType(std::mt19937_64& rng) {
       CheckDense<T>(size, offset, rng);
     }
   }
+  CheckDenseMultiShapes<T>(rng);
   CheckSparseShapes<T, int32_t>(rng);
   CheckSparseShapes<T, int64_t>(rng);
 }
