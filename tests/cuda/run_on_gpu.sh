@@ -27,9 +27,11 @@ fi
 mkdir -p "$out_dir"
 binary="$out_dir/adagrad_cuda_test"
 echo "building $binary with $("$nvcc" --version | tail -n 1) for $CUDA_ARCH"
-# --fmad=false: no FMA contraction, so float32 results can equal the CPU's
-# bit for bit.
-"$nvcc" -std=c++17 -O3 --fmad=false -arch="$CUDA_ARCH" -I. \
+# No FMA contraction on either side, so the GPU's results can equal the CPU
+# reference's bit for bit: --fmad=false for the device code,
+# -ffp-contract=off for the host code (the project's KERNEL_COPTS; GCC would
+# otherwise fuse multiply-adds in the AVX2/AVX-512 variants).
+"$nvcc" -std=c++17 -O3 --fmad=false -Xcompiler -ffp-contract=off -arch="$CUDA_ARCH" -I. \
   tests/cuda/adagrad_cuda_test.cu -o "$binary"
 if $compile_only; then
   exit 0
