@@ -144,6 +144,23 @@ bool Identical(const std::vector<T>& a, const std::vector<T>& b) {
          (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
+// Records that the first run equals the CPU reference (naming the first
+// differing element otherwise) and that the second run equals the first.
+template <typename T>
+void RecordResults(const std::string& name, const std::vector<T>& var1,
+                   const std::vector<T>& accum1, const std::vector<T>& var2,
+                   const std::vector<T>& accum2, const std::vector<T>& want_var,
+                   const std::vector<T>& want_accum) {
+  const int64_t bad_var = FirstDifference(var1, want_var);
+  const int64_t bad_accum = FirstDifference(accum1, want_accum);
+  Record(bad_var < 0 && bad_accum < 0,
+         name + ": differs from the CPU reference at var[" +
+             std::to_string(bad_var) + "] / accum[" +
+             std::to_string(bad_accum) + "]");
+  Record(Identical(var1, var2) && Identical(accum1, accum2),
+         name + ": two runs differ");
+}
+
 // Random values in [low, high), with a few gradients replaced by values that
 // exercise the edges of the math: zeros, infinities, NaN, subnormals, huge.
 template <typename T>
@@ -217,14 +234,7 @@ void CheckDense(size_t size, size_t offset, std::mt19937_64& rng) {
   const std::string name = std::string("dense ") + TypeName<T>::value +
                            " size " + std::to_string(size) +
                            (offset ? " misaligned" : " aligned");
-  const int64_t bad_var = FirstDifference(var1, want_var);
-  const int64_t bad_accum = FirstDifference(accum1, want_accum);
-  Record(bad_var < 0 && bad_accum < 0,
-         name + ": differs from the CPU reference at var[" +
-             std::to_string(bad_var) + "] / accum[" +
-             std::to_string(bad_accum) + "]");
-  Record(Identical(var1, var2) && Identical(accum1, accum2),
-         name + ": two runs differ");
+  RecordResults(name, var1, accum1, var2, accum2, want_var, want_accum);
 }
 
 // --------------------------------------------------------- multi-tensor ---
@@ -433,14 +443,7 @@ void CheckSparse(int64_t num_rows, int64_t row_size, int64_t nnz,
       RunSparse(var, accum, grad, indices, num_rows, row_size, h, &var2, &accum2);
   Record(ran, name + ": valid indices were rejected");
   if (!ran) return;
-  const int64_t bad_var = FirstDifference(var1, want_var);
-  const int64_t bad_accum = FirstDifference(accum1, want_accum);
-  Record(bad_var < 0 && bad_accum < 0,
-         name + ": differs from the CPU reference at var[" +
-             std::to_string(bad_var) + "] / accum[" +
-             std::to_string(bad_accum) + "]");
-  Record(Identical(var1, var2) && Identical(accum1, accum2),
-         name + ": two runs differ");
+  RecordResults(name, var1, accum1, var2, accum2, want_var, want_accum);
 }
 
 // Plants out-of-range values among valid indices; the GPU must name the same
