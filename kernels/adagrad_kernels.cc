@@ -11,12 +11,12 @@
 
 #include "kernels/adagrad_functors.h"
 #include "kernels/adagrad_math.h"
+#include "kernels/variable_access.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/resource_mgr.h"
 #include "tensorflow/core/framework/resource_var.h"
 #include "tensorflow/core/framework/tensor_shape.h"
-#include "tensorflow/core/kernels/training_op_helpers.h"
 #include "unsupported/Eigen/CXX11/Tensor"
 
 namespace tf_adagrad {
@@ -190,14 +190,15 @@ absl::Status ExpectScalar(const std::string& op_name, const char* input_name,
                    t.shape().DebugString()));
 }
 
-// Looks up var (input 0) and accum (input 1), locks them in a fixed order,
-// and checks what both ops need: both exist, are initialized, are distinct,
-// have the op's dtype and the same shape; lr and epsilon are scalars.
+// Looks up var (input 0) and accum (input 1), checks what both ops need
+// (both exist, are initialized, are distinct, have the op's dtype and the
+// same shape; lr and epsilon are scalars), locks them by the access policy
+// of variable_access.h, and only then prepares and writes them.
 template <typename Device, typename T>
 class AdagradOpBase : public OpKernel {
  public:
-  explicit AdagradOpBase(OpKernelConstruction* context, bool sparse)
-      : OpKernel(context), sparse_(sparse) {
+  explicit AdagradOpBase(OpKernelConstruction* context, UpdateKind kind)
+      : OpKernel(context), kind_(kind) {
     OP_REQUIRES_OK(context, context->GetAttr("use_locking", &use_locking_));
   }
 
@@ -215,25 +216,21 @@ class AdagradOpBase : public OpKernel {
     OP_REQUIRES_OK(ctx, ExpectScalar(name(), "lr", lr));
     OP_REQUIRES_OK(ctx, ExpectScalar(name(), "epsilon", epsilon));
 
-    auto locks = tensorflow::MaybeLockVariableInputMutexesInOrder<Device, T>(
-        ctx, use_locking_, sparse_, {0, 1});
+    LockedVariables locked({var_resource.get(), accum_resource.get()}, kind_,
+                           use_locking_);
     // Shapes are read again under the lock: another op may have reassigned
     // the variable since the lookup.
-    const TensorShape& var_shape = var_resource->tensor()->shape();
-    const TensorShape& accum_shape = accum_resource->tensor()->shape();
+    const TensorShape& var_shape = locked.tensor(0)->shape();
+    const TensorShape& accum_shape = locked.tensor(1)->shape();
     OP_REQUIRES(
         ctx, var_shape == accum_shape,
         absl::InvalidArgumentError(absl::StrCat(
             name(), ": expected `accum` shape to equal `var` shape ",
             var_shape.DebugString(), ", got ", accum_shape.DebugString())));
     OP_REQUIRES_OK(ctx, ValidateGradient(ctx, var_shape));
-
-    Tensor var, accum;
-    OP_REQUIRES_OK(ctx, tensorflow::GetInputTensorFromVariable<Device, T>(
-                            ctx, 0, use_locking_, sparse_, &var));
-    OP_REQUIRES_OK(ctx, tensorflow::GetInputTensorFromVariable<Device, T>(
-                            ctx, 1, use_locking_, sparse_, &accum));
-    Update(ctx, &var, &accum, lr.scalar<T>()(), epsilon.scalar<T>()());
+    OP_REQUIRES_OK(ctx, (locked.PrepareToWrite<Device, T>(ctx)));
+    Update(ctx, locked.tensor(0), locked.tensor(1), lr.scalar<T>()(),
+           epsilon.scalar<T>()());
   }
 
  protected:
@@ -250,14 +247,14 @@ class AdagradOpBase : public OpKernel {
 
  private:
   bool use_locking_ = false;
-  const bool sparse_;
+  const UpdateKind kind_;
 };
 
 template <typename Device, typename T>
 class ApplyDenseOp : public AdagradOpBase<Device, T> {
  public:
   explicit ApplyDenseOp(OpKernelConstruction* context)
-      : AdagradOpBase<Device, T>(context, /*sparse=*/false) {}
+      : AdagradOpBase<Device, T>(context, UpdateKind::kDense) {}
 
  protected:
   absl::Status ValidateGradient(OpKernelContext* ctx,
@@ -283,7 +280,7 @@ template <typename Device, typename T, typename Index>
 class ApplySparseOp : public AdagradOpBase<Device, T> {
  public:
   explicit ApplySparseOp(OpKernelConstruction* context)
-      : AdagradOpBase<Device, T>(context, /*sparse=*/true) {}
+      : AdagradOpBase<Device, T>(context, UpdateKind::kSparse) {}
 
  protected:
   absl::Status ValidateGradient(OpKernelContext* ctx,
@@ -361,9 +358,7 @@ class MultiApplyDenseOp : public OpKernel {
                                             input_name(input),
                                             &resources[input]));
     }
-    // Sorted by address: duplicates become neighbours, and the locks are
-    // taken in a fixed order (no deadlock with another op locking an
-    // overlapping set).
+    // Sorted by address, a variable given twice shows as two neighbours.
     std::vector<int> by_address(2 * n);
     for (int input = 0; input < 2 * n; ++input) by_address[input] = input;
     std::sort(by_address.begin(), by_address.end(), [&](int a, int b) {
@@ -385,14 +380,14 @@ class MultiApplyDenseOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ExpectScalar(name(), "lr", lr));
     OP_REQUIRES_OK(ctx, ExpectScalar(name(), "epsilon", epsilon));
 
-    std::vector<tensorflow::mutex_lock> locks;
-    locks.reserve(2 * n);
-    for (int input : by_address) locks.emplace_back(*resources[input]->mu());
+    std::vector<Var*> vars(2 * n);
+    for (int input = 0; input < 2 * n; ++input) vars[input] = resources[input].get();
+    LockedVariables locked(vars, UpdateKind::kDense, /*use_locking=*/true);
     // Shapes are read under the locks: another op may have reassigned a
     // variable since the lookup.
     for (int i = 0; i < n; ++i) {
-      const TensorShape& var_shape = resources[i]->tensor()->shape();
-      const TensorShape& accum_shape = resources[n + i]->tensor()->shape();
+      const TensorShape& var_shape = locked.tensor(i)->shape();
+      const TensorShape& accum_shape = locked.tensor(n + i)->shape();
       const TensorShape& grad_shape = ctx->input(grad_input + i).shape();
       OP_REQUIRES(ctx, var_shape == accum_shape,
                   absl::InvalidArgumentError(absl::StrCat(
@@ -407,22 +402,16 @@ class MultiApplyDenseOp : public OpKernel {
                       var_shape.DebugString(), ", got ",
                       grad_shape.DebugString())));
     }
+    OP_REQUIRES_OK(ctx, (locked.PrepareToWrite<Device, T>(ctx)));
     using M = typename MathType<T>::type;
     std::vector<DenseTensors<M>> tensors;
     tensors.reserve(n);
-    for (int input = 0; input < 2 * n; ++input) {
-      // A buffer shared with a reader is copied first (copy-on-write), as
-      // TensorFlow's own training ops do.
-      OP_REQUIRES_OK(ctx, tensorflow::PrepareToUpdateVariable<Device, T>(
-                              ctx, resources[input]->tensor(),
-                              resources[input]->copy_on_read_mode.load()));
-    }
     for (int i = 0; i < n; ++i) {
-      Tensor* var = resources[i]->tensor();
+      Tensor* var = locked.tensor(i);
       if (var->NumElements() == 0) continue;
       tensors.push_back(DenseTensors<M>{
           MathPointer(var->flat<T>().data()),
-          MathPointer(resources[n + i]->tensor()->flat<T>().data()),
+          MathPointer(locked.tensor(n + i)->flat<T>().data()),
           MathPointer(ctx->input(grad_input + i).flat<T>().data()),
           var->NumElements()});
     }
