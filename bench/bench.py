@@ -12,7 +12,10 @@ turns with each case's steps. The call floor is a tf.function that takes in
 the same variables and gradients as tf_adagrad's step and computes nothing.
 
 Prints a line per case, then writes bench/results/bench.json, bench.md (a
-markdown table with the ratios) and bench.png (a bar chart).
+markdown table with the ratios) and bench.png (a bar chart). Then times
+whole training steps (fit_steps.py: Keras `fit()` and a custom loop with
+tables of 10k to 10M rows, and the demo's recommender), prints them and the
+goals they are held to, and writes bench/results/fit.json and fit.md.
 """
 
 import gc
@@ -29,6 +32,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_adagrad  # noqa: E402
+
+import fit_steps  # noqa: E402  (bench/, beside this file)
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 REPEATS, ROUNDS, WARMUP = 50, 5, 5
@@ -307,6 +312,19 @@ def main():
         f.write(markdown_table(results))
     bar_chart(results, os.path.join(RESULTS_DIR, "bench.png"), header)
     print(f"wrote {RESULTS_DIR}/bench.json, bench.md, bench.png", flush=True)
+
+    del probe
+    gc.collect()
+    print(f"\n{header}; whole training steps, median ms per step", flush=True)
+    fit_record = fit_steps.run_all()
+    for description, measured, bound, met in fit_steps.goals(fit_record):
+        print(f"goal: {description}: {measured:.2f} ({bound}) {'met' if met else 'MISSED'}", flush=True)
+    with open(os.path.join(RESULTS_DIR, "fit.json"), "w") as f:
+        json.dump({**{k: record[k] for k in ("tensorflow", "keras", "cpus", "machine", "date")}, **fit_record}, f, indent=2)
+    with open(os.path.join(RESULTS_DIR, "fit.md"), "w") as f:
+        f.write(f"{header}; {fit_steps.__doc__.splitlines()[0]}\n\n")
+        f.write(fit_steps.markdown(fit_record))
+    print(f"wrote {RESULTS_DIR}/fit.json, fit.md", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ data in the same order: once with `tf_adagrad.Adagrad`, once with
 same callbacks. Time per step comes from a callback, after the first
 `WARMUP_STEPS` steps (tracing and first-call costs) are left out.
 
-Keras 3's Adagrad reads and writes the whole 1M-row table every step (it
-takes `sqrt(accumulator + epsilon)` of all of it); tf_adagrad touches only
-the rows in the batch. The results are not bit-identical: for an index that
+Keras 3's Adagrad reads the whole 1M-row table and its accumulator every
+step and computes over all of it (`sqrt(accumulator + epsilon)`), then writes
+the rows in the batch; tf_adagrad reads and writes only the rows in the
+batch, in place. The results are not bit-identical: for an index that
 appears several times in a batch, tf_adagrad adds the square of the summed
 gradient to the accumulator (the dense-equivalent update), Keras' sparse path
 the sum of the squares. The demo therefore checks that the two models

@@ -22,8 +22,12 @@ class Adagrad(keras.optimizers.Optimizer):
     per variable. A `tf.IndexedSlices` gradient, such as an `Embedding`
     layer's, updates only the rows it names: rows that share an index are
     summed first, so the result equals a dense step with the densified
-    gradient, and the rest of the table is never read. Keras 3's Adagrad
-    instead reads and writes the whole table every step.
+    gradient, and the rest of the table is never read. The update writes in
+    place: it never makes later reads of the table copy it (TensorFlow's own
+    sparse ops switch a variable to copy-on-read, so that every step of an
+    `Embedding` layer, which reads its whole table, would copy the table).
+    Keras 3's Adagrad instead reads the whole table every step, computes
+    over all of it, and writes the named rows.
 
     Adagrad is an optimizer with parameter-specific learning rates, which
     are adapted relative to how frequently a parameter gets updated during

@@ -1,0 +1,347 @@
+"""Whole training steps, as a user of `model.fit()` feels them.
+
+Keras 3 `fit()` of an Embedding model (`Embedding(rows, 32) -> Flatten ->
+Dense(1)`, batch 1024, Zipf ids) with tables of 10k, 1M and 10M rows, for
+tf_adagrad.Adagrad, keras.optimizers.Adagrad and keras.optimizers.SGD (Keras'
+cheapest sparse update, as a reference); the same model trained by a custom
+loop that looks rows up with `tf.nn.embedding_lookup` (a ResourceGather, as
+tf_keras and TensorFlow Recommenders do); and the demo's recommender
+(examples/recommender.py) with both Adagrads and with an optimizer whose
+update does nothing (the model's own share of a step).
+
+A step's time is taken by a callback, from the start of a batch to its end,
+after a warm-up; the implementations take turns in rounds. Run by
+bench/bench.py (`make bench`), or alone: `python bench/fit_steps.py`
+(`--variant mirrored` runs the fit() cases under MirroredStrategy on two
+logical CPUs and prints them as JSON, in a process of its own).
+"""
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tf_adagrad  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LR = 0.05
+TABLE_ROWS = (10_000, 1_000_000, 10_000_000)
+EMBEDDING_DIM, BATCH_SIZE = 32, 1024
+ROUNDS, STEPS_PER_ROUND, WARMUP_STEPS = 3, 8, 3
+# keras.optimizers.Adagrad takes about half a second per step at 10M rows
+# here; fewer of its steps are timed there.
+SLOW_STEPS_PER_ROUND = 3
+OPTIMIZERS = {
+    "tf_adagrad": lambda: tf_adagrad.Adagrad(LR),
+    "keras": lambda: keras.optimizers.Adagrad(LR),
+    "keras_sgd": lambda: keras.optimizers.SGD(LR),
+}
+LABELS = {
+    "tf_adagrad": "tf_adagrad.Adagrad",
+    "keras": "keras.optimizers.Adagrad",
+    "keras_sgd": "keras.optimizers.SGD",
+    "no_update": "no update (model only)",
+}
+
+
+class StepTimes(keras.callbacks.Callback):
+    """Each batch's wall time, from its start to its end (defining both hooks
+    makes Keras call them in step), the first of each fit() call left out."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_train_begin(self, logs=None):
+        self._batches = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        elapsed = time.perf_counter() - self._start
+        self._batches += 1
+        if self._batches > 1:
+            self.times.append(elapsed)
+
+
+class NoUpdate(keras.optimizers.Optimizer):
+    """Computes nothing in its update: what is left of a step is the model's
+    forward and backward pass and Keras' own work."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        pass
+
+
+def zipf_ids(rng, rows, count):
+    return ((rng.zipf(1.1, count) - 1) % rows).astype(np.int64)
+
+
+def median_ms(times):
+    return 1e3 * statistics.median(times)
+
+
+def time_fits(fits, steps_per_round):
+    """fits: name -> callable(num_steps, callback) running fit() on that
+    many batches. Warms each up, then runs them in turns; median ms."""
+    for fit in fits.values():
+        fit(WARMUP_STEPS, StepTimes())
+    timers = {name: StepTimes() for name in fits}
+    gc.collect()
+    for _ in range(ROUNDS):
+        for name, fit in fits.items():
+            fit(steps_per_round.get(name, STEPS_PER_ROUND) + 1, timers[name])
+    return {name: median_ms(timer.times) for name, timer in timers.items()}
+
+
+def embedding_model(rows):
+    return keras.Sequential(
+        [
+            keras.Input((1,), dtype="int64"),
+            keras.layers.Embedding(rows, EMBEDDING_DIM),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1),
+        ]
+    )
+
+
+def fit_case(rows, jit_compile=False, strategy=None):
+    """ms per fit() step of the Embedding model for each optimizer."""
+    rng = np.random.default_rng(0)
+    num_examples = BATCH_SIZE * (STEPS_PER_ROUND + 1)
+    ids = zipf_ids(rng, rows, num_examples).reshape(-1, 1)
+    labels = rng.standard_normal((num_examples, 1)).astype(np.float32)
+    strategy = strategy or tf.distribute.get_strategy()
+    fits = {}
+    for name, make_optimizer in OPTIMIZERS.items():
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = embedding_model(rows)
+            model.compile(optimizer=make_optimizer(), loss="mse", jit_compile=jit_compile)
+
+        def fit(num_steps, timer, model=model):
+            model.fit(
+                ids[: num_steps * BATCH_SIZE],
+                labels[: num_steps * BATCH_SIZE],
+                batch_size=BATCH_SIZE,
+                epochs=1,
+                shuffle=False,
+                verbose=0,
+                callbacks=[timer],
+            )
+
+        fits[name] = fit
+    slow = {"keras": SLOW_STEPS_PER_ROUND} if rows >= 10_000_000 else {}
+    return time_fits(fits, slow)
+
+
+def custom_loop_case(rows):
+    """ms per step of a tf.function training step that looks rows up with
+    tf.nn.embedding_lookup (ResourceGather), as tf_keras and TensorFlow
+    Recommenders do, for each optimizer."""
+    rng = np.random.default_rng(0)
+    batches = [
+        (tf.constant(zipf_ids(rng, rows, BATCH_SIZE)), tf.constant(rng.standard_normal((BATCH_SIZE, 1)), tf.float32))
+        for _ in range(4)
+    ]
+    initial_table = tf.random.stateless_uniform((rows, EMBEDDING_DIM), seed=[0, 0], minval=-0.05, maxval=0.05)
+    initial_weights = tf.random.stateless_normal((EMBEDDING_DIM, 1), seed=[1, 0])
+    steps = {}
+    for name, make_optimizer in OPTIMIZERS.items():
+        table, weights = tf.Variable(initial_table), tf.Variable(initial_weights)
+        optimizer = make_optimizer()
+        optimizer.build([table, weights])
+
+        @tf.function
+        def step(ids, labels, table=table, weights=weights, optimizer=optimizer):
+            with tf.GradientTape() as tape:
+                predictions = tf.matmul(tf.nn.embedding_lookup(table, ids), weights)
+                loss = tf.reduce_mean((predictions - labels) ** 2)
+            optimizer.apply(tape.gradient(loss, [table, weights]), [table, weights])
+
+        steps[name] = step
+    for step in steps.values():
+        for ids, labels in batches:
+            step(ids, labels)
+    times = {name: [] for name in steps}
+    gc.collect()
+    for _ in range(ROUNDS):
+        for name, step in steps.items():
+            for k in range(STEPS_PER_ROUND):
+                ids, labels = batches[k % len(batches)]
+                start = time.perf_counter()
+                step(ids, labels)
+                times[name].append(time.perf_counter() - start)
+    return {name: median_ms(t) for name, t in times.items()}
+
+
+def demo_case():
+    """The demo's recommender, with the demo's data, for both Adagrads and
+    an optimizer that updates nothing."""
+    sys.path.insert(0, os.path.join(REPO, "examples"))
+    import recommender
+
+    rng = np.random.default_rng(recommender.SEED)
+    truth = recommender.hidden_click_model(rng)
+    num_examples = recommender.BATCH_SIZE * (STEPS_PER_ROUND + 1)
+    features, clicks, _ = recommender.interactions(rng, truth, num_examples)
+    fits = {}
+    optimizers = {
+        "tf_adagrad": lambda: tf_adagrad.Adagrad(recommender.LEARNING_RATE),
+        "keras": lambda: keras.optimizers.Adagrad(recommender.LEARNING_RATE),
+        "no_update": lambda: NoUpdate(recommender.LEARNING_RATE),
+    }
+    for name, make_optimizer in optimizers.items():
+        keras.utils.set_random_seed(recommender.SEED)
+        model = recommender.build_model()
+        model.compile(optimizer=make_optimizer(), loss="binary_crossentropy", jit_compile=False)
+
+        def fit(num_steps, timer, model=model):
+            count = num_steps * recommender.BATCH_SIZE
+            model.fit(
+                {k: v[:count] for k, v in features.items()},
+                clicks[:count],
+                batch_size=recommender.BATCH_SIZE,
+                epochs=1,
+                shuffle=False,
+                verbose=0,
+                callbacks=[timer],
+            )
+
+        fits[name] = fit
+    return time_fits(fits, {})
+
+
+def format_line(case, ms, reference="tf_adagrad"):
+    ours = ms[reference]
+    parts = [f"{case:44s}"]
+    for name, value in ms.items():
+        if value is None:
+            parts.append(f"{name} n/a")
+        elif name == reference:
+            parts.append(f"{name} {value:8.2f}")
+        else:
+            parts.append(f"{name} {value:8.2f} ({value / ours:5.1f}x)")
+    return "  ".join(parts)
+
+
+def fit_cases(jit_compile=False, strategy=None, label="fit()"):
+    """{rows: ms by optimizer}, a line printed per case."""
+    results = {}
+    for rows in TABLE_ROWS:
+        results[rows] = fit_case(rows, jit_compile=jit_compile, strategy=strategy)
+        print(format_line(f"{label} {rows:>10,} rows", results[rows]), flush=True)
+        gc.collect()
+    return results
+
+
+def run_mirrored_in_subprocess():
+    """The fit() cases under MirroredStrategy on two logical CPUs, in a
+    process of their own (logical devices are fixed at TensorFlow's start)."""
+    import subprocess
+
+    completed = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--variant", "mirrored"],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    lines = completed.stdout.strip().splitlines()
+    for line in lines[:-1]:
+        print(line, flush=True)
+    return {int(rows): ms for rows, ms in json.loads(lines[-1]).items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", choices=["all", "mirrored"], default="all")
+    args = parser.parse_args()
+    if args.variant == "mirrored":
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        results = fit_cases(strategy=strategy, label="fit() mirrored x2")
+        print(json.dumps(results))
+        return
+    record = run_all()
+    for description, measured, bound, met in goals(record):
+        print(f"goal: {description}: {measured:.2f} ({bound}) {'met' if met else 'MISSED'}")
+
+
+def run_all():
+    """Every case; returns the results (ms per step by optimizer). The
+    MirroredStrategy cases go first: their process needs the memory that
+    this one's 10M-row tables take later."""
+    record = {"fit_mirrored": run_mirrored_in_subprocess()}
+    record["fit"] = fit_cases()
+    record["custom_loop"] = {}
+    for rows in TABLE_ROWS:
+        record["custom_loop"][rows] = custom_loop_case(rows)
+        print(format_line(f"custom loop (embedding_lookup) {rows:>10,}", record["custom_loop"][rows]), flush=True)
+        gc.collect()
+    record["demo"] = demo_case()
+    print(format_line("demo recommender fit()", record["demo"]), flush=True)
+    record["fit_jit"] = fit_cases(jit_compile=True, label="fit(jit_compile=True)")
+    return record
+
+
+def goals(record):
+    """(description, measured, bound, met) for each goal."""
+    fit = record["fit"]
+    small, large = min(TABLE_ROWS), max(TABLE_ROWS)
+    growth = fit[large]["tf_adagrad"] / fit[small]["tf_adagrad"]
+    versus_keras = fit[1_000_000]["keras"] / fit[1_000_000]["tf_adagrad"]
+    demo = record["demo"]["keras"] / record["demo"]["tf_adagrad"]
+    return [
+        (f"tf_adagrad fit() step at {large:,} rows / at {small:,} rows", growth, "<= 1.3", growth <= 1.3),
+        ("keras.optimizers.Adagrad / tf_adagrad, fit() step at 1,000,000 rows", versus_keras, ">= 20", versus_keras >= 20),
+        ("demo recommender: keras.optimizers.Adagrad / tf_adagrad per fit() step", demo, ">= 15", demo >= 15),
+    ]
+
+
+def markdown(record):
+    """Tables of ms per step, ratios against tf_adagrad, and the goals."""
+    lines = []
+
+    def table(title, results, names):
+        lines.append(f"**{title}**, median ms per step (in brackets: divided by tf_adagrad's)\n")
+        lines.append("| table rows | " + " | ".join(LABELS[n] for n in names) + " | tf_adagrad: step / step at 10k |")
+        lines.append("| ---: |" + " ---: |" * (len(names) + 1))
+        base = results[min(results)]["tf_adagrad"]
+        for rows, ms in sorted(results.items()):
+            cells = [f"{ms['tf_adagrad']:.2f}"] + [
+                f"{ms[n]:.2f} ({ms[n] / ms['tf_adagrad']:.1f}×)" for n in names[1:]
+            ]
+            lines.append(f"| {rows:,} | " + " | ".join(cells) + f" | {ms['tf_adagrad'] / base:.2f} |")
+        lines.append("")
+
+    names = list(OPTIMIZERS)
+    table("Keras 3 fit()", record["fit"], names)
+    table("Custom loop with tf.nn.embedding_lookup", record["custom_loop"], names)
+    table("Keras 3 fit(jit_compile=True)", record["fit_jit"], names)
+    table("Keras 3 fit() under MirroredStrategy, 2 logical CPUs", record["fit_mirrored"], names)
+    demo = record["demo"]
+    lines.append("**Demo recommender fit()**, median ms per step\n")
+    lines.append("| " + " | ".join(LABELS[n] for n in demo) + " |")
+    lines.append("|" + " ---: |" * len(demo))
+    lines.append("| " + " | ".join(f"{demo[n]:.2f}" for n in demo) + " |")
+    lines.append("")
+    lines.append("**Goals**\n")
+    lines.append("| goal | measured | bound | |")
+    lines.append("| --- | ---: | ---: | --- |")
+    for description, measured, bound, met in goals(record):
+        lines.append(f"| {description} | {measured:.2f} | {bound} | {'met' if met else 'MISSED'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
