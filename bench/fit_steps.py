@@ -21,6 +21,7 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -247,17 +248,16 @@ def fit_cases(jit_compile=False, strategy=None, label="fit()"):
 def run_mirrored_in_subprocess():
     """The fit() cases under MirroredStrategy on two logical CPUs, in a
     process of their own (logical devices are fixed at TensorFlow's start)."""
-    import subprocess
-
-    completed = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--variant", "mirrored"],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
+    child = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--variant", "mirrored"], stdout=subprocess.PIPE, text=True
     )
-    lines = completed.stdout.strip().splitlines()
-    for line in lines[:-1]:
-        print(line, flush=True)
+    lines = []
+    for line in child.stdout:  # a line per case as it comes; the JSON last
+        lines.append(line)
+        if not line.startswith("{"):
+            print(line, end="", flush=True)
+    if child.wait() != 0:
+        raise RuntimeError(f"the MirroredStrategy cases failed (exit status {child.returncode})")
     return {int(rows): ms for rows, ms in json.loads(lines[-1]).items()}
 
 
