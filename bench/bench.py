@@ -322,7 +322,7 @@ def main():
     with open(os.path.join(RESULTS_DIR, "fit.json"), "w") as f:
         json.dump({**{k: record[k] for k in ("tensorflow", "keras", "cpus", "machine", "date")}, **fit_record}, f, indent=2)
     with open(os.path.join(RESULTS_DIR, "fit.md"), "w") as f:
-        f.write(f"{header}; {fit_steps.__doc__.splitlines()[0]}\n\n")
+        f.write(f"{header}. {fit_steps.__doc__.splitlines()[0]}\n\n")
         f.write(fit_steps.markdown(fit_record))
     print(f"wrote {RESULTS_DIR}/fit.json, fit.md", flush=True)
 
