@@ -16,7 +16,7 @@ CUDA_CLANG := clang++-16
 CUDA_CLANG_PACKAGE := clang-16
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: build test demo bench clean
+.PHONY: build test demo bench clean gpu-dry-run
 
 $(VENV)/.deps-installed: requirements-dev.txt
 	[ -x $(PY) ] || $(PYTHON_BOOTSTRAP) -m venv $(VENV) || { \
@@ -52,6 +52,15 @@ demo: build
 
 bench: build
 	$(PY) bench/bench.py
+
+# The procedure that runs tests/test_gpu_ops.py on a remote GPU machine
+# without TensorFlow (docs/gpu.md), carried out here on the CPU: downloads
+# TensorFlow for Python 3.12 once (into .device_payload/), packs and splits
+# it, unpacks it as the GPU machine would, and runs the tests' CPU side with
+# Python 3.12. Not part of `make test`: the first run packs for minutes.
+# Builds the op library first.
+gpu-dry-run: build
+	python3 tests/gpu/tf_on_device.py --dry-run
 
 clean:
 	$(BAZEL) clean
