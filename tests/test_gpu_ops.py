@@ -29,6 +29,7 @@ import tensorflow as tf
 
 import tf_adagrad
 from adagrad_reference import DTYPES, bits, np_dtype
+from click_model import click_data, click_model
 
 GPU = "/GPU:0"
 CPU = "/CPU:0"
@@ -405,24 +406,7 @@ def test_earlier_reads_keep_their_value_on_gpu(in_function):
 # ---------------------------------------------------------------------------
 # Keras fit() on the GPU.
 
-NUM_ROWS, DIM, FIELDS = 1000, 8, 4
-
-
-def make_model():
-    inputs = keras.Input((FIELDS,), dtype="int32")
-    x = keras.layers.Embedding(NUM_ROWS, DIM)(inputs)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(16, activation="relu")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
-    return keras.Model(inputs, outputs)
-
-
-def click_data(num_examples=512, seed=0):
-    """Zipf-like ids (many duplicates per batch) and labels the ids predict."""
-    rng = np.random.default_rng(seed)
-    ids = np.minimum(rng.zipf(1.3, (num_examples, FIELDS)) - 1, NUM_ROWS - 1).astype(np.int32)
-    row_score = np.random.default_rng(99).standard_normal(NUM_ROWS)
-    return ids, (row_score[ids].sum(axis=1) > 0).astype(np.float32)
+NUM_ROWS = 1000
 
 
 def initial_weights():
@@ -430,21 +414,21 @@ def initial_weights():
     depends on how a device draws random numbers."""
     keras.utils.set_random_seed(7)
     with tf.device(CPU):
-        return make_model().get_weights()
+        return click_model(NUM_ROWS).get_weights()
 
 
 def fit_on(device, jit_compile=False, strategy=None, epochs=2):
     """Trains the model with tf_adagrad.Adagrad, its variables on `device`
     (or under `strategy`, over `device`); returns the weights, the
     accumulators and the loss per epoch."""
-    ids, labels = click_data()
+    ids, labels = click_data(NUM_ROWS)
     weights = initial_weights()
 
     def placement():
         return strategy.scope() if strategy is not None else tf.device(device)
 
     with placement():
-        model = make_model()
+        model = click_model(NUM_ROWS)
         model.set_weights(weights)
         optimizer = tf_adagrad.Adagrad(learning_rate=0.1)
         model.compile(optimizer=optimizer, loss="binary_crossentropy", jit_compile=jit_compile)

@@ -9,28 +9,20 @@ import tensorflow as tf
 import tf_adagrad
 import tf_adagrad.optimizer
 from adagrad_reference import bits
+from click_model import click_model
+from click_model import click_data as shared_click_data
 from keras_reference import DensifyingKerasAdagrad, exact_graph_math, make_variables
 
-NUM_ROWS, DIM, FIELDS = 500, 8, 4
+NUM_ROWS = 500
 
 
 def embedding_model(seed=7):
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input((FIELDS,), dtype="int32")
-    x = keras.layers.Embedding(NUM_ROWS, DIM)(inputs)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(16, activation="relu")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
-    return keras.Model(inputs, outputs)
+    return click_model(NUM_ROWS)
 
 
 def click_data(num_examples=512, seed=0):
-    """Zipf-like ids (many duplicates per batch) and a label the ids predict."""
-    rng = np.random.default_rng(seed)
-    ids = np.minimum(rng.zipf(1.3, (num_examples, FIELDS)) - 1, NUM_ROWS - 1).astype(np.int32)
-    row_score = np.random.default_rng(99).standard_normal(NUM_ROWS)
-    labels = (row_score[ids].sum(axis=1) > 0).astype(np.float32)
-    return ids, labels
+    return shared_click_data(NUM_ROWS, num_examples, seed)
 
 
 def fit(optimizer, epochs=2, jit_compile=False, data=None):
