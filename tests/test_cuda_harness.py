@@ -12,17 +12,8 @@ import subprocess
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BAZEL_BINARY = os.path.join(REPO, "bazel-bin", "tests", "cuda", "adagrad_cuda_test")
-BAZELRC = os.path.join(REPO, ".tf_configure.bazelrc")
-RUN_ON_GPU = os.path.join(REPO, "tests", "cuda", "run_on_gpu.sh")
 NO_DEVICE = 77  # the program's exit status when it finds no CUDA device
 RUN_TIMEOUT_S = 600
-
-
-def cuda_build_configured():
-    with open(BAZELRC) as f:
-        return "build --config=cuda" in f.read().splitlines()
 
 
 def run_harness(binary):
@@ -34,20 +25,21 @@ def run_harness(binary):
     assert " 0 failed" in out.stdout.splitlines()[-1]
 
 
-def test_harness_built_with_project_toolchain_runs():
-    if not cuda_build_configured():
+def test_harness_built_with_project_toolchain_runs(repo_root, cuda_build):
+    if not cuda_build:
         pytest.skip("configure.py found no CUDA toolchain, so the build has no CUDA")
-    assert os.path.exists(BAZEL_BINARY), f"{BAZEL_BINARY} is missing: run `make build`"
-    run_harness(BAZEL_BINARY)
+    binary = os.path.join(repo_root, "bazel-bin", "tests", "cuda", "adagrad_cuda_test")
+    assert os.path.exists(binary), f"{binary} is missing: run `make build`"
+    run_harness(binary)
 
 
 @pytest.fixture(scope="module")
-def nvcc_binary(tmp_path_factory):
+def nvcc_binary(repo_root, tmp_path_factory):
     if shutil.which("nvcc") is None:
         pytest.skip("no nvcc on PATH")
     out_dir = tmp_path_factory.mktemp("nvcc_build")
     build = subprocess.run(
-        [RUN_ON_GPU, "--compile-only", str(out_dir)], capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+        [os.path.join(repo_root, "tests", "cuda", "run_on_gpu.sh"), "--compile-only", str(out_dir)], capture_output=True, text=True, timeout=RUN_TIMEOUT_S
     )
     assert build.returncode == 0, build.stdout + build.stderr
     return str(out_dir / "adagrad_cuda_test")

@@ -1,5 +1,5 @@
 """tf_adagrad.Adagrad under tf.distribute, each cluster on 127.0.0.1 in
-processes of its own (tests/distributed_training.py), compared with training
+processes of its own (tests/support/distributed_training.py), compared with training
 on one device on the same global batches.
 
 Every process a test starts is killed when the test ends, pass or fail.
@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_training.py")
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "distributed_training.py")
 TIMEOUT_S = 300
 # Float tolerance for distributed against one-device training: the replicas'
 # gradients are summed in another order.

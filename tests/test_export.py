@@ -1,6 +1,7 @@
-"""SavedModel export, each side in a fresh process (tests/export_model.py):
-a training step exported with tf_adagrad.Adagrad reloads and trains the
-same, bit for bit; an inference export needs no tf_adagrad."""
+"""SavedModel export, each side in a fresh process (tests/support/export_model.py):
+a training step exported with tf_adagrad.Adagrad reloads, after
+`import tf_adagrad`, with `tf.saved_model.load` and trains the same, bit for
+bit; an inference export needs no tf_adagrad."""
 
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "export_model.py")
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "export_model.py")
 TRAIN_DIR, INFERENCE_DIR = "train_module", "inference"
 
 
@@ -49,10 +50,28 @@ def test_train_step_reloads_in_a_fresh_process_and_trains_the_same(exported):
     assert int(after["v005"]) == int(before["v005"]) + 1
 
 
+def test_import_tf_adagrad_is_all_loading_a_train_step_needs(exported):
+    """A fresh process that imports tf_adagrad and nothing else of it: the
+    import registers the ops, so plain `tf.saved_model.load` finds them."""
+    directory, _ = exported
+    script = (
+        "import sys\n"
+        "import tensorflow as tf\n"
+        "import tf_adagrad\n"
+        "loaded = tf.saved_model.load(sys.argv[1])\n"
+        "print(sorted(loaded.signatures))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(directory / TRAIN_DIR)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "['state', 'train_step']"
+
+
 def test_loading_a_train_step_without_tf_adagrad_names_the_missing_op(exported):
     """No code of ours runs in a process that has not imported tf_adagrad,
     so the message is TensorFlow's; it names the op, and README's Export
-    section gives this text with the fix (tf_adagrad.load_saved_model)."""
+    section gives this text with the fix (`import tf_adagrad` first)."""
     directory, _ = exported
     output = run("load-plain", "--dir", str(directory), expect_rc=3)
     assert "LOAD FAILED: RuntimeError: Op type not registered 'TfAdagrad>Apply" in output

@@ -5,23 +5,18 @@ without one can check is that the library it loads has them, with the
 scalars in host memory as the OpKernels read them.
 """
 
-import os
-
 import pytest
 import tensorflow as tf
 from tensorflow.python.framework import kernels
 
 import tf_adagrad.ops
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BAZELRC = os.path.join(REPO, ".tf_configure.bazelrc")
-
 TYPES = ["float16", "bfloat16", "float32", "float64"]
 INDEX_TYPES = ["int32", "int64"]
 
 
 def registered(op_name, device_type):
-    tf_adagrad.ops._load_library()
+    tf_adagrad.ops.load_library()
     found = []
     for kernel in kernels.get_registered_kernels_for_op(op_name).kernel:
         if kernel.device_type != device_type:
@@ -32,10 +27,9 @@ def registered(op_name, device_type):
 
 
 @pytest.fixture(autouse=True)
-def cuda_build():
-    with open(BAZELRC) as f:
-        if "build --config=cuda" not in f.read().splitlines():
-            pytest.skip("configure.py found no CUDA toolchain, so the build has no GPU kernels")
+def skip_without_cuda_build(cuda_build):
+    if not cuda_build:
+        pytest.skip("configure.py found no CUDA toolchain, so the build has no GPU kernels")
 
 
 @pytest.mark.parametrize("op_name", ["TfAdagrad>ApplyDense", "TfAdagrad>MultiApplyDense"])

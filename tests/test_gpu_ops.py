@@ -28,8 +28,8 @@ import pytest
 import tensorflow as tf
 
 import tf_adagrad
-from adagrad_reference import DTYPES, bits, np_dtype
-from click_model import click_data, click_model
+from support.adagrad_reference import DTYPES, bits, np_dtype
+from support.click_model import click_data, click_model
 
 GPU = "/GPU:0"
 CPU = "/CPU:0"
@@ -195,7 +195,7 @@ def sparse_case(dtype, index_dtype, num_rows, row_shape, indices, seed=0, steps=
         # The raw op: the wrapper's Python checks would otherwise be the
         # first to see an index, and it is the kernels' validation that is
         # compared here.
-        return lambda v: tf_adagrad.ops._load_library().tf_adagrad_apply_sparse(
+        return lambda v: tf_adagrad.ops.load_library().tf_adagrad_apply_sparse(
             var=v[0].handle,
             accum=v[1].handle,
             lr=tf.constant(lr, dtype),

@@ -7,23 +7,26 @@ import subprocess
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BINARIES = os.path.join(REPO, "bazel-bin", "tests", "cc")
+
+@pytest.fixture
+def run(repo_root):
+    """Runs one of the test programs Bazel built into bazel-bin/tests/cc/."""
+
+    def run_program(name, *args):
+        binary = os.path.join(repo_root, "bazel-bin", "tests", "cc", name)
+        assert os.path.exists(binary), f"{binary} is missing: run `make build`"
+        return subprocess.run([binary, *args], capture_output=True, text=True, timeout=300)
+
+    return run_program
 
 
-def run(name, *args):
-    binary = os.path.join(BINARIES, name)
-    assert os.path.exists(binary), f"{binary} is missing: run `make build`"
-    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=300)
-
-
-def test_math_header_without_tensorflow():
+def test_math_header_without_tensorflow(run):
     out = run("adagrad_math_test")
     assert out.returncode == 0, out.stderr
     assert "all expectations held" in out.stdout
 
 
-def test_math_header_under_sanitizers():
+def test_math_header_under_sanitizers(run):
     out = run("adagrad_math_sanitize_test")
     assert out.returncode == 0, out.stderr
     assert "expectations held" in out.stdout
@@ -37,7 +40,7 @@ def test_math_header_under_sanitizers():
         ("--plant-signed-overflow", "runtime error: signed integer overflow"),
     ],
 )
-def test_sanitizers_are_active(bug, report):
+def test_sanitizers_are_active(run, bug, report):
     """The sanitized build reports a planted bug, so a clean run above means
     something."""
     out = run("adagrad_math_sanitize_test", bug)

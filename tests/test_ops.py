@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import tf_adagrad
-from adagrad_reference import (
+from support.adagrad_reference import (
     DTYPES,
     bits,
     dense_step_exact,

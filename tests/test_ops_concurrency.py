@@ -1,6 +1,5 @@
 """Locking, determinism across thread counts, and the library loader."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import tf_adagrad
-from tf_adagrad import ops as adagrad_ops
+from tf_adagrad import _loader
 
 
 def run_threads(targets, timeout=120):
@@ -186,13 +185,13 @@ def test_sparse_result_is_identical_whatever_the_thread_count():
 @pytest.fixture
 def fresh_loader(monkeypatch):
     """Makes the next op call load the library again, under test settings."""
-    monkeypatch.setattr(adagrad_ops, "_library", None)
+    monkeypatch.setattr(_loader, "_library", None)
     return monkeypatch
 
 
 def test_missing_library_error_names_file_version_and_rebuild(fresh_loader, tmp_path):
     missing = str(tmp_path / "_tf_adagrad_ops.so")
-    fresh_loader.setattr(adagrad_ops, "LIBRARY_PATH", missing)
+    fresh_loader.setattr(_loader, "LIBRARY_PATH", missing)
     with pytest.raises(tf_adagrad.OpLibraryError) as info:
         tf_adagrad.ops.apply_adagrad(tf.Variable([1.0]), tf.Variable([1.0]), 0.1, 1e-7, [1.0])
     message = str(info.value)
@@ -202,24 +201,29 @@ def test_missing_library_error_names_file_version_and_rebuild(fresh_loader, tmp_
 
 
 def test_library_built_for_other_tf_version_is_refused(fresh_loader):
-    fresh_loader.setattr(adagrad_ops, "_built_for_tf_version", lambda: "2.19.1")
+    fresh_loader.setattr(_loader, "_built_for_tf_version", lambda: "2.19.1")
     with pytest.raises(tf_adagrad.OpLibraryError) as info:
         tf_adagrad.ops.apply_adagrad(tf.Variable([1.0]), tf.Variable([1.0]), 0.1, 1e-7, [1.0])
     message = str(info.value)
-    assert adagrad_ops.LIBRARY_PATH in message
+    assert _loader.LIBRARY_PATH in message
     assert "built for TensorFlow 2.19.1" in message
     assert f"TensorFlow {tf.__version__} is installed" in message
     assert "make build" in message
 
 
-def test_library_is_loaded_lazily():
-    """Importing tf_adagrad must not load the .so (a broken build should not
-    break `import`); the first op call does."""
+def test_import_loads_the_library_and_registers_the_ops():
+    """`import tf_adagrad` registers the ops with TensorFlow (so that
+    `tf.saved_model.load` finds them); `ops.load_library()` afterwards
+    returns the same library without loading it again."""
     script = (
-        "import tf_adagrad, tf_adagrad.ops as o; assert o._library is None; "
-        "import tensorflow as tf; v = tf.Variable([1.0]); a = tf.Variable([1.0]); "
-        "o.apply_adagrad(v, a, 0.1, 1e-7, [1.0]); assert o._library is not None"
+        "from tensorflow.python.framework import op_def_registry as r\n"
+        "names = ['TfAdagrad>ApplyDense', 'TfAdagrad>ApplySparse', 'TfAdagrad>MultiApplyDense']\n"
+        "assert [r.get(n) for n in names] == [None] * 3\n"
+        "import tf_adagrad\n"
+        "assert all(r.get(n) is not None for n in names)\n"
+        "assert tf_adagrad.ops.load_library() is tf_adagrad._loader._library is not None\n"
+        "print('registered')\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert os.path.exists(adagrad_ops.LIBRARY_PATH)
+    assert out.stdout.split() == ["registered"]

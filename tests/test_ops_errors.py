@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import tf_adagrad
-from adagrad_reference import bits
+from support.adagrad_reference import bits
 
 DENSE = "TfAdagrad>ApplyDense"
 SPARSE = "TfAdagrad>ApplySparse"
@@ -14,7 +14,7 @@ SPARSE = "TfAdagrad>ApplySparse"
 def raw_ops():
     """The generated op wrappers, bypassing tf_adagrad.ops' Python checks so
     the kernels' own validation is what gets tested."""
-    return tf_adagrad.ops._load_library()
+    return tf_adagrad.ops.load_library()
 
 
 def make_state(shape=(5, 3), dtype=np.float32):

@@ -1,4 +1,4 @@
-"""Runs tests/fuzz_ops.py (10,000 generated calls of the three ops) in a child
+"""Runs tests/support/fuzz_ops.py (10,000 generated calls of the three ops) in a child
 process, so that a crash fails this test instead of killing pytest.
 
 The seed is random unless TF_ADAGRAD_FUZZ_SEED is set, and is printed (and
@@ -11,14 +11,14 @@ import subprocess
 import sys
 
 EXAMPLES = 10_000
-HERE = os.path.dirname(os.path.abspath(__file__))
+FUZZ_OPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "fuzz_ops.py")
 
 
 def test_fuzzed_calls_match_the_reference_or_are_rejected_cleanly():
     fuzz_seed = int(os.environ.get("TF_ADAGRAD_FUZZ_SEED", random.randrange(2**31)))
     print(f"fuzz seed: {fuzz_seed} (replay: TF_ADAGRAD_FUZZ_SEED={fuzz_seed})")
     out = subprocess.run(
-        [sys.executable, os.path.join(HERE, "fuzz_ops.py"), "--examples", str(EXAMPLES), "--seed", str(fuzz_seed)],
+        [sys.executable, FUZZ_OPS, "--examples", str(EXAMPLES), "--seed", str(fuzz_seed)],
         capture_output=True,
         text=True,
         timeout=1200,

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tf_adagrad
-from adagrad_reference import DTYPES, bits, dense_step_exact, np_dtype
+from support.adagrad_reference import DTYPES, bits, dense_step_exact, np_dtype
 
 MULTI = "TfAdagrad>MultiApplyDense"
 
@@ -82,7 +82,7 @@ def test_a_reader_keeps_the_old_value():
 
 # Kernel-side validation, through the generated wrapper (no Python checks).
 def raw_multi(variables, accums, grads, lr=0.1, epsilon=1e-7, dtype=tf.float32):
-    tf_adagrad.ops._load_library().tf_adagrad_multi_apply_dense(
+    tf_adagrad.ops.load_library().tf_adagrad_multi_apply_dense(
         var=[v.handle for v in variables],
         accum=[a.handle for a in accums],
         lr=tf.constant(lr, dtype),
@@ -178,7 +178,7 @@ def test_uninitialized_variable_is_failed_precondition():
         tf.errors.FailedPreconditionError,
         match=rf"{MULTI}: expected `accum\[1\]` to be an initialized resource variable",
     ):
-        tf_adagrad.ops._load_library().tf_adagrad_multi_apply_dense(
+        tf_adagrad.ops.load_library().tf_adagrad_multi_apply_dense(
             var=[v.handle for v in variables],
             accum=[accums[0].handle, handle, accums[2].handle],
             lr=0.1,

@@ -1,14 +1,16 @@
 """tf_adagrad.Adagrad against keras.optimizers.Adagrad and NumPy: the update
 math, sparse gradients, dtypes, and the constructor."""
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tf_adagrad
-from adagrad_reference import bits, dense_step_exact, sparse_step_exact
-from keras_reference import (
+from support.adagrad_reference import bits, dense_step_exact, sparse_step_exact
+from support.keras_reference import (
     DensifyingKerasAdagrad,
     apply_steps,
     exact_graph_math,
@@ -234,8 +236,167 @@ def test_accumulators_match_keras_names_and_initial_value():
 
 
 def test_negative_initial_accumulator_value_is_rejected():
-    with pytest.raises(ValueError, match=r"`initial_accumulator_value` must be non-negative. Received: initial_accumulator_value=-0.1"):
+    with pytest.raises(
+        ValueError, match=r"^initial_accumulator_value must be a real number >= 0, received: -0.1 \(float\)$"
+    ):
         tf_adagrad.Adagrad(initial_accumulator_value=-0.1)
+
+
+# (argument, value, how the message shows the value)
+BAD_HYPERPARAMETERS = [
+    ("epsilon", "1e-7", "'1e-7' (str)"),
+    ("epsilon", None, "None (NoneType)"),
+    ("epsilon", True, "True (bool)"),
+    ("epsilon", -1e-7, "-1e-07 (float)"),
+    ("epsilon", float("nan"), "nan (float)"),
+    ("epsilon", [1e-7], "[1e-07] (list)"),
+    ("initial_accumulator_value", "0.1", "'0.1' (str)"),
+    ("initial_accumulator_value", None, "None (NoneType)"),
+    ("initial_accumulator_value", False, "False (bool)"),
+    ("initial_accumulator_value", -1, "-1 (int)"),
+    ("initial_accumulator_value", np.float32(-0.5), "np.float32(-0.5) (float32)"),
+]
+
+
+@pytest.mark.parametrize(
+    "argument,value,shown", BAD_HYPERPARAMETERS, ids=[f"{a}={v!r}" for a, v, _ in BAD_HYPERPARAMETERS]
+)
+def test_hyperparameter_that_is_not_a_non_negative_real_number_is_rejected(argument, value, shown):
+    expected = f"{argument} must be a real number >= 0, received: {shown}"
+    with pytest.raises(ValueError) as error:
+        tf_adagrad.Adagrad(**{argument: value})
+    assert str(error.value) == expected
+
+
+def test_numpy_scalars_ints_and_zero_are_accepted_as_their_values():
+    """Real numbers of any kind work, and give the same step as the Python
+    floats of the same values."""
+    steps = random_gradients([(5, 3)], steps=2)
+    given = apply_steps(
+        tf_adagrad.Adagrad(learning_rate=0.1, initial_accumulator_value=np.float32(0.25), epsilon=0),
+        make_variables([(5, 3)]),
+        steps,
+    )
+    as_floats = apply_steps(
+        tf_adagrad.Adagrad(learning_rate=0.1, initial_accumulator_value=0.25, epsilon=0.0),
+        make_variables([(5, 3)]),
+        steps,
+    )
+    assert_bit_identical(given, as_floats)
+    integer = tf_adagrad.Adagrad(initial_accumulator_value=1, epsilon=np.float64(1e-6))
+    integer.build(make_variables([(2,)]))
+    np.testing.assert_array_equal(integer.variables[-1].numpy(), [1.0, 1.0])
+
+
+INTEGER_VARIABLES = {
+    "tf.Variable": lambda: tf.Variable(np.arange(4, dtype=np.int32), name="counts"),
+    "keras.Variable": lambda: keras.Variable(np.arange(4, dtype=np.int32), dtype="int32", name="counts"),
+}
+INTEGER_VARIABLE_MESSAGE = (
+    r"^tf_adagrad.Adagrad's variable \(counts(:0)?\) must have one of the dtypes "
+    r"float16, bfloat16, float32, float64; got int32.$"
+)
+
+
+@pytest.mark.parametrize("kind", INTEGER_VARIABLES)
+def test_integer_variable_is_rejected_at_build_naming_it_and_the_dtypes(kind):
+    variable = INTEGER_VARIABLES[kind]()
+    with pytest.raises(TypeError, match=INTEGER_VARIABLE_MESSAGE):
+        tf_adagrad.Adagrad().build([variable])
+
+
+@pytest.mark.parametrize("kind", INTEGER_VARIABLES)
+def test_integer_variable_is_rejected_at_the_first_update(kind):
+    variable = INTEGER_VARIABLES[kind]()
+    optimizer = tf_adagrad.Adagrad()
+    with pytest.raises(TypeError, match=INTEGER_VARIABLE_MESSAGE):
+        optimizer.apply([tf.ones(4, tf.int32)], [variable])
+    np.testing.assert_array_equal(variable.numpy(), [0, 1, 2, 3])
+
+
+# tf_adagrad.Adagrad overrides two private hooks of Keras' TensorFlow
+# optimizer (the wheel requires the Keras range these tests pass with).
+PRIVATE_KERAS_HOOKS = {
+    "_backend_update_step": ["self", "grads", "trainable_variables", "learning_rate"],
+    "_distributed_tf_update_step": ["self", "distribution", "grads_and_vars", "learning_rate"],
+}
+
+
+@pytest.mark.parametrize("hook", PRIVATE_KERAS_HOOKS)
+def test_overridden_keras_hooks_exist_with_the_parameters_overridden(hook):
+    theirs = getattr(keras.optimizers.Optimizer, hook, None)
+    assert theirs is not None, f"Keras {keras.__version__}'s optimizer has no {hook} any more"
+    assert list(inspect.signature(theirs).parameters) == PRIVATE_KERAS_HOOKS[hook]
+    ours = getattr(tf_adagrad.Adagrad, hook)
+    assert ours is not theirs
+    assert list(inspect.signature(ours).parameters) == PRIVATE_KERAS_HOOKS[hook]
+
+
+def embedding_and_dense_model():
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential(
+        [
+            keras.Input((2,), dtype="int32"),
+            keras.layers.Embedding(10, 3),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+            keras.layers.Dense(1),
+        ]
+    )
+    return model
+
+
+def fit_one_step(model, optimizer):
+    model.compile(optimizer=optimizer, loss="mse", jit_compile=False)
+    ids = np.array([[1, 2], [3, 1]], np.int32)
+    model.fit(ids, np.array([0.5, -0.5], np.float32), batch_size=2, epochs=1, verbose=0)
+
+
+def test_fit_goes_through_the_backend_update_step_override(monkeypatch):
+    """Only the override of `_backend_update_step` calls the multi-tensor op:
+    if Keras stopped calling the hook, fit() would not reach it."""
+    calls = {"multi": [], "sparse": []}
+    multi, sparse = tf_adagrad.ops.multi_apply_adagrad, tf_adagrad.ops.sparse_apply_adagrad
+
+    def spy_multi(variables, *args):
+        calls["multi"].append(sorted(v.name.removesuffix(":0") for v in variables))
+        return multi(variables, *args)
+
+    def spy_sparse(var, *args):
+        calls["sparse"].append(var.name.removesuffix(":0"))
+        return sparse(var, *args)
+
+    monkeypatch.setattr(tf_adagrad.ops, "multi_apply_adagrad", spy_multi)
+    monkeypatch.setattr(tf_adagrad.ops, "sparse_apply_adagrad", spy_sparse)
+    model = embedding_and_dense_model()
+    before = [w.numpy() for w in model.weights]
+    fit_one_step(model, tf_adagrad.Adagrad(learning_rate=0.1))
+    # Each trace of the step (Keras may trace it more than once): one
+    # multi-tensor op for the four dense variables (the two Dense layers'
+    # kernels and biases), one sparse op for the table.
+    dense_names = sorted(w.path for w in model.weights if "embeddings" not in w.path)
+    assert calls["multi"] and all(names == dense_names for names in calls["multi"]), calls
+    assert len(calls["sparse"]) == len(calls["multi"]), calls
+    assert all(name == model.layers[0].embeddings.path for name in calls["sparse"]), calls
+    assert all(np.any(w.numpy() != b) for w, b in zip(model.weights, before))
+
+
+def test_fit_under_a_strategy_goes_through_the_distributed_update_step_override(monkeypatch):
+    calls = []
+    override = tf_adagrad.Adagrad._distributed_tf_update_step
+
+    def spy(self, distribution, grads_and_vars, learning_rate):
+        calls.append(len(grads_and_vars))
+        return override(self, distribution, grads_and_vars, learning_rate)
+
+    monkeypatch.setattr(tf_adagrad.Adagrad, "_distributed_tf_update_step", spy)
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        model = embedding_and_dense_model()
+        optimizer = tf_adagrad.Adagrad(learning_rate=0.1)
+    before = [w.numpy() for w in model.weights]
+    fit_one_step(model, optimizer)
+    assert calls == [5]
+    assert all(np.any(w.numpy() != b) for w, b in zip(model.weights, before))
 
 
 def test_unknown_argument_is_rejected():

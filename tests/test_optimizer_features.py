@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 import tf_adagrad
-from adagrad_reference import bits
-from keras_reference import DensifyingKerasAdagrad, apply_steps, exact_graph_math, make_variables
+from support.adagrad_reference import bits
+from support.keras_reference import DensifyingKerasAdagrad, apply_steps, exact_graph_math, make_variables
 
 TABLE_SHAPE, BIAS_SHAPE = (20, 3), (3,)
 

@@ -8,10 +8,10 @@ import tensorflow as tf
 
 import tf_adagrad
 import tf_adagrad.optimizer
-from adagrad_reference import bits
-from click_model import click_model
-from click_model import click_data as shared_click_data
-from keras_reference import DensifyingKerasAdagrad, exact_graph_math, make_variables
+from support.adagrad_reference import bits
+from support.click_model import click_model
+from support.click_model import click_data as shared_click_data
+from support.keras_reference import DensifyingKerasAdagrad, exact_graph_math, make_variables
 
 NUM_ROWS = 500
 

@@ -24,13 +24,16 @@ from packaging.utils import canonicalize_name
 
 import tf_adagrad
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TF_MAJOR_MINOR = ".".join(tf.__version__.split(".")[:2])
+# What the wheel requires: the TensorFlow it was built for, and the Keras
+# whose private optimizer hooks tf_adagrad.Adagrad overrides
+# (tests/test_optimizer.py checks those hooks).
+REQUIREMENTS = sorted([f"tensorflow=={TF_MAJOR_MINOR}.*", "keras>=3.15,<3.16"])
 
 
 @pytest.fixture(scope="module")
-def wheel_path():
-    wheels = glob.glob(os.path.join(REPO, "bazel-bin", "dist", "*.whl"))
+def wheel_path(repo_root):
+    wheels = glob.glob(os.path.join(repo_root, "bazel-bin", "dist", "*.whl"))
     assert len(wheels) == 1, f"expected one wheel in bazel-bin/dist/ (run `make build`), found {wheels}"
     return wheels[0]
 
@@ -65,7 +68,7 @@ def test_wheel_name_and_tags_describe_this_build(wheel_path):
     assert "manylinux" not in tag  # not audited for other Linux systems
 
 
-def test_wheel_holds_the_package_its_library_and_metadata_only(wheel_path):
+def test_wheel_holds_the_package_its_library_and_metadata_only(wheel_path, repo_root):
     dist_info = f"tf_adagrad-{tf_adagrad.__version__}.dist-info"
     with zipfile.ZipFile(wheel_path) as wheel:
         names = sorted(wheel.namelist())
@@ -73,7 +76,7 @@ def test_wheel_holds_the_package_its_library_and_metadata_only(wheel_path):
         build_record = wheel.read("tf_adagrad/_build_info.py").decode()
         license_text = wheel.read(f"{dist_info}/LICENSE")
         library_mode = (wheel.getinfo("tf_adagrad/_tf_adagrad_ops.so").external_attr >> 16) & 0o777
-    sources = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "tf_adagrad", "*.py")))
+    sources = sorted(os.path.basename(p) for p in glob.glob(os.path.join(repo_root, "tf_adagrad", "*.py")))
     expected_modules = sorted(set(sources) | {"_build_info.py"})
     assert names == sorted(
         [f"tf_adagrad/{name}" for name in expected_modules]
@@ -81,11 +84,11 @@ def test_wheel_holds_the_package_its_library_and_metadata_only(wheel_path):
         + [f"{dist_info}/{name}" for name in ("LICENSE", "METADATA", "RECORD", "WHEEL")]
     )
     assert not any("test" in name for name in names)
-    with open(os.path.join(REPO, "bazel-bin", "tf_adagrad", "_tf_adagrad_ops.so"), "rb") as f:
+    with open(os.path.join(repo_root, "bazel-bin", "tf_adagrad", "_tf_adagrad_ops.so"), "rb") as f:
         assert library == f.read()
     assert library_mode == 0o755
     assert f'TF_VERSION = "{tf.__version__}"' in build_record
-    with open(os.path.join(REPO, "LICENSE"), "rb") as f:
+    with open(os.path.join(repo_root, "LICENSE"), "rb") as f:
         assert license_text == f.read()
 
 
@@ -103,7 +106,7 @@ def test_wheel_record_lists_every_file_with_its_sha256(wheel_path):
             assert int(size) == len(data), path
 
 
-def test_wheel_metadata_pins_the_tensorflow_it_was_built_for(wheel_path):
+def test_wheel_metadata_pins_the_tensorflow_it_was_built_for_and_the_keras_range(wheel_path):
     with zipfile.ZipFile(wheel_path) as wheel:
         text = wheel.read(f"tf_adagrad-{tf_adagrad.__version__}.dist-info/METADATA").decode()
     headers, _, description = text.partition("\n\n")
@@ -111,19 +114,24 @@ def test_wheel_metadata_pins_the_tensorflow_it_was_built_for(wheel_path):
     assert ["Name", "tf-adagrad"] in fields
     assert ["Version", tf_adagrad.__version__] in fields
     assert ["License", "Apache-2.0"] in fields
-    assert [value for key, value in fields if key == "Requires-Dist"] == [f"tensorflow=={TF_MAJOR_MINOR}.*"]
+    assert sorted(value for key, value in fields if key == "Requires-Dist") == REQUIREMENTS
     assert description.startswith("# tf-adagrad")
 
 
-def test_make_build_installed_the_wheel_into_the_venv():
+def test_make_build_installed_the_wheel_into_the_venv(tmp_path):
     distribution = importlib.metadata.distribution("tf-adagrad")
     assert distribution.version == tf_adagrad.__version__
     assert "Generator: tf-adagrad build_wheel.py" in distribution.read_text("WHEEL")
     installed = {str(path) for path in distribution.files}
     assert "tf_adagrad/_tf_adagrad_ops.so" in installed
-    assert os.path.dirname(tf_adagrad.__file__) == os.path.dirname(
-        str(distribution.locate_file("tf_adagrad/__init__.py"))
-    )
+    # Outside the source tree, the venv's Python imports the installed wheel.
+    imported = run([sys.executable, "-c", "import tf_adagrad; print(tf_adagrad.__file__)"], cwd=tmp_path, env=python_env())
+    assert imported.strip() == str(distribution.locate_file("tf_adagrad/__init__.py"))
+
+
+def test_the_tests_import_the_source_tree(repo_root):
+    """pytest.ini's `pythonpath = .`: the tests test the source, not the wheel."""
+    assert os.path.dirname(os.path.abspath(tf_adagrad.__file__)) == os.path.join(repo_root, "tf_adagrad")
 
 
 # The wheel installed into a new virtual environment.
@@ -182,8 +190,8 @@ before, ours = one_step(tf_adagrad.Adagrad(learning_rate=0.1))
 _, theirs = one_step(keras.optimizers.Adagrad(learning_rate=0.1))
 print(json.dumps({
     "tf_adagrad_file": tf_adagrad.__file__,
-    "library_path": tf_adagrad.ops.LIBRARY_PATH,
-    "library_loaded": tf_adagrad.ops._library is not None,
+    "library_path": tf_adagrad._loader.LIBRARY_PATH,
+    "library_loaded": tf_adagrad._loader._library is not None,
     "version": tf_adagrad.__version__,
     "requires": importlib.metadata.requires("tf-adagrad"),
     "tensorflow": tf.__version__,
@@ -228,7 +236,7 @@ def test_wheel_installs_into_a_new_venv_with_only_tensorflow_and_fits(wheel_path
     assert result["library_path"] == os.path.join(installed_package, "_tf_adagrad_ops.so")
     assert result["library_loaded"]
     assert result["version"] == tf_adagrad.__version__
-    assert result["requires"] == [f"tensorflow=={TF_MAJOR_MINOR}.*"]
+    assert sorted(result["requires"]) == REQUIREMENTS
     assert result["tensorflow"] == tf.__version__
     assert all(result["changed"]), result["changed"]
     # Keras' Adagrad on the same step agrees (distinct ids, so its sparse
@@ -267,12 +275,12 @@ def test_import_refuses_a_build_for_another_tensorflow_minor_version(tmp_path):
     out = import_from(package, tmp_path)
     assert out.returncode != 0
     last_line = out.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("tf_adagrad.ops.OpLibraryError: "), out.stderr[-3000:]
+    assert last_line.startswith("tf_adagrad.OpLibraryError: "), out.stderr[-3000:]
     assert f"was built for TensorFlow {other} (as recorded in {package / '_build_info.py'})" in last_line
     assert f"but TensorFlow {tf.__version__} is installed" in last_line
     assert str(package / "_tf_adagrad_ops.so") in last_line
     assert "`make build` in the tf-adagrad source tree" in last_line
-    assert "python configure.py && bazel build //:wheel" in last_line
+    assert "python build_tools/configure.py && bazel build //:wheel" in last_line
 
 
 def test_import_accepts_a_build_for_another_patch_release(tmp_path):
@@ -307,8 +315,8 @@ def test_import_without_a_build_record_defers_to_the_first_op_call(tmp_path):
 # The version number.
 
 
-def test_version_is_pep440_and_has_a_changelog_entry():
+def test_version_is_pep440_and_has_a_changelog_entry(repo_root):
     assert re.fullmatch(r"\d+\.\d+\.\d+", tf_adagrad.__version__)
-    with open(os.path.join(REPO, "CHANGELOG.md")) as f:
+    with open(os.path.join(repo_root, "CHANGELOG.md")) as f:
         changelog = f.read()
     assert re.search(rf"^## \[?{re.escape(tf_adagrad.__version__)}\]? ", changelog, re.MULTILINE)

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resume_training.py")
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "resume_training.py")
 
 
 def train(start, stop, checkpoint_dir, out):

@@ -8,137 +8,43 @@ Both ops apply Keras 3's Adagrad formula, epsilon inside the square root:
 float16 and bfloat16 variables are computed in float32 and rounded once.
 """
 
-import os
-import threading
-
-import keras
 import tensorflow as tf
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-LIBRARY_PATH = os.path.join(_PACKAGE_DIR, "_tf_adagrad_ops.so")
-BUILD_RECORD_PATH = os.path.join(_PACKAGE_DIR, "_build_info.py")
-REBUILD_COMMAND = (
-    "`make build` in the tf-adagrad source tree (for its .venv); for another "
-    "Python environment, in the source tree with that environment's python: "
-    "`python configure.py && bazel build //:wheel && python -m pip install "
-    "--force-reinstall --no-deps bazel-bin/dist/tf_adagrad-*.whl`"
-)
+from tf_adagrad import _loader
+from tf_adagrad._loader import OpLibraryError
+from tf_adagrad._variables import as_tf_variable, require_float_dtype
 
-_load_lock = threading.Lock()
-_library = None
-
-
-class OpLibraryError(ImportError):
-    """The op library is missing, or was built for another TensorFlow."""
-
-
-def _major_minor(version):
-    return tuple(version.split(".")[:2])
-
-
-def _recorded_tf_version():
-    """The TensorFlow version in the build record, or None without one."""
-    try:
-        from tf_adagrad import _build_info
-    except ImportError:
-        return None
-    return _build_info.TF_VERSION
-
-
-def _built_for_tf_version():
-    built_for = _recorded_tf_version()
-    if built_for is None:
-        raise OpLibraryError(
-            f"tf_adagrad's op library {LIBRARY_PATH} has no build record "
-            f"({BUILD_RECORD_PATH}), so the TensorFlow it was built for is "
-            f"unknown (installed: {tf.__version__}). Rebuild it with: "
-            f"{REBUILD_COMMAND}"
-        )
-    return built_for
-
-
-def _check_built_for_installed_tf(built_for):
-    """TensorFlow's C++ ABI changes between minor versions: a library built
-    for another one may fail to load or misbehave, so it is refused."""
-    if _major_minor(built_for) != _major_minor(tf.__version__):
-        raise OpLibraryError(
-            f"tf_adagrad's op library {LIBRARY_PATH} was built for "
-            f"TensorFlow {built_for} (as recorded in {BUILD_RECORD_PATH}), but "
-            f"TensorFlow {tf.__version__} is installed; their major and minor "
-            f"versions must match. Rebuild it with: {REBUILD_COMMAND}"
-        )
-
-
-def check_build_at_import():
-    """Raises OpLibraryError if the build record names another TensorFlow
-    minor version than the installed one. Cheap: the op library itself is
-    not loaded. Without a build record (a source tree not built yet) it
-    passes, and the first op call reports what is missing."""
-    built_for = _recorded_tf_version()
-    if built_for is not None:
-        _check_built_for_installed_tf(built_for)
-
-
-def _load_library():
-    """Loads the op library once; checks it matches the installed TF first."""
-    global _library
-    with _load_lock:
-        if _library is not None:
-            return _library
-        if not os.path.exists(LIBRARY_PATH):
-            raise OpLibraryError(
-                f"tf_adagrad's op library {LIBRARY_PATH} is missing (installed "
-                f"TensorFlow: {tf.__version__}). Rebuild it with: {REBUILD_COMMAND}"
-            )
-        built_for = _built_for_tf_version()
-        _check_built_for_installed_tf(built_for)
-        try:
-            _library = tf.load_op_library(LIBRARY_PATH)
-        except tf.errors.NotFoundError as e:
-            raise OpLibraryError(
-                f"tf_adagrad's op library {LIBRARY_PATH} (built for TensorFlow "
-                f"{built_for}) failed to load into TensorFlow {tf.__version__}: "
-                f"{e.message}. Rebuild it with: {REBUILD_COMMAND}"
-            ) from e
-        return _library
+__all__ = [
+    "OpLibraryError",
+    "apply_adagrad",
+    "load_library",
+    "multi_apply_adagrad",
+    "sparse_apply_adagrad",
+]
 
 
 def load_library():
-    """Loads the op library now and registers its ops with TensorFlow.
+    """Loads the op library, if `import tf_adagrad` has not already, and
+    returns it: the module of TensorFlow's generated wrappers of the raw ops.
 
-    The library otherwise loads on the first update. Load it first where
-    TensorFlow meets the ops without this package's Python: before
-    `tf.saved_model.load` of a model saved with a training step (or use
-    `tf_adagrad.load_saved_model`), and in every worker and parameter
-    server process of a cluster before it starts its `tf.distribute.Server`.
+    `import tf_adagrad` loads it, which registers the ops with TensorFlow;
+    calling this again costs nothing. A process that meets the ops without
+    running this package's Python (a worker or parameter server of a
+    cluster, before it starts its `tf.distribute.Server`) imports
+    tf_adagrad, or calls this, first.
 
     Raises:
         OpLibraryError: The library is missing or was built for another
             TensorFlow; the message names the file, both versions and the
             command that rebuilds it.
     """
-    _load_library()
-
-
-def _as_tf_variable(var, arg_name):
-    """The tf.Variable behind a tf.Variable or a keras.Variable."""
-    if isinstance(var, tf.Variable):
-        return var
-    if isinstance(var, keras.Variable):
-        # Keras' own backing variable: `.value` would autocast under a
-        # mixed-precision scope and hand back a tensor instead.
-        backing = var._value
-        if backing is None:
-            raise ValueError(f"`{arg_name}` ({var.path}) is not initialized yet.")
-        return backing
-    raise TypeError(
-        f"`{arg_name}` must be a tf.Variable or a keras.Variable, got {type(var).__name__}."
-    )
+    return _loader.load_library()
 
 
 def _prepare(var, accum, lr, epsilon, grad):
-    var = _as_tf_variable(var, "var")
-    accum = _as_tf_variable(accum, "accum")
+    var = as_tf_variable(var, "var")
+    accum = as_tf_variable(accum, "accum")
+    require_float_dtype(var, "`var`")
     dtype = var.dtype
     grad = tf.convert_to_tensor(grad)
     if grad.dtype != dtype:
@@ -170,7 +76,7 @@ def apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False):
     with the function's other uses of the variables; nothing is returned.
     """
     var_handle, accum_handle, lr, epsilon, grad = _prepare(var, accum, lr, epsilon, grad)
-    _load_library().tf_adagrad_apply_dense(
+    _loader.load_library().tf_adagrad_apply_dense(
         var=var_handle, accum=accum_handle, lr=lr, epsilon=epsilon, grad=grad, use_locking=use_locking
     )
 
@@ -203,7 +109,7 @@ def sparse_apply_adagrad(var, accum, lr, epsilon, grad, indices, use_locking=Fal
     indices = tf.convert_to_tensor(indices)
     if indices.dtype not in (tf.int32, tf.int64):
         raise TypeError(f"`indices` must be int32 or int64, got {indices.dtype.name}.")
-    _load_library().tf_adagrad_apply_sparse(
+    _loader.load_library().tf_adagrad_apply_sparse(
         var=var_handle,
         accum=accum_handle,
         lr=lr,
@@ -247,8 +153,9 @@ def multi_apply_adagrad(variables, accumulators, lr, epsilon, grads):
             f"`variables`, `accumulators` and `grads` must have the same length, got "
             f"{len(variables)}, {len(accumulators)} and {len(grads)}."
         )
-    variables = [_as_tf_variable(v, f"variables[{i}]") for i, v in enumerate(variables)]
-    accumulators = [_as_tf_variable(a, f"accumulators[{i}]") for i, a in enumerate(accumulators)]
+    variables = [as_tf_variable(v, f"variables[{i}]") for i, v in enumerate(variables)]
+    accumulators = [as_tf_variable(a, f"accumulators[{i}]") for i, a in enumerate(accumulators)]
+    require_float_dtype(variables[0], "`variables[0]`")
     dtype = variables[0].dtype
     for i, variable in enumerate(variables):
         if variable.dtype != dtype:
@@ -266,7 +173,7 @@ def multi_apply_adagrad(variables, accumulators, lr, epsilon, grads):
         converted.append(grad)
     lr = tf.cast(tf.convert_to_tensor(lr, dtype_hint=dtype), dtype)
     epsilon = tf.cast(tf.convert_to_tensor(epsilon, dtype_hint=dtype), dtype)
-    _load_library().tf_adagrad_multi_apply_dense(
+    _loader.load_library().tf_adagrad_multi_apply_dense(
         var=[v.handle for v in variables],
         accum=[a.handle for a in accumulators],
         lr=lr,

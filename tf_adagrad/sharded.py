@@ -1,8 +1,14 @@
-"""Gradients for Keras variables sharded by `tf.distribute.ParameterServerStrategy`."""
+"""Variables sharded by `tf.distribute.ParameterServerStrategy` (with a
+`variable_partitioner`): their gradients, their accumulators, and their
+updates, one shard at a time where each shard lives."""
+
+import functools
 
 import keras
 import tensorflow as tf
 from tensorflow.python.distribute.sharded_variable import ShardedVariable
+
+from tf_adagrad._variables import backing_variable
 
 
 def sharded_gradients(tape, target, variables):
@@ -26,7 +32,7 @@ def sharded_gradients(tape, target, variables):
     Returns:
         A list with one gradient (or `None`) per variable.
     """
-    backing = [v._value if isinstance(v, keras.Variable) else v for v in variables]
+    backing = [backing_variable(v) for v in variables]
     sources = [b.variables if isinstance(b, ShardedVariable) else b for b in backing]
     grads = tape.gradient(target, sources)
     return [
@@ -57,3 +63,84 @@ def _join_shard_gradients(shard_grads, variable):
 def _as_indexed_slices(dense):
     rows = tf.range(tf.shape(dense, out_type=tf.int64)[0])
     return tf.IndexedSlices(dense, rows)
+
+
+def is_sharded(variable):
+    """Whether `variable` (a Keras or TF variable) is a `ShardedVariable`."""
+    return isinstance(backing_variable(variable), ShardedVariable)
+
+
+def shards(variable):
+    """The `tf.Variable` shards of a sharded Keras or TF variable."""
+    return backing_variable(variable).variables
+
+
+def shards_beside(reference_variable, initializer):
+    """A variable creator scope in which the next variable is made as a
+    `ShardedVariable` sharded like `reference_variable`, each shard
+    initialized by `initializer` and placed beside its reference shard.
+
+    Keras would make an optimizer variable of a sharded variable as one
+    unsharded variable on one parameter server; sharded like the variable,
+    each shard's update is local to one parameter server.
+    """
+    initializer = keras.initializers.get(initializer)
+    dtype = reference_variable.dtype
+
+    def create_shards_beside_reference_shards(next_creator, **kwargs):
+        created = []
+        for i, reference_shard in enumerate(shards(reference_variable)):
+            shard_kwargs = dict(kwargs)
+            shard_kwargs.update(
+                name=f"{kwargs['name']}/part_{i}",
+                shape=reference_shard.shape,
+                initial_value=functools.partial(initializer, reference_shard.shape, dtype),
+                colocate_with=reference_shard,
+            )
+            created.append(next_creator(**shard_kwargs))
+        return ShardedVariable(created)
+
+    return tf.variable_creator_scope(create_shards_beside_reference_shards)
+
+
+def split_by_shard(gradient, variable):
+    """`gradient` of a ShardedVariable (sharded on axis 0), one piece per shard.
+
+    A dense gradient is sliced. An IndexedSlices gradient is partitioned by
+    row, keeping position order within each shard (so duplicates are summed
+    in the same order as unsharded), after a check that every index lies in
+    the whole variable: an out-of-range index fails before any shard is
+    written.
+    """
+    shard_rows = [shard.shape[0] for shard in variable.variables]
+    if not isinstance(gradient, tf.IndexedSlices):
+        return tf.split(gradient, shard_rows, axis=0)
+    indices = gradient.indices
+    num_rows = sum(shard_rows)
+    in_range = tf.logical_and(indices >= 0, indices < num_rows)
+    first_bad = tf.where(tf.logical_not(in_range))[:1, 0]
+    name = variable.variables[0].name.split("/part_0")[0]
+    check = tf.debugging.Assert(
+        tf.reduce_all(in_range),
+        [
+            tf.strings.format(
+                f"Expected every index of the gradient of the sharded variable {name} in "
+                f"[0, {num_rows}); received indices{{}} = {{}}",
+                (first_bad, tf.gather(indices, first_bad)),
+            )
+        ],
+    )
+    with tf.control_dependencies([check]):
+        shard_starts = tf.constant(
+            [sum(shard_rows[:i]) for i in range(len(shard_rows))], dtype=indices.dtype
+        )
+        shard_ids = tf.searchsorted(shard_starts[1:], indices, side="right", out_type=tf.int32)
+        local_indices = indices - tf.gather(shard_starts, shard_ids)
+    num_shards = len(shard_rows)
+    return [
+        tf.IndexedSlices(values, shard_indices)
+        for values, shard_indices in zip(
+            tf.dynamic_partition(gradient.values, shard_ids, num_shards),
+            tf.dynamic_partition(local_indices, shard_ids, num_shards),
+        )
+    ]

@@ -794,7 +794,7 @@ for gpu in gpus:
 import numpy, keras, tf_adagrad, tf_adagrad.ops
 print("numpy", numpy.__version__, "from", numpy.__file__, "| keras", keras.__version__)
 tf_adagrad.ops.load_library()
-print("op library loaded:", tf_adagrad.ops.LIBRARY_PATH)
+print("op library loaded:", tf_adagrad._loader.LIBRARY_PATH)
 from tensorflow.python.framework import kernels
 for op in ("TfAdagrad>ApplyDense", "TfAdagrad>ApplySparse", "TfAdagrad>MultiApplyDense"):
     devices = [k.device_type for k in kernels.get_registered_kernels_for_op(op).kernel]

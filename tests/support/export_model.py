@@ -4,8 +4,8 @@ process by tests/test_export.py:
   save        a tf.Module holding a model and a tf_adagrad.Adagrad, with a
               `train_step` signature, and `model.export()` for inference;
               then one train_step here, whose result is written out
-  load        `import tf_adagrad`, `tf_adagrad.load_saved_model`, the same
-              train_step on the same batch
+  load        `import tf_adagrad` (which registers the ops), then
+              `tf.saved_model.load`, the same train_step on the same batch
   load-plain  `tf.saved_model.load` without tf_adagrad (fails)
   serve       the inference export, without tf_adagrad
 """
@@ -98,9 +98,9 @@ def save(args):
 
 
 def load(args):
-    import tf_adagrad
+    import tf_adagrad  # noqa: F401 - registers the TfAdagrad ops
 
-    loaded = tf_adagrad.load_saved_model(os.path.join(args.dir, TRAIN_DIR))
+    loaded = tf.saved_model.load(os.path.join(args.dir, TRAIN_DIR))
     x, y = batch()
     before = state_arrays(loaded.signatures["state"]())
     loss = loaded.signatures["train_step"](x=tf.constant(x), y=tf.constant(y))["loss"].numpy()

@@ -9,7 +9,7 @@ bit-identical to before, when they are not. Which of the two is predicted
 here from the documented rules, independently of the kernels.
 
 Run by tests/test_ops_fuzz.py in a subprocess, so that a crash fails the test:
-    python tests/fuzz_ops.py --examples 10000 --seed 1234
+    python tests/support/fuzz_ops.py --examples 10000 --seed 1234
 """
 
 import argparse
@@ -26,7 +26,6 @@ import tensorflow as tf  # noqa: E402
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from adagrad_reference import bits, dense_step_exact, np_dtype, sparse_step_exact  # noqa: E402
 
 import tf_adagrad  # noqa: E402
@@ -237,7 +236,7 @@ def check_rejection(e, want_error, variables, before):
 
 
 def run_multi_case(case):
-    library = tf_adagrad.ops._load_library()
+    library = tf_adagrad.ops.load_library()
     pairs = case["pairs"]
     variables = [pair["var"] for pair in pairs] + [pair["accum"] for pair in pairs]
     before = [v.read() for v in variables]
@@ -267,7 +266,7 @@ def run_multi_case(case):
 def run_case(case):
     if case["multi"]:
         return run_multi_case(case)
-    library = tf_adagrad.ops._load_library()
+    library = tf_adagrad.ops.load_library()
     var, accum = case["var"], case["accum"]
     before = (var.read(), accum.read())
     arguments = dict(var=var.handle, accum=accum.handle, lr=case["lr"], epsilon=case["epsilon"],

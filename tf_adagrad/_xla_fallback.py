@@ -1,0 +1,64 @@
+"""The fused kernels' math as plain TensorFlow ops, for XLA, which cannot
+compile custom ops. 16-bit types compute in float32, as the kernels do."""
+
+import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
+
+
+def in_xla():
+    """Whether ops built now are compiled by XLA, which cannot run custom ops."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _compute_dtype(dtype):
+    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+
+
+def _updated_rows(var_rows, accum_rows, lr, epsilon, grad_rows):
+    dtype = var_rows.dtype
+    compute = _compute_dtype(dtype)
+    lr, epsilon, grad_rows = (tf.cast(x, compute) for x in (lr, epsilon, grad_rows))
+    accum_rows = tf.cast(accum_rows, compute) + grad_rows * grad_rows
+    var_rows = tf.cast(var_rows, compute) - lr * grad_rows / tf.sqrt(accum_rows + epsilon)
+    return tf.cast(var_rows, dtype), tf.cast(accum_rows, dtype)
+
+
+def dense_update(variable, accumulator, lr, epsilon, gradient):
+    new_var, new_accum = _updated_rows(
+        variable.read_value(), accumulator.read_value(), lr, epsilon, gradient
+    )
+    accumulator.assign(new_accum)
+    variable.assign(new_var)
+
+
+def sparse_update(variable, accumulator, lr, epsilon, values, indices):
+    """Dense-equivalent sparse update with static shapes (XLA has no tf.unique).
+
+    Rows are sorted stably by index and each run of equal indices is summed
+    in position order, like the kernel. Every position then computes its
+    row's new value from the run's sum, so positions that share an index
+    scatter identical rows and the result does not depend on write order.
+    Only the named rows are read and written.
+    """
+    order = tf.argsort(indices, stable=True)
+    sorted_indices = tf.gather(indices, order)
+    num_positions = tf.shape(indices)[0]
+    starts_run = tf.concat([[True], sorted_indices[1:] != sorted_indices[:-1]], axis=0)
+    starts_run = starts_run[:num_positions]  # no positions, no runs
+    run_ids = tf.cumsum(tf.cast(starts_run, tf.int32)) - 1
+    # Summed in the compute type, as the kernel does (16-bit sums would round).
+    summed = tf.math.unsorted_segment_sum(
+        tf.cast(tf.gather(values, order), _compute_dtype(values.dtype)),
+        run_ids,
+        num_segments=num_positions,
+    )
+    grad_rows = tf.gather(summed, run_ids)
+    new_var, new_accum = _updated_rows(
+        tf.gather(variable, sorted_indices),
+        tf.gather(accumulator, sorted_indices),
+        lr,
+        epsilon,
+        grad_rows,
+    )
+    accumulator.scatter_update(tf.IndexedSlices(new_accum, sorted_indices))
+    variable.scatter_update(tf.IndexedSlices(new_var, sorted_indices))
