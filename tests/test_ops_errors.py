@@ -1,11 +1,14 @@
 """Every rejection: error class, message text, and var/accum left untouched."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tf_adagrad
 from support.adagrad_reference import bits
+from support.out_of_range_cases import run_cases
 
 DENSE = "TfAdagrad>ApplyDense"
 SPARSE = "TfAdagrad>ApplySparse"
@@ -113,31 +116,6 @@ EAGER_REJECTIONS = [
         rf"got `grad` shape \[2,4\]",
     ),
     (
-        "sparse-index-too-large",
-        lambda v, a: sparse(v, a, np.ones((3, 3)), [0, 4, 5]),
-        tf.errors.InvalidArgumentError,
-        rf"{SPARSE}: expected every index in \[0, 5\) \(the first dimension of `var`\), "
-        rf"got indices\[2\] = 5; nothing was updated",
-    ),
-    (
-        "sparse-index-negative",
-        lambda v, a: sparse(v, a, np.ones((2, 3)), [-1, 2], index_dtype=tf.int32),
-        tf.errors.InvalidArgumentError,
-        rf"{SPARSE}: expected every index in \[0, 5\) .*got indices\[0\] = -1; nothing was updated",
-    ),
-    (
-        "sparse-index-int64-max",
-        lambda v, a: sparse(v, a, np.ones((2, 3)), [1, 2**63 - 1]),
-        tf.errors.InvalidArgumentError,
-        rf"{SPARSE}: expected every index in \[0, 5\) .*got indices\[1\] = 9223372036854775807",
-    ),
-    (
-        "sparse-index-int64-min",
-        lambda v, a: sparse(v, a, np.ones((1, 3)), [-(2**63)]),
-        tf.errors.InvalidArgumentError,
-        rf"{SPARSE}: .*got indices\[0\] = -9223372036854775808",
-    ),
-    (
         "sparse-grad-dtype",
         lambda v, a: sparse(v, a, np.ones((1, 3)), [0], dtype=tf.float16),
         tf.errors.InvalidArgumentError,
@@ -161,19 +139,42 @@ def test_rejection_leaves_variables_untouched(case):
     assert_untouched(v, a, var0, accum0)
 
 
-def test_out_of_range_after_valid_indices_writes_nothing():
+# Out-of-range indices run in child processes (tests/support/out_of_range_cases.py):
+# a kernel without its index check could crash the process, and pytest with it.
+OUT_OF_RANGE_REJECTIONS = {
+    "sparse-index-too-large": rf"{SPARSE}: expected every index in \[0, 5\) \(the first dimension of `var`\), "
+    rf"got indices\[2\] = 5; nothing was updated",
+    "sparse-index-negative": rf"{SPARSE}: expected every index in \[0, 5\) .*got indices\[0\] = -1; nothing was updated",
+    "sparse-index-int64-max": rf"{SPARSE}: expected every index in \[0, 5\) .*got indices\[1\] = 9223372036854775807",
+    "sparse-index-int64-min": rf"{SPARSE}: .*got indices\[0\] = -9223372036854775808",
+}
+OTHER_OUT_OF_RANGE_CASES = ["after-valid-indices", "empty-table"]
+
+
+@pytest.fixture(scope="module")
+def out_of_range_outcomes():
+    return run_cases([*OUT_OF_RANGE_REJECTIONS, *OTHER_OUT_OF_RANGE_CASES])
+
+
+def assert_rejected_untouched(outcome, message):
+    assert "crash" not in outcome, outcome.get("crash")
+    assert outcome["error"] == "InvalidArgumentError", outcome
+    assert re.search(message, outcome["message"]), outcome["message"]
+    assert outcome["untouched"], "var or accum was written"
+
+
+@pytest.mark.parametrize("case", OUT_OF_RANGE_REJECTIONS)
+def test_out_of_range_rejection_leaves_variables_untouched(case, out_of_range_outcomes):
+    assert_rejected_untouched(out_of_range_outcomes[case], OUT_OF_RANGE_REJECTIONS[case])
+
+
+def test_out_of_range_after_valid_indices_writes_nothing(out_of_range_outcomes):
     """The rows before the bad index must not have been updated either."""
-    var0, accum0, v, a = make_state((100, 8))
-    indices = list(range(99)) + [100]
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"got indices\[99\] = 100"):
-        sparse(v, a, np.ones((100, 8)), indices)
-    assert_untouched(v, a, var0, accum0)
+    assert_rejected_untouched(out_of_range_outcomes["after-valid-indices"], r"got indices\[99\] = 100")
 
 
-def test_index_into_empty_table_is_rejected():
-    var0, accum0, v, a = make_state((0, 2))
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"expected every index in \[0, 0\)"):
-        sparse(v, a, np.ones((1, 2)), [0])
+def test_index_into_empty_table_is_rejected(out_of_range_outcomes):
+    assert_rejected_untouched(out_of_range_outcomes["empty-table"], r"expected every index in \[0, 0\)")
 
 
 @pytest.mark.parametrize("sparse_op", [False, True], ids=["dense", "sparse"])
@@ -281,6 +282,24 @@ def test_python_wrapper_rejects_grad_of_another_dtype():
     _, _, v, a = make_state()
     with pytest.raises(TypeError, match=r"`grad` must have the dtype of `var` \(float32\), got float64"):
         tf_adagrad.ops.apply_adagrad(v, a, 0.1, 1e-7, np.ones((5, 3), np.float64))
+
+
+@pytest.mark.parametrize("op", ["dense", "sparse", "multi"])
+def test_python_wrapper_rejects_integer_variables_naming_the_accepted_dtypes(op):
+    v, a = tf.Variable(np.arange(3, dtype=np.int32), name="counts"), tf.Variable(np.zeros(3, np.int32))
+    grad = tf.ones(3, tf.int32)
+    argument = "`variables[0]`" if op == "multi" else "`var`"
+    message = (
+        rf"^{argument} \(counts:0\) must have one of the dtypes float16, bfloat16, float32, float64; got int32.$"
+    )
+    with pytest.raises(TypeError, match=message):
+        if op == "dense":
+            tf_adagrad.ops.apply_adagrad(v, a, 0.1, 1e-7, grad)
+        elif op == "sparse":
+            tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.1, 1e-7, grad[:1], [0])
+        else:
+            tf_adagrad.ops.multi_apply_adagrad([v], [a], 0.1, 1e-7, [grad])
+    np.testing.assert_array_equal(v.numpy(), [0, 1, 2])
 
 
 def test_python_wrapper_rejects_non_variables():

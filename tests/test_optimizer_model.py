@@ -1,17 +1,21 @@
 """tf_adagrad.Adagrad in real training: fit() with an Embedding table, XLA,
 the sparse path's cost, .keras files and checkpoints shared with Keras."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tf_adagrad
+import tf_adagrad._xla_fallback
 import tf_adagrad.optimizer
-from support.adagrad_reference import bits
+from support.adagrad_reference import bits, dense_step_float64, sparse_step_float64
 from support.click_model import click_model
 from support.click_model import click_data as shared_click_data
 from support.keras_reference import DensifyingKerasAdagrad, exact_graph_math, make_variables
+from support.out_of_range_cases import run_cases
 
 NUM_ROWS = 500
 
@@ -72,8 +76,8 @@ def test_fit_loss_matches_keras_with_default_graph_rewrites():
 def test_fit_with_jit_compile_uses_plain_ops_and_matches(monkeypatch):
     fused_sparse = CallCounter(monkeypatch, tf_adagrad.optimizer.ops, "sparse_apply_adagrad")
     fused_dense = CallCounter(monkeypatch, tf_adagrad.optimizer.ops, "apply_adagrad")
-    xla_sparse = CallCounter(monkeypatch, tf_adagrad.optimizer, "_sparse_update_in_tf_ops")
-    xla_dense = CallCounter(monkeypatch, tf_adagrad.optimizer, "_dense_update_in_tf_ops")
+    xla_sparse = CallCounter(monkeypatch, tf_adagrad._xla_fallback, "sparse_update")
+    xla_dense = CallCounter(monkeypatch, tf_adagrad._xla_fallback, "dense_update")
     xla_model, xla_loss = fit(tf_adagrad.Adagrad(learning_rate=0.1), jit_compile=True)
     assert (fused_sparse.calls, fused_dense.calls) == (0, 0)
     assert xla_sparse.calls >= 1 and xla_dense.calls >= 1
@@ -112,6 +116,35 @@ def test_xla_update_equals_fused_kernels(dtype):
     epsilon = MACHINE_EPSILON[dtype]
     for xla, fused in zip(*results):
         np.testing.assert_allclose(xla.astype(np.float64), fused.astype(np.float64), rtol=2 * epsilon, atol=2 * epsilon * 0.3)
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_xla_update_puts_epsilon_inside_the_square_root(sparse):
+    """A large epsilon and a small accumulator, in float32: the update under
+    XLA against NumPy, so that `sqrt(a) + epsilon` (or `sqrt(a + epsilon)`
+    computed anywhere else) shows, which the float32 comparison with the
+    kernels above cannot resolve when epsilon is tiny."""
+    epsilon, initial_accumulator, lr = 0.5, 0.01, 0.3
+    rng = np.random.default_rng(9)
+    variables = make_variables([(8, 3)])
+    optimizer = tf_adagrad.Adagrad(learning_rate=lr, initial_accumulator_value=initial_accumulator, epsilon=epsilon)
+    optimizer.build(variables)
+    var = variables[0].numpy().astype(np.float64)
+    accum = np.full(var.shape, initial_accumulator)
+    step = tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=True)
+    for _ in range(3):
+        if sparse:
+            indices = np.array([6, 1, 6, 3], np.int64)  # a duplicate
+            values = rng.uniform(-0.2, 0.2, (4, 3)).astype(np.float32)
+            step([tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant([8, 3], tf.int64))])
+            var, accum = sparse_step_float64(var, accum, lr, epsilon, values, indices)
+        else:
+            grad = rng.uniform(-0.2, 0.2, (8, 3)).astype(np.float32)
+            step([tf.constant(grad)])
+            var, accum = dense_step_float64(var, accum, lr, epsilon, grad)
+    np.testing.assert_allclose(optimizer.variables[-1].numpy(), accum, rtol=1e-6)
+    np.testing.assert_allclose(variables[0].numpy(), var, rtol=1e-5, atol=1e-6)
+    assert np.abs(variables[0].numpy() - make_variables([(8, 3)])[0].numpy()).max() > 0.05  # it moved
 
 
 def test_xla_sparse_update_with_no_rows():
@@ -222,12 +255,13 @@ def out_of_range_step(jit_compile):
 
 
 def test_out_of_range_index_raises_and_writes_nothing():
-    step, grad, variables, before = out_of_range_step(jit_compile=False)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"got indices\[1\] = 10; nothing was updated"):
-        step(grad)
-    for v, b in zip(variables, before):
-        if "iteration" not in v.path:
-            np.testing.assert_array_equal(v.numpy(), b)
+    """In a child process (tests/support/out_of_range_cases.py), which a
+    kernel without its index check could crash."""
+    outcome = run_cases(["optimizer-step"])["optimizer-step"]
+    assert "crash" not in outcome, outcome.get("crash")
+    assert outcome["error"] == "InvalidArgumentError", outcome
+    assert re.search(r"got indices\[1\] = 10; nothing was updated", outcome["message"]), outcome["message"]
+    assert outcome["untouched"], "a variable other than the step counter was written"
 
 
 def test_out_of_range_index_under_xla_is_dropped():
