@@ -16,6 +16,8 @@ markdown table with the ratios) and bench.png (a bar chart). Then times
 whole training steps (fit_steps.py: Keras `fit()` and a custom loop with
 tables of 10k to 10M rows, and the demo's recommender), prints them and the
 goals they are held to, and writes bench/results/fit.json and fit.md.
+bench/results/ is git-ignored: the figures the documentation shows are
+copied from a run by hand, a separate and deliberate step.
 """
 
 import gc
