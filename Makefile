@@ -45,6 +45,8 @@ build: $(VENV)/.deps-installed
 	$(PY) -m pip install --quiet --no-deps --force-reinstall bazel-bin/dist/tf_adagrad-*.whl
 
 test: build
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -ra tests
 
 demo: build

@@ -204,6 +204,13 @@ def ratio(x, y):
     return None if x is None or y is None else x / y
 
 
+def _versus(ms, ours_ms):
+    """A time, and in brackets the time divided by tf_adagrad's."""
+    if ms is None:
+        return "n/a"
+    return f"{ms:.3f} ({ms / ours_ms:.1f}×)"
+
+
 def markdown_table(results):
     """ms per step; in brackets, each time divided by tf_adagrad's (above 1:
     slower than tf_adagrad), and tf_adagrad's divided by the roofline."""
@@ -214,14 +221,9 @@ def markdown_table(results):
     for r in results:
         ms = r["ms"]
         ours = ms["tf_adagrad"]
-
-        def versus_ours(impl):
-            if ms[impl] is None:
-                return "n/a"
-            return f"{ms[impl]:.3f} ({ms[impl] / ours:.1f}×)"
-
+        keras_ms, tf_raw_ms = (_versus(ms[impl], ours) for impl in ("keras", "tf_raw"))
         lines.append(
-            f"| {r['case']} | {ours:.3f} | {versus_ours('keras')} | {versus_ours('tf_raw')} | "
+            f"| {r['case']} | {ours:.3f} | {keras_ms} | {tf_raw_ms} | "
             f"{ms['roofline']:.3f} (ours {ours / ms['roofline']:.2f}×) | {ms['floor']:.3f} |"
         )
     return "\n".join(lines) + "\n"

@@ -255,7 +255,8 @@ def main(argv=None):
     print(
         f"{num_examples:,} training interactions ({clicks.mean():.1%} clicks), {HELD_OUT:,} held out; "
         f"tables {NUM_USERS:,}x{USER_DIM} users, {NUM_ITEMS:,}x{ITEM_DIM} items, "
-        f"{NUM_CATEGORIES:,}x{CATEGORY_DIM} categories; batch {BATCH_SIZE}, {epochs} epoch(s), learning rate {LEARNING_RATE}; "
+        f"{NUM_CATEGORIES:,}x{CATEGORY_DIM} categories; batch {BATCH_SIZE}, {epochs} epoch(s), "
+        f"learning rate {LEARNING_RATE}; "
         f"{strategy_description}"
     )
 

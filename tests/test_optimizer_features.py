@@ -163,6 +163,21 @@ def test_gradient_accumulation(graph):
     assert np.any(ours._accumulated_gradients[1].numpy() != 0)
 
 
+def poisonable_train_step(model, optimizer):
+    """A loss-scaled step whose first gradient is multiplied by `poison`."""
+
+    @tf.function
+    def train_step(x, y, poison):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(tf.cast(model(x), tf.float32) - y))
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        grads = [grads[0] * poison] + grads[1:]
+        optimizer.apply(grads, model.trainable_variables)
+
+    return train_step
+
+
 def test_loss_scale_optimizer_under_mixed_float16():
     """LossScaleOptimizer around each optimizer trains a mixed_float16 model
     the same way, including a step whose gradients overflow: that step is
@@ -180,15 +195,7 @@ def test_loss_scale_optimizer_under_mixed_float16():
             model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
             optimizer = keras.optimizers.LossScaleOptimizer(inner(learning_rate=0.1), initial_scale=2.0**10)
 
-            @tf.function
-            def train_step(x, y, poison):
-                with tf.GradientTape() as tape:
-                    loss = tf.reduce_mean(tf.square(tf.cast(model(x), tf.float32) - y))
-                    scaled = optimizer.scale_loss(loss)
-                grads = tape.gradient(scaled, model.trainable_variables)
-                grads = [grads[0] * poison] + grads[1:]
-                optimizer.apply(grads, model.trainable_variables)
-
+            train_step = poisonable_train_step(model, optimizer)
             scales, skipped = [], None
             for step in range(len(x)):
                 before = [v.numpy() for v in model.trainable_variables]

@@ -90,6 +90,10 @@ def test_fit_with_jit_compile_uses_plain_ops_and_matches(monkeypatch):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
 
 
+def apply_step(optimizer, variables, jit_compile):
+    return tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=jit_compile)
+
+
 MACHINE_EPSILON = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}
 
 
@@ -109,7 +113,7 @@ def test_xla_update_equals_fused_kernels(dtype):
     for jit_compile in (False, True):
         variables = make_variables([(40, 3), (5,)], dtype)
         optimizer = tf_adagrad.Adagrad(learning_rate=0.3)
-        step = tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=jit_compile)
+        step = apply_step(optimizer, variables, jit_compile)
         for grads in steps:
             step(grads)
         results.append([v.numpy() for v in variables + optimizer.variables[2:]])

@@ -57,7 +57,8 @@ def _prepare(var, accum, lr, epsilon, grad):
 
 
 # The wrappers have no tensor-dependent Python control flow, so AutoGraph
-# has nothing to convert; left to it, it would try (and warn) on os.path.
+# has nothing to convert; left to it, it would try (and warn) on the
+# loader's os.path calls.
 @tf.autograph.experimental.do_not_convert
 def apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False):
     """Applies one dense Adagrad step to `var` and `accum` in place.

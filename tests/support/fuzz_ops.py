@@ -16,7 +16,6 @@ import argparse
 import collections
 import itertools
 import os
-import sys
 import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
