@@ -383,7 +383,8 @@ def test_fit_goes_through_the_backend_update_step_override(monkeypatch):
 
 def test_fit_under_a_strategy_goes_through_the_distributed_update_step_override(monkeypatch):
     calls = []
-    override = tf_adagrad.Adagrad._distributed_tf_update_step
+    # tf_adagrad.Adagrad's own method (a KeyError if it stopped overriding).
+    override = vars(tf_adagrad.Adagrad)["_distributed_tf_update_step"]
 
     def spy(self, distribution, grads_and_vars, learning_rate):
         calls.append(len(grads_and_vars))
