@@ -29,13 +29,12 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import fit_steps  # noqa: E402  (bench/, beside this file)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_adagrad  # noqa: E402
-
-import fit_steps  # noqa: E402  (bench/, beside this file)
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 REPEATS, ROUNDS, WARMUP = 50, 5, 5
@@ -102,7 +101,10 @@ def optimizer_steps(make_optimizer_vars, grads):
     """tf_adagrad.Adagrad and keras.optimizers.Adagrad, each on its own copy
     of the variables, applying `grads`."""
     steps = {}
-    for impl, optimizer_class in (("tf_adagrad", tf_adagrad.Adagrad), ("keras", keras.optimizers.Adagrad)):
+    for impl, optimizer_class in (
+        ("tf_adagrad", tf_adagrad.Adagrad),
+        ("keras", keras.optimizers.Adagrad),
+    ):
         variables = make_optimizer_vars()
         optimizer = optimizer_class(LR, epsilon=EPSILON)
         optimizer.build(variables)
@@ -236,7 +238,12 @@ def bar_chart(results, path, title):
     import matplotlib.pyplot as plt
 
     impls = IMPLEMENTATIONS + ("roofline",)
-    colors = {"tf_adagrad": "#1f77b4", "keras": "#ff7f0e", "tf_raw": "#2ca02c", "roofline": "#7f7f7f"}
+    colors = {
+        "tf_adagrad": "#1f77b4",
+        "keras": "#ff7f0e",
+        "tf_raw": "#2ca02c",
+        "roofline": "#7f7f7f",
+    }
     width = 0.2
     fig, ax = plt.subplots(figsize=(12, 5.5))
     for k, impl in enumerate(impls):
@@ -280,13 +287,17 @@ def main():
         ms.update(median_ms(runnable))
         bandwidth = probe.bytes / (ms.pop("bandwidth") * 1e-3)
         ms["roofline"] = 1e3 * bytes_moved / bandwidth
-        results.append({"case": name, "bytes_moved": bytes_moved, "bandwidth_bytes_per_s": bandwidth, "ms": ms})
+        results.append(
+            {"case": name, "bytes_moved": bytes_moved, "bandwidth_bytes_per_s": bandwidth, "ms": ms}
+        )
         ours = ms["tf_adagrad"]
         parts = [f"{name:38s} tf_adagrad {ours:7.3f}"]
         for impl in ("keras", "tf_raw"):
             if ms[impl] is not None:
                 parts.append(f"{impl} {ms[impl]:7.3f} ({ms[impl] / ours:5.1f}x)")
-        parts.append(f"roofline {ms['roofline']:6.3f} (ours {ours / ms['roofline']:.2f}x, {bandwidth / 1e9:.0f} GB/s)")
+        parts.append(
+            f"roofline {ms['roofline']:6.3f} (ours {ours / ms['roofline']:.2f}x, {bandwidth / 1e9:.0f} GB/s)"
+        )
         parts.append(f"call floor {ms['floor']:6.3f}")
         print("  ".join(parts), flush=True)
         del steps, runnable
@@ -322,9 +333,19 @@ def main():
     print(f"\n{header}; whole training steps, median ms per step", flush=True)
     fit_record = fit_steps.run_all()
     for description, measured, bound, met in fit_steps.goals(fit_record):
-        print(f"goal: {description}: {measured:.2f} ({bound}) {'met' if met else 'MISSED'}", flush=True)
+        print(
+            f"goal: {description}: {measured:.2f} ({bound}) {'met' if met else 'MISSED'}",
+            flush=True,
+        )
     with open(os.path.join(RESULTS_DIR, "fit.json"), "w") as f:
-        json.dump({**{k: record[k] for k in ("tensorflow", "keras", "cpus", "machine", "date")}, **fit_record}, f, indent=2)
+        json.dump(
+            {
+                **{k: record[k] for k in ("tensorflow", "keras", "cpus", "machine", "date")},
+                **fit_record,
+            },
+            f,
+            indent=2,
+        )
     with open(os.path.join(RESULTS_DIR, "fit.md"), "w") as f:
         f.write(f"{header}. {fit_steps.__doc__.splitlines()[0]}\n\n")
         f.write(fit_steps.markdown(fit_record))

@@ -151,10 +151,15 @@ def custom_loop_case(rows):
     Recommenders do, for each optimizer."""
     rng = np.random.default_rng(0)
     batches = [
-        (tf.constant(zipf_ids(rng, rows, BATCH_SIZE)), tf.constant(rng.standard_normal((BATCH_SIZE, 1)), tf.float32))
+        (
+            tf.constant(zipf_ids(rng, rows, BATCH_SIZE)),
+            tf.constant(rng.standard_normal((BATCH_SIZE, 1)), tf.float32),
+        )
         for _ in range(4)
     ]
-    initial_table = tf.random.stateless_uniform((rows, EMBEDDING_DIM), seed=[0, 0], minval=-0.05, maxval=0.05)
+    initial_table = tf.random.stateless_uniform(
+        (rows, EMBEDDING_DIM), seed=[0, 0], minval=-0.05, maxval=0.05
+    )
     initial_weights = tf.random.stateless_normal((EMBEDDING_DIM, 1), seed=[1, 0])
     steps = {}
     for name, make_optimizer in OPTIMIZERS.items():
@@ -249,7 +254,9 @@ def run_mirrored_in_subprocess():
     """The fit() cases under MirroredStrategy on two logical CPUs, in a
     process of their own (logical devices are fixed at TensorFlow's start)."""
     child = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--variant", "mirrored"], stdout=subprocess.PIPE, text=True
+        [sys.executable, os.path.abspath(__file__), "--variant", "mirrored"],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     lines = []
     for line in child.stdout:  # a line per case as it comes; the JSON last
@@ -267,7 +274,9 @@ def main():
     args = parser.parse_args()
     if args.variant == "mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+        )
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         results = fit_cases(strategy=strategy, label="fit() mirrored x2")
         print(json.dumps(results))
@@ -286,7 +295,10 @@ def run_all():
     record["custom_loop"] = {}
     for rows in TABLE_ROWS:
         record["custom_loop"][rows] = custom_loop_case(rows)
-        print(format_line(f"custom loop (embedding_lookup) {rows:>10,}", record["custom_loop"][rows]), flush=True)
+        print(
+            format_line(f"custom loop (embedding_lookup) {rows:>10,}", record["custom_loop"][rows]),
+            flush=True,
+        )
         gc.collect()
     record["demo"] = demo_case()
     print(format_line("demo recommender fit()", record["demo"]), flush=True)
@@ -302,9 +314,24 @@ def goals(record):
     versus_keras = fit[1_000_000]["keras"] / fit[1_000_000]["tf_adagrad"]
     demo = record["demo"]["keras"] / record["demo"]["tf_adagrad"]
     return [
-        (f"tf_adagrad fit() step at {large:,} rows / at {small:,} rows", growth, "<= 1.3", growth <= 1.3),
-        ("keras.optimizers.Adagrad / tf_adagrad, fit() step at 1,000,000 rows", versus_keras, ">= 20", versus_keras >= 20),
-        ("demo recommender: keras.optimizers.Adagrad / tf_adagrad per fit() step", demo, ">= 15", demo >= 15),
+        (
+            f"tf_adagrad fit() step at {large:,} rows / at {small:,} rows",
+            growth,
+            "<= 1.3",
+            growth <= 1.3,
+        ),
+        (
+            "keras.optimizers.Adagrad / tf_adagrad, fit() step at 1,000,000 rows",
+            versus_keras,
+            ">= 20",
+            versus_keras >= 20,
+        ),
+        (
+            "demo recommender: keras.optimizers.Adagrad / tf_adagrad per fit() step",
+            demo,
+            ">= 15",
+            demo >= 15,
+        ),
     ]
 
 
@@ -314,14 +341,20 @@ def markdown(record):
 
     def table(title, results, names):
         lines.append(f"**{title}**, median ms per step (in brackets: divided by tf_adagrad's)\n")
-        lines.append("| table rows | " + " | ".join(LABELS[n] for n in names) + " | tf_adagrad: step / step at 10k |")
+        lines.append(
+            "| table rows | "
+            + " | ".join(LABELS[n] for n in names)
+            + " | tf_adagrad: step / step at 10k |"
+        )
         lines.append("| ---: |" + " ---: |" * (len(names) + 1))
         base = results[min(results)]["tf_adagrad"]
         for rows, ms in sorted(results.items()):
             cells = [f"{ms['tf_adagrad']:.2f}"] + [
                 f"{ms[n]:.2f} ({ms[n] / ms['tf_adagrad']:.1f}×)" for n in names[1:]
             ]
-            lines.append(f"| {rows:,} | " + " | ".join(cells) + f" | {ms['tf_adagrad'] / base:.2f} |")
+            lines.append(
+                f"| {rows:,} | " + " | ".join(cells) + f" | {ms['tf_adagrad'] / base:.2f} |"
+            )
         lines.append("")
 
     names = list(OPTIMIZERS)

@@ -80,7 +80,9 @@ def hidden_click_model(rng):
     item_category = rng.integers(0, NUM_CATEGORIES, NUM_ITEMS).astype(np.int32)
     category_bias = rng.normal(0.0, 1.5, NUM_CATEGORIES)
     category_vec = rng.normal(0.0, 1.0, (NUM_CATEGORIES, HIDDEN_DIM))
-    item_vec = (category_vec[item_category] + 0.5 * rng.normal(0.0, 1.0, (NUM_ITEMS, HIDDEN_DIM))).astype(np.float32)
+    item_vec = (
+        category_vec[item_category] + 0.5 * rng.normal(0.0, 1.0, (NUM_ITEMS, HIDDEN_DIM))
+    ).astype(np.float32)
     user_bias = rng.normal(0.0, 1.0, NUM_USERS)
     user_vec = rng.normal(0.0, 1.0, (NUM_USERS, HIDDEN_DIM)).astype(np.float32)
     # Popularity ranks of users and items: popular ids are spread over the
@@ -119,11 +121,15 @@ def exact_auc(labels, scores):
 
 
 def build_model():
-    inputs = {name: keras.Input((), dtype="int32", name=name) for name in ("user", "item", "category")}
+    inputs = {
+        name: keras.Input((), dtype="int32", name=name) for name in ("user", "item", "category")
+    }
     embedded = [
         keras.layers.Embedding(NUM_USERS, USER_DIM, name="user_table")(inputs["user"]),
         keras.layers.Embedding(NUM_ITEMS, ITEM_DIM, name="item_table")(inputs["item"]),
-        keras.layers.Embedding(NUM_CATEGORIES, CATEGORY_DIM, name="category_table")(inputs["category"]),
+        keras.layers.Embedding(NUM_CATEGORIES, CATEGORY_DIM, name="category_table")(
+            inputs["category"]
+        ),
     ]
     x = keras.layers.Concatenate()(embedded)
     x = keras.layers.Dense(64, activation="relu")(x)
@@ -168,11 +174,15 @@ def train(name, make_optimizer, strategy, train_data, held_out, epochs):
         )
     timer = StepTimer(WARMUP_STEPS)
     features, clicks = train_data
-    history = model.fit(features, clicks, batch_size=BATCH_SIZE, epochs=epochs, shuffle=False, callbacks=[timer])
+    history = model.fit(
+        features, clicks, batch_size=BATCH_SIZE, epochs=epochs, shuffle=False, callbacks=[timer]
+    )
     held_out_features, held_out_clicks = held_out
     scores = model.predict(held_out_features, batch_size=8192, verbose=0)[:, 0].astype(np.float64)
     clipped = np.clip(scores, 1e-7, 1 - 1e-7)
-    held_out_loss = -np.mean(held_out_clicks * np.log(clipped) + (1 - held_out_clicks) * np.log(1 - clipped))
+    held_out_loss = -np.mean(
+        held_out_clicks * np.log(clipped) + (1 - held_out_clicks) * np.log(1 - clipped)
+    )
     step_time = float(np.mean(timer.step_times))
     return {
         "time per step (ms)": 1e3 * step_time,
@@ -195,7 +205,9 @@ def distribution_strategy(replicas):
         devices = [f"/gpu:{i}" for i in range(replicas)]
     else:
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * replicas
+        )
         devices = [f"/cpu:{i}" for i in range(replicas)]
     return tf.distribute.MirroredStrategy(devices), f"MirroredStrategy over {', '.join(devices)}"
 
@@ -213,7 +225,9 @@ def print_table(results, best_auc):
     ):
         print(f"{key:22}{ours[key]:{fmt}}{theirs[key]:{fmt}}")
     speedup = theirs["time per step (ms)"] / ours["time per step (ms)"]
-    print(f"speed-up: {speedup:.1f}x per step; best possible held-out AUC (true click probabilities): {best_auc:.4f}")
+    print(
+        f"speed-up: {speedup:.1f}x per step; best possible held-out AUC (true click probabilities): {best_auc:.4f}"
+    )
 
 
 def quality_problems(results, min_auc):
@@ -221,7 +235,9 @@ def quality_problems(results, min_auc):
     problems = []
     for name, result in results.items():
         if not result["held-out AUC"] >= min_auc:
-            problems.append(f"{name} did not learn: held-out AUC {result['held-out AUC']:.4f} < {min_auc}")
+            problems.append(
+                f"{name} did not learn: held-out AUC {result['held-out AUC']:.4f} < {min_auc}"
+            )
     auc_gap = abs(ours["held-out AUC"] - theirs["held-out AUC"])
     if not auc_gap <= MAX_AUC_GAP:
         problems.append(f"held-out AUCs differ by {auc_gap:.4f} (allowed: {MAX_AUC_GAP})")
@@ -240,7 +256,13 @@ def quality_problems(results, min_auc):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="train on fewer examples (for tests)")
-    parser.add_argument("--mirrored", type=int, default=0, metavar="N", help="train under MirroredStrategy on N replicas")
+    parser.add_argument(
+        "--mirrored",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train under MirroredStrategy on N replicas",
+    )
     args = parser.parse_args(argv)
     if args.mirrored < 0:
         parser.error(f"--mirrored takes a number of replicas, got {args.mirrored}")
@@ -265,7 +287,9 @@ def main(argv=None):
         "keras.optimizers.Adagrad": lambda: keras.optimizers.Adagrad(LEARNING_RATE),
     }
     results = {
-        name: train(name, make, strategy, (features, clicks), (held_out_features, held_out_clicks), epochs)
+        name: train(
+            name, make, strategy, (features, clicks), (held_out_features, held_out_clicks), epochs
+        )
         for name, make in optimizers.items()
     }
     print_table(results, exact_auc(held_out_clicks, held_out_probability))
@@ -273,9 +297,16 @@ def main(argv=None):
     problems, probability_gap = quality_problems(results, min_auc)
     print(f"held-out click probabilities differ by {probability_gap:.4f} on average")
     if problems:
-        print("DEMO FAILED: the two optimizers' models do not match:", *problems, sep="\n  ", file=sys.stderr)
+        print(
+            "DEMO FAILED: the two optimizers' models do not match:",
+            *problems,
+            sep="\n  ",
+            file=sys.stderr,
+        )
         return 1
-    print("quality matches: the models trained with tf_adagrad.Adagrad and keras.optimizers.Adagrad agree.")
+    print(
+        "quality matches: the models trained with tf_adagrad.Adagrad and keras.optimizers.Adagrad agree."
+    )
     return 0
 
 

@@ -109,7 +109,9 @@ def test_sparse_updates_never_switch_to_copy_on_read_mode():
     grad, indices = sparse_gradient(*var.shape)
     address = variable_buffer_address(var)
     for use_locking in (False, True):
-        tf_adagrad.ops.sparse_apply_adagrad(var, accum, 0.1, 1e-7, grad, indices, use_locking=use_locking)
+        tf_adagrad.ops.sparse_apply_adagrad(
+            var, accum, 0.1, 1e-7, grad, indices, use_locking=use_locking
+        )
         assert reads_alias(var) and reads_alias(accum)
         # Nothing aliased the buffer during the update: written in place.
         assert variable_buffer_address(var) == address
@@ -165,7 +167,9 @@ def test_keras_fit_steps_update_the_table_in_place():
     labels = rng.random((256, 1)).astype(np.float32)
     keras.utils.set_random_seed(0)
     embedding = keras.layers.Embedding(num_rows, 8)
-    model = keras.Sequential([keras.Input((1,), dtype="int64"), embedding, keras.layers.Flatten(), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((1,), dtype="int64"), embedding, keras.layers.Flatten(), keras.layers.Dense(1)]
+    )
     model.compile(optimizer=tf_adagrad.Adagrad(0.1), loss="mse", jit_compile=False)
     table = embedding.embeddings.value  # the backing tf.Variable
     assert isinstance(table, tf.Variable)

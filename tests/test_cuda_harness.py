@@ -39,7 +39,10 @@ def nvcc_binary(repo_root, tmp_path_factory):
         pytest.skip("no nvcc on PATH")
     out_dir = tmp_path_factory.mktemp("nvcc_build")
     build = subprocess.run(
-        [os.path.join(repo_root, "tests", "cuda", "run_on_gpu.sh"), "--compile-only", str(out_dir)], capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+        [os.path.join(repo_root, "tests", "cuda", "run_on_gpu.sh"), "--compile-only", str(out_dir)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
     )
     assert build.returncode == 0, build.stdout + build.stderr
     return str(out_dir / "adagrad_cuda_test")

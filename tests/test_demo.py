@@ -13,7 +13,13 @@ sys.path.insert(0, EXAMPLES)
 
 import recommender  # noqa: E402
 
-TABLE_ROWS = ("time per step (ms)", "examples/s", "final train loss", "held-out loss", "held-out AUC")
+TABLE_ROWS = (
+    "time per step (ms)",
+    "examples/s",
+    "final train loss",
+    "held-out loss",
+    "held-out AUC",
+)
 
 
 @pytest.mark.parametrize("flags", [[], ["--mirrored", "2"]], ids=["default", "mirrored"])
@@ -26,11 +32,13 @@ def test_quick_demo_prints_the_comparison_and_passes_its_check(flags):
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lines = out.stdout.splitlines()
-    header = next(line for line in lines if "tf_adagrad" in line and "keras" in line and "Adagrad" not in line)
+    header = next(
+        line for line in lines if "tf_adagrad" in line and "keras" in line and "Adagrad" not in line
+    )
     assert header.split() == ["tf_adagrad", "keras"]
     for row in TABLE_ROWS:
         (line,) = [line for line in lines if line.startswith(row)]
-        values = line[len(row):].split()
+        values = line[len(row) :].split()
         assert len(values) == 2, line
         assert all(float(v.replace(",", "")) > 0 for v in values), line
     assert any(line.startswith("speed-up: ") for line in lines)
@@ -62,7 +70,10 @@ def test_quality_check_passes_close_models():
     [
         (results(auc=0.806), "held-out AUCs differ by 0.0060 (allowed: 0.005)"),
         (results(loss=0.494), "held-out losses differ by 0.0060 (allowed: 0.005)"),
-        (results(scores=(0.2, 0.722)), "held-out click probabilities differ by 0.0110 on average (allowed: 0.01)"),
+        (
+            results(scores=(0.2, 0.722)),
+            "held-out click probabilities differ by 0.0110 on average (allowed: 0.01)",
+        ),
         (results(auc=0.70), "keras.optimizers.Adagrad did not learn: held-out AUC 0.7000 < 0.75"),
     ],
     ids=["auc", "loss", "probabilities", "not-learned"],
@@ -79,5 +90,7 @@ def test_exact_auc_against_pairwise_count():
     labels = (rng.random(300) < 0.4).astype(np.float32)
     scores = np.round(rng.random(300), 1)  # many ties
     positives, negatives = scores[labels == 1], scores[labels == 0]
-    pairwise = (positives[:, None] > negatives[None, :]).mean() + 0.5 * (positives[:, None] == negatives[None, :]).mean()
+    pairwise = (positives[:, None] > negatives[None, :]).mean() + 0.5 * (
+        positives[:, None] == negatives[None, :]
+    ).mean()
     assert recommender.exact_auc(labels, scores) == pytest.approx(pairwise, rel=1e-12)

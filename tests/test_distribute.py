@@ -17,7 +17,9 @@ import time
 import numpy as np
 import pytest
 
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "distributed_training.py")
+SCRIPT = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "support", "distributed_training.py"
+)
 TIMEOUT_S = 300
 # Float tolerance for distributed against one-device training: the replicas'
 # gradients are summed in another order.
@@ -52,13 +54,17 @@ class Processes:
             except subprocess.TimeoutExpired:
                 pytest.fail(f"{process.name} ran over {TIMEOUT_S} s:\n{self.log(process)}")
             if expect_success and process.returncode != 0:
-                pytest.fail(f"{process.name} exited with {process.returncode}:\n{self.log(process)}")
+                pytest.fail(
+                    f"{process.name} exited with {process.returncode}:\n{self.log(process)}"
+                )
 
     def wait_for_line(self, process, text):
         deadline = time.monotonic() + TIMEOUT_S
         while text not in self.log(process):
             if process.poll() is not None:
-                pytest.fail(f"{process.name} exited with {process.returncode}:\n{self.log(process)}")
+                pytest.fail(
+                    f"{process.name} exited with {process.returncode}:\n{self.log(process)}"
+                )
             if time.monotonic() > deadline:
                 pytest.fail(f"{process.name} did not print {text!r} in {TIMEOUT_S} s")
             time.sleep(0.2)
@@ -102,7 +108,9 @@ def groups(npz):
         group, name = key.split(":", 1)
         result.setdefault(group, {})[name] = npz[key]
     return {
-        group: [named[str(i)] for i in range(len(named))] if all(k.isdigit() for k in named) else named
+        group: [named[str(i)] for i in range(len(named))]
+        if all(k.isdigit() for k in named)
+        else named
         for group, named in result.items()
     }
 
@@ -129,7 +137,18 @@ def mirrored_results(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("mirrored")
     out = tmp_path / "mirrored.npz"
     with processes(tmp_path) as run:
-        run.wait([run.start("mirrored", "mirrored", "--out", str(out), "--checkpoint-dir", str(tmp_path / "ckpt"))])
+        run.wait(
+            [
+                run.start(
+                    "mirrored",
+                    "mirrored",
+                    "--out",
+                    str(out),
+                    "--checkpoint-dir",
+                    str(tmp_path / "ckpt"),
+                )
+            ]
+        )
     return groups(np.load(out))
 
 
@@ -148,7 +167,9 @@ def test_mirrored_strategy_checkpoint_manager_resumes_exactly(mirrored_results):
     """Save halfway through distributed training, restore into new objects
     in the strategy, finish: the same weights and accumulators, bit for bit."""
     result = mirrored_results
-    assert len(result["custom_straight"]) == 2 * len(result["initial"]) + 2  # + iterations, learning rate
+    assert (
+        len(result["custom_straight"]) == 2 * len(result["initial"]) + 2
+    )  # + iterations, learning rate
     assert_identical(result["custom_resumed"], result["custom_straight"])
 
 
@@ -159,7 +180,16 @@ def multi_worker_results(tmp_path_factory):
     outs = [tmp_path / f"worker{task}.npz" for task in range(2)]
     with processes(tmp_path) as run:
         workers = [
-            run.start(f"worker{task}", "multi-worker", "--cluster", cluster, "--task", str(task), "--out", str(out))
+            run.start(
+                f"worker{task}",
+                "multi-worker",
+                "--cluster",
+                cluster,
+                "--task",
+                str(task),
+                "--out",
+                str(out),
+            )
             for task, out in enumerate(outs)
         ]
         run.wait(workers)
@@ -183,7 +213,9 @@ def test_multi_worker_fit_fails_inside_keras_for_keras_own_optimizer_too(multi_w
     failures = {name: str(text) for name, text in multi_worker_results[0]["fit_failures"].items()}
     assert sorted(failures) == ["keras", "tf_adagrad"]
     for name, failure in failures.items():
-        assert failure != "fit() ran", f"fit() with {name}'s Adagrad now runs under MultiWorkerMirroredStrategy"
+        assert failure != "fit() ran", (
+            f"fit() with {name}'s Adagrad now runs under MultiWorkerMirroredStrategy"
+        )
         assert "Attempt to convert a value (PerReplica" in failure
         assert "keras/src/backend/tensorflow/trainer.py: _maybe_symbolic_build" in failure
         assert "tf_adagrad/" not in failure
@@ -203,8 +235,17 @@ def start_parameter_server_cluster(run, ps_have_ops=True):
         for task in range(2):
             flags = [] if job == "worker" or ps_have_ops else ["--without-ops"]
             servers.append(
-                run.start(f"{job}{task}", "parameter-server", "--cluster", cluster, "--job", job,
-                          "--task", str(task), *flags)
+                run.start(
+                    f"{job}{task}",
+                    "parameter-server",
+                    "--cluster",
+                    cluster,
+                    "--job",
+                    job,
+                    "--task",
+                    str(task),
+                    *flags,
+                )
             )
     for server in servers:
         run.wait_for_line(server, "serving")
@@ -215,13 +256,27 @@ def test_parameter_server_strategy_sharded_table_equals_one_process(tmp_path):
     out = tmp_path / "coordinator.npz"
     with processes(tmp_path) as run:
         cluster = start_parameter_server_cluster(run)
-        run.wait([run.start("coordinator", "coordinator", "--cluster", cluster, "--out", str(out),
-                            "--checkpoint-dir", str(tmp_path / "ckpt"))])
+        run.wait(
+            [
+                run.start(
+                    "coordinator",
+                    "coordinator",
+                    "--cluster",
+                    cluster,
+                    "--out",
+                    str(out),
+                    "--checkpoint-dir",
+                    str(tmp_path / "ckpt"),
+                )
+            ]
+        )
     result = groups(np.load(out))
     placement = json.loads(str(result["placement"]["json"]))
     assert placement["table_is_sharded"] and placement["accumulator_is_sharded"]
     # One shard per parameter server; each accumulator shard beside its table shard.
-    assert sorted(placement["table_shards"]) == [f"/job:ps/replica:0/task:{t}/device:CPU:0" for t in range(2)]
+    assert sorted(placement["table_shards"]) == [
+        f"/job:ps/replica:0/task:{t}/device:CPU:0" for t in range(2)
+    ]
     assert placement["accumulator_shards"] == placement["table_shards"]
     assert int(result["counts"]["sparse_calls"]) >= 2  # a sparse update per shard
     assert_trained(result["sharded"], result["initial"])
@@ -242,8 +297,16 @@ def test_parameter_server_strategy_updates_run_on_the_parameter_servers(tmp_path
     shards live."""
     with processes(tmp_path) as run:
         cluster = start_parameter_server_cluster(run, ps_have_ops=False)
-        coordinator = run.start("coordinator", "coordinator", "--cluster", cluster, "--out",
-                                str(tmp_path / "unused.npz"), "--checkpoint-dir", str(tmp_path / "ckpt"))
+        coordinator = run.start(
+            "coordinator",
+            "coordinator",
+            "--cluster",
+            cluster,
+            "--out",
+            str(tmp_path / "unused.npz"),
+            "--checkpoint-dir",
+            str(tmp_path / "ckpt"),
+        )
         run.wait([coordinator], expect_success=False)
         log = run.log(coordinator, tail=20000)
     assert coordinator.returncode != 0

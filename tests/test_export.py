@@ -62,7 +62,10 @@ def test_import_tf_adagrad_is_all_loading_a_train_step_needs(exported):
         "print(sorted(loaded.signatures))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, str(directory / TRAIN_DIR)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script, str(directory / TRAIN_DIR)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "['state', 'train_step']"

@@ -21,7 +21,10 @@ def registered(op_name, device_type):
     for kernel in kernels.get_registered_kernels_for_op(op_name).kernel:
         if kernel.device_type != device_type:
             continue
-        constraints = {c.name: [tf.as_dtype(t).name for t in c.allowed_values.list.type] for c in kernel.constraint}
+        constraints = {
+            c.name: [tf.as_dtype(t).name for t in c.allowed_values.list.type]
+            for c in kernel.constraint
+        }
         found.append((constraints, sorted(kernel.host_memory_arg)))
     return found
 

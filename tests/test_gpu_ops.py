@@ -56,7 +56,13 @@ class Outcome:
     error (class and the op's own message) with the state left behind."""
 
     def __init__(self, device, results=None, error=None, message=None, state=None):
-        self.device, self.results, self.error, self.message, self.state = device, results, error, message, state
+        self.device, self.results, self.error, self.message, self.state = (
+            device,
+            results,
+            error,
+            message,
+            state,
+        )
 
     def describe(self):
         if self.error is None:
@@ -125,7 +131,9 @@ def assert_same_outcome(got, want, dtype, initial_state):
     """`got` (device under test) equals `want` (reference device): the same
     results, or the same error and message with every variable untouched on
     both devices."""
-    assert (got.error, got.message) == (want.error, want.message), f"expected {want.describe()}, got {got.describe()}"
+    assert (got.error, got.message) == (want.error, want.message), (
+        f"expected {want.describe()}, got {got.describe()}"
+    )
     if got.error is not None:
         for outcome in (got, want):
             for name, initial in initial_state:
@@ -175,7 +183,10 @@ def values(rng, shape, dtype, low=-1.0, high=1.0):
 
 def dense_case(dtype, shape, seed=0, steps=2, lr=0.1, epsilon=1e-7):
     rng = np.random.default_rng(seed)
-    state = [("var", values(rng, shape, dtype, -2, 2)), ("accum", values(rng, shape, dtype, 0.1, 1))]
+    state = [
+        ("var", values(rng, shape, dtype, -2, 2)),
+        ("accum", values(rng, shape, dtype, 0.1, 1)),
+    ]
     grads = [values(rng, shape, dtype) for _ in range(steps)]
 
     def step_with(grad):
@@ -184,10 +195,15 @@ def dense_case(dtype, shape, seed=0, steps=2, lr=0.1, epsilon=1e-7):
     return Case(dtype, state, [step_with(g) for g in grads])
 
 
-def sparse_case(dtype, index_dtype, num_rows, row_shape, indices, seed=0, steps=2, lr=0.1, epsilon=1e-7):
+def sparse_case(
+    dtype, index_dtype, num_rows, row_shape, indices, seed=0, steps=2, lr=0.1, epsilon=1e-7
+):
     rng = np.random.default_rng(seed)
     shape = (num_rows,) + tuple(row_shape)
-    state = [("var", values(rng, shape, dtype, -2, 2)), ("accum", values(rng, shape, dtype, 0.1, 1))]
+    state = [
+        ("var", values(rng, shape, dtype, -2, 2)),
+        ("accum", values(rng, shape, dtype, 0.1, 1)),
+    ]
     grads = [values(rng, (len(indices),) + tuple(row_shape), dtype) for _ in range(steps)]
     index_array = np.asarray(indices, dtype=index_dtype.as_numpy_dtype)
 
@@ -279,7 +295,9 @@ def test_sparse_orders_and_runs_gpu_equals_cpu(index_dtype, indices):
     """Long runs of one index (summed in position order on both devices),
     reversed and interleaved orders."""
     for dtype in DTYPES:
-        compare_on_devices(sparse_case(dtype, index_dtype, 100, (33,), indices, seed=len(indices)), GPU, CPU)
+        compare_on_devices(
+            sparse_case(dtype, index_dtype, 100, (33,), indices, seed=len(indices)), GPU, CPU
+        )
 
 
 @needs_gpu
@@ -306,7 +324,20 @@ def test_special_values_gpu_equals_cpu(dtype):
     finfo_max = float(np.finfo(np.float32).max if dtype == tf.bfloat16 else np.finfo(t).max)
     tiny = SMALLEST_NORMAL[dtype]
     specials = np.array(
-        [0.0, -0.0, np.inf, -np.inf, np.nan, tiny / 4, -tiny / 2, tiny, finfo_max / 2, -finfo_max / 3, 1.0, -1.0],
+        [
+            0.0,
+            -0.0,
+            np.inf,
+            -np.inf,
+            np.nan,
+            tiny / 4,
+            -tiny / 2,
+            tiny,
+            finfo_max / 2,
+            -finfo_max / 3,
+            1.0,
+            -1.0,
+        ],
         np.float64,
     )
     rng = np.random.default_rng(9)
@@ -327,7 +358,9 @@ def test_special_values_gpu_equals_cpu(dtype):
     sparse_grad = grad[: len(indices) * 3].reshape(-1, 3)
 
     def sparse_step(v):
-        tf_adagrad.ops.sparse_apply_adagrad(v[0], v[1], 0.5, 1e-7, tf.constant(sparse_grad), indices)
+        tf_adagrad.ops.sparse_apply_adagrad(
+            v[0], v[1], 0.5, 1e-7, tf.constant(sparse_grad), indices
+        )
 
     compare_on_devices(Case(dtype, [("var", rows[0]), ("accum", rows[1])], [sparse_step]), GPU, CPU)
 
@@ -355,9 +388,12 @@ def test_out_of_range_index_is_the_same_error_on_gpu(dtype, index_dtype):
     for num_rows, indices in cases:
         case = sparse_case(dtype, index_dtype, num_rows, (3,), indices, steps=1)
         want = compare_on_devices(case, GPU, CPU)
-        assert want.error is tf.errors.InvalidArgumentError, f"{indices}: expected an error, got {want.describe()}"
+        assert want.error is tf.errors.InvalidArgumentError, (
+            f"{indices}: expected an error, got {want.describe()}"
+        )
         assert re.search(
-            r"expected every index in \[0, \d+\) .*got indices\[\d+\] = -?\d+; nothing was updated", want.message
+            r"expected every index in \[0, \d+\) .*got indices\[\d+\] = -?\d+; nothing was updated",
+            want.message,
         ), want.message
 
 
@@ -374,31 +410,52 @@ def reads_keep_old_values(device, in_function):
         v, a = tf.Variable(var0), tf.Variable(accum0)
 
         def body():
-            before = (tf.identity(v), tf.identity(a)) if in_function else (v.read_value(), a.read_value())
-            tf_adagrad.ops.sparse_apply_adagrad(v, a, 1.0, 1e-7, tf.ones((3, 3)), tf.constant([0, 7, 0]))
+            before = (
+                (tf.identity(v), tf.identity(a))
+                if in_function
+                else (v.read_value(), a.read_value())
+            )
+            tf_adagrad.ops.sparse_apply_adagrad(
+                v, a, 1.0, 1e-7, tf.ones((3, 3)), tf.constant([0, 7, 0])
+            )
             between = (v.read_value(), a.read_value())
             tf_adagrad.ops.apply_adagrad(v, a, 1.0, 1e-7, tf.ones((8, 3)))
             return before, between
 
         before, between = tf.function(body)() if in_function else body()
         assert v.device.endswith(device.lstrip("/"))
-    return [t.numpy() for t in before], [t.numpy() for t in between], (v.numpy(), a.numpy()), (var0, accum0)
+    return (
+        [t.numpy() for t in before],
+        [t.numpy() for t in between],
+        (v.numpy(), a.numpy()),
+        (var0, accum0),
+    )
 
 
 def check_reads_keep_old_values(device, in_function):
     before, between, after, initial = reads_keep_old_values(device, in_function)
     for name, got, want in zip(("var", "accum"), before, initial):
-        np.testing.assert_array_equal(bits(got), bits(want), err_msg=f"{name} read before the updates on {device}")
+        np.testing.assert_array_equal(
+            bits(got), bits(want), err_msg=f"{name} read before the updates on {device}"
+        )
     # The read between the updates saw the sparse update only: rows 0 and 7
     # changed, and the dense update did not reach back into it.
     for name, got, first, last in zip(("var", "accum"), between, initial, after):
-        assert not np.array_equal(got[[0, 7]], first[[0, 7]]), f"{name}: the sparse update did not land"
-        np.testing.assert_array_equal(bits(got[1:7]), bits(first[1:7]), err_msg=f"{name} rows 1-6 between")
-        assert not np.array_equal(got, last), f"{name}: the read between the updates changed with the dense one"
+        assert not np.array_equal(got[[0, 7]], first[[0, 7]]), (
+            f"{name}: the sparse update did not land"
+        )
+        np.testing.assert_array_equal(
+            bits(got[1:7]), bits(first[1:7]), err_msg=f"{name} rows 1-6 between"
+        )
+        assert not np.array_equal(got, last), (
+            f"{name}: the read between the updates changed with the dense one"
+        )
 
 
 @needs_gpu
-@pytest.mark.parametrize("in_function", [False, True], ids=["eager-read_value", "tf.function-identity"])
+@pytest.mark.parametrize(
+    "in_function", [False, True], ids=["eager-read_value", "tf.function-identity"]
+)
 def test_earlier_reads_keep_their_value_on_gpu(in_function):
     check_reads_keep_old_values(GPU, in_function)
 
@@ -438,8 +495,14 @@ def fit_on(device, jit_compile=False, strategy=None, epochs=2):
     for v in model.weights + accumulators:
         backing = v.value
         placed = [r.device for r in getattr(backing, "values", [backing])]
-        assert all(p.endswith(device.lstrip("/")) for p in placed), f"expected {v.path} on {device}, got {placed}"
-    return [w.numpy() for w in model.weights], [a.numpy() for a in accumulators], history.history["loss"]
+        assert all(p.endswith(device.lstrip("/")) for p in placed), (
+            f"expected {v.path} on {device}, got {placed}"
+        )
+    return (
+        [w.numpy() for w in model.weights],
+        [a.numpy() for a in accumulators],
+        history.history["loss"],
+    )
 
 
 def cublas_problem():
@@ -458,7 +521,9 @@ def cublas_problem():
 def gpu_with_cublas():
     problem = cublas_problem()
     if problem is not None:
-        pytest.skip(f"needs cuBLAS on the GPU for the Dense layers; a matmul there failed: {problem}")
+        pytest.skip(
+            f"needs cuBLAS on the GPU for the Dense layers; a matmul there failed: {problem}"
+        )
 
 
 # fit() on two devices is not bit-exact: the Dense layers' matmuls run in
@@ -474,7 +539,9 @@ def assert_fits_agree(got, want, what):
     want_weights, want_opt, want_loss = want
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5, err_msg=f"{what}: losses")
     for i, (g, w) in enumerate(zip(got_weights + got_opt, want_weights + want_opt)):
-        np.testing.assert_allclose(g, w, **FIT_TOLERANCE, err_msg=f"{what}: weight/optimizer variable {i}")
+        np.testing.assert_allclose(
+            g, w, **FIT_TOLERANCE, err_msg=f"{what}: weight/optimizer variable {i}"
+        )
     assert got_loss[-1] < got_loss[0], f"{what}: the loss did not go down: {got_loss}"
 
 
@@ -490,8 +557,14 @@ def test_mirrored_strategy_on_one_gpu_equals_one_device(gpu_with_cublas):
     the multi-tensor path without a strategy. With one replica there is
     nothing to all-reduce; naming ReductionToOneDevice keeps NCCL (which the
     remote payload stubs) out of it."""
-    strategy = tf.distribute.MirroredStrategy(devices=[GPU], cross_device_ops=tf.distribute.ReductionToOneDevice())
-    assert_fits_agree(fit_on(GPU, strategy=strategy), fit_on(GPU), "MirroredStrategy on the GPU against one device")
+    strategy = tf.distribute.MirroredStrategy(
+        devices=[GPU], cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
+    assert_fits_agree(
+        fit_on(GPU, strategy=strategy),
+        fit_on(GPU),
+        "MirroredStrategy on the GPU against one device",
+    )
 
 
 # XLA compiles the whole step (model included) with its own fusions, FMA
@@ -504,7 +577,9 @@ def test_mirrored_strategy_on_one_gpu_equals_one_device(gpu_with_cublas):
 def test_fit_with_jit_compile_on_gpu_matches_without(gpu_with_cublas):
     """Under XLA custom ops cannot be compiled, so the optimizer's update
     runs as plain TensorFlow ops; it must train like the fused kernels."""
-    assert_fits_agree(fit_on(GPU, jit_compile=True), fit_on(GPU), "fit(jit_compile=True) on the GPU")
+    assert_fits_agree(
+        fit_on(GPU, jit_compile=True), fit_on(GPU), "fit(jit_compile=True) on the GPU"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -525,7 +600,9 @@ def test_harness_cpu_against_cpu(case):
     want = compare_on_devices(case(), CPU, CPU)
     if want.error is not None:
         assert want.error is tf.errors.InvalidArgumentError
-        assert want.message.startswith("TfAdagrad>ApplySparse: expected every index in [0, 5)"), want.message
+        assert want.message.startswith("TfAdagrad>ApplySparse: expected every index in [0, 5)"), (
+            want.message
+        )
         assert want.message.endswith("got indices[2] = 5; nothing was updated"), want.message
 
 
@@ -536,16 +613,21 @@ def test_harness_catches_a_one_ulp_difference():
     assert list(differences(got, want, tf.float32)) == [False, True, False]
     outcome = Outcome("/device:B", results={"var": got})
     with pytest.raises(
-        AssertionError, match=r"`var` on /device:B differs from /device:A at 1 of 3 positions; first at \(1,\)"
+        AssertionError,
+        match=r"`var` on /device:B differs from /device:A at 1 of 3 positions; first at \(1,\)",
     ):
-        assert_same_outcome(outcome, Outcome("/device:A", results={"var": want}), tf.float32, [("var", want)])
+        assert_same_outcome(
+            outcome, Outcome("/device:A", results={"var": want}), tf.float32, [("var", want)]
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_harness_allows_only_the_documented_differences(dtype):
     t = np_dtype(dtype)
     tiny = SMALLEST_NORMAL[dtype]
-    want = np.array([tiny / 2, -tiny / 2, 0.0, np.nan, tiny, tiny / 2, -0.0, 0.0], np.float64).astype(t)
+    want = np.array(
+        [tiny / 2, -tiny / 2, 0.0, np.nan, tiny, tiny / 2, -0.0, 0.0], np.float64
+    ).astype(t)
     got = want.copy()
     # Allowed: a subnormal flushed on either side (sign kept), another NaN
     # payload. Not: a normal flushed, a flush that loses the sign, a
@@ -555,23 +637,44 @@ def test_harness_allows_only_the_documented_differences(dtype):
     got[3] = np.array([nan_bits]).astype(bits(want).dtype).view(t)[0]
     got[4], got[5], got[6], got[7] = t(0.0), t(-0.0), t(tiny / 4), t(tiny)
     assert bits(got)[3] != bits(want)[3] and np.isnan(got.astype(np.float64)[3])
-    assert list(differences(got, want, dtype)) == [False, False, False, False, True, True, True, True]
+    assert list(differences(got, want, dtype)) == [
+        False,
+        False,
+        False,
+        False,
+        True,
+        True,
+        True,
+        True,
+    ]
 
 
 def test_harness_compares_errors_and_the_state_they_leave():
     state = [("var", np.ones(3, np.float32))]
     error = tf.errors.InvalidArgumentError
     reference = Outcome(
-        "/device:A", error=error, message="TfAdagrad>ApplySparse: m", state={"var": np.ones(3, np.float32)}
+        "/device:A",
+        error=error,
+        message="TfAdagrad>ApplySparse: m",
+        state={"var": np.ones(3, np.float32)},
     )
-    other_text = Outcome("/device:B", error=error, message="TfAdagrad>ApplySparse: n", state=reference.state)
-    with pytest.raises(AssertionError, match="expected InvalidArgumentError on /device:A: 'TfAdagrad>ApplySparse: m'"):
-        assert_same_outcome(other_text, reference, tf.float32, state)
-    written = Outcome(
-        "/device:B", error=error, message=reference.message, state={"var": np.array([1, 2, 1], np.float32)}
+    other_text = Outcome(
+        "/device:B", error=error, message="TfAdagrad>ApplySparse: n", state=reference.state
     )
     with pytest.raises(
-        AssertionError, match=r"`var` on /device:B was written at 1 of 3 positions by the op that failed"
+        AssertionError,
+        match="expected InvalidArgumentError on /device:A: 'TfAdagrad>ApplySparse: m'",
+    ):
+        assert_same_outcome(other_text, reference, tf.float32, state)
+    written = Outcome(
+        "/device:B",
+        error=error,
+        message=reference.message,
+        state={"var": np.array([1, 2, 1], np.float32)},
+    )
+    with pytest.raises(
+        AssertionError,
+        match=r"`var` on /device:B was written at 1 of 3 positions by the op that failed",
     ):
         assert_same_outcome(written, reference, tf.float32, state)
     # The reference device's state is checked too.

@@ -117,7 +117,16 @@ def test_sparse_with_duplicates_matches_references(dtype, index_dtype):
         ((5000, 1), list(np.random.default_rng(3).integers(0, 5000, 20000))),
         ((300, 257), list(np.random.default_rng(4).integers(0, 300, 1000))),
     ],
-    ids=["all-equal", "reversed", "reversed-dups", "rank3", "row1", "row300", "row1-many", "row257-many"],
+    ids=[
+        "all-equal",
+        "reversed",
+        "reversed-dups",
+        "rank3",
+        "row1",
+        "row300",
+        "row1-many",
+        "row257-many",
+    ],
 )
 def test_sparse_shapes_and_orders(var_shape, indices):
     rng = np.random.default_rng(5)
@@ -135,7 +144,9 @@ def test_sparse_equals_dense_with_densified_gradient():
     var0, accum0, _ = random_state(rng, (30, 5), tf.float64)
     indices = tf.constant(rng.integers(0, 30, 64), tf.int64)
     grad = tf.constant(rng.uniform(-1, 1, (64, 5)))
-    dense_grad = tf.convert_to_tensor(tf.IndexedSlices(grad, indices, tf.constant([30, 5], tf.int64)))
+    dense_grad = tf.convert_to_tensor(
+        tf.IndexedSlices(grad, indices, tf.constant([30, 5], tf.int64))
+    )
     v_sparse, a_sparse = variables(var0, accum0)
     v_dense, a_dense = variables(var0, accum0)
     tf_adagrad.ops.sparse_apply_adagrad(v_sparse, a_sparse, 0.2, 1e-7, grad, indices)
@@ -165,7 +176,9 @@ def test_sparse_empty_gradient_is_noop(index_dtype):
 
 def test_sparse_on_empty_table_with_no_indices_is_noop():
     v, a = variables(np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32))
-    tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.1, 1e-7, np.zeros((0, 4), np.float32), tf.zeros([0], tf.int32))
+    tf_adagrad.ops.sparse_apply_adagrad(
+        v, a, 0.1, 1e-7, np.zeros((0, 4), np.float32), tf.zeros([0], tf.int32)
+    )
     assert v.shape == (0, 4)
 
 
@@ -197,12 +210,16 @@ def test_tf_function_with_unknown_shapes():
     var0, accum0, grad = random_state(rng, (6, 2), tf.float32)
     v, a = variables(var0, accum0)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([None], tf.int64)])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([None], tf.int64)]
+    )
     def step(g, i):
         tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.1, 1e-7, g, i)
 
     step(tf.constant(grad[:3]), tf.constant([5, 1, 5], tf.int64))
-    want_var, want_accum = sparse_step_exact(var0, accum0, 0.1, 1e-7, grad[:3], [5, 1, 5], tf.float32)
+    want_var, want_accum = sparse_step_exact(
+        var0, accum0, 0.1, 1e-7, grad[:3], [5, 1, 5], tf.float32
+    )
     np.testing.assert_array_equal(bits(v.numpy()), bits(want_var))
     np.testing.assert_array_equal(bits(a.numpy()), bits(want_accum))
 
@@ -217,7 +234,9 @@ def test_accepts_keras_variables():
     np.testing.assert_array_equal(bits(v.numpy()), bits(want_var))
     np.testing.assert_array_equal(bits(a.numpy()), bits(want_accum))
     tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.1, 1e-7, grad[:1], [2])
-    want_var, want_accum = sparse_step_exact(want_var, want_accum, 0.1, 1e-7, grad[:1], [2], tf.float32)
+    want_var, want_accum = sparse_step_exact(
+        want_var, want_accum, 0.1, 1e-7, grad[:1], [2], tf.float32
+    )
     np.testing.assert_array_equal(bits(v.numpy()), bits(want_var))
 
 

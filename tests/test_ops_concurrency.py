@@ -47,8 +47,10 @@ def test_use_locking_serializes_concurrent_updates():
     sparse_grads = [rng.integers(-2, 3, (len(indices), row)).astype(np.float32) for _ in range(2)]
     num_threads, steps = 4, 15
     # (kind, which gradient) per step and thread.
-    plans = [[("dense" if s % 4 == 0 else "sparse", int(rng.integers(0, 2))) for s in range(steps)]
-             for _ in range(num_threads)]
+    plans = [
+        [("dense" if s % 4 == 0 else "sparse", int(rng.integers(0, 2))) for s in range(steps)]
+        for _ in range(num_threads)
+    ]
 
     squares = {}
     for k in range(2):
@@ -66,7 +68,9 @@ def test_use_locking_serializes_concurrent_updates():
             if kind == "dense":
                 tf_adagrad.ops.apply_adagrad(v, a, 0.01, 1e-7, dense_grads[k], use_locking=True)
             else:
-                tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.01, 1e-7, sparse_grads[k], indices, use_locking=True)
+                tf_adagrad.ops.sparse_apply_adagrad(
+                    v, a, 0.01, 1e-7, sparse_grads[k], indices, use_locking=True
+                )
 
     run_threads([lambda plan=plan: worker(plan) for plan in plans])
     assert expected.max() < 2**24  # exact in float32
@@ -128,7 +132,9 @@ def test_reader_never_sees_a_torn_row_with_use_locking():
             if dense:
                 tf_adagrad.ops.apply_adagrad(v, a, 0.01, 1e-7, dense_grad, use_locking=True)
             else:
-                tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.01, 1e-7, sparse_grad, indices, use_locking=True)
+                tf_adagrad.ops.sparse_apply_adagrad(
+                    v, a, 0.01, 1e-7, sparse_grad, indices, use_locking=True
+                )
 
     def writers():
         try:
@@ -224,6 +230,8 @@ def test_import_loads_the_library_and_registers_the_ops():
         "assert tf_adagrad.ops.load_library() is tf_adagrad._loader._library is not None\n"
         "print('registered')\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["registered"]

@@ -172,19 +172,29 @@ def test_out_of_range_rejection_leaves_variables_untouched(case, out_of_range_ou
 
 def test_out_of_range_after_valid_indices_writes_nothing(out_of_range_outcomes):
     """The rows before the bad index must not have been updated either."""
-    assert_rejected_untouched(out_of_range_outcomes["after-valid-indices"], r"got indices\[99\] = 100")
+    assert_rejected_untouched(
+        out_of_range_outcomes["after-valid-indices"], r"got indices\[99\] = 100"
+    )
 
 
 def test_index_into_empty_table_is_rejected(out_of_range_outcomes):
-    assert_rejected_untouched(out_of_range_outcomes["empty-table"], r"expected every index in \[0, 0\)")
+    assert_rejected_untouched(
+        out_of_range_outcomes["empty-table"], r"expected every index in \[0, 0\)"
+    )
 
 
 @pytest.mark.parametrize("sparse_op", [False, True], ids=["dense", "sparse"])
 @pytest.mark.parametrize(
     "accum0,message",
     [
-        (np.ones((4, 3), np.float32), r"expected `accum` shape to equal `var` shape \[5,3\], got \[4,3\]"),
-        (np.ones((5, 3), np.float64), r"expected `accum` of dtype float \(the dtype of `grad`\), got double"),
+        (
+            np.ones((4, 3), np.float32),
+            r"expected `accum` shape to equal `var` shape \[5,3\], got \[4,3\]",
+        ),
+        (
+            np.ones((5, 3), np.float64),
+            r"expected `accum` of dtype float \(the dtype of `grad`\), got double",
+        ),
     ],
     ids=["shape", "dtype"],
 )
@@ -202,7 +212,10 @@ def test_accum_must_match_var(sparse_op, accum0, message):
 
 def test_sparse_var_must_have_rank_at_least_one():
     v, a = tf.Variable(1.0), tf.Variable(0.1)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"{SPARSE}: expected `var` of rank >= 1, got shape \[\]"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=rf"{SPARSE}: expected `var` of rank >= 1, got shape \[\]",
+    ):
         sparse(v, a, np.ones((1,)), [0])
     assert v.numpy() == 1.0 and a.numpy() == np.float32(0.1)
 
@@ -222,7 +235,9 @@ def test_uninitialized_variable_is_failed_precondition():
 
 def test_uninitialized_accum_is_failed_precondition():
     var0, _, v, _ = make_state()
-    handle = tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[5, 3], shared_name="never_initialized_accum")
+    handle = tf.raw_ops.VarHandleOp(
+        dtype=tf.float32, shape=[5, 3], shared_name="never_initialized_accum"
+    )
     with pytest.raises(
         tf.errors.FailedPreconditionError,
         match=rf"{SPARSE}: expected `accum` to be an initialized resource variable",
@@ -247,7 +262,9 @@ SHAPE_FN_REJECTIONS = [
     ),
     (
         "sparse-indices-rank",
-        lambda v, a: tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.1, 1e-7, tf.ones((2, 3)), [[0, 1]]),
+        lambda v, a: tf_adagrad.ops.sparse_apply_adagrad(
+            v, a, 0.1, 1e-7, tf.ones((2, 3)), [[0, 1]]
+        ),
         rf"{SPARSE}: expected `indices` of rank 1, got \[1,2\]",
     ),
     (
@@ -282,13 +299,18 @@ def test_sparse_var_rank_zero_rejected_by_shape_function():
 
 def test_python_wrapper_rejects_grad_of_another_dtype():
     _, _, v, a = make_state()
-    with pytest.raises(TypeError, match=r"`grad` must have the dtype of `var` \(float32\), got float64"):
+    with pytest.raises(
+        TypeError, match=r"`grad` must have the dtype of `var` \(float32\), got float64"
+    ):
         tf_adagrad.ops.apply_adagrad(v, a, 0.1, 1e-7, np.ones((5, 3), np.float64))
 
 
 @pytest.mark.parametrize("op", ["dense", "sparse", "multi"])
 def test_python_wrapper_rejects_integer_variables_naming_the_accepted_dtypes(op):
-    v, a = tf.Variable(np.arange(3, dtype=np.int32), name="counts"), tf.Variable(np.zeros(3, np.int32))
+    v, a = (
+        tf.Variable(np.arange(3, dtype=np.int32), name="counts"),
+        tf.Variable(np.zeros(3, np.int32)),
+    )
     grad = tf.ones(3, tf.int32)
     argument = "`variables[0]`" if op == "multi" else "`var`"
     message = f"{argument} (counts:0) must have one of the dtypes float16, bfloat16, float32, float64; got int32."
@@ -303,7 +325,9 @@ def test_python_wrapper_rejects_integer_variables_naming_the_accepted_dtypes(op)
 
 
 def test_python_wrapper_rejects_non_variables():
-    with pytest.raises(TypeError, match=r"`var` must be a tf.Variable or a keras.Variable, got EagerTensor"):
+    with pytest.raises(
+        TypeError, match=r"`var` must be a tf.Variable or a keras.Variable, got EagerTensor"
+    ):
         tf_adagrad.ops.apply_adagrad(tf.ones(3), tf.Variable(tf.ones(3)), 0.1, 1e-7, tf.ones(3))
 
 

@@ -26,7 +26,9 @@ def test_fuzzed_calls_match_the_reference_or_are_rejected_cleanly():
     report = f"seed {fuzz_seed}, exit status {out.returncode}\n{out.stdout}\n{out.stderr[-6000:]}"
     assert out.returncode == 0, report
     print(out.stdout)
-    count = {key: int(value) for key, value in re.findall(r"^(\w[\w :]*): (\d+)$", out.stdout, re.M)}
+    count = {
+        key: int(value) for key, value in re.findall(r"^(\w[\w :]*): (\d+)$", out.stdout, re.M)
+    }
     assert count["calls"] == EXAMPLES, report
     assert count["crashes"] == 0, report
     assert count["matched the reference"] > EXAMPLES // 5, report

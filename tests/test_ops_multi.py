@@ -43,13 +43,17 @@ def test_equals_per_variable_op_and_numpy(dtype):
     for i, shape in enumerate(SHAPES):
         want_var, want_accum = var0[i], accum0[i]
         for _ in range(2):
-            want_var, want_accum = dense_step_exact(want_var, want_accum, lr, epsilon, grads[i], dtype)
+            want_var, want_accum = dense_step_exact(
+                want_var, want_accum, lr, epsilon, grads[i], dtype
+            )
         for got, single, want in (
             (multi_vars[i], single_vars[i], want_var),
             (multi_accums[i], single_accums[i], want_accum),
         ):
             assert got.shape == shape
-            np.testing.assert_array_equal(bits(got.numpy()), bits(single.numpy()), err_msg=f"position {i}")
+            np.testing.assert_array_equal(
+                bits(got.numpy()), bits(single.numpy()), err_msg=f"position {i}"
+            )
             np.testing.assert_array_equal(bits(got.numpy()), bits(want), err_msg=f"position {i}")
 
 
@@ -59,13 +63,17 @@ def test_inside_tf_function_and_many_small_variables():
     variables = [tf.Variable(v) for v in var0]
     accums = [tf.Variable(a) for a in accum0]
     grad_tensors = [tf.constant(g) for g in grads]
-    step = tf.function(lambda: tf_adagrad.ops.multi_apply_adagrad(variables, accums, 0.1, 1e-7, grad_tensors))
+    step = tf.function(
+        lambda: tf_adagrad.ops.multi_apply_adagrad(variables, accums, 0.1, 1e-7, grad_tensors)
+    )
     step()
     step()
     for i in range(len(shapes)):
         want_var, want_accum = var0[i], accum0[i]
         for _ in range(2):
-            want_var, want_accum = dense_step_exact(want_var, want_accum, 0.1, 1e-7, grads[i], tf.float32)
+            want_var, want_accum = dense_step_exact(
+                want_var, want_accum, 0.1, 1e-7, grads[i], tf.float32
+            )
         np.testing.assert_array_equal(bits(variables[i].numpy()), bits(want_var))
         np.testing.assert_array_equal(bits(accums[i].numpy()), bits(want_accum))
 
@@ -92,8 +100,16 @@ def raw_multi(variables, accums, grads, lr=0.1, epsilon=1e-7, dtype=tf.float32):
 
 
 def three_pairs(accum_dtype_1=np.float32, accum_shape_1=(4,), var_dtype_2=np.float32):
-    var0 = [np.full((2, 3), 1.5, np.float32), np.full((4,), 2.5, np.float32), np.full((5,), 3.5, var_dtype_2)]
-    accum0 = [np.full((2, 3), 0.5, np.float32), np.full(accum_shape_1, 0.25, accum_dtype_1), np.full((5,), 0.75, np.float32)]
+    var0 = [
+        np.full((2, 3), 1.5, np.float32),
+        np.full((4,), 2.5, np.float32),
+        np.full((5,), 3.5, var_dtype_2),
+    ]
+    accum0 = [
+        np.full((2, 3), 0.5, np.float32),
+        np.full(accum_shape_1, 0.25, accum_dtype_1),
+        np.full((5,), 0.75, np.float32),
+    ]
     return var0, accum0, [tf.Variable(v) for v in var0], [tf.Variable(a) for a in accum0]
 
 
@@ -145,7 +161,9 @@ REJECTIONS = [
     (
         "var-twice",
         {},
-        lambda vs, accs: raw_multi([vs[0], vs[1], vs[0]], accs, [np.ones((2, 3)), np.ones(4), np.ones((2, 3))]),
+        lambda vs, accs: raw_multi(
+            [vs[0], vs[1], vs[0]], accs, [np.ones((2, 3)), np.ones(4), np.ones((2, 3))]
+        ),
         tf.errors.InvalidArgumentError,
         rf"{MULTI}: expected the 6 variables of `var` and `accum` to be distinct, "
         rf"got the same variable as `var\[0\]` and `var\[2\]`",
@@ -173,7 +191,9 @@ def test_rejection_names_the_position_and_writes_nothing(case):
 
 def test_uninitialized_variable_is_failed_precondition():
     var0, accum0, variables, accums = three_pairs()
-    handle = tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[4], shared_name="multi_never_initialized")
+    handle = tf.raw_ops.VarHandleOp(
+        dtype=tf.float32, shape=[4], shared_name="multi_never_initialized"
+    )
     with pytest.raises(
         tf.errors.FailedPreconditionError,
         match=rf"{MULTI}: expected `accum\[1\]` to be an initialized resource variable",
@@ -192,7 +212,10 @@ def test_uninitialized_variable_is_failed_precondition():
 def test_shape_function_names_the_position():
     _, _, variables, accums = three_pairs()
     grads = [tf.ones((2, 3)), tf.ones((4, 1)), tf.ones(5)]
-    with pytest.raises(ValueError, match=rf"{MULTI}: expected `grad\[1\]` shape to equal `var\[1\]` shape \[4\], got \[4,1\]"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{MULTI}: expected `grad\[1\]` shape to equal `var\[1\]` shape \[4\], got \[4,1\]",
+    ):
         tf.function(
             lambda: tf_adagrad.ops.multi_apply_adagrad(variables, accums, 0.1, 1e-7, grads)
         ).get_concrete_function()
@@ -204,17 +227,30 @@ def test_python_wrapper_checks_lengths_and_dtypes():
         tf_adagrad.ops.multi_apply_adagrad([], [], 0.1, 1e-7, [])
     with pytest.raises(ValueError, match=r"must have the same length, got 3, 2 and 3"):
         tf_adagrad.ops.multi_apply_adagrad(variables, accums[:2], 0.1, 1e-7, GOOD_GRADS)
-    with pytest.raises(TypeError, match=r"`variables\[0\]` is float32, `variables\[2\]` is float64"):
-        tf_adagrad.ops.multi_apply_adagrad(variables, accums, 0.1, 1e-7, [tf.ones((2, 3)), tf.ones(4), tf.ones(5)])
-    with pytest.raises(TypeError, match=r"`grads\[1\]` must have the dtype of `variables\[1\]` \(float32\), got float64"):
-        tf_adagrad.ops.multi_apply_adagrad(variables[:2], accums[:2], 0.1, 1e-7, [tf.ones((2, 3)), np.ones(4)])
+    with pytest.raises(
+        TypeError, match=r"`variables\[0\]` is float32, `variables\[2\]` is float64"
+    ):
+        tf_adagrad.ops.multi_apply_adagrad(
+            variables, accums, 0.1, 1e-7, [tf.ones((2, 3)), tf.ones(4), tf.ones(5)]
+        )
+    with pytest.raises(
+        TypeError,
+        match=r"`grads\[1\]` must have the dtype of `variables\[1\]` \(float32\), got float64",
+    ):
+        tf_adagrad.ops.multi_apply_adagrad(
+            variables[:2], accums[:2], 0.1, 1e-7, [tf.ones((2, 3)), np.ones(4)]
+        )
 
 
 # The optimizer's choice of ops.
 def traced_op_types(optimizer, grads, variables, strategy=None):
     step = tf.function(lambda: optimizer.apply(grads, variables))
     if strategy is not None:
-        graph = tf.function(lambda: strategy.run(lambda: optimizer.apply(grads, variables))).get_concrete_function().graph
+        graph = (
+            tf.function(lambda: strategy.run(lambda: optimizer.apply(grads, variables)))
+            .get_concrete_function()
+            .graph
+        )
     else:
         graph = step.get_concrete_function().graph
     return sorted(op.type for op in graph.get_operations() if op.type.startswith("TfAdagrad>"))
@@ -255,7 +291,9 @@ def test_optimizer_uses_one_multi_op_per_dtype_and_matches_per_variable_ops():
     accums = [tf.Variable(a) for a in initial_accums]
     for v, a, g in zip(reference, accums, grads):
         if isinstance(g, tf.IndexedSlices):
-            tf_adagrad.ops.sparse_apply_adagrad(v, a, tf.cast(lr, v.dtype), 1e-7, g.values, g.indices)
+            tf_adagrad.ops.sparse_apply_adagrad(
+                v, a, tf.cast(lr, v.dtype), 1e-7, g.values, g.indices
+            )
         else:
             tf_adagrad.ops.apply_adagrad(v, a, tf.cast(lr, v.dtype), 1e-7, g)
     for got, want in zip(variables, reference):

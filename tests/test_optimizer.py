@@ -55,10 +55,15 @@ def test_keras_in_tf_function_differs_only_by_grappler_rewrite():
     )
     ours = apply_steps(tf_adagrad.Adagrad(learning_rate=0.3), make_variables([(64, 16)]), steps)
     assert not np.array_equal(graph_keras[0], ours[0])
-    np.testing.assert_allclose(graph_keras[0], ours[0], rtol=1e-6, atol=2e-7)  # an ulp or two of the step
+    np.testing.assert_allclose(
+        graph_keras[0], ours[0], rtol=1e-6, atol=2e-7
+    )  # an ulp or two of the step
     with exact_graph_math():
         graph_keras = apply_steps(
-            keras.optimizers.Adagrad(learning_rate=0.3), make_variables([(64, 16)]), steps, graph=True
+            keras.optimizers.Adagrad(learning_rate=0.3),
+            make_variables([(64, 16)]),
+            steps,
+            graph=True,
         )
     assert_bit_identical(graph_keras, ours)
 
@@ -75,7 +80,9 @@ def sparse_steps(num_rows, row_shape, steps, nnz, unique, seed=3):
         out.append(
             [
                 tf.IndexedSlices(
-                    tf.constant(values), tf.constant(indices, tf.int64), tf.constant((num_rows,) + row_shape)
+                    tf.constant(values),
+                    tf.constant(indices, tf.int64),
+                    tf.constant((num_rows,) + row_shape),
                 )
             ]
         )
@@ -112,7 +119,13 @@ def test_sparse_int32_indices_and_untouched_rows():
     values = tf.constant(np.arange(12, dtype=np.float32).reshape(3, 4) / 10)
     optimizer.apply([tf.IndexedSlices(values, indices, tf.constant([30, 4]))], variables)
     expected_var, expected_accum = sparse_step_exact(
-        before, np.full((30, 4), 0.1, np.float32), np.float32(0.5), 1e-7, values.numpy(), [3, 7, 3], tf.float32
+        before,
+        np.full((30, 4), 0.1, np.float32),
+        np.float32(0.5),
+        1e-7,
+        values.numpy(),
+        [3, 7, 3],
+        tf.float32,
     )
     np.testing.assert_array_equal(bits(variables[0].numpy()), bits(expected_var))
     np.testing.assert_array_equal(bits(optimizer.variables[-1].numpy()), bits(expected_accum))
@@ -140,7 +153,9 @@ def test_16bit_variables_compute_in_float32(dtype, sparse):
         if sparse:
             values = tf.cast(grad.values, dtype)
             optimizer.apply([tf.IndexedSlices(values, grad.indices, grad.dense_shape)], variables)
-            var, accum = sparse_step_exact(var, accum, lr, 1e-7, values.numpy(), grad.indices.numpy(), dtype)
+            var, accum = sparse_step_exact(
+                var, accum, lr, 1e-7, values.numpy(), grad.indices.numpy(), dtype
+            )
         else:
             grad = tf.cast(grad, dtype)
             optimizer.apply([grad], variables)
@@ -154,7 +169,10 @@ def test_16bit_variables_compute_in_float32(dtype, sparse):
     # step: a few units in the last place (bfloat16's is 2**-8 relative).
     ulp = 2.0**-10 if dtype == "float16" else 2.0**-7
     np.testing.assert_allclose(
-        variables[0].numpy().astype(np.float64), theirs[0].astype(np.float64), rtol=4 * ulp, atol=4 * ulp
+        variables[0].numpy().astype(np.float64),
+        theirs[0].astype(np.float64),
+        rtol=4 * ulp,
+        atol=4 * ulp,
     )
 
 
@@ -225,6 +243,7 @@ def test_accumulators_match_keras_names_and_initial_value():
     theirs = keras.optimizers.Adagrad(initial_accumulator_value=0.25)
     ours.build(make_variables(SHAPES))
     theirs.build(make_variables(SHAPES))
+
     def without_optimizer_name(path):
         return path.split("/", 1)[1]
 
@@ -237,7 +256,8 @@ def test_accumulators_match_keras_names_and_initial_value():
 
 def test_negative_initial_accumulator_value_is_rejected():
     with pytest.raises(
-        ValueError, match=r"^initial_accumulator_value must be a real number >= 0, received: -0.1 \(float\)$"
+        ValueError,
+        match=r"^initial_accumulator_value must be a real number >= 0, received: -0.1 \(float\)$",
     ):
         tf_adagrad.Adagrad(initial_accumulator_value=-0.1)
 
@@ -259,7 +279,9 @@ BAD_HYPERPARAMETERS = [
 
 
 @pytest.mark.parametrize(
-    "argument,value,shown", BAD_HYPERPARAMETERS, ids=[f"{a}={v!r}" for a, v, _ in BAD_HYPERPARAMETERS]
+    "argument,value,shown",
+    BAD_HYPERPARAMETERS,
+    ids=[f"{a}={v!r}" for a, v, _ in BAD_HYPERPARAMETERS],
 )
 def test_hyperparameter_that_is_not_a_non_negative_real_number_is_rejected(argument, value, shown):
     expected = f"{argument} must be a real number >= 0, received: {shown}"
@@ -273,7 +295,9 @@ def test_numpy_scalars_ints_and_zero_are_accepted_as_their_values():
     floats of the same values."""
     steps = random_gradients([(5, 3)], steps=2)
     given = apply_steps(
-        tf_adagrad.Adagrad(learning_rate=0.1, initial_accumulator_value=np.float32(0.25), epsilon=0),
+        tf_adagrad.Adagrad(
+            learning_rate=0.1, initial_accumulator_value=np.float32(0.25), epsilon=0
+        ),
         make_variables([(5, 3)]),
         steps,
     )
@@ -290,7 +314,9 @@ def test_numpy_scalars_ints_and_zero_are_accepted_as_their_values():
 
 INTEGER_VARIABLES = {
     "tf.Variable": lambda: tf.Variable(np.arange(4, dtype=np.int32), name="counts"),
-    "keras.Variable": lambda: keras.Variable(np.arange(4, dtype=np.int32), dtype="int32", name="counts"),
+    "keras.Variable": lambda: keras.Variable(
+        np.arange(4, dtype=np.int32), dtype="int32", name="counts"
+    ),
 }
 INTEGER_VARIABLE_MESSAGE = (
     r"^tf_adagrad.Adagrad's variable \(counts(:0)?\) must have one of the dtypes "
@@ -433,8 +459,14 @@ def test_config_round_trip():
     )
     config = optimizer.get_config()
     keras_config = keras.optimizers.Adagrad(
-        learning_rate=schedule, initial_accumulator_value=0.2, epsilon=1e-5, clipnorm=1.5,
-        use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=3, name="my_adagrad",
+        learning_rate=schedule,
+        initial_accumulator_value=0.2,
+        epsilon=1e-5,
+        clipnorm=1.5,
+        use_ema=True,
+        ema_momentum=0.9,
+        ema_overwrite_frequency=3,
+        name="my_adagrad",
     ).get_config()
     assert config == keras_config
     # get_config holds the schedule object; compare serialized forms.

@@ -9,7 +9,12 @@ import tensorflow as tf
 
 import tf_adagrad
 from support.adagrad_reference import bits
-from support.keras_reference import DensifyingKerasAdagrad, apply_steps, exact_graph_math, make_variables
+from support.keras_reference import (
+    DensifyingKerasAdagrad,
+    apply_steps,
+    exact_graph_math,
+    make_variables,
+)
 
 TABLE_SHAPE, BIAS_SHAPE = (20, 3), (3,)
 
@@ -98,7 +103,9 @@ def test_weight_decay_with_exclusions():
 
 
 @pytest.mark.parametrize(
-    "clipping", [dict(clipnorm=0.5), dict(clipvalue=0.2), dict(global_clipnorm=0.7)], ids=lambda c: next(iter(c))
+    "clipping",
+    [dict(clipnorm=0.5), dict(clipvalue=0.2), dict(global_clipnorm=0.7)],
+    ids=lambda c: next(iter(c)),
 )
 def test_clipping(clipping):
     steps = mixed_steps(4, scale=3.0)
@@ -122,7 +129,9 @@ def test_ema_with_overwrite_frequency_and_finalize():
 
 
 def test_ema_finalize_writes_the_average():
-    ours, _, ours_vars, _ = compare_with_keras(mixed_steps(5), learning_rate=0.3, use_ema=True, ema_momentum=0.5)
+    ours, _, ours_vars, _ = compare_with_keras(
+        mixed_steps(5), learning_rate=0.3, use_ema=True, ema_momentum=0.5
+    )
     averages = [v.numpy() for v in ours._model_variables_moving_average]
     assert not np.array_equal(averages[1], ours_vars[1].numpy())
     ours.finalize_variable_values(ours_vars)
@@ -135,10 +144,14 @@ def test_loss_scale_factor():
     steps = [[b * 128.0] for _, b in mixed_steps(4)]
     ours_vars, theirs_vars = make_variables([BIAS_SHAPE]), make_variables([BIAS_SHAPE])
     apply_steps(tf_adagrad.Adagrad(learning_rate=0.3, loss_scale_factor=128.0), ours_vars, steps)
-    apply_steps(keras.optimizers.Adagrad(learning_rate=0.3, loss_scale_factor=128.0), theirs_vars, steps)
+    apply_steps(
+        keras.optimizers.Adagrad(learning_rate=0.3, loss_scale_factor=128.0), theirs_vars, steps
+    )
     np.testing.assert_array_equal(bits(ours_vars[0].numpy()), bits(theirs_vars[0].numpy()))
     unscaled = make_variables([BIAS_SHAPE])
-    apply_steps(tf_adagrad.Adagrad(learning_rate=0.3), unscaled, [[b / 128.0 for b in s] for s in steps])
+    apply_steps(
+        tf_adagrad.Adagrad(learning_rate=0.3), unscaled, [[b / 128.0 for b in s] for s in steps]
+    )
     np.testing.assert_array_equal(bits(ours_vars[0].numpy()), bits(unscaled[0].numpy()))
 
 
@@ -147,7 +160,7 @@ def test_loss_scale_factor_with_indexed_slices_fails_in_keras_base_class(optimiz
     """Keras' base class divides each gradient by `loss_scale_factor` with
     `/`, which tf.IndexedSlices does not support, for every Keras optimizer.
     README lists this limit; LossScaleOptimizer (below) has no such problem."""
-    (table_grad, _), = mixed_steps(1)
+    ((table_grad, _),) = mixed_steps(1)
     optimizer = optimizer_class(loss_scale_factor=128.0)
     with pytest.raises(TypeError, match="unsupported operand type"):
         optimizer.apply([table_grad], make_variables([TABLE_SHAPE]))
@@ -155,7 +168,9 @@ def test_loss_scale_factor_with_indexed_slices_fails_in_keras_base_class(optimiz
 
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
 def test_gradient_accumulation(graph):
-    ours, theirs, _, _ = compare_with_keras(mixed_steps(7), graph=graph, learning_rate=0.3, gradient_accumulation_steps=3)
+    ours, theirs, _, _ = compare_with_keras(
+        mixed_steps(7), graph=graph, learning_rate=0.3, gradient_accumulation_steps=3
+    )
     assert int(ours.iterations.numpy()) == int(theirs.iterations.numpy())
     # Keras counts applied updates: after steps 3 and 6. The seventh
     # gradient waits in the accumulator.
@@ -192,8 +207,12 @@ def test_loss_scale_optimizer_under_mixed_float16():
     try:
         for inner in (tf_adagrad.Adagrad, keras.optimizers.Adagrad):
             keras.utils.set_random_seed(1)
-            model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
-            optimizer = keras.optimizers.LossScaleOptimizer(inner(learning_rate=0.1), initial_scale=2.0**10)
+            model = keras.Sequential(
+                [keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)]
+            )
+            optimizer = keras.optimizers.LossScaleOptimizer(
+                inner(learning_rate=0.1), initial_scale=2.0**10
+            )
 
             train_step = poisonable_train_step(model, optimizer)
             scales, skipped = [], None
@@ -203,7 +222,10 @@ def test_loss_scale_optimizer_under_mixed_float16():
                 train_step(x[step], y[step], tf.constant(poison))
                 scales.append(float(optimizer.dynamic_scale.numpy()))
                 if step == inf_step:
-                    skipped = all(np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables))
+                    skipped = all(
+                        np.array_equal(b, v.numpy())
+                        for b, v in zip(before, model.trainable_variables)
+                    )
             assert model.trainable_variables[0].dtype == "float32"
             results.append(([v.numpy() for v in model.trainable_variables], scales, skipped))
     finally:

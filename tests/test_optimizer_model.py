@@ -12,8 +12,8 @@ import tf_adagrad
 import tf_adagrad._xla_fallback
 import tf_adagrad.optimizer
 from support.adagrad_reference import bits, dense_step_float64, sparse_step_float64
-from support.click_model import click_model
 from support.click_model import click_data as shared_click_data
+from support.click_model import click_model
 from support.keras_reference import DensifyingKerasAdagrad, exact_graph_math, make_variables
 from support.out_of_range_cases import run_cases
 
@@ -59,7 +59,9 @@ def test_fit_is_bit_identical_to_keras_on_the_densified_gradient(monkeypatch):
     # fit() gave the Embedding's gradient as IndexedSlices to the fused op.
     assert fused_sparse.calls >= 1
     assert ours_loss == theirs_loss
-    for a, b in zip(ours.weights + ours.optimizer.variables, theirs.weights + theirs.optimizer.variables):
+    for a, b in zip(
+        ours.weights + ours.optimizer.variables, theirs.weights + theirs.optimizer.variables
+    ):
         np.testing.assert_array_equal(bits(a.numpy()), bits(b.numpy()), err_msg=a.path)
     # Learning happened.
     assert ours_loss[-1] < ours_loss[0]
@@ -94,7 +96,12 @@ def apply_step(optimizer, variables, jit_compile):
     return tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=jit_compile)
 
 
-MACHINE_EPSILON = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}
+MACHINE_EPSILON = {
+    "float16": 2.0**-10,
+    "bfloat16": 2.0**-7,
+    "float32": 2.0**-23,
+    "float64": 2.0**-52,
+}
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
@@ -108,7 +115,12 @@ def test_xla_update_equals_fused_kernels(dtype):
     for _ in range(4):
         indices = tf.constant(rng.integers(0, 10, 12), tf.int64)
         values = tf.constant(rng.uniform(-1, 1, (12, 3)), dtype)
-        steps.append([tf.IndexedSlices(values, indices, tf.constant([40, 3], tf.int64)), tf.constant(rng.uniform(-1, 1, (5,)), dtype)])
+        steps.append(
+            [
+                tf.IndexedSlices(values, indices, tf.constant([40, 3], tf.int64)),
+                tf.constant(rng.uniform(-1, 1, (5,)), dtype),
+            ]
+        )
     results = []
     for jit_compile in (False, True):
         variables = make_variables([(40, 3), (5,)], dtype)
@@ -119,7 +131,12 @@ def test_xla_update_equals_fused_kernels(dtype):
         results.append([v.numpy() for v in variables + optimizer.variables[2:]])
     epsilon = MACHINE_EPSILON[dtype]
     for xla, fused in zip(*results):
-        np.testing.assert_allclose(xla.astype(np.float64), fused.astype(np.float64), rtol=2 * epsilon, atol=2 * epsilon * 0.3)
+        np.testing.assert_allclose(
+            xla.astype(np.float64),
+            fused.astype(np.float64),
+            rtol=2 * epsilon,
+            atol=2 * epsilon * 0.3,
+        )
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
@@ -131,7 +148,9 @@ def test_xla_update_puts_epsilon_inside_the_square_root(sparse):
     epsilon, initial_accumulator, lr = 0.5, 0.01, 0.3
     rng = np.random.default_rng(9)
     variables = make_variables([(8, 3)])
-    optimizer = tf_adagrad.Adagrad(learning_rate=lr, initial_accumulator_value=initial_accumulator, epsilon=epsilon)
+    optimizer = tf_adagrad.Adagrad(
+        learning_rate=lr, initial_accumulator_value=initial_accumulator, epsilon=epsilon
+    )
     optimizer.build(variables)
     var = variables[0].numpy().astype(np.float64)
     accum = np.full(var.shape, initial_accumulator)
@@ -140,7 +159,13 @@ def test_xla_update_puts_epsilon_inside_the_square_root(sparse):
         if sparse:
             indices = np.array([6, 1, 6, 3], np.int64)  # a duplicate
             values = rng.uniform(-0.2, 0.2, (4, 3)).astype(np.float32)
-            step([tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant([8, 3], tf.int64))])
+            step(
+                [
+                    tf.IndexedSlices(
+                        tf.constant(values), tf.constant(indices), tf.constant([8, 3], tf.int64)
+                    )
+                ]
+            )
             var, accum = sparse_step_float64(var, accum, lr, epsilon, values, indices)
         else:
             grad = rng.uniform(-0.2, 0.2, (8, 3)).astype(np.float32)
@@ -148,7 +173,9 @@ def test_xla_update_puts_epsilon_inside_the_square_root(sparse):
             var, accum = dense_step_float64(var, accum, lr, epsilon, grad)
     np.testing.assert_allclose(optimizer.variables[-1].numpy(), accum, rtol=1e-6)
     np.testing.assert_allclose(variables[0].numpy(), var, rtol=1e-5, atol=1e-6)
-    assert np.abs(variables[0].numpy() - make_variables([(8, 3)])[0].numpy()).max() > 0.05  # it moved
+    assert (
+        np.abs(variables[0].numpy() - make_variables([(8, 3)])[0].numpy()).max() > 0.05
+    )  # it moved
 
 
 def test_xla_sparse_update_with_no_rows():
@@ -199,7 +226,11 @@ def test_sparse_step_runs_no_full_table_op(jit_compile):
     for op in ops_in(graph):
         assert op.type != "ReadVariableOp" or op.outputs[0].shape.num_elements() in (0, 1), op
         for tensor in op.outputs:
-            if tensor.dtype != tf.resource and tensor.shape.rank is not None and tensor.shape.rank > 0:
+            if (
+                tensor.dtype != tf.resource
+                and tensor.shape.rank is not None
+                and tensor.shape.rank > 0
+            ):
                 assert tensor.shape[0] != TABLE_ROWS, f"{op.type} {op.name} makes {tensor.shape}"
 
 
@@ -208,7 +239,9 @@ def test_keras_save_load_then_continue_equals_uninterrupted(tmp_path):
     first, second = (ids[:256], labels[:256]), (ids[256:], labels[256:])
 
     uninterrupted = embedding_model()
-    uninterrupted.compile(optimizer=tf_adagrad.Adagrad(learning_rate=0.1), loss="binary_crossentropy")
+    uninterrupted.compile(
+        optimizer=tf_adagrad.Adagrad(learning_rate=0.1), loss="binary_crossentropy"
+    )
     uninterrupted.fit(*first, batch_size=32, shuffle=False, verbose=0)
     uninterrupted.fit(*second, batch_size=32, shuffle=False, verbose=0)
 
@@ -221,19 +254,28 @@ def test_keras_save_load_then_continue_equals_uninterrupted(tmp_path):
     assert type(loaded.optimizer) is tf_adagrad.Adagrad
     assert int(loaded.optimizer.iterations.numpy()) == 8
     loaded.fit(*second, batch_size=32, shuffle=False, verbose=0)
-    for a, b in zip(loaded.weights + loaded.optimizer.variables, uninterrupted.weights + uninterrupted.optimizer.variables):
+    for a, b in zip(
+        loaded.weights + loaded.optimizer.variables,
+        uninterrupted.weights + uninterrupted.optimizer.variables,
+    ):
         np.testing.assert_array_equal(bits(a.numpy()), bits(b.numpy()), err_msg=a.path)
 
 
 @pytest.mark.parametrize(
     "writer, reader",
-    [(keras.optimizers.Adagrad, tf_adagrad.Adagrad), (tf_adagrad.Adagrad, keras.optimizers.Adagrad)],
+    [
+        (keras.optimizers.Adagrad, tf_adagrad.Adagrad),
+        (tf_adagrad.Adagrad, keras.optimizers.Adagrad),
+    ],
     ids=["keras-to-tf_adagrad", "tf_adagrad-to-keras"],
 )
 def test_checkpoint_interop(tmp_path, writer, reader):
     ids, labels = click_data()
     model = embedding_model()
-    model.compile(optimizer=writer(learning_rate=0.1, initial_accumulator_value=0.2), loss="binary_crossentropy")
+    model.compile(
+        optimizer=writer(learning_rate=0.1, initial_accumulator_value=0.2),
+        loss="binary_crossentropy",
+    )
     model.fit(ids[:256], labels[:256], batch_size=32, shuffle=False, verbose=0)
     path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(str(tmp_path / "ckpt"))
 
@@ -242,7 +284,9 @@ def test_checkpoint_interop(tmp_path, writer, reader):
     optimizer.build(restored.trainable_variables)
     tf.train.Checkpoint(model=restored, optimizer=optimizer).restore(path).assert_consumed()
     assert int(optimizer.iterations.numpy()) == 8
-    for a, b in zip(restored.weights + optimizer.variables, model.weights + model.optimizer.variables):
+    for a, b in zip(
+        restored.weights + optimizer.variables, model.weights + model.optimizer.variables
+    ):
         np.testing.assert_array_equal(bits(a.numpy()), bits(b.numpy()), err_msg=a.path)
     accumulator = optimizer.variables[2].numpy()
     assert np.any(accumulator > 0.2) and np.any(accumulator == np.float32(0.2))  # some rows trained
@@ -264,7 +308,9 @@ def test_out_of_range_index_raises_and_writes_nothing():
     outcome = run_cases(["optimizer-step"])["optimizer-step"]
     assert "crash" not in outcome, outcome.get("crash")
     assert outcome["error"] == "InvalidArgumentError", outcome
-    assert re.search(r"got indices\[1\] = 10; nothing was updated", outcome["message"]), outcome["message"]
+    assert re.search(r"got indices\[1\] = 10; nothing was updated", outcome["message"]), outcome[
+        "message"
+    ]
     assert outcome["untouched"], "a variable other than the step counter was written"
 
 

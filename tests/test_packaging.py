@@ -34,7 +34,9 @@ REQUIREMENTS = sorted([f"tensorflow=={TF_MAJOR_MINOR}.*", "keras>=3.15,<3.16"])
 @pytest.fixture(scope="module")
 def wheel_path(repo_root):
     wheels = glob.glob(os.path.join(repo_root, "bazel-bin", "dist", "*.whl"))
-    assert len(wheels) == 1, f"expected one wheel in bazel-bin/dist/ (run `make build`), found {wheels}"
+    assert len(wheels) == 1, (
+        f"expected one wheel in bazel-bin/dist/ (run `make build`), found {wheels}"
+    )
     return wheels[0]
 
 
@@ -61,7 +63,9 @@ def test_wheel_name_and_tags_describe_this_build(wheel_path):
     tag = f"{python}-{python}-{platform}"
     assert os.path.basename(wheel_path) == f"tf_adagrad-{tf_adagrad.__version__}-{tag}.whl"
     with zipfile.ZipFile(wheel_path) as wheel:
-        fields = wheel.read(f"tf_adagrad-{tf_adagrad.__version__}.dist-info/WHEEL").decode().splitlines()
+        fields = (
+            wheel.read(f"tf_adagrad-{tf_adagrad.__version__}.dist-info/WHEEL").decode().splitlines()
+        )
     assert "Wheel-Version: 1.0" in fields
     assert "Root-Is-Purelib: false" in fields
     assert f"Tag: {tag}" in fields
@@ -76,7 +80,9 @@ def test_wheel_holds_the_package_its_library_and_metadata_only(wheel_path, repo_
         build_record = wheel.read("tf_adagrad/_build_info.py").decode()
         license_text = wheel.read(f"{dist_info}/LICENSE")
         library_mode = (wheel.getinfo("tf_adagrad/_tf_adagrad_ops.so").external_attr >> 16) & 0o777
-    sources = sorted(os.path.basename(p) for p in glob.glob(os.path.join(repo_root, "tf_adagrad", "*.py")))
+    sources = sorted(
+        os.path.basename(p) for p in glob.glob(os.path.join(repo_root, "tf_adagrad", "*.py"))
+    )
     expected_modules = sorted(set(sources) | {"_build_info.py"})
     assert names == sorted(
         [f"tf_adagrad/{name}" for name in expected_modules]
@@ -125,13 +131,19 @@ def test_make_build_installed_the_wheel_into_the_venv(tmp_path):
     installed = {str(path) for path in distribution.files}
     assert "tf_adagrad/_tf_adagrad_ops.so" in installed
     # Outside the source tree, the venv's Python imports the installed wheel.
-    imported = run([sys.executable, "-c", "import tf_adagrad; print(tf_adagrad.__file__)"], cwd=tmp_path, env=python_env())
+    imported = run(
+        [sys.executable, "-c", "import tf_adagrad; print(tf_adagrad.__file__)"],
+        cwd=tmp_path,
+        env=python_env(),
+    )
     assert imported.strip() == str(distribution.locate_file("tf_adagrad/__init__.py"))
 
 
 def test_the_tests_import_the_source_tree(repo_root):
     """pytest.ini's `pythonpath = .`: the tests test the source, not the wheel."""
-    assert os.path.dirname(os.path.abspath(tf_adagrad.__file__)) == os.path.join(repo_root, "tf_adagrad")
+    assert os.path.dirname(os.path.abspath(tf_adagrad.__file__)) == os.path.join(
+        repo_root, "tf_adagrad"
+    )
 
 
 # The wheel installed into a new virtual environment.
@@ -205,7 +217,9 @@ def test_wheel_installs_into_a_new_venv_with_only_tensorflow_and_fits(wheel_path
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     python = str(venv / "bin" / "python")
-    site_packages = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip()
+    site_packages = run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
+    ).strip()
     distributions = tensorflow_only_view(str(tmp_path / "tensorflow_only"))
     assert "tensorflow" in distributions and "pytest" not in distributions
     with open(os.path.join(site_packages, "tensorflow_only.pth"), "w") as f:
@@ -216,8 +230,12 @@ def test_wheel_installs_into_a_new_venv_with_only_tensorflow_and_fits(wheel_path
 
     # Before the install: TensorFlow is there, tf_adagrad and the test tools are not.
     found = run(
-        [python, "-c", "import importlib.util as u; print([u.find_spec(m) is not None for m in "
-         "('tensorflow', 'tf_adagrad', 'pytest', 'hypothesis')])"],
+        [
+            python,
+            "-c",
+            "import importlib.util as u; print([u.find_spec(m) is not None for m in "
+            "('tensorflow', 'tf_adagrad', 'pytest', 'hypothesis')])",
+        ],
         cwd=outside,
         env=env,
     )
@@ -250,7 +268,9 @@ def test_wheel_installs_into_a_new_venv_with_only_tensorflow_and_fits(wheel_path
 def package_with_build_record(tmp_path, tf_version):
     """A copy of the installed package whose build record names `tf_version`."""
     copy = tmp_path / "packages" / "tf_adagrad"
-    shutil.copytree(os.path.dirname(tf_adagrad.__file__), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        os.path.dirname(tf_adagrad.__file__), copy, ignore=shutil.ignore_patterns("__pycache__")
+    )
     (copy / "_build_info.py").write_text(f'TF_VERSION = "{tf_version}"\n')
     return copy
 
@@ -276,7 +296,10 @@ def test_import_refuses_a_build_for_another_tensorflow_minor_version(tmp_path):
     assert out.returncode != 0
     last_line = out.stderr.strip().splitlines()[-1]
     assert last_line.startswith("tf_adagrad.OpLibraryError: "), out.stderr[-3000:]
-    assert f"was built for TensorFlow {other} (as recorded in {package / '_build_info.py'})" in last_line
+    assert (
+        f"was built for TensorFlow {other} (as recorded in {package / '_build_info.py'})"
+        in last_line
+    )
     assert f"but TensorFlow {tf.__version__} is installed" in last_line
     assert str(package / "_tf_adagrad_ops.so") in last_line
     assert "`make build` in the tf-adagrad source tree" in last_line

@@ -13,9 +13,21 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "re
 
 def train(start, stop, checkpoint_dir, out):
     result = subprocess.run(
-        [sys.executable, SCRIPT, "--start", str(start), "--stop", str(stop),
-         "--checkpoint-dir", str(checkpoint_dir), "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            SCRIPT,
+            "--start",
+            str(start),
+            "--stop",
+            str(stop),
+            "--checkpoint-dir",
+            str(checkpoint_dir),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return np.load(out)
@@ -34,4 +46,8 @@ def test_resume_in_a_fresh_process_is_bit_identical(tmp_path):
         assert straight[name].tobytes() == resumed[name].tobytes(), name
     # The second half did train: the first half's weights differ from the end.
     first_half = np.load(tmp_path / "first_half.npz")
-    assert any(first_half[n].tobytes() != straight[n].tobytes() for n in straight.files if "accumulator" in n)
+    assert any(
+        first_half[n].tobytes() != straight[n].tobytes()
+        for n in straight.files
+        if "accumulator" in n
+    )

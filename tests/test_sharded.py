@@ -21,7 +21,9 @@ def sharded_creator(shard_rows):
         value = tf.convert_to_tensor(value() if callable(value) else value)
         shards = []
         for i, part in enumerate(tf.split(value, shard_rows, axis=0)):
-            shard_kwargs = dict(kwargs, initial_value=part, shape=part.shape, name=f"{kwargs['name']}/part_{i}")
+            shard_kwargs = dict(
+                kwargs, initial_value=part, shape=part.shape, name=f"{kwargs['name']}/part_{i}"
+            )
             shards.append(next_creator(**shard_kwargs))
         return ShardedVariable(shards)
 
@@ -121,11 +123,15 @@ def test_sharded_gradients_join_shard_gradients(lookup):
             if lookup == "gather":
                 rows = tf.gather(tf.convert_to_tensor(var), ids)
             else:
-                rows = tf.reshape(tf.matmul(tf.one_hot(tf.reshape(ids, [-1]), ROWS), var), (3, 2, COLS))
+                rows = tf.reshape(
+                    tf.matmul(tf.one_hot(tf.reshape(ids, [-1]), ROWS), var), (3, 2, COLS)
+                )
             loss = tf.reduce_sum(rows * weights)
         (grad,) = tf_adagrad.sharded_gradients(tape, loss, [var])
         return grad
 
     sharded, plain = gradient(True), gradient(False)
     assert isinstance(sharded, tf.IndexedSlices) == (lookup == "gather")
-    np.testing.assert_array_equal(tf.convert_to_tensor(sharded).numpy(), tf.convert_to_tensor(plain).numpy())
+    np.testing.assert_array_equal(
+        tf.convert_to_tensor(sharded).numpy(), tf.convert_to_tensor(plain).numpy()
+    )

@@ -44,6 +44,5 @@ def require_float_dtype(variable, description):
         name = variable.path if isinstance(variable, keras.Variable) else variable.name
         accepted = ", ".join(d.name for d in FLOAT_DTYPES)
         raise TypeError(
-            f"{description} ({name}) must have one of the dtypes {accepted}; "
-            f"got {dtype.name}."
+            f"{description} ({name}) must have one of the dtypes {accepted}; got {dtype.name}."
         )

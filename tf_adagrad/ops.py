@@ -48,7 +48,9 @@ def _prepare(var, accum, lr, epsilon, grad):
     dtype = var.dtype
     grad = tf.convert_to_tensor(grad)
     if grad.dtype != dtype:
-        raise TypeError(f"`grad` must have the dtype of `var` ({dtype.name}), got {grad.dtype.name}.")
+        raise TypeError(
+            f"`grad` must have the dtype of `var` ({dtype.name}), got {grad.dtype.name}."
+        )
     # Hyperparameters follow the variable's dtype, as in Keras; Python
     # numbers convert straight to it (not through float32).
     lr = tf.cast(tf.convert_to_tensor(lr, dtype_hint=dtype), dtype)
@@ -78,7 +80,12 @@ def apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False):
     """
     var_handle, accum_handle, lr, epsilon, grad = _prepare(var, accum, lr, epsilon, grad)
     _loader.load_library().tf_adagrad_apply_dense(
-        var=var_handle, accum=accum_handle, lr=lr, epsilon=epsilon, grad=grad, use_locking=use_locking
+        var=var_handle,
+        accum=accum_handle,
+        lr=lr,
+        epsilon=epsilon,
+        grad=grad,
+        use_locking=use_locking,
     )
 
 

@@ -199,7 +199,9 @@ class Adagrad(keras.optimizers.Optimizer):
                 dense_groups.setdefault(key, []).append((grad, variable, tf_variable))
         for (_, dtype), updates in dense_groups.items():
             accumulators = [
-                as_tf_variable(self._accumulators[self._get_variable_index(variable)], "accumulator")
+                as_tf_variable(
+                    self._accumulators[self._get_variable_index(variable)], "accumulator"
+                )
                 for _, variable, _ in updates
             ]
             ops.multi_apply_adagrad(
@@ -233,9 +235,13 @@ class Adagrad(keras.optimizers.Optimizer):
         if isinstance(gradient, tf.IndexedSlices):
             values = tf.cast(gradient.values, dtype)
             if in_xla:
-                _xla_fallback.sparse_update(variable, accumulator, lr, epsilon, values, gradient.indices)
+                _xla_fallback.sparse_update(
+                    variable, accumulator, lr, epsilon, values, gradient.indices
+                )
             else:
-                ops.sparse_apply_adagrad(variable, accumulator, lr, epsilon, values, gradient.indices)
+                ops.sparse_apply_adagrad(
+                    variable, accumulator, lr, epsilon, values, gradient.indices
+                )
         else:
             gradient = tf.cast(gradient, dtype)
             if in_xla:

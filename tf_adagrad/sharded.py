@@ -46,7 +46,10 @@ def _join_shard_gradients(shard_grads, variable):
         return None
     if not any(isinstance(g, tf.IndexedSlices) for g in shard_grads):
         return tf.concat(
-            [tf.zeros_like(shard) if g is None else g for g, shard in zip(shard_grads, variable.variables)],
+            [
+                tf.zeros_like(shard) if g is None else g
+                for g, shard in zip(shard_grads, variable.variables)
+            ],
             axis=0,
         )
     values, indices = [], []
@@ -57,7 +60,9 @@ def _join_shard_gradients(shard_grads, variable):
             values.append(g.values)
             indices.append(tf.cast(g.indices, tf.int64) + start)
         start += shard.shape[0]
-    return tf.IndexedSlices(tf.concat(values, 0), tf.concat(indices, 0), tf.constant(variable.shape.as_list(), tf.int64))
+    return tf.IndexedSlices(
+        tf.concat(values, 0), tf.concat(indices, 0), tf.constant(variable.shape.as_list(), tf.int64)
+    )
 
 
 def _as_indexed_slices(dense):

@@ -80,7 +80,12 @@ PLATFORM_ARGS = [
     "cp" + PYTHON_TAG.replace(".", ""),
 ] + [
     arg
-    for tag in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+    for tag in (
+        "manylinux_2_28_x86_64",
+        "manylinux_2_27_x86_64",
+        "manylinux_2_17_x86_64",
+        "manylinux2014_x86_64",
+    )
     for arg in ("--platform", tag)
 ]
 
@@ -136,7 +141,12 @@ STUB_MODULES = {
 # there, their variables are created on it (TensorFlow's default device), so
 # they check the GPU kernels against the NumPy reference too. (On a 2-core
 # CPU the four files take under 10 s.)
-DEVICE_TESTS = ["tests/test_gpu_ops.py", "tests/test_ops.py", "tests/test_ops_multi.py", "tests/test_ops_errors.py"]
+DEVICE_TESTS = [
+    "tests/test_gpu_ops.py",
+    "tests/test_ops.py",
+    "tests/test_ops_multi.py",
+    "tests/test_ops_errors.py",
+]
 TEST_TIMEOUT_S = 240
 PROBE_TIMEOUT_S = 120
 
@@ -170,7 +180,9 @@ def run(command, **kwargs):
     log("$ " + " ".join(command))
     result = subprocess.run(command, **kwargs)
     if result.returncode != 0:
-        raise Failure(f"expected `{' '.join(command)}` to succeed, it exited with {result.returncode}")
+        raise Failure(
+            f"expected `{' '.join(command)}` to succeed, it exited with {result.returncode}"
+        )
     return result
 
 
@@ -206,7 +218,9 @@ def satisfies(version, specifier):
         if op == "~=":
             ok = a >= b and have[: len(want_tuple) - 1] == want_tuple[:-1]
         else:
-            ok = {"==": a == b, "!=": a != b, "<=": a <= b, ">=": a >= b, "<": a < b, ">": a > b}[op]
+            ok = {"==": a == b, "!=": a != b, "<=": a <= b, ">=": a >= b, "<": a < b, ">": a > b}[
+                op
+            ]
         if not ok:
             return False
     return True
@@ -233,14 +247,18 @@ def marker_holds(marker):
         if name == "extra":
             return "False"
         if name not in MARKER_ENVIRONMENT:
-            raise Failure(f"expected a marker on {sorted(MARKER_ENVIRONMENT)} or extra, got {marker!r}")
+            raise Failure(
+                f"expected a marker on {sorted(MARKER_ENVIRONMENT)} or extra, got {marker!r}"
+            )
         have = MARKER_ENVIRONMENT[name]
         if name.endswith("version"):
             return str(satisfies(have, op + value))
         return str({"==": have == value, "!=": have != value}.get(op, False))
 
     expression = re.sub(r"(\w+)\s*(==|!=|<=|>=|<|>)\s*[\"']([^\"']*)[\"']", compare, marker)
-    if not re.fullmatch(r"[\sA-Za-z()]*", expression) or set(re.findall(r"[A-Za-z]+", expression)) - {
+    if not re.fullmatch(r"[\sA-Za-z()]*", expression) or set(
+        re.findall(r"[A-Za-z]+", expression)
+    ) - {
         "True",
         "False",
         "and",
@@ -254,7 +272,9 @@ def marker_holds(marker):
 def parse_requirement(line):
     """'h5py<3.15.0,>=3.11.0; marker' -> ('h5py', '<3.15.0,>=3.11.0', marker)."""
     requirement, _, marker = line.partition(";")
-    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*\(?([^)]*)\)?", requirement)
+    match = re.match(
+        r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*\(?([^)]*)\)?", requirement
+    )
     return normalize(match.group(1)), match.group(2).replace(" ", ""), marker.strip()
 
 
@@ -267,9 +287,13 @@ def read_metadata(text):
 
 def venv_distributions():
     """What `make build` installed into .venv: {name: (version, requirements)}."""
-    found = glob.glob(os.path.join(VENV, "lib", "python3*", "site-packages", "*.dist-info", "METADATA"))
+    found = glob.glob(
+        os.path.join(VENV, "lib", "python3*", "site-packages", "*.dist-info", "METADATA")
+    )
     if not found:
-        raise Failure(f"expected TensorFlow installed in {VENV} (run `make build` first), found no packages there")
+        raise Failure(
+            f"expected TensorFlow installed in {VENV} (run `make build` first), found no packages there"
+        )
     distributions = {}
     for path in found:
         with open(path, encoding="utf-8") as f:
@@ -288,7 +312,9 @@ def runtime_closure(distributions):
         if name in wanted or name in DEVICE_PROVIDES or name in NOT_CARRIED:
             continue
         if name not in distributions:
-            raise Failure(f"expected {name} (a requirement of TensorFlow or of one of its requirements) in {VENV}")
+            raise Failure(
+                f"expected {name} (a requirement of TensorFlow or of one of its requirements) in {VENV}"
+            )
         version, requires = distributions[name]
         wanted[name] = version
         for line in requires:
@@ -318,7 +344,9 @@ def run_pip(arguments, python=None):
         if "is ignored: it is neither a file nor a directory" not in line:
             print(line, flush=True)
     if result.returncode != 0:
-        raise Failure(f"expected `pip {' '.join(arguments)}` to succeed, it exited with {result.returncode}")
+        raise Failure(
+            f"expected `pip {' '.join(arguments)}` to succeed, it exited with {result.returncode}"
+        )
 
 
 def wheel_for(requirement):
@@ -339,12 +367,16 @@ def download(requirements):
         os.makedirs(WHEEL_DIR, exist_ok=True)
         run_pip(["download", "--no-deps", "--quiet", "-d", WHEEL_DIR] + PLATFORM_ARGS + missing)
     else:
-        log(f"all {len(requirements)} wheels already downloaded in {os.path.relpath(WHEEL_DIR, REPO)}")
+        log(
+            f"all {len(requirements)} wheels already downloaded in {os.path.relpath(WHEEL_DIR, REPO)}"
+        )
     wheels = {}
     for requirement in requirements:
         path = wheel_for(requirement)
         if path is None:
-            raise Failure(f"expected pip to download a cp312 manylinux wheel of {requirement}, found none")
+            raise Failure(
+                f"expected pip to download a cp312 manylinux wheel of {requirement}, found none"
+            )
         wheels[requirement] = path
     return wheels
 
@@ -400,7 +432,17 @@ def make_stub(soname, directory, reason):
     with open(source, "w") as f:
         text = f"stub made by {SCRIPT}: {reason}".replace('"', "'")
         f.write(f'const char tf_on_device_stub[] = "{text}";\n')
-    run(["gcc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", os.path.join(directory, soname), source])
+    run(
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            f"-Wl,-soname,{soname}",
+            "-o",
+            os.path.join(directory, soname),
+            source,
+        ]
+    )
     os.remove(source)
 
 
@@ -431,12 +473,20 @@ def stage(wheels, site_wheels, options):
     for relative, source in STUB_MODULES.items():
         with open(os.path.join(site, relative), "w") as f:
             f.write(source)
-    log(f"site/: {len(site_wheels)} packages, {mib(kept)}; left out {mib(left_out)} ({', '.join(STRIPPED)})")
+    log(
+        f"site/: {len(site_wheels)} packages, {mib(kept)}; left out {mib(left_out)} ({', '.join(STRIPPED)})"
+    )
 
     def only(prefix, keep):
-        return lambda name: name[len(prefix) :] if name.startswith(prefix) and keep(name[len(prefix) :]) else None
+        return lambda name: (
+            name[len(prefix) :] if name.startswith(prefix) and keep(name[len(prefix) :]) else None
+        )
 
-    unpack_wheel(wheels[CUDA_RUNTIME_WHEEL], lib, only("nvidia/cuda_runtime/lib/", lambda n: n == "libcudart.so.12"))
+    unpack_wheel(
+        wheels[CUDA_RUNTIME_WHEEL],
+        lib,
+        only("nvidia/cuda_runtime/lib/", lambda n: n == "libcudart.so.12"),
+    )
     unpack_wheel(
         wheels[CUDA_NVCC_WHEEL],
         nvcc,
@@ -444,12 +494,20 @@ def stage(wheels, site_wheels, options):
     )
     os.chmod(os.path.join(nvcc, "bin", "ptxas"), 0o755)
     if options["with_cublas"]:
-        unpack_wheel(wheels[CUBLAS_WHEEL], lib, only("nvidia/cublas/lib/", lambda n: n in CUBLAS_LIBRARIES))
+        unpack_wheel(
+            wheels[CUBLAS_WHEEL], lib, only("nvidia/cublas/lib/", lambda n: n in CUBLAS_LIBRARIES)
+        )
     for soname in options["stubs"]:
         make_stub(soname, lib, STUB_LIBRARIES[soname])
-    for expected in ["libcudart.so.12", "../cuda_nvcc/bin/ptxas", "../cuda_nvcc/nvvm/libdevice/libdevice.10.bc"]:
+    for expected in [
+        "libcudart.so.12",
+        "../cuda_nvcc/bin/ptxas",
+        "../cuda_nvcc/nvvm/libdevice/libdevice.10.bc",
+    ]:
         if not os.path.exists(os.path.join(lib, expected)):
-            raise Failure(f"expected {os.path.normpath(os.path.join('lib', expected))} in the payload, it is missing")
+            raise Failure(
+                f"expected {os.path.normpath(os.path.join('lib', expected))} in the payload, it is missing"
+            )
     info = {
         "tensorflow": site_wheels_version(site_wheels, "tensorflow"),
         "python": PYTHON_TAG,
@@ -459,8 +517,10 @@ def stage(wheels, site_wheels, options):
         "stripped": STRIPPED,
         "stub_modules": sorted(STUB_MODULES),
         "stubs": {s: STUB_LIBRARIES[s] for s in options["stubs"]},
-        "real_cuda_libraries": ["libcudart.so.12"] + (CUBLAS_LIBRARIES if options["with_cublas"] else []),
-        "cuda_wheels": [CUDA_RUNTIME_WHEEL, CUDA_NVCC_WHEEL] + ([CUBLAS_WHEEL] if options["with_cublas"] else []),
+        "real_cuda_libraries": ["libcudart.so.12"]
+        + (CUBLAS_LIBRARIES if options["with_cublas"] else []),
+        "cuda_wheels": [CUDA_RUNTIME_WHEEL, CUDA_NVCC_WHEEL]
+        + ([CUBLAS_WHEEL] if options["with_cublas"] else []),
     }
     with open(os.path.join(STAGING_DIR, "payload-info.json"), "w") as f:
         json.dump(info, f, indent=2, sort_keys=True)
@@ -494,7 +554,9 @@ def pack_and_split(source_dir, out_dir):
             return member
 
         try:
-            with tarfile.open(fileobj=compressor.stdin, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            with tarfile.open(
+                fileobj=compressor.stdin, mode="w|", format=tarfile.PAX_FORMAT
+            ) as tar:
                 for name in sorted(os.listdir(source_dir)):
                     tar.add(os.path.join(source_dir, name), arcname=name, filter=owned_by_root)
         except Exception as e:  # reported by the main thread
@@ -513,7 +575,11 @@ def pack_and_split(source_dir, out_dir):
         while chunk:
             if part is None:
                 name = f"part-{len(parts):02d}"
-                part, part_digest, written = open(os.path.join(out_dir, name), "wb"), hashlib.sha256(), 0
+                part, part_digest, written = (
+                    open(os.path.join(out_dir, name), "wb"),
+                    hashlib.sha256(),
+                    0,
+                )
                 parts.append({"name": name})
             take = chunk[: PART_BYTES - written]
             part.write(take)
@@ -529,7 +595,9 @@ def pack_and_split(source_dir, out_dir):
         parts[-1].update(bytes=written, sha256=part_digest.hexdigest())
     writer.join()
     if compressor.wait() != 0 or errors:
-        raise Failure(f"expected packing to succeed; the compressor exited {compressor.returncode}, errors: {errors}")
+        raise Failure(
+            f"expected packing to succeed; the compressor exited {compressor.returncode}, errors: {errors}"
+        )
     return parts, whole.hexdigest(), sum(p["bytes"] for p in parts)
 
 
@@ -545,14 +613,18 @@ def op_library_record():
     for relative in OP_LIBRARY_FILES:
         path = os.path.join(REPO, relative)
         if not os.path.exists(path):
-            raise Failure(f"expected the op library's {relative} (run `make build` first), it is missing")
+            raise Failure(
+                f"expected the op library's {relative} (run `make build` first), it is missing"
+            )
         record[relative] = sha256_of(path)
     return record
 
 
 def read_manifest(path=MANIFEST):
     if not os.path.exists(path):
-        raise Failure(f"expected a payload manifest at {path}: run `python3 {SCRIPT} --prepare` first")
+        raise Failure(
+            f"expected a payload manifest at {path}: run `python3 {SCRIPT} --prepare` first"
+        )
     with open(path) as f:
         return json.load(f)
 
@@ -587,13 +659,17 @@ def prepare(with_cublas=False):
         for p in manifest.get("parts", [])
     )
     if up_to_date:
-        log(f"payload {manifest['payload_sha256'][:12]} is up to date ({len(manifest['parts'])} parts)")
+        log(
+            f"payload {manifest['payload_sha256'][:12]} is up to date ({len(manifest['parts'])} parts)"
+        )
     else:
         for old in glob.glob(os.path.join(PAYLOAD_DIR, "part-*")):
             os.remove(old)
         info = stage(wheels, site_wheels, options)
         unpacked = tree_bytes(STAGING_DIR)
-        log(f"packing {mib(unpacked)} with xz -{XZ_PRESET} into parts of {mib(PART_BYTES)} (minutes)")
+        log(
+            f"packing {mib(unpacked)} with xz -{XZ_PRESET} into parts of {mib(PART_BYTES)} (minutes)"
+        )
         pack_started = time.monotonic()
         parts, whole_sha, compressed = pack_and_split(STAGING_DIR, PAYLOAD_DIR)
         shutil.rmtree(STAGING_DIR)
@@ -631,7 +707,9 @@ def device_step(index, device_root, keep_source=False):
     part = manifest["parts"][index]
     source = os.path.join(PAYLOAD_DIR, part["name"])
     if not os.path.exists(source):
-        raise Failure(f"expected {os.path.relpath(source, REPO)} to have arrived: name it in this call's carry list")
+        raise Failure(
+            f"expected {os.path.relpath(source, REPO)} to have arrived: name it in this call's carry list"
+        )
     got = sha256_of(source)
     if got != part["sha256"]:
         raise Failure(
@@ -643,9 +721,15 @@ def device_step(index, device_root, keep_source=False):
         log("the parts held here belong to another payload: dropping them")
         for old in glob.glob(os.path.join(device_root, "part-*")):
             os.remove(old)
-    (shutil.copyfile if keep_source else shutil.move)(source, os.path.join(device_root, part["name"]))
+    (shutil.copyfile if keep_source else shutil.move)(
+        source, os.path.join(device_root, part["name"])
+    )
     write_manifest(manifest, held)
-    present = [i for i, p in enumerate(manifest["parts"]) if os.path.exists(os.path.join(device_root, p["name"]))]
+    present = [
+        i
+        for i, p in enumerate(manifest["parts"])
+        if os.path.exists(os.path.join(device_root, p["name"]))
+    ]
     missing = [i for i in range(len(manifest["parts"])) if i not in present]
     log(
         f"part {index} of 0..{len(manifest['parts']) - 1} ({part['bytes']} bytes) arrived, sha256 ok; "
@@ -706,14 +790,20 @@ def unpack_payload(manifest, device_root):
             pass
     except (tarfile.TarError, lzma.LZMAError, EOFError) as e:
         shutil.rmtree(root, ignore_errors=True)
-        raise Failure(f"expected the parts to reassemble into the payload's tar.xz, unpacking failed: {e!r}") from e
+        raise Failure(
+            f"expected the parts to reassemble into the payload's tar.xz, unpacking failed: {e!r}"
+        ) from e
     got = reader.digest.hexdigest()
     if got != manifest["payload_sha256"]:
         shutil.rmtree(root, ignore_errors=True)
-        raise Failure(f"expected the reassembled payload's sha256 to be {manifest['payload_sha256']}, got {got}")
+        raise Failure(
+            f"expected the reassembled payload's sha256 to be {manifest['payload_sha256']}, got {got}"
+        )
     with open(done, "w") as f:
         f.write(manifest["payload_sha256"])
-    log(f"payload reassembled, sha256 ok, unpacked into {root} in {time.monotonic() - started:.0f} s")
+    log(
+        f"payload reassembled, sha256 ok, unpacked into {root} in {time.monotonic() - started:.0f} s"
+    )
     return root
 
 
@@ -763,11 +853,15 @@ def check_requirements(root, report):
         fits = have is not None and all(satisfies(have, s) for s in specifiers)
         carried_version = carried.get(name)
         if carried_version is None and name in DEVICE_PROVIDES and not fits:
-            problems.append(f"{name}: expected a version meeting {', '.join(specifiers)}, the machine has {have}")
+            problems.append(
+                f"{name}: expected a version meeting {', '.join(specifiers)}, the machine has {have}"
+            )
         note = "" if carried_version or fits or name in NOT_CARRIED else "  MISSING"
         if carried_version and have and not fits:
             note = "  (the machine's is outside the requirement: the carried one is used)"
-        report(f"{name:16} {have or '-':13} {carried_version or '-':11} {'; '.join(requirements[name])}{note}")
+        report(
+            f"{name:16} {have or '-':13} {carried_version or '-':11} {'; '.join(requirements[name])}{note}"
+        )
     if problems:
         raise Failure("; ".join(problems))
 
@@ -848,17 +942,27 @@ def run_tests_with_payload(device_root, require_gpu, test_timeout, out_dir, repo
     started = time.monotonic()
     report(f"python {sys.version.split()[0]} at {sys.executable}; repository {REPO}")
     if sys.version_info[:2] != tuple(int(x) for x in PYTHON_TAG.split(".")):
-        raise Failure(f"expected Python {PYTHON_TAG} (the payload is cp312), got {sys.version.split()[0]}")
+        raise Failure(
+            f"expected Python {PYTHON_TAG} (the payload is cp312), got {sys.version.split()[0]}"
+        )
     manifest = read_manifest(os.path.join(device_root, "manifest.json"))
     for relative, want in read_manifest()["op_library"].items():
         path = os.path.join(REPO, relative)
         if not os.path.exists(path):
-            raise Failure(f"expected the op library's {relative}: name it in this call's carry list")
+            raise Failure(
+                f"expected the op library's {relative}: name it in this call's carry list"
+            )
         if sha256_of(path) != want:
-            raise Failure(f"expected {relative} with sha256 {want} (as the manifest says), got {sha256_of(path)}")
+            raise Failure(
+                f"expected {relative} with sha256 {want} (as the manifest says), got {sha256_of(path)}"
+            )
     if shutil.which("nvidia-smi"):
         smi = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader"],
+            [
+                "nvidia-smi",
+                "--query-gpu=name,driver_version,memory.total,compute_cap",
+                "--format=csv,noheader",
+            ],
             capture_output=True,
             text=True,
         )
@@ -866,11 +970,15 @@ def run_tests_with_payload(device_root, require_gpu, test_timeout, out_dir, repo
     else:
         report("nvidia-smi: not found")
     root = unpack_payload(manifest, device_root)
-    report(f"payload {manifest['payload_sha256'][:12]}: stubs {', '.join(manifest['info']['stubs'])}")
+    report(
+        f"payload {manifest['payload_sha256'][:12]}: stubs {', '.join(manifest['info']['stubs'])}"
+    )
     check_requirements(root, report)
     env = device_test_environment(root)
     # dso_loader=1 logs every library TensorFlow opens, and every one it cannot.
-    probe_env = dict(env, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="dso_loader=1", TF_ON_DEVICE_ROOT=root)
+    probe_env = dict(
+        env, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="dso_loader=1", TF_ON_DEVICE_ROOT=root
+    )
     probe = subprocess.run(
         [sys.executable, "-c", PROBE],
         cwd=REPO,
@@ -883,14 +991,28 @@ def run_tests_with_payload(device_root, require_gpu, test_timeout, out_dir, repo
     for line in probe.stdout.splitlines():
         report("probe| " + line)
     if probe.returncode != 0:
-        raise Failure(f"expected TensorFlow to import and load the op library, the probe exited {probe.returncode}")
+        raise Failure(
+            f"expected TensorFlow to import and load the op library, the probe exited {probe.returncode}"
+        )
     if require_gpu and "GPUs: []" in probe.stdout:
-        raise Failure("expected TensorFlow to see the GPU, it sees none (see the probe's log above)")
-    command = [sys.executable, "-m", "pytest", "-ra", "-p", "no:cacheprovider", "--durations=10"] + DEVICE_TESTS
+        raise Failure(
+            "expected TensorFlow to see the GPU, it sees none (see the probe's log above)"
+        )
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-ra",
+        "-p",
+        "no:cacheprovider",
+        "--durations=10",
+    ] + DEVICE_TESTS
     if os.environ.get("OUT"):
         command.append(f"--junitxml={os.path.join(out_dir, 'tf_on_device.xml')}")
     report("$ " + " ".join(command))
-    tests = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tests = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     timer = threading.Timer(test_timeout, tests.kill)
     timer.start()
     for line in tests.stdout:
@@ -920,7 +1042,11 @@ RERUN_TIMEOUT_S = 30 + PROBE_TIMEOUT_S + TEST_TIMEOUT_S
 def estimate(part_count):
     first = START_S + part_count * TRANSFER_S + UNPACK_S + PROBE_S + TESTS_S
     rerun = TRANSFER_S + PROBE_S + TESTS_S
-    verdict = "fits in 10 min" if first + rerun <= 600 else "would pass 10 min: rerun only if the time is there"
+    verdict = (
+        "fits in 10 min"
+        if first + rerun <= 600
+        else "would pass 10 min: rerun only if the time is there"
+    )
     return (
         f"Device time: a fresh machine's start (~{START_S} s), {part_count} transfers of up to "
         f"{mib(PART_BYTES + 5 * 2**20)} (~{TRANSFER_S} s each), unpacking (~{UNPACK_S} s), the probe "
@@ -949,7 +1075,10 @@ def plan(manifest):
             carry += OP_LIBRARY_FILES
             command += " --device-run"
             timeout = LAST_CALL_TIMEOUT_S
-        lines += [f"call {i + 1}: carry={json.dumps(carry)}", f"        command={command!r}  timeout_s={timeout}"]
+        lines += [
+            f"call {i + 1}: carry={json.dumps(carry)}",
+            f"        command={command!r}  timeout_s={timeout}",
+        ]
     lines += [
         "",
         "If the last call fails or runs out of time while the machine is still warm, rerun the tests alone (the "
@@ -973,7 +1102,9 @@ def device_python():
     packages = [f"numpy=={DEVICE_PROVIDES['numpy']}", "h5py==3.16.0", "pytest"]
     if os.path.exists(ready) and read_text(ready) == " ".join(packages):
         return python
-    candidates = sorted(glob.glob("/root/.pyenv/versions/3.12*/bin/python3.12")) + [shutil.which("python3.12") or ""]
+    candidates = sorted(glob.glob("/root/.pyenv/versions/3.12*/bin/python3.12")) + [
+        shutil.which("python3.12") or ""
+    ]
     base = next((c for c in candidates if c and os.path.exists(c)), None)
     if base is None:
         raise Failure(
@@ -999,17 +1130,36 @@ def dry_run(with_cublas=False, keep=False):
     try:
         step_started = time.monotonic()
         for i in range(len(manifest["parts"])):
-            run([python, SCRIPT, "--device-step", str(i), "--device-root", device_root, "--keep-source"], cwd=REPO)
+            run(
+                [
+                    python,
+                    SCRIPT,
+                    "--device-step",
+                    str(i),
+                    "--device-root",
+                    device_root,
+                    "--keep-source",
+                ],
+                cwd=REPO,
+            )
         times["device steps"] = time.monotonic() - step_started
         run_started = time.monotonic()
         env = dict(os.environ)
         env.pop("OUT", None)
-        run([python, SCRIPT, "--device-run", "--device-root", device_root, "--allow-no-gpu"], cwd=REPO, env=env)
+        run(
+            [python, SCRIPT, "--device-run", "--device-root", device_root, "--allow-no-gpu"],
+            cwd=REPO,
+            env=env,
+        )
         times["device run"] = time.monotonic() - run_started
         kept_log = os.path.join(PAYLOAD_DIR, "dry-run.log")
         shutil.copyfile(os.path.join(device_root, "tf_on_device.log"), kept_log)
         log(f"the device run's log: {os.path.relpath(kept_log, REPO)}")
-        summary = [line for line in read_text(kept_log).splitlines() if re.match(r"=+ .*(passed|failed|error)", line)]
+        summary = [
+            line
+            for line in read_text(kept_log).splitlines()
+            if re.match(r"=+ .*(passed|failed|error)", line)
+        ]
     finally:
         if keep:
             log(f"kept {device_root}")
@@ -1030,23 +1180,45 @@ def main():
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--prepare", action="store_true", help="download, strip, stub, pack and split the payload")
-    parser.add_argument("--plan", action="store_true", help="print the device calls to make, in order")
-    parser.add_argument("--device-step", type=int, metavar="K", help="on the machine: take in part K")
-    parser.add_argument("--device-run", action="store_true", help="on the machine: unpack and run the tests")
-    parser.add_argument("--dry-run", action="store_true", help="all of it here, on the CPU, with Python 3.12")
-    parser.add_argument("--with-cublas", action="store_true", help="carry the real cuBLAS instead of stubs")
     parser.add_argument(
-        "--device-root", default=DEVICE_ROOT, help=f"where the machine keeps parts (default {DEVICE_ROOT})"
+        "--prepare", action="store_true", help="download, strip, stub, pack and split the payload"
     )
-    parser.add_argument("--keep-source", action="store_true", help=argparse.SUPPRESS)  # the dry run keeps its parts
-    parser.add_argument("--allow-no-gpu", action="store_true", help=argparse.SUPPRESS)  # the dry run has none
+    parser.add_argument(
+        "--plan", action="store_true", help="print the device calls to make, in order"
+    )
+    parser.add_argument(
+        "--device-step", type=int, metavar="K", help="on the machine: take in part K"
+    )
+    parser.add_argument(
+        "--device-run", action="store_true", help="on the machine: unpack and run the tests"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="all of it here, on the CPU, with Python 3.12"
+    )
+    parser.add_argument(
+        "--with-cublas", action="store_true", help="carry the real cuBLAS instead of stubs"
+    )
+    parser.add_argument(
+        "--device-root",
+        default=DEVICE_ROOT,
+        help=f"where the machine keeps parts (default {DEVICE_ROOT})",
+    )
+    parser.add_argument(
+        "--keep-source", action="store_true", help=argparse.SUPPRESS
+    )  # the dry run keeps its parts
+    parser.add_argument(
+        "--allow-no-gpu", action="store_true", help=argparse.SUPPRESS
+    )  # the dry run has none
     parser.add_argument("--keep", action="store_true", help="keep the dry run's unpacked payload")
     args = parser.parse_args()
     actions = [args.prepare, args.plan, args.device_step is not None, args.device_run, args.dry_run]
     # `--device-step K --device-run` is one call: the last part, then the tests.
-    if sum(actions) != 1 and not (sum(actions) == 2 and args.device_step is not None and args.device_run):
-        parser.error("expected one of --prepare, --plan, --device-step K [--device-run], --device-run, --dry-run")
+    if sum(actions) != 1 and not (
+        sum(actions) == 2 and args.device_step is not None and args.device_run
+    ):
+        parser.error(
+            "expected one of --prepare, --plan, --device-step K [--device-run], --device-run, --dry-run"
+        )
     try:
         if args.prepare:
             prepare(args.with_cublas)

@@ -221,7 +221,9 @@ def multi_worker(args):
     import numpy as np
 
     cluster = json.loads(args.cluster)
-    os.environ["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": args.task}})
+    os.environ["TF_CONFIG"] = json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": args.task}}
+    )
     import traceback
 
     import keras
@@ -236,7 +238,10 @@ def multi_worker(args):
 
     keras.config.disable_traceback_filtering()  # record where fit() fails
     fit_failures = {}
-    for name, make_optimizer in [("keras", keras.optimizers.Adagrad), ("tf_adagrad", tf_adagrad.Adagrad)]:
+    for name, make_optimizer in [
+        ("keras", keras.optimizers.Adagrad),
+        ("tf_adagrad", tf_adagrad.Adagrad),
+    ]:
         with strategy.scope():
             model = build_model()
             model.compile(optimizer=make_optimizer(LEARNING_RATE), loss="binary_crossentropy")
@@ -245,7 +250,9 @@ def multi_worker(args):
             model.fit(dataset, epochs=1, verbose=0)
             fit_failures[name] = "fit() ran"
         except Exception as e:  # noqa: BLE001 - the test inspects what failed where
-            frames = [f"{frame.filename}: {frame.name}" for frame in traceback.extract_tb(e.__traceback__)]
+            frames = [
+                f"{frame.filename}: {frame.name}" for frame in traceback.extract_tb(e.__traceback__)
+            ]
             fit_failures[name] = f"{type(e).__name__}: {str(e)[:200]}\n" + "\n".join(frames)
 
     with strategy.scope():
@@ -258,7 +265,10 @@ def multi_worker(args):
         per_replica = context.get_per_replica_batch_size(GLOBAL_BATCH)
         first = context.input_pipeline_id * per_replica
         rows = np.concatenate(
-            [np.arange(step * GLOBAL_BATCH + first, step * GLOBAL_BATCH + first + per_replica) for step in range(STEPS)]
+            [
+                np.arange(step * GLOBAL_BATCH + first, step * GLOBAL_BATCH + first + per_replica)
+                for step in range(STEPS)
+            ]
         )
         return tf.data.Dataset.from_tensor_slices((x[rows], y[rows])).batch(per_replica)
 
@@ -266,7 +276,9 @@ def multi_worker(args):
     def train_step(iterator):
         def step_fn(xb, yb):
             with tf.GradientTape() as tape:
-                loss = tf.nn.compute_average_loss(per_example_loss(model, xb, yb), global_batch_size=GLOBAL_BATCH)
+                loss = tf.nn.compute_average_loss(
+                    per_example_loss(model, xb, yb), global_batch_size=GLOBAL_BATCH
+                )
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply(grads, model.trainable_variables)
 
@@ -313,9 +325,9 @@ def coordinator(args):
     reference); then a CheckpointManager save and restore into new objects
     resumes exactly."""
     import tensorflow as tf
+    from tensorflow.python.distribute.sharded_variable import ShardedVariable
 
     import tf_adagrad
-    from tensorflow.python.distribute.sharded_variable import ShardedVariable
 
     counter = count_sparse_updates()
     x, y = batches()
@@ -340,7 +352,8 @@ def coordinator(args):
         # by a ShardedVariable (Keras hands the ShardedVariable to the saver
         # as one tensor); the backing variables checkpoint shard by shard.
         checkpoint = tf.train.Checkpoint(
-            model=[v.value for v in model.variables], optimizer=[v.value for v in optimizer.variables]
+            model=[v.value for v in model.variables],
+            optimizer=[v.value for v in optimizer.variables],
         )
         if restore_from:
             checkpoint.restore(restore_from).assert_consumed()

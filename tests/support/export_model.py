@@ -33,7 +33,10 @@ class TrainModule(tf.Module):
         self.optimizer = optimizer
 
     @tf.function(
-        input_signature=[tf.TensorSpec([None, FIELDS], tf.int32), tf.TensorSpec([None, 1], tf.float32)]
+        input_signature=[
+            tf.TensorSpec([None, FIELDS], tf.int32),
+            tf.TensorSpec([None, 1], tf.float32),
+        ]
     )
     def train_step(self, x, y):
         with tf.GradientTape() as tape:

@@ -22,10 +22,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from adagrad_reference import bits, dense_step_exact, np_dtype, sparse_step_exact  # noqa: E402
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-from adagrad_reference import bits, dense_step_exact, np_dtype, sparse_step_exact  # noqa: E402
 
 import tf_adagrad  # noqa: E402
 
@@ -94,7 +93,9 @@ class Variable:
             self.handle = self.variable.handle
         else:
             self.handle = tf.raw_ops.VarHandleOp(
-                dtype=dtype, shape=value.shape, shared_name=f"never_assigned_{next(uninitialized_names)}"
+                dtype=dtype,
+                shape=value.shape,
+                shared_name=f"never_assigned_{next(uninitialized_names)}",
             )
 
     def read(self):
@@ -189,22 +190,42 @@ def cases(draw, sparse=None, T=None):
         accum_value = -accum_value
     var = Variable(var_value, var_dtype, initialized=draw(st.integers(0, 49)) != 0)
     same_variable = draw(st.integers(0, 49)) == 0
-    accum = var if same_variable else Variable(accum_value, accum_dtype, initialized=draw(st.integers(0, 49)) != 0)
+    accum = (
+        var
+        if same_variable
+        else Variable(accum_value, accum_dtype, initialized=draw(st.integers(0, 49)) != 0)
+    )
     accum_shape = var_shape if same_variable else accum_shape
     scalar_shape = () if draw(st.integers(0, 14)) else draw(st.sampled_from([(1,), (2,), (1, 1)]))
     lr_magnitude = draw(st.sampled_from([0.1, 0.5, 1.0, -0.1, 0.0, 10.0, np.nan, np.inf]))
     epsilon_magnitude = draw(st.sampled_from([1e-7, 1e-3, 0.0, 1.0, -1e-3, np.nan]))
     lr = np.full(scalar_shape if draw(st.booleans()) else (), lr_magnitude).astype(np_dtype(T))
-    epsilon = np.full(scalar_shape if draw(st.booleans()) else (), epsilon_magnitude).astype(np_dtype(T))
-    case = dict(multi=False, sparse=sparse, T=T, var=var, accum=accum, same_variable=same_variable, var_shape=var_shape,
-                accum_shape=accum_shape, lr=lr, epsilon=epsilon)
+    epsilon = np.full(scalar_shape if draw(st.booleans()) else (), epsilon_magnitude).astype(
+        np_dtype(T)
+    )
+    case = dict(
+        multi=False,
+        sparse=sparse,
+        T=T,
+        var=var,
+        accum=accum,
+        same_variable=same_variable,
+        var_shape=var_shape,
+        accum_shape=accum_shape,
+        lr=lr,
+        epsilon=epsilon,
+    )
     if sparse:
         index_dtype = draw(st.sampled_from([tf.int32, tf.int64]))
         nnz = draw(st.integers(0, 12))
         num_rows = var_shape[0] if var_shape else 0
         indices = index_values(draw, nnz, num_rows, index_dtype)
         if draw(st.integers(0, 19)) == 0:
-            indices = indices.reshape((1, nnz)) if draw(st.booleans()) else np.array(indices[:1].sum(), indices.dtype)
+            indices = (
+                indices.reshape((1, nnz))
+                if draw(st.booleans())
+                else np.array(indices[:1].sum(), indices.dtype)
+            )
         grad_shape = (nnz,) + tuple(var_shape[1:])
         grad_shape = grad_shape if draw(st.integers(0, 9)) else mutated(draw, grad_shape)
         case["indices"] = indices
@@ -226,10 +247,14 @@ def same_values(actual, expected):
 def check_rejection(e, want_error, variables, before):
     assert want_error is not None, f"valid input rejected: {type(e).__name__}: {e.message}"
     want_class, reason = want_error
-    assert isinstance(e, want_class), f"expected {want_class.__name__} ({reason}), got {type(e).__name__}: {e.message}"
+    assert isinstance(e, want_class), (
+        f"expected {want_class.__name__} ({reason}), got {type(e).__name__}: {e.message}"
+    )
     assert "expected" in e.message and ("TfAdagrad>" in e.message), e.message
     for variable, old in zip(variables, before):
-        assert old is None or same_values(variable.read(), old), "a rejected call wrote to a variable"
+        assert old is None or same_values(variable.read(), old), (
+            "a rejected call wrote to a variable"
+        )
     counts[f"rejected: {type(e).__name__}"] += 1
     counts[f"  reason: {reason}"] += 1
 
@@ -255,9 +280,15 @@ def run_multi_case(case):
     assert want_error is None, f"invalid input accepted; expected {want_error}"
     lr, epsilon = case["lr"][()], case["epsilon"][()]
     for i, pair in enumerate(pairs):
-        want_var, want_accum = dense_step_exact(before[i], before[len(pairs) + i], lr, epsilon, pair["grad"], case["T"])
-        assert same_values(pair["accum"].read(), want_accum), f"accum[{i}] differs from the NumPy reference"
-        assert same_values(pair["var"].read(), want_var), f"var[{i}] differs from the NumPy reference"
+        want_var, want_accum = dense_step_exact(
+            before[i], before[len(pairs) + i], lr, epsilon, pair["grad"], case["T"]
+        )
+        assert same_values(pair["accum"].read(), want_accum), (
+            f"accum[{i}] differs from the NumPy reference"
+        )
+        assert same_values(pair["var"].read(), want_var), (
+            f"var[{i}] differs from the NumPy reference"
+        )
     counts["matched the reference"] += 1
     counts[f"  multi, {case['T'].name}, {len(pairs)} variables"] += 1
 
@@ -268,8 +299,14 @@ def run_case(case):
     library = tf_adagrad.ops.load_library()
     var, accum = case["var"], case["accum"]
     before = (var.read(), accum.read())
-    arguments = dict(var=var.handle, accum=accum.handle, lr=case["lr"], epsilon=case["epsilon"],
-                     grad=case["grad"], use_locking=bool(counts["calls"] % 2))
+    arguments = dict(
+        var=var.handle,
+        accum=accum.handle,
+        lr=case["lr"],
+        epsilon=case["epsilon"],
+        grad=case["grad"],
+        use_locking=bool(counts["calls"] % 2),
+    )
     want_error = expected_error(case)
     counts["calls"] += 1
     try:
@@ -284,9 +321,12 @@ def run_case(case):
     lr, epsilon = case["lr"][()], case["epsilon"][()]
     if case["sparse"]:
         want_var, want_accum = sparse_step_exact(
-            before[0], before[1], lr, epsilon, case["grad"], case["indices"], case["T"])
+            before[0], before[1], lr, epsilon, case["grad"], case["indices"], case["T"]
+        )
     else:
-        want_var, want_accum = dense_step_exact(before[0], before[1], lr, epsilon, case["grad"], case["T"])
+        want_var, want_accum = dense_step_exact(
+            before[0], before[1], lr, epsilon, case["grad"], case["T"]
+        )
     assert same_values(accum.read(), want_accum), "accum differs from the NumPy reference"
     assert same_values(var.read(), want_var), "var differs from the NumPy reference"
     counts["matched the reference"] += 1
@@ -307,8 +347,12 @@ def main():
     print(f"fuzzing the ops: {args.examples} examples, seed {args.seed}", flush=True)
 
     @seed(args.seed)
-    @settings(max_examples=args.examples, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=args.examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(any_cases())
     def fuzz(case):
         run_case(case)
@@ -317,7 +361,11 @@ def main():
         warnings.simplefilter("ignore", RuntimeWarning)  # NumPy on NaN/Inf inputs, by design
         fuzz()
     print(f"calls: {counts.pop('calls')}")
-    for heading in ("matched the reference", "rejected: InvalidArgumentError", "rejected: FailedPreconditionError"):
+    for heading in (
+        "matched the reference",
+        "rejected: InvalidArgumentError",
+        "rejected: FailedPreconditionError",
+    ):
         print(f"{heading}: {counts.pop(heading, 0)}")
     for key, value in sorted(counts.items()):
         print(f"{key}: {value}")

@@ -29,7 +29,9 @@ def build(kind):
     else:
         inputs = keras.Input((FIELDS,))
         x = keras.layers.Dense(32, activation="relu")(inputs)
-    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dense(8, activation="relu")(x))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(
+        keras.layers.Dense(8, activation="relu")(x)
+    )
     return keras.Model(inputs, outputs)
 
 
@@ -49,7 +51,9 @@ def train(kind, start, stop, checkpoint_dir):
     optimizer = tf_adagrad.Adagrad(learning_rate=0.05)
     optimizer.build(model.trainable_variables)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(checkpoint_dir, kind), max_to_keep=2)
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(checkpoint_dir, kind), max_to_keep=2
+    )
     if start > 0:
         checkpoint.restore(manager.latest_checkpoint).assert_consumed()
     assert int(optimizer.iterations.numpy()) == start

@@ -21,7 +21,10 @@ class Fatbin:
         self.lib = ctypes.CDLL(library_path)
         self.lib.nvFatbinGetErrorString.restype = ctypes.c_char_p
         self.handle = ctypes.c_void_p()
-        self._check("nvFatbinCreate", self.lib.nvFatbinCreate(ctypes.byref(self.handle), None, ctypes.c_size_t(0)))
+        self._check(
+            "nvFatbinCreate",
+            self.lib.nvFatbinCreate(ctypes.byref(self.handle), None, ctypes.c_size_t(0)),
+        )
 
     def _check(self, call, result):
         if result != 0:
@@ -35,7 +38,9 @@ class Fatbin:
         if kind == "sm":
             self._check(
                 f"nvFatbinAddCubin({path})",
-                self.lib.nvFatbinAddCubin(self.handle, data, ctypes.c_size_t(len(data)), arch.encode(), path.encode()),
+                self.lib.nvFatbinAddCubin(
+                    self.handle, data, ctypes.c_size_t(len(data)), arch.encode(), path.encode()
+                ),
             )
         elif kind == "compute":
             code = data + b"\0"  # nvFatbin reads PTX as a C string
@@ -67,7 +72,7 @@ def main(argv):
     for image in images:
         if not image.startswith(IMAGE_PREFIX):
             sys.exit(f"fatbinary.py: unexpected argument {image!r}")
-        profile, _, path = image[len(IMAGE_PREFIX):].partition(",file=")
+        profile, _, path = image[len(IMAGE_PREFIX) :].partition(",file=")
         fatbin.add(profile, path)
     with open(args.create, "wb") as f:
         f.write(fatbin.bytes())
