@@ -39,7 +39,7 @@ build: $(VENV)/.deps-installed
 	command -v $(CUDA_CLANG) >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(CUDA_CLANG_PACKAGE); } || \
 	  echo "make build: could not install $(CUDA_CLANG_PACKAGE); building without CUDA kernels"
-	$(PY) configure.py
+	$(PY) build_tools/configure.py
 	$(BAZEL) build $(BAZEL_TARGETS)
 	install -m 644 bazel-bin/tf_adagrad/_tf_adagrad_ops.so bazel-bin/tf_adagrad/_build_info.py tf_adagrad/
 	$(PY) -m pip install --quiet --no-deps --force-reinstall bazel-bin/dist/tf_adagrad-*.whl

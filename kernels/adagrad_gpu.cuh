@@ -19,6 +19,8 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include "kernels/adagrad_math.h"
+#include "kernels/half_types.h"
+#include "kernels/multi_tensor.h"
 
 namespace tf_adagrad {
 namespace gpu {
@@ -83,24 +85,30 @@ struct alignas(sizeof(T) * kWidth) Pack {
   T elements[kWidth];
 };
 
-// One pass over var, accum and grad, kWidth elements per access, grid-stride.
-// Elements past the last whole pack (fewer than kWidth) are done one by one
-// by the first threads of the grid.
+constexpr int kVectorBytes = 16;
+template <typename T>
+constexpr int kVectorWidth = kVectorBytes / sizeof(T);
+
+// The update of `size` elements by `num_threads` threads, this one being
+// number `thread`: kWidth elements per access, strided. Elements past the
+// last whole pack (fewer than kWidth) are done one by one by the first
+// threads. var, accum and grad must be aligned to a whole pack.
 template <typename T, int kWidth>
-__global__ void __launch_bounds__(kThreadsPerBlock)
-    AdagradDenseKernel(T* __restrict__ var, T* __restrict__ accum,
-                       const T* __restrict__ grad, ComputeType<T> lr,
-                       ComputeType<T> epsilon, int64_t size) {
+__device__ __forceinline__ void UpdateStrided(T* __restrict__ var,
+                                              T* __restrict__ accum,
+                                              const T* __restrict__ grad,
+                                              ComputeType<T> lr,
+                                              ComputeType<T> epsilon,
+                                              int64_t size, int64_t thread,
+                                              int64_t num_threads) {
   using A = GpuArithmetic<T>;
   using C = ComputeType<T>;
   using P = Pack<T, kWidth>;
   const int64_t num_packs = size / kWidth;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   P* var_packs = reinterpret_cast<P*>(var);
   P* accum_packs = reinterpret_cast<P*>(accum);
   const P* grad_packs = reinterpret_cast<const P*>(grad);
-  for (int64_t p = first; p < num_packs; p += stride) {
+  for (int64_t p = thread; p < num_packs; p += num_threads) {
     P v = var_packs[p];
     P a = accum_packs[p];
     const P g = grad_packs[p];
@@ -115,7 +123,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     accum_packs[p] = a;
     var_packs[p] = v;
   }
-  const int64_t tail = num_packs * kWidth + first;
+  const int64_t tail = num_packs * kWidth + thread;
   if (tail < size) {
     C v_c = A::Load(var[tail]);
     C a_c = A::Load(accum[tail]);
@@ -123,6 +131,18 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     accum[tail] = A::Store(a_c);
     var[tail] = A::Store(v_c);
   }
+}
+
+// One pass over var, accum and grad, grid-stride.
+template <typename T, int kWidth>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    AdagradDenseKernel(T* __restrict__ var, T* __restrict__ accum,
+                       const T* __restrict__ grad, ComputeType<T> lr,
+                       ComputeType<T> epsilon, int64_t size) {
+  UpdateStrided<T, kWidth>(
+      var, accum, grad, lr, epsilon, size,
+      static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
+      static_cast<int64_t>(gridDim.x) * blockDim.x);
 }
 
 template <typename T, int kWidth>
@@ -145,92 +165,57 @@ cudaError_t LaunchAdagradDense(T* var, T* accum, const T* grad,
                                ComputeType<T> lr, ComputeType<T> epsilon,
                                int64_t size, cudaStream_t stream) {
   if (size == 0) return cudaSuccess;
-  constexpr int kVectorBytes = 16;
-  constexpr int kVectorWidth = kVectorBytes / sizeof(T);
   const bool vector_aligned =
       (reinterpret_cast<uintptr_t>(var) | reinterpret_cast<uintptr_t>(accum) |
        reinterpret_cast<uintptr_t>(grad)) % kVectorBytes == 0;
   if (vector_aligned) {
-    return LaunchDenseKernel<T, kVectorWidth>(var, accum, grad, lr, epsilon,
-                                              size, stream);
+    return LaunchDenseKernel<T, kVectorWidth<T>>(var, accum, grad, lr,
+                                                 epsilon, size, stream);
   }
   return LaunchDenseKernel<T, 1>(var, accum, grad, lr, epsilon, size, stream);
 }
 
 // --------------------------------------------------------- multi-tensor ---
 
-// Variables per launch of the multi-tensor kernel. Their pointers and
-// offsets travel by value in the kernel's parameters (2 KiB of the 4 KiB
-// allowed), so a launch needs no device memory and no host-to-device copy;
-// more variables take more launches.
-constexpr int kMaxTensorsPerLaunch = 64;
-
-template <typename T>
-struct DenseTensorBatch {
-  T* var[kMaxTensorsPerLaunch];
-  T* accum[kMaxTensorsPerLaunch];
-  const T* grad[kMaxTensorsPerLaunch];
-  // starts[t] is tensor t's first element in the concatenation of the
-  // batch's tensors; starts[num_tensors] is the total.
-  int64_t starts[kMaxTensorsPerLaunch + 1];
-  int num_tensors;
-};
-
-// One pass over the concatenation of the batch's tensors, grid-stride: the
-// work is split by elements, not by tensor, and neighbouring threads touch
-// neighbouring elements of one tensor (coalesced). A thread's elements only
-// increase, so it finds each element's tensor by walking `starts` forward.
+// One block per entry of the table (multi_tensor.h): the block updates its
+// chunk of one tensor, 16 bytes per access when the chunk is aligned.
 template <typename T>
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    AdagradDenseMultiKernel(const DenseTensorBatch<T> batch,
-                            ComputeType<T> lr, ComputeType<T> epsilon) {
-  using A = GpuArithmetic<T>;
-  using C = ComputeType<T>;
-  const int64_t total = batch.starts[batch.num_tensors];
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  int t = 0;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       i < total; i += stride) {
-    while (batch.starts[t + 1] <= i) ++t;
-    const int64_t j = i - batch.starts[t];
-    C v = A::Load(batch.var[t][j]);
-    C a = A::Load(batch.accum[t][j]);
-    UpdateElement(lr, epsilon, A::Load(batch.grad[t][j]), &v, &a);
-    batch.accum[t][j] = A::Store(a);
-    batch.var[t][j] = A::Store(v);
+    AdagradDenseMultiKernel(const MultiTensorTable<T> table, ComputeType<T> lr,
+                            ComputeType<T> epsilon) {
+  const BlockChunk chunk = ChunkOfBlock(table, blockIdx.x);
+  T* var = table.var[chunk.tensor] + chunk.begin;
+  T* accum = table.accum[chunk.tensor] + chunk.begin;
+  const T* grad = table.grad[chunk.tensor] + chunk.begin;
+  const int64_t size = chunk.end - chunk.begin;
+  if (ChunkIsVectorAligned(table, chunk, kVectorBytes)) {
+    UpdateStrided<T, kVectorWidth<T>>(var, accum, grad, lr, epsilon, size,
+                                      threadIdx.x, blockDim.x);
+  } else {
+    UpdateStrided<T, 1>(var, accum, grad, lr, epsilon, size, threadIdx.x,
+                        blockDim.x);
   }
 }
 
 // Updates every variable of `tensors` in place, on `stream`: one launch per
-// kMaxTensorsPerLaunch variables.
+// table of chunks.
 template <typename T>
 cudaError_t LaunchAdagradDenseMulti(const DenseTensors<T>* tensors,
                                     int64_t num_tensors, ComputeType<T> lr,
                                     ComputeType<T> epsilon,
                                     cudaStream_t stream) {
-  const auto kernel = AdagradDenseMultiKernel<T>;
-  for (int64_t first = 0; first < num_tensors; first += kMaxTensorsPerLaunch) {
-    DenseTensorBatch<T> batch;
-    batch.num_tensors = static_cast<int>(
-        std::min<int64_t>(kMaxTensorsPerLaunch, num_tensors - first));
-    batch.starts[0] = 0;
-    for (int t = 0; t < batch.num_tensors; ++t) {
-      const DenseTensors<T>& tensor = tensors[first + t];
-      batch.var[t] = tensor.var;
-      batch.accum[t] = tensor.accum;
-      batch.grad[t] = tensor.grad;
-      batch.starts[t + 1] = batch.starts[t] + tensor.size;
-    }
-    const int64_t total = batch.starts[batch.num_tensors];
-    if (total == 0) continue;
-    int blocks = 0;
-    cudaError_t err = ResidentGridSize(kernel, total, &blocks);
-    if (err != cudaSuccess) return err;
-    kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(batch, lr, epsilon);
-    err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  return cudaSuccess;
+  static_assert(kChunkElements % kVectorWidth<T> == 0,
+                "chunks must keep a tensor's vector alignment");
+  cudaError_t err = cudaSuccess;
+  ForEachMultiTensorTable(
+      tensors, num_tensors, [&](const MultiTensorTable<T>& table) {
+        AdagradDenseMultiKernel<T>
+            <<<table.num_blocks, kThreadsPerBlock, 0, stream>>>(table, lr,
+                                                                epsilon);
+        err = cudaGetLastError();
+        return err == cudaSuccess;
+      });
+  return err;
 }
 
 // --------------------------------------------------------------- sparse ---

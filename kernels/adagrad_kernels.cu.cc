@@ -12,7 +12,9 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/adagrad_functors.h"
 #include "kernels/adagrad_gpu.cuh"
+#include "ops/adagrad_errors.h"
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "unsupported/Eigen/CXX11/Tensor"
@@ -96,8 +98,8 @@ absl::Status ApplyAdagradSparse<GPUDevice, T, Index>::operator()(
               first_bad.flat<uint64_t>().data()),
           &bad_position, &bad_index, stream)));
   if (bad_position >= 0) {
-    return IndexOutOfRangeError(ctx->op_kernel().type_string(), bad_position,
-                                bad_index, num_rows);
+    return absl::InvalidArgumentError(op_errors::IndexOutOfRange(
+        ctx->op_kernel().type_string(), bad_position, bad_index, num_rows));
   }
   if (row_size == 0) return absl::OkStatus();
 
@@ -123,10 +125,7 @@ absl::Status ApplyAdagradSparse<GPUDevice, T, Index>::operator()(
   template struct ApplyAdagradDenseMulti<GPUDevice, T>;      \
   template struct ApplyAdagradSparse<GPUDevice, T, int32_t>; \
   template struct ApplyAdagradSparse<GPUDevice, T, int64_t>;
-INSTANTIATE_GPU_FUNCTORS(Eigen::half);
-INSTANTIATE_GPU_FUNCTORS(Eigen::bfloat16);
-INSTANTIATE_GPU_FUNCTORS(float);
-INSTANTIATE_GPU_FUNCTORS(double);
+TF_CALL_FLOAT_TYPES(INSTANTIATE_GPU_FUNCTORS)
 #undef INSTANTIATE_GPU_FUNCTORS
 
 }  // namespace functor
@@ -142,10 +141,10 @@ void DenseUpdate<Eigen::GpuDevice, T, ASSIGN>::operator()(
   device.memcpy(params.data(), update.data(), params.size() * sizeof(T));
 }
 
-template struct DenseUpdate<Eigen::GpuDevice, Eigen::half, ASSIGN>;
-template struct DenseUpdate<Eigen::GpuDevice, Eigen::bfloat16, ASSIGN>;
-template struct DenseUpdate<Eigen::GpuDevice, float, ASSIGN>;
-template struct DenseUpdate<Eigen::GpuDevice, double, ASSIGN>;
+#define INSTANTIATE_DENSE_UPDATE(T) \
+  template struct DenseUpdate<Eigen::GpuDevice, T, ASSIGN>;
+TF_CALL_FLOAT_TYPES(INSTANTIATE_DENSE_UPDATE)
+#undef INSTANTIATE_DENSE_UPDATE
 
 }  // namespace functor
 }  // namespace tensorflow

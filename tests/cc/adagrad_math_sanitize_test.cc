@@ -1,4 +1,4 @@
-// kernels/adagrad_math.h under AddressSanitizer and UndefinedBehaviorSanitizer
+// The CPU update (kernels/adagrad_cpu.h) under AddressSanitizer and UndefinedBehaviorSanitizer
 // (see BUILD): every input lives in a heap block that ends exactly where the
 // data ends, so one element read or written past the end is reported, and
 // data starts at offsets that break 16- and 32-byte alignment. Edge sizes
@@ -14,7 +14,9 @@
 #include <random>
 #include <vector>
 
-#include "kernels/adagrad_math.h"
+#include "kernels/adagrad_cpu.h"
+#include "kernels/half_types.h"
+#include "kernels/row_grouping.h"
 #include "tests/cc/expect.h"
 
 namespace {
@@ -72,8 +74,9 @@ void TestDense(std::mt19937_64& rng) {
       Fill(grad, size, rng, -1.0f, 1.0f);
       std::vector<T> want_var = var.copy(), want_accum = accum.copy();
       const ComputeType<T> lr = 0.1f, epsilon = 1e-3f;
-      tf_adagrad::AdagradDenseRangeScalar(want_var.data(), want_accum.data(),
-                                          grad.data(), lr, epsilon, 0, size);
+      tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
+          tf_adagrad::AdagradDenseLoop(), want_var.data(), want_accum.data(),
+          grad.data(), lr, epsilon, 0, size);
       tf_adagrad::AdagradDenseRange(var.data(), accum.data(), grad.data(), lr,
                                     epsilon, 0, size);
       for (int64_t i = 0; i < size; ++i) {

@@ -1,21 +1,32 @@
-// Tests of kernels/adagrad_math.h without TensorFlow: the conversions, the
-// grouping of duplicate indices (including paths the ops cannot reach with
-// real tables), and the sparse update against a scalar reference.
-#include "kernels/adagrad_math.h"
+// Tests of the TF-free kernel headers: the conversions, the grouping of
+// duplicate indices (including paths the ops cannot reach with real tables),
+// the sparse update against a scalar reference, every instruction-set
+// variant against the baseline, and the GPU multi-tensor table on a
+// simulated grid.
+#include "kernels/adagrad_cpu.h"
+#include "kernels/half_types.h"
+#include "kernels/multi_tensor.h"
+#include "kernels/row_grouping.h"
 #include "tests/cc/expect.h"
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <random>
+#include <utility>
 #include <vector>
 
 namespace {
 
 using tf_adagrad_test::failures;
 
+using tf_adagrad::AdagradDenseLoop;
+using tf_adagrad::AdagradSparseRowsLoop;
 using tf_adagrad::RowGroups;
+using tf_adagrad::RunCompiledFor;
+using tf_adagrad::VectorIsa;
 
 // Every group lists exactly the positions holding its index, in order, and
 // the groups come in increasing index order.
@@ -151,7 +162,8 @@ void TestHalfDenseVectorPathMatchesScalar() {
   for (float lr : {1e-3f, 1.0f, 3e4f}) {
     std::vector<tf_adagrad::Float16> v1 = var, a1 = accum, v2 = var, a2 = accum;
     tf_adagrad::AdagradDenseRange(v1.data(), a1.data(), grad.data(), lr, 1e-3f, 0, n);
-    tf_adagrad::AdagradDenseRangeScalar(v2.data(), a2.data(), grad.data(), lr, 1e-3f, 0, n);
+    RunCompiledFor<VectorIsa::kBaseline>(AdagradDenseLoop(), v2.data(), a2.data(), grad.data(), lr,
+                                         1e-3f, 0, n);
     for (int64_t i = 0; i < n; ++i) {
       const float x1 = tf_adagrad::HalfToFloat(v1[i].bits);
       const float x2 = tf_adagrad::HalfToFloat(v2[i].bits);
@@ -208,12 +220,13 @@ void TestVectorVariantsMatchBaseline() {
   const C lr = static_cast<C>(0.01), epsilon = static_cast<C>(1e-7);
 
   std::vector<T> want_var = var, want_accum = accum;
-  tf_adagrad::AdagradDenseRangeScalar(want_var.data(), want_accum.data(), grad.data(), lr,
-                                      epsilon, 0, n);
+  RunCompiledFor<VectorIsa::kBaseline>(AdagradDenseLoop(), want_var.data(), want_accum.data(),
+                                       grad.data(), lr, epsilon, 0, n);
   std::vector<T> want_sparse_var = var, want_sparse_accum = accum;
-  tf_adagrad::AdagradSparseRowsScalar(want_sparse_var.data(), want_sparse_accum.data(),
-                                      sparse_grad.data(), indices.data(), groups, row_size,
-                                      lr, epsilon, 0, groups.num_unique(), scratch.data());
+  RunCompiledFor<VectorIsa::kBaseline>(AdagradSparseRowsLoop(), want_sparse_var.data(),
+                                       want_sparse_accum.data(), sparse_grad.data(),
+                                       indices.data(), groups, row_size, lr, epsilon, 0,
+                                       groups.num_unique(), scratch.data());
   const auto expect_same = [](const std::vector<T>& got, const std::vector<T>& want) {
     for (size_t i = 0; i < got.size(); ++i) {
       EXPECT(SameBits(got[i], want[i]) || (IsNanBits(got[i]) && IsNanBits(want[i])));
@@ -223,25 +236,27 @@ void TestVectorVariantsMatchBaseline() {
   const bool has_avx512 = tf_adagrad::CpuVectorIsa() == tf_adagrad::VectorIsa::kAvx512;
   if (has_avx2) {
     std::vector<T> v = var, a = accum;
-    tf_adagrad::AdagradDenseRangeAvx2(v.data(), a.data(), grad.data(), lr, epsilon, 0, n);
+    RunCompiledFor<VectorIsa::kAvx2>(AdagradDenseLoop(), v.data(), a.data(), grad.data(), lr,
+                                      epsilon, 0, n);
     expect_same(v, want_var);
     expect_same(a, want_accum);
     v = var, a = accum;
-    tf_adagrad::AdagradSparseRowsAvx2(v.data(), a.data(), sparse_grad.data(), indices.data(),
-                                      groups, row_size, lr, epsilon, 0, groups.num_unique(),
-                                      scratch.data());
+    RunCompiledFor<VectorIsa::kAvx2>(AdagradSparseRowsLoop(), v.data(), a.data(),
+                                      sparse_grad.data(), indices.data(), groups, row_size, lr,
+                                      epsilon, 0, groups.num_unique(), scratch.data());
     expect_same(v, want_sparse_var);
     expect_same(a, want_sparse_accum);
   }
   if (has_avx512) {
     std::vector<T> v = var, a = accum;
-    tf_adagrad::AdagradDenseRangeAvx512(v.data(), a.data(), grad.data(), lr, epsilon, 0, n);
+    RunCompiledFor<VectorIsa::kAvx512>(AdagradDenseLoop(), v.data(), a.data(), grad.data(), lr,
+                                      epsilon, 0, n);
     expect_same(v, want_var);
     expect_same(a, want_accum);
     v = var, a = accum;
-    tf_adagrad::AdagradSparseRowsAvx512(v.data(), a.data(), sparse_grad.data(), indices.data(),
-                                        groups, row_size, lr, epsilon, 0, groups.num_unique(),
-                                        scratch.data());
+    RunCompiledFor<VectorIsa::kAvx512>(AdagradSparseRowsLoop(), v.data(), a.data(),
+                                      sparse_grad.data(), indices.data(), groups, row_size, lr,
+                                      epsilon, 0, groups.num_unique(), scratch.data());
     expect_same(v, want_sparse_var);
     expect_same(a, want_sparse_accum);
   }
@@ -276,6 +291,149 @@ void TestChunkedGroupingEqualsSerial() {
   }
 }
 
+
+// The GPU multi-tensor kernel's work on a simulated grid: the tables of
+// ForEachMultiTensorTable, read block by block through ChunkOfBlock and
+// ChunkIsVectorAligned as the kernel reads them. Every element of every
+// tensor must be covered exactly once, each chunk within its tensor, the
+// 16-byte path chosen exactly when a chunk's three pointers are aligned,
+// tables launched only when full, and empty tensors never listed. The
+// tensors are never dereferenced, so their addresses are made up: huge
+// tensors cost nothing, and misalignment is chosen per tensor.
+template <typename T>
+void CheckMultiTensorTables(const std::vector<int64_t>& sizes,
+                            const std::vector<int>& misalignments) {
+  constexpr int kVectorBytes = 16;
+  const int64_t n = static_cast<int64_t>(sizes.size());
+  std::vector<tf_adagrad::DenseTensors<T>> tensors(n);
+  // Tensor t lives at 2^40 * (t + 1) (var), + 2^39 (accum), + 2^39 + 2^38
+  // (grad), each shifted by its misalignment in elements; whether it is
+  // 16-byte aligned is then known without looking at the addresses.
+  std::vector<bool> want_aligned(n);
+  for (int64_t t = 0; t < n; ++t) {
+    const int m = misalignments[t % misalignments.size()];
+    const uintptr_t base = (uintptr_t{1} << 40) * (t + 1);
+    const int var_shift = m & 1 ? 1 : 0, accum_shift = m & 2 ? 1 : 0,
+              grad_shift = m & 4 ? 1 : 0;
+    tensors[t].var = reinterpret_cast<T*>(base) + var_shift;
+    tensors[t].accum =
+        reinterpret_cast<T*>(base + (uintptr_t{1} << 39)) + accum_shift;
+    tensors[t].grad = reinterpret_cast<const T*>(
+                          base + (uintptr_t{3} << 38)) + grad_shift;
+    tensors[t].size = sizes[t];
+    want_aligned[t] = var_shift + accum_shift + grad_shift == 0;
+  }
+  const auto tensor_of = [&](const T* var) {
+    return static_cast<int64_t>(reinterpret_cast<uintptr_t>(var) >> 40) - 1;
+  };
+  // Covered intervals per tensor, and per table its fill.
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> covered(n);
+  struct Fill {
+    int tensors, blocks;
+  };
+  std::vector<Fill> fills;
+  int64_t vector_blocks = 0;
+  const bool ok = tf_adagrad::ForEachMultiTensorTable(
+      tensors.data(), n, [&](const tf_adagrad::MultiTensorTable<T>& table) {
+        EXPECT(table.num_blocks >= 1 &&
+               table.num_blocks <= tf_adagrad::kMaxBlocksPerTable);
+        EXPECT(table.num_tensors >= 1 &&
+               table.num_tensors <= tf_adagrad::kMaxTensorsPerTable);
+        fills.push_back({table.num_tensors, table.num_blocks});
+        std::vector<int> blocks_of_slot(table.num_tensors, 0);
+        for (int b = 0; b < table.num_blocks; ++b) {
+          const tf_adagrad::BlockChunk chunk = tf_adagrad::ChunkOfBlock(table, b);
+          EXPECT(chunk.tensor >= 0 && chunk.tensor < table.num_tensors);
+          if (chunk.tensor < 0 || chunk.tensor >= table.num_tensors) continue;
+          ++blocks_of_slot[chunk.tensor];
+          const int64_t t = tensor_of(table.var[chunk.tensor]);
+          EXPECT(t >= 0 && t < n);
+          if (t < 0 || t >= n) continue;
+          EXPECT(table.var[chunk.tensor] == tensors[t].var);
+          EXPECT(table.accum[chunk.tensor] == tensors[t].accum);
+          EXPECT(table.grad[chunk.tensor] == tensors[t].grad);
+          EXPECT(table.size[chunk.tensor] == sizes[t]);
+          EXPECT(0 <= chunk.begin && chunk.begin < chunk.end &&
+                 chunk.end <= sizes[t]);
+          EXPECT(chunk.end - chunk.begin <= tf_adagrad::kChunkElements);
+          const bool aligned =
+              tf_adagrad::ChunkIsVectorAligned(table, chunk, kVectorBytes);
+          EXPECT(aligned == want_aligned[t]);
+          vector_blocks += aligned;
+          covered[t].push_back({chunk.begin, chunk.end});
+        }
+        // Every listed tensor has a block (so no empty tensor is listed).
+        for (int blocks : blocks_of_slot) EXPECT(blocks > 0);
+        return true;
+      });
+  EXPECT(ok);
+  for (int64_t t = 0; t < n; ++t) {
+    std::sort(covered[t].begin(), covered[t].end());
+    int64_t next = 0;
+    for (const auto& [begin, end] : covered[t]) {
+      EXPECT(begin == next);  // no gap, no overlap
+      next = end;
+    }
+    EXPECT(next == sizes[t]);
+  }
+  // Only the last table may be launched before it is full.
+  for (size_t k = 0; k + 1 < fills.size(); ++k) {
+    EXPECT(fills[k].blocks == tf_adagrad::kMaxBlocksPerTable ||
+           fills[k].tensors == tf_adagrad::kMaxTensorsPerTable);
+  }
+  int64_t want_blocks = 0, want_vector_blocks = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t chunks =
+        (sizes[t] + tf_adagrad::kChunkElements - 1) / tf_adagrad::kChunkElements;
+    want_blocks += chunks;
+    if (want_aligned[t]) want_vector_blocks += chunks;
+  }
+  int64_t blocks = 0;
+  for (const Fill& fill : fills) blocks += fill.blocks;
+  EXPECT(blocks == want_blocks);
+  EXPECT(vector_blocks == want_vector_blocks);
+  EXPECT(fills.size() >= static_cast<size_t>(
+                             (want_blocks + tf_adagrad::kMaxBlocksPerTable - 1) /
+                             tf_adagrad::kMaxBlocksPerTable));
+}
+
+template <typename T>
+void TestMultiTensorTables() {
+  const int64_t chunk = tf_adagrad::kChunkElements;
+  const int64_t table_blocks = tf_adagrad::kMaxBlocksPerTable;
+  // Bit k of a misalignment shifts var, accum or grad by one element.
+  const std::vector<int> aligned = {0}, mixed = {0, 1, 0, 2, 4, 7};
+  // Empty tensors only, one element, sizes around a chunk, odd sizes.
+  CheckMultiTensorTables<T>({0, 0, 0}, aligned);
+  CheckMultiTensorTables<T>({1}, mixed);
+  CheckMultiTensorTables<T>({0, chunk - 1, chunk, chunk + 1, 0, 7, 4097},
+                            mixed);
+  // One tensor spread over several tables (a table of blocks fills), and
+  // one that fills a table exactly.
+  CheckMultiTensorTables<T>({table_blocks * chunk * 2 + 3}, mixed);
+  CheckMultiTensorTables<T>({table_blocks * chunk, 5}, mixed);
+  // More tensors than a table holds, some empty; then a table filled by
+  // tensors and by blocks at once.
+  std::vector<int64_t> many(3 * tf_adagrad::kMaxTensorsPerTable + 5);
+  for (size_t t = 0; t < many.size(); ++t) many[t] = (t * 7919) % 3001;
+  CheckMultiTensorTables<T>(many, mixed);
+  many[many.size() / 2] = 100 * chunk + 1;
+  CheckMultiTensorTables<T>(many, mixed);
+  std::vector<int64_t> exact(tf_adagrad::kMaxTensorsPerTable,
+                             table_blocks / tf_adagrad::kMaxTensorsPerTable * chunk);
+  CheckMultiTensorTables<T>(exact, aligned);
+  // A launch that fails stops the tables there.
+  std::vector<tf_adagrad::DenseTensors<T>> tensors(
+      1, {reinterpret_cast<T*>(64), reinterpret_cast<T*>(128),
+          reinterpret_cast<const T*>(256), 3 * table_blocks * chunk});
+  int launches = 0;
+  EXPECT(!tf_adagrad::ForEachMultiTensorTable(
+      tensors.data(), 1, [&launches](const tf_adagrad::MultiTensorTable<T>&) {
+        return ++launches < 2;
+      }));
+  EXPECT(launches == 2);
+}
+
 }  // namespace
 
 int main() {
@@ -285,6 +443,9 @@ int main() {
   TestBFloat16Conversions();
   TestSparseUpdateMatchesScalarReference();
   TestHalfDenseVectorPathMatchesScalar();
+  TestMultiTensorTables<float>();
+  TestMultiTensorTables<double>();
+  TestMultiTensorTables<tf_adagrad::Float16>();
 #ifdef TF_ADAGRAD_X86
   TestVectorVariantsMatchBaseline<float>();
   TestVectorVariantsMatchBaseline<double>();

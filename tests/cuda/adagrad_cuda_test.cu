@@ -1,6 +1,6 @@
 // Standalone test of the CUDA kernels in kernels/adagrad_gpu.cuh, without
 // TensorFlow. Runs the dense, multi-tensor dense and sparse updates on random
-// shapes and data against the CPU path of kernels/adagrad_math.h (the
+// shapes and data against the CPU path of kernels/adagrad_cpu.h (the
 // reference), requires the results to be
 // bit-identical to it and from one run to the next, checks the index
 // validation, then times the dense kernel against a device-to-device copy and
@@ -23,8 +23,11 @@
 #include <string>
 #include <vector>
 
+#include "kernels/adagrad_cpu.h"
 #include "kernels/adagrad_gpu.cuh"
-#include "kernels/adagrad_math.h"
+#include "kernels/half_types.h"
+#include "kernels/multi_tensor.h"
+#include "kernels/row_grouping.h"
 
 namespace {
 
@@ -116,6 +119,15 @@ class DeviceArray {
 template <typename T>
 T FromDouble(double x) {
   return Arithmetic<T>::Store(static_cast<ComputeType<T>>(x));
+}
+
+// The CPU's baseline build of the dense update: the reference.
+template <typename T>
+void DenseReference(T* var, T* accum, const T* grad, ComputeType<T> lr,
+                    ComputeType<T> epsilon, int64_t begin, int64_t end) {
+  tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
+      tf_adagrad::AdagradDenseLoop(), var, accum, grad, lr, epsilon, begin,
+      end);
 }
 
 template <typename T>
@@ -224,7 +236,7 @@ void CheckDense(size_t size, size_t offset, std::mt19937_64& rng) {
   const Hyperparameters<T> h = RandomHyperparameters<T>(rng);
 
   std::vector<T> want_var = var, want_accum = accum;
-  tf_adagrad::AdagradDenseRangeScalar(want_var.data(), want_accum.data(),
+  DenseReference(want_var.data(), want_accum.data(),
                                       grad.data(), h.lr, h.epsilon, 0,
                                       static_cast<int64_t>(size));
   std::vector<T> var1, accum1, var2, accum2;
@@ -240,12 +252,15 @@ void CheckDense(size_t size, size_t offset, std::mt19937_64& rng) {
 // --------------------------------------------------------- multi-tensor ---
 
 // One multi-tensor update of variables of the given sizes (more than one
-// launch's worth when there are more than kMaxTensorsPerLaunch), each
-// `offset` elements into its own allocation; every variable must equal the
-// CPU reference, and two runs must agree.
+// launch's worth when they need more than one table of kMaxTensorsPerTable
+// tensors and kMaxBlocksPerTable chunks). Array k (var, accum, grad) of
+// variable t sits `offsets[(3 * t + k) % offsets.size()]` elements into its
+// own allocation, so that chunks take the 16-byte path or not, variable by
+// variable. Every variable must equal the CPU reference, and two runs must
+// agree.
 template <typename T>
-void CheckDenseMulti(const std::vector<size_t>& sizes, size_t offset,
-                     std::mt19937_64& rng) {
+void CheckDenseMulti(const std::vector<size_t>& sizes,
+                     const std::vector<size_t>& offsets, std::mt19937_64& rng) {
   const Hyperparameters<T> h = RandomHyperparameters<T>(rng);
   const size_t n = sizes.size();
   std::vector<std::vector<T>> var(n), accum(n), grad(n);
@@ -254,6 +269,10 @@ void CheckDenseMulti(const std::vector<size_t>& sizes, size_t offset,
     accum[t] = RandomValues<T>(sizes[t], 0.0, 4.0, false, rng);
     grad[t] = RandomValues<T>(sizes[t], -2.0, 2.0, true, rng);
   }
+  const auto offset_of = [&offsets](size_t t, int k) {
+    return offsets[(3 * t + k) % offsets.size()];
+  };
+  bool any_misaligned = false;
   std::vector<std::vector<T>> got_var[2], got_accum[2];
   for (int run = 0; run < 2; ++run) {
     std::vector<std::unique_ptr<DeviceArray<T>>> arrays;
@@ -262,6 +281,8 @@ void CheckDenseMulti(const std::vector<size_t>& sizes, size_t offset,
       T* pointers[3];
       const std::vector<T>* host[3] = {&var[t], &accum[t], &grad[t]};
       for (int k = 0; k < 3; ++k) {
+        const size_t offset = offset_of(t, k);
+        any_misaligned = any_misaligned || (sizes[t] > 0 && offset * sizeof(T) % 16 != 0);
         arrays.push_back(std::make_unique<DeviceArray<T>>(sizes[t] + offset));
         arrays.back()->CopyFrom(*host[k], offset);
         pointers[k] = arrays.back()->data() + (sizes[t] + offset > 0 ? offset : 0);
@@ -274,18 +295,19 @@ void CheckDenseMulti(const std::vector<size_t>& sizes, size_t offset,
         cudaStream_t{0}));
     CUDA_CHECK(cudaDeviceSynchronize());
     for (size_t t = 0; t < n; ++t) {
-      got_var[run].push_back(arrays[3 * t]->CopyOut(sizes[t], offset));
-      got_accum[run].push_back(arrays[3 * t + 1]->CopyOut(sizes[t], offset));
+      got_var[run].push_back(arrays[3 * t]->CopyOut(sizes[t], offset_of(t, 0)));
+      got_accum[run].push_back(
+          arrays[3 * t + 1]->CopyOut(sizes[t], offset_of(t, 1)));
     }
   }
   const std::string name = std::string("dense multi-tensor ") +
                            TypeName<T>::value + ", " + std::to_string(n) +
-                           " variables" + (offset ? " misaligned" : "");
+                           " variables" + (any_misaligned ? " (some misaligned)" : "");
   bool same_as_reference = true, runs_agree = true;
   std::string first_bad;
   for (size_t t = 0; t < n; ++t) {
     std::vector<T> want_var = var[t], want_accum = accum[t];
-    tf_adagrad::AdagradDenseRangeScalar(want_var.data(), want_accum.data(),
+    DenseReference(want_var.data(), want_accum.data(),
                                         grad[t].data(), h.lr, h.epsilon, 0,
                                         static_cast<int64_t>(sizes[t]));
     const int64_t bad_var = FirstDifference(got_var[0][t], want_var);
@@ -308,17 +330,26 @@ void CheckDenseMulti(const std::vector<size_t>& sizes, size_t offset,
 template <typename T>
 void CheckDenseMultiShapes(std::mt19937_64& rng) {
   std::uniform_int_distribution<size_t> small(0, 5000), large(100000, 600000);
-  // Empty variables among others, sizes around the vector widths, one
-  // variable, exactly one launch's worth, and more than two launches' worth.
-  CheckDenseMulti<T>({0, 1, 0, 7, 8, 9, 4097, 0}, 0, rng);
-  CheckDenseMulti<T>({large(rng)}, 1, rng);
-  CheckDenseMulti<T>({0}, 0, rng);
+  const size_t chunk = tf_adagrad::kChunkElements;
+  const std::vector<size_t> aligned = {0}, misaligned = {1},
+                            mixed = {0, 1, 0, 0, 3, 8, 0, 0, 0, 2};
+  // Empty variables among others, sizes around the vector widths and the
+  // chunk, one variable, and more than one table's worth of variables.
+  CheckDenseMulti<T>({0, 1, 0, 7, 8, 9, 4097, 0}, aligned, rng);
+  CheckDenseMulti<T>({0, 1, 0, 7, 8, 9, 4097, 0}, mixed, rng);
+  CheckDenseMulti<T>({chunk - 1, chunk, chunk + 1, 2 * chunk + 7}, mixed, rng);
+  CheckDenseMulti<T>({large(rng)}, misaligned, rng);
+  CheckDenseMulti<T>({0}, aligned, rng);
   for (const size_t count : {size_t{64}, size_t{65}, size_t{150}}) {
     std::vector<size_t> sizes(count);
     for (auto& size : sizes) size = small(rng);
     sizes[count / 2] = large(rng);
-    CheckDenseMulti<T>(sizes, count % 2, rng);
+    CheckDenseMulti<T>(sizes, count % 2 ? mixed : aligned, rng);
   }
+  // More chunks than a table holds: one variable over two tables, its last
+  // chunk odd, beside small ones.
+  CheckDenseMulti<T>({5, tf_adagrad::kMaxBlocksPerTable * chunk + 4099, 3},
+                     mixed, rng);
 }
 
 // --------------------------------------------------------------- sparse ---
