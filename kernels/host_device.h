@@ -3,11 +3,13 @@
 #ifndef TF_ADAGRAD_KERNELS_HOST_DEVICE_H_
 #define TF_ADAGRAD_KERNELS_HOST_DEVICE_H_
 
-// Functions that both devices compile.
+// Functions that both devices compile, and a request to always inline one.
 #if defined(__CUDACC__)
 #define TF_ADAGRAD_HOST_DEVICE __host__ __device__
+#define TF_ADAGRAD_FORCE_INLINE __forceinline__
 #else
 #define TF_ADAGRAD_HOST_DEVICE
+#define TF_ADAGRAD_FORCE_INLINE inline __attribute__((always_inline))
 #endif
 
 // x86 paths are host code: a CUDA compiler's device pass has no x86 target.

@@ -13,7 +13,9 @@
 
 #include <cstdint>
 
+#include "kernels/half_types.h"
 #include "kernels/host_device.h"
+#include "kernels/strided_update.h"
 
 namespace tf_adagrad {
 
@@ -86,6 +88,29 @@ TF_ADAGRAD_HOST_DEVICE inline bool ChunkIsVectorAligned(
       reinterpret_cast<uintptr_t>(table.accum[t] + chunk.begin) |
       reinterpret_cast<uintptr_t>(table.grad[t] + chunk.begin);
   return addresses % vector_bytes == 0;
+}
+
+// What thread `thread` of block `block` (of `num_threads` threads) does: its
+// share of the block's chunk, 16 bytes per access when the chunk is
+// aligned. `A` is how elements are read and written (an Arithmetic).
+template <typename A, typename T>
+TF_ADAGRAD_HOST_DEVICE TF_ADAGRAD_FORCE_INLINE void UpdateChunkOfBlock(
+    const MultiTensorTable<T>& table, int block, int64_t thread,
+    int64_t num_threads, ComputeType<T> lr, ComputeType<T> epsilon) {
+  static_assert(kChunkElements % kVectorWidth<T> == 0,
+                "chunks must keep a tensor's vector alignment");
+  const BlockChunk chunk = ChunkOfBlock(table, block);
+  T* var = table.var[chunk.tensor] + chunk.begin;
+  T* accum = table.accum[chunk.tensor] + chunk.begin;
+  const T* grad = table.grad[chunk.tensor] + chunk.begin;
+  const int64_t size = chunk.end - chunk.begin;
+  if (ChunkIsVectorAligned(table, chunk, kVectorBytes)) {
+    UpdateStrided<A, kVectorWidth<T>>(var, accum, grad, lr, epsilon, size,
+                                      thread, num_threads);
+  } else {
+    UpdateStrided<A, 1>(var, accum, grad, lr, epsilon, size, thread,
+                        num_threads);
+  }
 }
 
 // Puts every chunk of every nonempty tensor, in order, into tables, and
