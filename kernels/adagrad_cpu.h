@@ -55,8 +55,8 @@ __attribute__((target("avx,f16c"))) inline void AdagradDenseRangeHalfF16C(
     StoreHalf8(accum + i, a);
     StoreHalf8(var + i, v);
   }
-  RunCompiledFor<VectorIsa::kBaseline>(AdagradDenseLoop(), var, accum, grad,
-                                       lr, epsilon, i, end);
+  RunCompiledFor<VectorIsa::kBaseline>(AdagradDenseLoop(), var, accum, grad, lr,
+                                       epsilon, i, end);
 }
 #endif  // TF_ADAGRAD_X86
 
@@ -168,8 +168,8 @@ struct AdagradSparseRowsLoop {
 template <typename T, typename Index>
 void AdagradSparseRows(T* var, T* accum, const T* grad, const Index* indices,
                        const RowGroups& groups, int64_t row_size,
-                       ComputeType<T> lr, ComputeType<T> epsilon,
-                       int64_t begin, int64_t end, ComputeType<T>* scratch) {
+                       ComputeType<T> lr, ComputeType<T> epsilon, int64_t begin,
+                       int64_t end, ComputeType<T>* scratch) {
   RunOnWidestIsa(AdagradSparseRowsLoop(), var, accum, grad, indices, groups,
                  row_size, lr, epsilon, begin, end, scratch);
 }

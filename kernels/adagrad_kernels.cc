@@ -99,8 +99,7 @@ struct ApplyAdagradDenseMulti<CPUDevice, T> {
 
 template <typename T, typename Index>
 struct ApplyAdagradSparse<CPUDevice, T, Index> {
-  absl::Status operator()(OpKernelContext* ctx,
-                          typename TTypes<T>::Matrix var,
+  absl::Status operator()(OpKernelContext* ctx, typename TTypes<T>::Matrix var,
                           typename TTypes<T>::Matrix accum, T lr, T epsilon,
                           typename TTypes<T>::ConstMatrix grad,
                           typename TTypes<Index>::ConstVec indices) {
@@ -125,8 +124,8 @@ struct ApplyAdagradSparse<CPUDevice, T, Index> {
                            for (Eigen::Index c = begin; c < end; ++c) task(c);
                          });
     };
-    const RowGroups groups = GroupRowsByIndex(
-        indices.data(), nnz, num_rows, device.numThreads(), run_tasks);
+    const RowGroups groups = GroupRowsByIndex(indices.data(), nnz, num_rows,
+                                              device.numThreads(), run_tasks);
     using M = typename MathType<T>::type;
     auto* var_data = MathPointer(var.data());
     auto* accum_data = MathPointer(accum.data());
@@ -137,14 +136,14 @@ struct ApplyAdagradSparse<CPUDevice, T, Index> {
     const Eigen::TensorOpCost cost_per_row(
         row_bytes * 3.0 * nnz / groups.num_unique(), row_bytes * 2.0,
         20.0 * row_size);
-    device.parallelFor(
-        groups.num_unique(), cost_per_row,
-        [&](Eigen::Index begin, Eigen::Index end) {
-          std::vector<ComputeType<M>> scratch(row_size);
-          AdagradSparseRows(var_data, accum_data, grad_data, indices.data(),
-                            groups, row_size, lr_c, epsilon_c, begin, end,
-                            scratch.data());
-        });
+    device.parallelFor(groups.num_unique(), cost_per_row,
+                       [&](Eigen::Index begin, Eigen::Index end) {
+                         std::vector<ComputeType<M>> scratch(row_size);
+                         AdagradSparseRows(var_data, accum_data, grad_data,
+                                           indices.data(), groups, row_size,
+                                           lr_c, epsilon_c, begin, end,
+                                           scratch.data());
+                       });
     return absl::OkStatus();
   }
 };
@@ -223,9 +222,9 @@ class AdagradOpBase : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     std::vector<tensorflow::core::RefCountPtr<Var>> resources(num_variables_);
     for (int input = 0; input < num_variables_; ++input) {
-      OP_REQUIRES_OK(ctx, LookupVariable<T>(ctx, name(), input,
-                                            VariableName(input),
-                                            &resources[input]));
+      OP_REQUIRES_OK(ctx,
+                     LookupVariable<T>(ctx, name(), input, VariableName(input),
+                                       &resources[input]));
     }
     std::vector<Var*> vars(num_variables_);
     for (int input = 0; input < num_variables_; ++input) {
@@ -252,8 +251,8 @@ class AdagradOpBase : public OpKernel {
   // written yet.
   virtual absl::Status ValidateShapes(OpKernelContext* ctx,
                                       const LockedVariables& locked) = 0;
-  virtual void Update(OpKernelContext* ctx, const LockedVariables& locked,
-                      T lr, T epsilon) = 0;
+  virtual void Update(OpKernelContext* ctx, const LockedVariables& locked, T lr,
+                      T epsilon) = 0;
 
   absl::Status Error(const std::string& expected, const std::string& got) {
     return absl::InvalidArgumentError(
@@ -305,9 +304,8 @@ class SingleVariableOpBase : public AdagradOpBase<Device, T> {
   absl::Status ValidateShapes(OpKernelContext* ctx,
                               const LockedVariables& locked) override {
     const TensorShape& var_shape = locked.tensor(0)->shape();
-    TF_RETURN_IF_ERROR(ExpectSameShape(this->name(), "accum",
-                                       locked.tensor(1)->shape(), "var",
-                                       var_shape));
+    TF_RETURN_IF_ERROR(ExpectSameShape(
+        this->name(), "accum", locked.tensor(1)->shape(), "var", var_shape));
     return ValidateGradient(ctx, var_shape);
   }
 
@@ -396,12 +394,12 @@ class ApplySparseOp : public SingleVariableOpBase<Device, T> {
     const int64_t num_rows = var->dim_size(0);
     int64_t row_size = 1;
     for (int d = 1; d < var->dims(); ++d) row_size *= var->dim_size(d);
-    OP_REQUIRES_OK(
-        ctx, (functor::ApplyAdagradSparse<Device, T, Index>()(
-                 ctx, var->shaped<T, 2>({num_rows, row_size}),
-                 accum->shaped<T, 2>({num_rows, row_size}), lr, epsilon,
-                 grad.shaped<T, 2>({indices.NumElements(), row_size}),
-                 indices.vec<Index>())));
+    OP_REQUIRES_OK(ctx,
+                   (functor::ApplyAdagradSparse<Device, T, Index>()(
+                       ctx, var->shaped<T, 2>({num_rows, row_size}),
+                       accum->shaped<T, 2>({num_rows, row_size}), lr, epsilon,
+                       grad.shaped<T, 2>({indices.NumElements(), row_size}),
+                       indices.vec<Index>())));
   }
 };
 
@@ -432,9 +430,9 @@ class MultiApplyDenseOp : public AdagradOpBase<Device, T> {
     for (int i = 0; i < n_; ++i) {
       const TensorShape& var_shape = locked.tensor(i)->shape();
       const std::string var_name = VariableName(i);
-      TF_RETURN_IF_ERROR(ExpectSameShape(
-          this->name(), VariableName(n_ + i), locked.tensor(n_ + i)->shape(),
-          var_name, var_shape));
+      TF_RETURN_IF_ERROR(ExpectSameShape(this->name(), VariableName(n_ + i),
+                                         locked.tensor(n_ + i)->shape(),
+                                         var_name, var_shape));
       TF_RETURN_IF_ERROR(ExpectSameShape(
           this->name(), absl::StrCat("grad[", i, "]"),
           ctx->input(GradInput(i)).shape(), var_name, var_shape));
@@ -476,32 +474,32 @@ class MultiApplyDenseOp : public AdagradOpBase<Device, T> {
 
 // lr and epsilon are read on the host (they are kernel arguments on the GPU);
 // indices stay on the device, where the GPU kernels read them.
-#define REGISTER_KERNELS(DEVICE, DeviceType, T)                            \
-  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplyDense")                    \
-                              .Device(DEVICE)                             \
-                              .HostMemory("lr")                           \
-                              .HostMemory("epsilon")                      \
-                              .TypeConstraint<T>("T"),                    \
-                          ApplyDenseOp<DeviceType, T>);                   \
-  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplySparse")                   \
-                              .Device(DEVICE)                             \
-                              .HostMemory("lr")                           \
-                              .HostMemory("epsilon")                      \
-                              .TypeConstraint<T>("T")                     \
-                              .TypeConstraint<int32_t>("Tindices"),       \
-                          ApplySparseOp<DeviceType, T, int32_t>);         \
-  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplySparse")                   \
-                              .Device(DEVICE)                             \
-                              .HostMemory("lr")                           \
-                              .HostMemory("epsilon")                      \
-                              .TypeConstraint<T>("T")                     \
-                              .TypeConstraint<int64_t>("Tindices"),       \
-                          ApplySparseOp<DeviceType, T, int64_t>);         \
-  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>MultiApplyDense")               \
-                              .Device(DEVICE)                             \
-                              .HostMemory("lr")                           \
-                              .HostMemory("epsilon")                      \
-                              .TypeConstraint<T>("T"),                    \
+#define REGISTER_KERNELS(DEVICE, DeviceType, T)                     \
+  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplyDense")              \
+                              .Device(DEVICE)                       \
+                              .HostMemory("lr")                     \
+                              .HostMemory("epsilon")                \
+                              .TypeConstraint<T>("T"),              \
+                          ApplyDenseOp<DeviceType, T>);             \
+  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplySparse")             \
+                              .Device(DEVICE)                       \
+                              .HostMemory("lr")                     \
+                              .HostMemory("epsilon")                \
+                              .TypeConstraint<T>("T")               \
+                              .TypeConstraint<int32_t>("Tindices"), \
+                          ApplySparseOp<DeviceType, T, int32_t>);   \
+  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplySparse")             \
+                              .Device(DEVICE)                       \
+                              .HostMemory("lr")                     \
+                              .HostMemory("epsilon")                \
+                              .TypeConstraint<T>("T")               \
+                              .TypeConstraint<int64_t>("Tindices"), \
+                          ApplySparseOp<DeviceType, T, int64_t>);   \
+  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>MultiApplyDense")         \
+                              .Device(DEVICE)                       \
+                              .HostMemory("lr")                     \
+                              .HostMemory("epsilon")                \
+                              .TypeConstraint<T>("T"),              \
                           MultiApplyDenseOp<DeviceType, T>);
 
 #define REGISTER_CPU_KERNELS(T) \

@@ -33,10 +33,9 @@ namespace {
 absl::Status CudaStatus(OpKernelContext* ctx, const char* step,
                         cudaError_t err) {
   if (err == cudaSuccess) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(ctx->op_kernel().type_string(),
-                                          ": CUDA error in ", step, ": ",
-                                          cudaGetErrorName(err), " (",
-                                          cudaGetErrorString(err), ")"));
+  return absl::InternalError(absl::StrCat(
+      ctx->op_kernel().type_string(), ": CUDA error in ", step, ": ",
+      cudaGetErrorName(err), " (", cudaGetErrorString(err), ")"));
 }
 
 cudaStream_t Stream(OpKernelContext* ctx) {
@@ -50,25 +49,22 @@ absl::Status ApplyAdagradDense<GPUDevice, T>::operator()(
     OpKernelContext* ctx, typename TTypes<T>::Flat var,
     typename TTypes<T>::Flat accum, T lr, T epsilon,
     typename TTypes<T>::ConstFlat grad) {
-  return CudaStatus(
-      ctx, "the dense update",
-      gpu::LaunchAdagradDense(MathPointer(var.data()),
-                              MathPointer(accum.data()),
-                              MathPointer(grad.data()), ToCompute(lr),
-                              ToCompute(epsilon), var.size(), Stream(ctx)));
+  return CudaStatus(ctx, "the dense update",
+                    gpu::LaunchAdagradDense(
+                        MathPointer(var.data()), MathPointer(accum.data()),
+                        MathPointer(grad.data()), ToCompute(lr),
+                        ToCompute(epsilon), var.size(), Stream(ctx)));
 }
 
 template <typename T>
 absl::Status ApplyAdagradDenseMulti<GPUDevice, T>::operator()(
     OpKernelContext* ctx,
-    const std::vector<DenseTensors<typename MathType<T>::type>>& tensors,
-    T lr, T epsilon) {
-  return CudaStatus(
-      ctx, "the multi-tensor dense update",
-      gpu::LaunchAdagradDenseMulti(tensors.data(),
-                                   static_cast<int64_t>(tensors.size()),
-                                   ToCompute(lr), ToCompute(epsilon),
-                                   Stream(ctx)));
+    const std::vector<DenseTensors<typename MathType<T>::type>>& tensors, T lr,
+    T epsilon) {
+  return CudaStatus(ctx, "the multi-tensor dense update",
+                    gpu::LaunchAdagradDenseMulti(
+                        tensors.data(), static_cast<int64_t>(tensors.size()),
+                        ToCompute(lr), ToCompute(epsilon), Stream(ctx)));
 }
 
 template <typename T, typename Index>
@@ -104,20 +100,19 @@ absl::Status ApplyAdagradSparse<GPUDevice, T, Index>::operator()(
   if (row_size == 0) return absl::OkStatus();
 
   gpu::SparseWorkspace plan;
-  TF_RETURN_IF_ERROR(CudaStatus(
-      ctx, "planning the sort",
-      gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &plan)));
+  TF_RETURN_IF_ERROR(
+      CudaStatus(ctx, "planning the sort",
+                 gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &plan)));
   Tensor workspace;
   TF_RETURN_IF_ERROR(ctx->allocate_temp(
       tensorflow::DT_INT8,
       TensorShape({static_cast<int64_t>(plan.total_bytes)}), &workspace));
-  return CudaStatus(
-      ctx, "the sparse update",
-      gpu::LaunchAdagradSparse(
-          MathPointer(var.data()), MathPointer(accum.data()),
-          MathPointer(grad.data()), indices.data(), nnz, row_size,
-          ToCompute(lr), ToCompute(epsilon), plan,
-          workspace.flat<int8_t>().data(), stream));
+  return CudaStatus(ctx, "the sparse update",
+                    gpu::LaunchAdagradSparse(
+                        MathPointer(var.data()), MathPointer(accum.data()),
+                        MathPointer(grad.data()), indices.data(), nnz, row_size,
+                        ToCompute(lr), ToCompute(epsilon), plan,
+                        workspace.flat<int8_t>().data(), stream));
 }
 
 #define INSTANTIATE_GPU_FUNCTORS(T)                          \

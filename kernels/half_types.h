@@ -108,7 +108,7 @@ TF_ADAGRAD_HOST_DEVICE inline uint16_t FloatToBFloat16(float f) {
   const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
   const uint32_t quiet_nan = (x >> 16) | 0x40u;
   return static_cast<uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? quiet_nan
-                                                                : rounded);
+                                                               : rounded);
 }
 
 // How a storage type is read into, and written from, its compute type.

@@ -47,8 +47,8 @@ constexpr int64_t kMinKeysPerSortChunk = 1 << 15;
 // and then scatters its keys after those of the chunks before it, which
 // keeps the sort stable and its result independent of the chunk count.
 template <typename Index, typename RunTasks = SerialTasks>
-RowGroups GroupRowsByIndex(const Index* indices, int64_t nnz,
-                           int64_t num_rows, int64_t num_chunks = 1,
+RowGroups GroupRowsByIndex(const Index* indices, int64_t nnz, int64_t num_rows,
+                           int64_t num_chunks = 1,
                            const RunTasks& run_tasks = RunTasks()) {
   RowGroups groups;
   groups.positions.resize(nnz);
@@ -61,8 +61,8 @@ RowGroups GroupRowsByIndex(const Index* indices, int64_t nnz,
   // Packed: key = index << position_bits | position. Otherwise the key is the
   // index and the positions travel in a second array.
   const int index_shift = packed ? position_bits : 0;
-  num_chunks = std::max<int64_t>(
-      1, std::min(num_chunks, nnz / kMinKeysPerSortChunk));
+  num_chunks =
+      std::max<int64_t>(1, std::min(num_chunks, nnz / kMinKeysPerSortChunk));
   const auto chunk_begin = [nnz, num_chunks](int64_t c) {
     return nnz / num_chunks * c + std::min(c, nnz % num_chunks);
   };

@@ -77,12 +77,12 @@ inline std::string SameVariableTwice(absl::string_view op) {
 inline std::string SameVariableAt(absl::string_view op, int num_variables,
                                   absl::string_view first,
                                   absl::string_view second) {
-  return Expected(op,
-                  absl::StrCat("the ", num_variables,
-                               " variables of `var` and `accum` to be "
-                               "distinct"),
-                  absl::StrCat("the same variable as `", first, "` and `",
-                               second, "`"));
+  return Expected(
+      op,
+      absl::StrCat("the ", num_variables,
+                   " variables of `var` and `accum` to be "
+                   "distinct"),
+      absl::StrCat("the same variable as `", first, "` and `", second, "`"));
 }
 
 inline std::string IndexOutOfRange(absl::string_view op, int64_t position,

@@ -40,8 +40,8 @@ absl::Status Expect(const char* op_name, absl::Status status,
                     ShapeHandle received) {
   if (status.ok()) return status;
   return absl::InvalidArgumentError(absl::StrCat(
-      op_errors::Expected(op_name, expectation, c->DebugString(received)),
-      " (", status.message(), ")"));
+      op_errors::Expected(op_name, expectation, c->DebugString(received)), " (",
+      status.message(), ")"));
 }
 
 absl::Status CheckScalarHyperparameters(const char* op, InferenceContext* c,
@@ -73,10 +73,9 @@ absl::Status ApplyDenseShape(InferenceContext* c) {
   ShapeHandle merged;
   TF_RETURN_IF_ERROR(CheckCommonInputs(op, c, &merged));
   ShapeHandle grad = c->input(4);
-  TF_RETURN_IF_ERROR(Expect(op, c->Merge(merged, grad, &merged), c,
-                            op_errors::SameShape("grad", "var",
-                                                 c->DebugString(merged)),
-                            grad));
+  TF_RETURN_IF_ERROR(Expect(
+      op, c->Merge(merged, grad, &merged), c,
+      op_errors::SameShape("grad", "var", c->DebugString(merged)), grad));
   return absl::OkStatus();
 }
 
@@ -97,10 +96,9 @@ absl::Status ApplySparseShape(InferenceContext* c) {
                             op_errors::Rank("grad", ">= 1"), grad));
   grad = checked;
   auto unused_dim = c->Dim(indices, 0);
-  TF_RETURN_IF_ERROR(Expect(
-      op, c->Merge(c->Dim(grad, 0), c->Dim(indices, 0), &unused_dim), c,
-      op_errors::GradRowsMatchIndices(c->DebugString(indices)),
-      grad));
+  TF_RETURN_IF_ERROR(
+      Expect(op, c->Merge(c->Dim(grad, 0), c->Dim(indices, 0), &unused_dim), c,
+             op_errors::GradRowsMatchIndices(c->DebugString(indices)), grad));
   ShapeHandle var_row, grad_row;
   TF_RETURN_IF_ERROR(c->Subshape(merged, 1, &var_row));
   TF_RETURN_IF_ERROR(c->Subshape(grad, 1, &grad_row));
@@ -127,12 +125,12 @@ absl::Status MultiApplyDenseShape(InferenceContext* c) {
         op_errors::SameShape(absl::StrCat("accum[", i, "]"),
                              absl::StrCat("var[", i, "]"), c->DebugString(var)),
         accum));
-    TF_RETURN_IF_ERROR(Expect(
-        op, c->Merge(merged, grad, &merged), c,
-        op_errors::SameShape(absl::StrCat("grad[", i, "]"),
-                             absl::StrCat("var[", i, "]"),
-                             c->DebugString(merged)),
-        grad));
+    TF_RETURN_IF_ERROR(
+        Expect(op, c->Merge(merged, grad, &merged), c,
+               op_errors::SameShape(absl::StrCat("grad[", i, "]"),
+                                    absl::StrCat("var[", i, "]"),
+                                    c->DebugString(merged)),
+               grad));
   }
   return absl::OkStatus();
 }
