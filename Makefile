@@ -14,6 +14,10 @@ BAZEL_TARGETS := //:tf_adagrad/_tf_adagrad_ops.so //:build_info //:wheel //tests
 # The compiler of the CUDA kernels (configure.py looks for the same name).
 CUDA_CLANG := clang++-16
 CUDA_CLANG_PACKAGE := clang-16
+# The C++/CUDA formatter (.clang-format) that `make test` checks with.
+CLANG_FORMAT := clang-format-16
+CPP_SOURCES := $(wildcard kernels/*.h kernels/*.cuh kernels/*.cc ops/*.h ops/*.cc \
+  tests/cc/*.h tests/cc/*.cc tests/cuda/*.cu)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: build test demo bench clean gpu-dry-run
@@ -39,7 +43,9 @@ build: $(VENV)/.deps-installed
 	command -v $(CUDA_CLANG) >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(CUDA_CLANG_PACKAGE); } || \
 	  echo "make build: could not install $(CUDA_CLANG_PACKAGE); building without CUDA kernels"
-	$(PY) configure.py
+	command -v $(CLANG_FORMAT) >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(CLANG_FORMAT); }
+	$(PY) build_tools/configure.py
 	$(BAZEL) build $(BAZEL_TARGETS)
 	install -m 644 bazel-bin/tf_adagrad/_tf_adagrad_ops.so bazel-bin/tf_adagrad/_build_info.py tf_adagrad/
 	$(PY) -m pip install --quiet --no-deps --force-reinstall bazel-bin/dist/tf_adagrad-*.whl
@@ -47,6 +53,7 @@ build: $(VENV)/.deps-installed
 test: build
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(CLANG_FORMAT) --dry-run --Werror $(CPP_SOURCES)
 	$(VENV)/bin/pytest -ra tests
 
 demo: build

@@ -7,13 +7,13 @@
 #define TF_ADAGRAD_KERNELS_ADAGRAD_FUNCTORS_H_
 
 #include <cstdint>
-#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
-#include "kernels/adagrad_math.h"
+#include "kernels/half_types.h"
+#include "kernels/multi_tensor.h"
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor_types.h"
 #include "tensorflow/core/kernels/dense_update_functor.h"
 
@@ -85,16 +85,6 @@ struct ApplyAdagradDenseMulti {
       T lr, T epsilon);
 };
 
-// The same message on every device.
-inline absl::Status IndexOutOfRangeError(const std::string& op_name,
-                                         int64_t position, int64_t index,
-                                         int64_t num_rows) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      op_name, ": expected every index in [0, ", num_rows,
-      ") (the first dimension of `var`), got indices[", position, "] = ",
-      index, "; nothing was updated"));
-}
-
 #if GOOGLE_CUDA
 // The GPU specializations, defined and instantiated in adagrad_kernels.cu.cc.
 template <typename T>
@@ -129,10 +119,7 @@ struct ApplyAdagradDenseMulti<Eigen::GpuDevice, T> {
   extern template struct ApplyAdagradDenseMulti<Eigen::GpuDevice, T>;      \
   extern template struct ApplyAdagradSparse<Eigen::GpuDevice, T, int32_t>; \
   extern template struct ApplyAdagradSparse<Eigen::GpuDevice, T, int64_t>;
-TF_ADAGRAD_DECLARE_GPU_FUNCTORS(Eigen::half);
-TF_ADAGRAD_DECLARE_GPU_FUNCTORS(Eigen::bfloat16);
-TF_ADAGRAD_DECLARE_GPU_FUNCTORS(float);
-TF_ADAGRAD_DECLARE_GPU_FUNCTORS(double);
+TF_CALL_FLOAT_TYPES(TF_ADAGRAD_DECLARE_GPU_FUNCTORS)
 #undef TF_ADAGRAD_DECLARE_GPU_FUNCTORS
 #endif  // GOOGLE_CUDA
 

@@ -14,11 +14,13 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cub/device/device_radix_sort.cuh>
 #include <type_traits>
 
-#include <cub/device/device_radix_sort.cuh>
-
 #include "kernels/adagrad_math.h"
+#include "kernels/half_types.h"
+#include "kernels/multi_tensor.h"
+#include "kernels/strided_update.h"
 
 namespace tf_adagrad {
 namespace gpu {
@@ -38,8 +40,8 @@ cudaError_t ResidentGridSize(Kernel kernel, int64_t work_items, int* blocks) {
   int device = 0, multiprocessors = 0, blocks_per_multiprocessor = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(&multiprocessors,
-                               cudaDevAttrMultiProcessorCount, device);
+  err = cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount,
+                               device);
   if (err != cudaSuccess) return err;
   err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
       &blocks_per_multiprocessor, kernel, kThreadsPerBlock, 0);
@@ -56,73 +58,46 @@ cudaError_t ResidentGridSize(Kernel kernel, int64_t work_items, int* blocks) {
 // bits as HalfToFloat and FloatToHalf (exact widening; rounding to nearest
 // even, gradual underflow, overflow to inf) for every value but NaN, whose
 // payload they may change, and are many times cheaper than the integer code.
+// (Host code, which only the host-compiled copies of the shared device
+// functions reach, converts as adagrad_math.h does.)
 template <typename T>
 struct GpuArithmetic : Arithmetic<T> {};
 
 template <>
 struct GpuArithmetic<Float16> {
   using Compute = float;
-  __device__ static float Load(Float16 x) {
+  TF_ADAGRAD_HOST_DEVICE static float Load(Float16 x) {
+#ifdef __CUDA_ARCH__
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
     return f;
+#else
+    return Arithmetic<Float16>::Load(x);
+#endif
   }
-  __device__ static Float16 Store(float f) {
+  TF_ADAGRAD_HOST_DEVICE static Float16 Store(float f) {
+#ifdef __CUDA_ARCH__
     Float16 x;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(x.bits) : "f"(f));
     return x;
+#else
+    return Arithmetic<Float16>::Store(f);
+#endif
   }
 };
 
 // ---------------------------------------------------------------- dense ---
 
-// kWidth consecutive elements, moved in one access (16 bytes for the
-// vectorized kernels, one element for the unaligned fallback).
-template <typename T, int kWidth>
-struct alignas(sizeof(T) * kWidth) Pack {
-  T elements[kWidth];
-};
-
-// One pass over var, accum and grad, kWidth elements per access, grid-stride.
-// Elements past the last whole pack (fewer than kWidth) are done one by one
-// by the first threads of the grid.
+// One pass over var, accum and grad, grid-stride.
 template <typename T, int kWidth>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     AdagradDenseKernel(T* __restrict__ var, T* __restrict__ accum,
                        const T* __restrict__ grad, ComputeType<T> lr,
                        ComputeType<T> epsilon, int64_t size) {
-  using A = GpuArithmetic<T>;
-  using C = ComputeType<T>;
-  using P = Pack<T, kWidth>;
-  const int64_t num_packs = size / kWidth;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  P* var_packs = reinterpret_cast<P*>(var);
-  P* accum_packs = reinterpret_cast<P*>(accum);
-  const P* grad_packs = reinterpret_cast<const P*>(grad);
-  for (int64_t p = first; p < num_packs; p += stride) {
-    P v = var_packs[p];
-    P a = accum_packs[p];
-    const P g = grad_packs[p];
-#pragma unroll
-    for (int k = 0; k < kWidth; ++k) {
-      C v_c = A::Load(v.elements[k]);
-      C a_c = A::Load(a.elements[k]);
-      UpdateElement(lr, epsilon, A::Load(g.elements[k]), &v_c, &a_c);
-      v.elements[k] = A::Store(v_c);
-      a.elements[k] = A::Store(a_c);
-    }
-    accum_packs[p] = a;
-    var_packs[p] = v;
-  }
-  const int64_t tail = num_packs * kWidth + first;
-  if (tail < size) {
-    C v_c = A::Load(var[tail]);
-    C a_c = A::Load(accum[tail]);
-    UpdateElement(lr, epsilon, A::Load(grad[tail]), &v_c, &a_c);
-    accum[tail] = A::Store(a_c);
-    var[tail] = A::Store(v_c);
-  }
+  UpdateStrided<GpuArithmetic<T>, kWidth>(
+      var, accum, grad, lr, epsilon, size,
+      static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
+      static_cast<int64_t>(gridDim.x) * blockDim.x);
 }
 
 template <typename T, int kWidth>
@@ -134,8 +109,8 @@ cudaError_t LaunchDenseKernel(T* var, T* accum, const T* grad,
   const cudaError_t err =
       ResidentGridSize(kernel, (size + kWidth - 1) / kWidth, &blocks);
   if (err != cudaSuccess) return err;
-  kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(var, accum, grad, lr,
-                                                  epsilon, size);
+  kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(var, accum, grad, lr, epsilon,
+                                                  size);
   return cudaGetLastError();
 }
 
@@ -145,92 +120,44 @@ cudaError_t LaunchAdagradDense(T* var, T* accum, const T* grad,
                                ComputeType<T> lr, ComputeType<T> epsilon,
                                int64_t size, cudaStream_t stream) {
   if (size == 0) return cudaSuccess;
-  constexpr int kVectorBytes = 16;
-  constexpr int kVectorWidth = kVectorBytes / sizeof(T);
-  const bool vector_aligned =
-      (reinterpret_cast<uintptr_t>(var) | reinterpret_cast<uintptr_t>(accum) |
-       reinterpret_cast<uintptr_t>(grad)) % kVectorBytes == 0;
-  if (vector_aligned) {
-    return LaunchDenseKernel<T, kVectorWidth>(var, accum, grad, lr, epsilon,
-                                              size, stream);
+  const uintptr_t addresses = reinterpret_cast<uintptr_t>(var) |
+                              reinterpret_cast<uintptr_t>(accum) |
+                              reinterpret_cast<uintptr_t>(grad);
+  if (addresses % kVectorBytes == 0) {
+    return LaunchDenseKernel<T, kVectorWidth<T>>(var, accum, grad, lr, epsilon,
+                                                 size, stream);
   }
   return LaunchDenseKernel<T, 1>(var, accum, grad, lr, epsilon, size, stream);
 }
 
 // --------------------------------------------------------- multi-tensor ---
 
-// Variables per launch of the multi-tensor kernel. Their pointers and
-// offsets travel by value in the kernel's parameters (2 KiB of the 4 KiB
-// allowed), so a launch needs no device memory and no host-to-device copy;
-// more variables take more launches.
-constexpr int kMaxTensorsPerLaunch = 64;
-
-template <typename T>
-struct DenseTensorBatch {
-  T* var[kMaxTensorsPerLaunch];
-  T* accum[kMaxTensorsPerLaunch];
-  const T* grad[kMaxTensorsPerLaunch];
-  // starts[t] is tensor t's first element in the concatenation of the
-  // batch's tensors; starts[num_tensors] is the total.
-  int64_t starts[kMaxTensorsPerLaunch + 1];
-  int num_tensors;
-};
-
-// One pass over the concatenation of the batch's tensors, grid-stride: the
-// work is split by elements, not by tensor, and neighbouring threads touch
-// neighbouring elements of one tensor (coalesced). A thread's elements only
-// increase, so it finds each element's tensor by walking `starts` forward.
+// One block per entry of the table (multi_tensor.h).
 template <typename T>
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    AdagradDenseMultiKernel(const DenseTensorBatch<T> batch,
-                            ComputeType<T> lr, ComputeType<T> epsilon) {
-  using A = GpuArithmetic<T>;
-  using C = ComputeType<T>;
-  const int64_t total = batch.starts[batch.num_tensors];
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  int t = 0;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       i < total; i += stride) {
-    while (batch.starts[t + 1] <= i) ++t;
-    const int64_t j = i - batch.starts[t];
-    C v = A::Load(batch.var[t][j]);
-    C a = A::Load(batch.accum[t][j]);
-    UpdateElement(lr, epsilon, A::Load(batch.grad[t][j]), &v, &a);
-    batch.accum[t][j] = A::Store(a);
-    batch.var[t][j] = A::Store(v);
-  }
+    AdagradDenseMultiKernel(const MultiTensorTable<T> table, ComputeType<T> lr,
+                            ComputeType<T> epsilon) {
+  UpdateChunkOfBlock<GpuArithmetic<T>>(table, blockIdx.x, threadIdx.x,
+                                       blockDim.x, lr, epsilon);
 }
 
 // Updates every variable of `tensors` in place, on `stream`: one launch per
-// kMaxTensorsPerLaunch variables.
+// table of chunks.
 template <typename T>
 cudaError_t LaunchAdagradDenseMulti(const DenseTensors<T>* tensors,
                                     int64_t num_tensors, ComputeType<T> lr,
                                     ComputeType<T> epsilon,
                                     cudaStream_t stream) {
-  const auto kernel = AdagradDenseMultiKernel<T>;
-  for (int64_t first = 0; first < num_tensors; first += kMaxTensorsPerLaunch) {
-    DenseTensorBatch<T> batch;
-    batch.num_tensors = static_cast<int>(
-        std::min<int64_t>(kMaxTensorsPerLaunch, num_tensors - first));
-    batch.starts[0] = 0;
-    for (int t = 0; t < batch.num_tensors; ++t) {
-      const DenseTensors<T>& tensor = tensors[first + t];
-      batch.var[t] = tensor.var;
-      batch.accum[t] = tensor.accum;
-      batch.grad[t] = tensor.grad;
-      batch.starts[t + 1] = batch.starts[t] + tensor.size;
-    }
-    const int64_t total = batch.starts[batch.num_tensors];
-    if (total == 0) continue;
-    int blocks = 0;
-    cudaError_t err = ResidentGridSize(kernel, total, &blocks);
-    if (err != cudaSuccess) return err;
-    kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(batch, lr, epsilon);
-    err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  return cudaSuccess;
+  cudaError_t err = cudaSuccess;
+  ForEachMultiTensorTable(
+      tensors, num_tensors, [&](const MultiTensorTable<T>& table) {
+        AdagradDenseMultiKernel<T>
+            <<<table.num_blocks, kThreadsPerBlock, 0, stream>>>(table, lr,
+                                                                epsilon);
+        err = cudaGetLastError();
+        return err == cudaSuccess;
+      });
+  return err;
 }
 
 // --------------------------------------------------------------- sparse ---
@@ -295,9 +222,9 @@ cudaError_t FindFirstOutOfRangeIndex(const Index* indices, int64_t nnz,
 
 // Where the sparse update's temporary arrays sit in one device allocation.
 struct SparseWorkspace {
-  int sort_end_bit = 0;  // indices fit in this many low bits
-  size_t sorted_indices = 0;  // nnz indices, ascending
-  size_t positions = 0;  // nnz positions 0, 1, ..., nnz - 1
+  int sort_end_bit = 0;         // indices fit in this many low bits
+  size_t sorted_indices = 0;    // nnz indices, ascending
+  size_t positions = 0;         // nnz positions 0, 1, ..., nnz - 1
   size_t sorted_positions = 0;  // nnz positions, in sorted-index order
   size_t sort_storage = 0;
   size_t sort_storage_bytes = 0;
@@ -389,7 +316,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   if (different != 0) {
     run_end = run_start + __ffs(different);
   } else {
-    int64_t low = run_start + kWarpSize + 1, high = nnz;  // sorted[low - 1] == row
+    int64_t low = run_start + kWarpSize + 1,
+            high = nnz;  // sorted[low - 1] == row
     while (low < high) {
       const int64_t middle = low + (high - low) / 2;
       if (sorted_indices[middle] == row) {
@@ -483,7 +411,8 @@ cudaError_t UpdateSortedRows(T* var, T* accum, const T* grad, int64_t nnz,
                              cudaStream_t stream) {
   const SparseBuffers<Index> buffers = Buffers<Index>(plan, workspace);
   const int64_t num_tiles = (row_size + kTileColumns - 1) / kTileColumns;
-  const int64_t blocks = (nnz * num_tiles + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  const int64_t blocks =
+      (nnz * num_tiles + kWarpsPerBlock - 1) / kWarpsPerBlock;
   AdagradSparseRowsKernel<T, SortKey<Index>>
       <<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream>>>(
           var, accum, grad, buffers.sorted_indices, buffers.sorted_positions,

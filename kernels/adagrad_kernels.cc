@@ -1,17 +1,20 @@
-// OpKernels for TfAdagrad>ApplyDense and TfAdagrad>ApplySparse, registered
+// OpKernels for TfAdagrad>ApplyDense, TfAdagrad>ApplySparse and
+// TfAdagrad>MultiApplyDense, registered
 // for the CPU and, in a CUDA build, the GPU; and the CPU functors. The
 // kernels are thin: look up and lock the variables, validate every input
 // (before anything is allocated or written), then hand raw pointers to the
-// math in adagrad_math.h (CPU) or adagrad_gpu.cuh (GPU).
+// loops in adagrad_cpu.h (CPU) or adagrad_gpu.cuh (GPU).
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
 #include <string>
 #include <vector>
 
+#include "kernels/adagrad_cpu.h"
 #include "kernels/adagrad_functors.h"
-#include "kernels/adagrad_math.h"
+#include "kernels/row_grouping.h"
 #include "kernels/variable_access.h"
+#include "ops/adagrad_errors.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/resource_mgr.h"
@@ -96,8 +99,7 @@ struct ApplyAdagradDenseMulti<CPUDevice, T> {
 
 template <typename T, typename Index>
 struct ApplyAdagradSparse<CPUDevice, T, Index> {
-  absl::Status operator()(OpKernelContext* ctx,
-                          typename TTypes<T>::Matrix var,
+  absl::Status operator()(OpKernelContext* ctx, typename TTypes<T>::Matrix var,
                           typename TTypes<T>::Matrix accum, T lr, T epsilon,
                           typename TTypes<T>::ConstMatrix grad,
                           typename TTypes<Index>::ConstVec indices) {
@@ -106,9 +108,9 @@ struct ApplyAdagradSparse<CPUDevice, T, Index> {
     const int64_t row_size = var.dimension(1);
     const int64_t bad = FindOutOfRangeIndex(indices.data(), nnz, num_rows);
     if (bad >= 0) {
-      return IndexOutOfRangeError(ctx->op_kernel().type_string(), bad,
-                                  static_cast<int64_t>(indices(bad)),
-                                  num_rows);
+      return absl::InvalidArgumentError(op_errors::IndexOutOfRange(
+          ctx->op_kernel().type_string(), bad,
+          static_cast<int64_t>(indices(bad)), num_rows));
     }
     if (nnz == 0 || row_size == 0) return absl::OkStatus();
 
@@ -122,8 +124,8 @@ struct ApplyAdagradSparse<CPUDevice, T, Index> {
                            for (Eigen::Index c = begin; c < end; ++c) task(c);
                          });
     };
-    const RowGroups groups = GroupRowsByIndex(
-        indices.data(), nnz, num_rows, device.numThreads(), run_tasks);
+    const RowGroups groups = GroupRowsByIndex(indices.data(), nnz, num_rows,
+                                              device.numThreads(), run_tasks);
     using M = typename MathType<T>::type;
     auto* var_data = MathPointer(var.data());
     auto* accum_data = MathPointer(accum.data());
@@ -134,14 +136,14 @@ struct ApplyAdagradSparse<CPUDevice, T, Index> {
     const Eigen::TensorOpCost cost_per_row(
         row_bytes * 3.0 * nnz / groups.num_unique(), row_bytes * 2.0,
         20.0 * row_size);
-    device.parallelFor(
-        groups.num_unique(), cost_per_row,
-        [&](Eigen::Index begin, Eigen::Index end) {
-          std::vector<ComputeType<M>> scratch(row_size);
-          AdagradSparseRows(var_data, accum_data, grad_data, indices.data(),
-                            groups, row_size, lr_c, epsilon_c, begin, end,
-                            scratch.data());
-        });
+    device.parallelFor(groups.num_unique(), cost_per_row,
+                       [&](Eigen::Index begin, Eigen::Index end) {
+                         std::vector<ComputeType<M>> scratch(row_size);
+                         AdagradSparseRows(var_data, accum_data, grad_data,
+                                           indices.data(), groups, row_size,
+                                           lr_c, epsilon_c, begin, end,
+                                           scratch.data());
+                       });
     return absl::OkStatus();
   }
 };
@@ -159,25 +161,22 @@ absl::Status LookupVariable(OpKernelContext* ctx, const std::string& op_name,
   absl::Status status = tensorflow::LookupResource(
       ctx, tensorflow::HandleFromInput(ctx, input), var);
   if (!status.ok()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        op_name, ": expected `", input_name,
-        "` to be an initialized resource variable, but it could not be "
-        "read (uninitialized or deleted?): ",
-        status.message()));
+    return absl::FailedPreconditionError(
+        op_errors::UnreadableVariable(op_name, input_name, status.message()));
   }
   tensorflow::tf_shared_lock lock(*(*var)->mu());
   if (!(*var)->is_initialized) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        op_name, ": expected `", input_name,
-        "` to be an initialized resource variable, got an uninitialized "
-        "one"));
+    return absl::FailedPreconditionError(
+        op_errors::Expected(op_name, op_errors::InitializedVariable(input_name),
+                            "an uninitialized one"));
   }
   const tensorflow::DataType dtype = (*var)->tensor()->dtype();
   if (dtype != DataTypeToEnum<T>::value) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op_name, ": expected `", input_name, "` of dtype ",
-        DataTypeString(DataTypeToEnum<T>::value),
-        " (the dtype of `grad`), got ", DataTypeString(dtype)));
+    return absl::InvalidArgumentError(op_errors::Expected(
+        op_name,
+        op_errors::DtypeOfGrad(input_name,
+                               DataTypeString(DataTypeToEnum<T>::value)),
+        DataTypeString(dtype)));
   }
   return absl::OkStatus();
 }
@@ -186,101 +185,171 @@ absl::Status ExpectScalar(const std::string& op_name, const char* input_name,
                           const Tensor& t) {
   if (TensorShapeUtils::IsScalar(t.shape())) return absl::OkStatus();
   return absl::InvalidArgumentError(
-      absl::StrCat(op_name, ": expected `", input_name, "` to be a scalar, got shape ",
-                   t.shape().DebugString()));
+      op_errors::Expected(op_name, op_errors::Scalar(input_name),
+                          absl::StrCat("shape ", t.shape().DebugString())));
 }
 
-// Looks up var (input 0) and accum (input 1), checks what both ops need
-// (both exist, are initialized, are distinct, have the op's dtype and the
-// same shape; lr and epsilon are scalars), locks them by the access policy
-// of variable_access.h, and only then prepares and writes them.
+absl::Status ExpectSameShape(const std::string& op_name,
+                             const std::string& input, const TensorShape& shape,
+                             const std::string& reference,
+                             const TensorShape& reference_shape) {
+  if (shape == reference_shape) return absl::OkStatus();
+  return absl::InvalidArgumentError(op_errors::Expected(
+      op_name,
+      op_errors::SameShape(input, reference, reference_shape.DebugString()),
+      shape.DebugString()));
+}
+
+// What every op of this library does before it writes, in this order:
+// look up its variables (each initialized, of the op's dtype), check that
+// they are distinct, check that lr and epsilon are scalars, lock the
+// variables by the access policy of variable_access.h (in address order),
+// check the shapes under the locks (another op may have reassigned a
+// variable since the lookup), and only then prepare and write them. A bad
+// input anywhere leaves every variable untouched.
 template <typename Device, typename T>
 class AdagradOpBase : public OpKernel {
  public:
-  explicit AdagradOpBase(OpKernelConstruction* context, UpdateKind kind)
-      : OpKernel(context), kind_(kind) {
-    OP_REQUIRES_OK(context, context->GetAttr("use_locking", &use_locking_));
-  }
+  // The op's variables are its first `num_variables` inputs; lr and
+  // epsilon follow them.
+  AdagradOpBase(OpKernelConstruction* context, int num_variables,
+                UpdateKind kind, bool use_locking)
+      : OpKernel(context),
+        num_variables_(num_variables),
+        kind_(kind),
+        use_locking_(use_locking) {}
 
   void Compute(OpKernelContext* ctx) override {
-    tensorflow::core::RefCountPtr<Var> var_resource;
-    tensorflow::core::RefCountPtr<Var> accum_resource;
-    OP_REQUIRES_OK(ctx, LookupVariable<T>(ctx, name(), 0, "var", &var_resource));
-    OP_REQUIRES_OK(ctx, LookupVariable<T>(ctx, name(), 1, "accum", &accum_resource));
-    OP_REQUIRES(ctx, var_resource.get() != accum_resource.get(),
-                absl::InvalidArgumentError(absl::StrCat(
-                    name(), ": expected `var` and `accum` to be two distinct "
-                            "variables, got the same variable twice")));
-    const Tensor& lr = ctx->input(2);
-    const Tensor& epsilon = ctx->input(3);
+    std::vector<tensorflow::core::RefCountPtr<Var>> resources(num_variables_);
+    for (int input = 0; input < num_variables_; ++input) {
+      OP_REQUIRES_OK(ctx,
+                     LookupVariable<T>(ctx, name(), input, VariableName(input),
+                                       &resources[input]));
+    }
+    std::vector<Var*> vars(num_variables_);
+    for (int input = 0; input < num_variables_; ++input) {
+      vars[input] = resources[input].get();
+    }
+    OP_REQUIRES_OK(ctx, ExpectDistinct(vars));
+    const Tensor& lr = ctx->input(num_variables_);
+    const Tensor& epsilon = ctx->input(num_variables_ + 1);
     OP_REQUIRES_OK(ctx, ExpectScalar(name(), "lr", lr));
     OP_REQUIRES_OK(ctx, ExpectScalar(name(), "epsilon", epsilon));
 
-    LockedVariables locked({var_resource.get(), accum_resource.get()}, kind_,
-                           use_locking_);
-    // Shapes are read again under the lock: another op may have reassigned
-    // the variable since the lookup.
-    const TensorShape& var_shape = locked.tensor(0)->shape();
-    const TensorShape& accum_shape = locked.tensor(1)->shape();
-    OP_REQUIRES(
-        ctx, var_shape == accum_shape,
-        absl::InvalidArgumentError(absl::StrCat(
-            name(), ": expected `accum` shape to equal `var` shape ",
-            var_shape.DebugString(), ", got ", accum_shape.DebugString())));
-    OP_REQUIRES_OK(ctx, ValidateGradient(ctx, var_shape));
+    LockedVariables locked(vars, kind_, use_locking_);
+    OP_REQUIRES_OK(ctx, ValidateShapes(ctx, locked));
     OP_REQUIRES_OK(ctx, (locked.PrepareToWrite<Device, T>(ctx)));
-    Update(ctx, locked.tensor(0), locked.tensor(1), lr.scalar<T>()(),
-           epsilon.scalar<T>()());
+    Update(ctx, locked, lr.scalar<T>()(), epsilon.scalar<T>()());
   }
 
  protected:
-  // Checks grad (and indices) against var's shape; nothing is written yet.
-  virtual absl::Status ValidateGradient(OpKernelContext* ctx,
-                                        const TensorShape& var_shape) = 0;
-  virtual void Update(OpKernelContext* ctx, Tensor* var, Tensor* accum, T lr,
+  // Variable input `input`'s name in messages.
+  virtual std::string VariableName(int input) const = 0;
+  // The message for the same variable at inputs `first` < `second`.
+  virtual std::string SameVariableMessage(int first, int second) const = 0;
+  // Checks the locked variables' shapes and the gradient's; nothing is
+  // written yet.
+  virtual absl::Status ValidateShapes(OpKernelContext* ctx,
+                                      const LockedVariables& locked) = 0;
+  virtual void Update(OpKernelContext* ctx, const LockedVariables& locked, T lr,
                       T epsilon) = 0;
 
   absl::Status Error(const std::string& expected, const std::string& got) {
     return absl::InvalidArgumentError(
-        absl::StrCat(name(), ": expected ", expected, ", got ", got));
+        op_errors::Expected(name(), expected, got));
   }
 
  private:
-  bool use_locking_ = false;
+  // Sorted by address, a variable given twice shows as two neighbours; the
+  // first such pair is reported.
+  absl::Status ExpectDistinct(const std::vector<Var*>& vars) const {
+    std::vector<int> by_address(vars.size());
+    for (int input = 0; input < num_variables_; ++input) {
+      by_address[input] = input;
+    }
+    std::sort(by_address.begin(), by_address.end(), [&](int a, int b) {
+      return vars[a] < vars[b] || (vars[a] == vars[b] && a < b);
+    });
+    for (int k = 1; k < num_variables_; ++k) {
+      const int a = by_address[k - 1], b = by_address[k];
+      if (vars[a] == vars[b]) {
+        return absl::InvalidArgumentError(SameVariableMessage(a, b));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  const int num_variables_;
   const UpdateKind kind_;
+  const bool use_locking_;
+};
+
+// The single-variable ops: inputs var, accum, lr, epsilon, grad (and
+// indices).
+template <typename Device, typename T>
+class SingleVariableOpBase : public AdagradOpBase<Device, T> {
+ public:
+  SingleVariableOpBase(OpKernelConstruction* context, UpdateKind kind)
+      : AdagradOpBase<Device, T>(context, 2, kind, UseLocking(context)) {}
+
+ protected:
+  std::string VariableName(int input) const override {
+    return input == 0 ? "var" : "accum";
+  }
+
+  std::string SameVariableMessage(int, int) const override {
+    return op_errors::SameVariableTwice(this->name());
+  }
+
+  absl::Status ValidateShapes(OpKernelContext* ctx,
+                              const LockedVariables& locked) override {
+    const TensorShape& var_shape = locked.tensor(0)->shape();
+    TF_RETURN_IF_ERROR(ExpectSameShape(
+        this->name(), "accum", locked.tensor(1)->shape(), "var", var_shape));
+    return ValidateGradient(ctx, var_shape);
+  }
+
+  // Checks grad (and indices) against var's shape.
+  virtual absl::Status ValidateGradient(OpKernelContext* ctx,
+                                        const TensorShape& var_shape) = 0;
+
+ private:
+  static bool UseLocking(OpKernelConstruction* context) {
+    bool use_locking = false;
+    const absl::Status status = context->GetAttr("use_locking", &use_locking);
+    if (!status.ok()) context->CtxFailure(status);
+    return use_locking;
+  }
 };
 
 template <typename Device, typename T>
-class ApplyDenseOp : public AdagradOpBase<Device, T> {
+class ApplyDenseOp : public SingleVariableOpBase<Device, T> {
  public:
   explicit ApplyDenseOp(OpKernelConstruction* context)
-      : AdagradOpBase<Device, T>(context, UpdateKind::kDense) {}
+      : SingleVariableOpBase<Device, T>(context, UpdateKind::kDense) {}
 
  protected:
   absl::Status ValidateGradient(OpKernelContext* ctx,
                                 const TensorShape& var_shape) override {
-    const TensorShape& grad_shape = ctx->input(4).shape();
-    if (grad_shape == var_shape) return absl::OkStatus();
-    return this->Error(
-        absl::StrCat("`grad` shape to equal `var` shape ",
-                     var_shape.DebugString()),
-        grad_shape.DebugString());
+    return ExpectSameShape(this->name(), "grad", ctx->input(4).shape(), "var",
+                           var_shape);
   }
 
-  void Update(OpKernelContext* ctx, Tensor* var, Tensor* accum, T lr,
+  void Update(OpKernelContext* ctx, const LockedVariables& locked, T lr,
               T epsilon) override {
+    Tensor* var = locked.tensor(0);
     if (var->NumElements() == 0) return;
     OP_REQUIRES_OK(ctx, functor::ApplyAdagradDense<Device, T>()(
-                            ctx, var->flat<T>(), accum->flat<T>(), lr,
-                            epsilon, ctx->input(4).flat<T>()));
+                            ctx, var->flat<T>(), locked.tensor(1)->flat<T>(),
+                            lr, epsilon, ctx->input(4).flat<T>()));
   }
 };
 
 template <typename Device, typename T, typename Index>
-class ApplySparseOp : public AdagradOpBase<Device, T> {
+class ApplySparseOp : public SingleVariableOpBase<Device, T> {
  public:
   explicit ApplySparseOp(OpKernelConstruction* context)
-      : AdagradOpBase<Device, T>(context, UpdateKind::kSparse) {}
+      : SingleVariableOpBase<Device, T>(context, UpdateKind::kSparse) {}
 
  protected:
   absl::Status ValidateGradient(OpKernelContext* ctx,
@@ -288,18 +357,18 @@ class ApplySparseOp : public AdagradOpBase<Device, T> {
     const TensorShape& grad_shape = ctx->input(4).shape();
     const TensorShape& indices_shape = ctx->input(5).shape();
     if (var_shape.dims() < 1) {
-      return this->Error("`var` of rank >= 1",
+      return this->Error(op_errors::Rank("var", ">= 1"),
                          absl::StrCat("shape ", var_shape.DebugString()));
     }
     if (indices_shape.dims() != 1) {
-      return this->Error("`indices` of rank 1",
+      return this->Error(op_errors::Rank("indices", "1"),
                          absl::StrCat("shape ", indices_shape.DebugString()));
     }
     if (grad_shape.dims() < 1 ||
         grad_shape.dim_size(0) != indices_shape.dim_size(0)) {
       return this->Error(
-          absl::StrCat("`grad.shape[0]` to equal the number of indices (",
-                       indices_shape.dim_size(0), ")"),
+          op_errors::GradRowsMatchIndices(
+              absl::StrCat("(", indices_shape.dim_size(0), ")")),
           absl::StrCat("`grad` shape ", grad_shape.DebugString()));
     }
     TensorShape var_row = var_shape;
@@ -308,168 +377,140 @@ class ApplySparseOp : public AdagradOpBase<Device, T> {
     grad_row.RemoveDim(0);
     if (var_row != grad_row) {
       return this->Error(
-          absl::StrCat("`grad.shape[1:]` to equal `var.shape[1:]` ",
-                       var_row.DebugString(), " (`var` shape ",
-                       var_shape.DebugString(), ")"),
+          absl::StrCat(op_errors::GradRowShape(var_row.DebugString()),
+                       " (`var` shape ", var_shape.DebugString(), ")"),
           absl::StrCat("`grad` shape ", grad_shape.DebugString()));
     }
     return absl::OkStatus();
   }
 
-  void Update(OpKernelContext* ctx, Tensor* var, Tensor* accum, T lr,
+  void Update(OpKernelContext* ctx, const LockedVariables& locked, T lr,
               T epsilon) override {
+    Tensor* var = locked.tensor(0);
+    Tensor* accum = locked.tensor(1);
     const Tensor& grad = ctx->input(4);
     const Tensor& indices = ctx->input(5);
     // Flattening to [rows, row_size] must not divide by a zero row count.
     const int64_t num_rows = var->dim_size(0);
     int64_t row_size = 1;
     for (int d = 1; d < var->dims(); ++d) row_size *= var->dim_size(d);
-    OP_REQUIRES_OK(
-        ctx, (functor::ApplyAdagradSparse<Device, T, Index>()(
-                 ctx, var->shaped<T, 2>({num_rows, row_size}),
-                 accum->shaped<T, 2>({num_rows, row_size}), lr, epsilon,
-                 grad.shaped<T, 2>({indices.NumElements(), row_size}),
-                 indices.vec<Index>())));
+    OP_REQUIRES_OK(ctx,
+                   (functor::ApplyAdagradSparse<Device, T, Index>()(
+                       ctx, var->shaped<T, 2>({num_rows, row_size}),
+                       accum->shaped<T, 2>({num_rows, row_size}), lr, epsilon,
+                       grad.shaped<T, 2>({indices.NumElements(), row_size}),
+                       indices.vec<Index>())));
   }
 };
 
 // TfAdagrad>MultiApplyDense: inputs var[0..N), accum[0..N), lr, epsilon,
-// grad[0..N). Every variable is looked up, checked and locked (exclusively,
-// as every dense update is, in address order) before any is written, so a
-// bad input anywhere leaves all of them untouched.
+// grad[0..N). Every variable is locked exclusively, as every dense update
+// is.
 template <typename Device, typename T>
-class MultiApplyDenseOp : public OpKernel {
+class MultiApplyDenseOp : public AdagradOpBase<Device, T> {
  public:
   explicit MultiApplyDenseOp(OpKernelConstruction* context)
-      : OpKernel(context) {
-    OP_REQUIRES_OK(context, context->GetAttr("N", &num_vars_));
+      : AdagradOpBase<Device, T>(context, 2 * NumVariables(context),
+                                 UpdateKind::kDense, /*use_locking=*/true),
+        n_(NumVariables(context)) {}
+
+ protected:
+  std::string VariableName(int input) const override {
+    return input < n_ ? absl::StrCat("var[", input, "]")
+                      : absl::StrCat("accum[", input - n_, "]");
   }
 
-  void Compute(OpKernelContext* ctx) override {
-    const int n = num_vars_;
-    const int lr_input = 2 * n, epsilon_input = 2 * n + 1, grad_input = 2 * n + 2;
-    const auto input_name = [n](int input) {
-      return input < n ? absl::StrCat("var[", input, "]")
-                       : absl::StrCat("accum[", input - n, "]");
-    };
-    std::vector<tensorflow::core::RefCountPtr<Var>> resources(2 * n);
-    for (int input = 0; input < 2 * n; ++input) {
-      OP_REQUIRES_OK(ctx, LookupVariable<T>(ctx, name(), input,
-                                            input_name(input),
-                                            &resources[input]));
-    }
-    // Sorted by address, a variable given twice shows as two neighbours.
-    std::vector<int> by_address(2 * n);
-    for (int input = 0; input < 2 * n; ++input) by_address[input] = input;
-    std::sort(by_address.begin(), by_address.end(), [&](int a, int b) {
-      return resources[a].get() < resources[b].get() ||
-             (resources[a].get() == resources[b].get() && a < b);
-    });
-    for (int k = 1; k < 2 * n; ++k) {
-      const int a = by_address[k - 1], b = by_address[k];
-      OP_REQUIRES(
-          ctx, resources[a].get() != resources[b].get(),
-          absl::InvalidArgumentError(absl::StrCat(
-              name(), ": expected the ", 2 * n,
-              " variables of `var` and `accum` to be distinct, got the same "
-              "variable as `",
-              input_name(a), "` and `", input_name(b), "`")));
-    }
-    const Tensor& lr = ctx->input(lr_input);
-    const Tensor& epsilon = ctx->input(epsilon_input);
-    OP_REQUIRES_OK(ctx, ExpectScalar(name(), "lr", lr));
-    OP_REQUIRES_OK(ctx, ExpectScalar(name(), "epsilon", epsilon));
+  std::string SameVariableMessage(int first, int second) const override {
+    return op_errors::SameVariableAt(this->name(), 2 * n_, VariableName(first),
+                                     VariableName(second));
+  }
 
-    std::vector<Var*> vars(2 * n);
-    for (int input = 0; input < 2 * n; ++input) vars[input] = resources[input].get();
-    LockedVariables locked(vars, UpdateKind::kDense, /*use_locking=*/true);
-    // Shapes are read under the locks: another op may have reassigned a
-    // variable since the lookup.
-    for (int i = 0; i < n; ++i) {
+  absl::Status ValidateShapes(OpKernelContext* ctx,
+                              const LockedVariables& locked) override {
+    for (int i = 0; i < n_; ++i) {
       const TensorShape& var_shape = locked.tensor(i)->shape();
-      const TensorShape& accum_shape = locked.tensor(n + i)->shape();
-      const TensorShape& grad_shape = ctx->input(grad_input + i).shape();
-      OP_REQUIRES(ctx, var_shape == accum_shape,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      name(), ": expected `accum[", i,
-                      "]` shape to equal `var[", i, "]` shape ",
-                      var_shape.DebugString(), ", got ",
-                      accum_shape.DebugString())));
-      OP_REQUIRES(ctx, grad_shape == var_shape,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      name(), ": expected `grad[", i,
-                      "]` shape to equal `var[", i, "]` shape ",
-                      var_shape.DebugString(), ", got ",
-                      grad_shape.DebugString())));
+      const std::string var_name = VariableName(i);
+      TF_RETURN_IF_ERROR(ExpectSameShape(this->name(), VariableName(n_ + i),
+                                         locked.tensor(n_ + i)->shape(),
+                                         var_name, var_shape));
+      TF_RETURN_IF_ERROR(ExpectSameShape(
+          this->name(), absl::StrCat("grad[", i, "]"),
+          ctx->input(GradInput(i)).shape(), var_name, var_shape));
     }
-    OP_REQUIRES_OK(ctx, (locked.PrepareToWrite<Device, T>(ctx)));
+    return absl::OkStatus();
+  }
+
+  void Update(OpKernelContext* ctx, const LockedVariables& locked, T lr,
+              T epsilon) override {
     using M = typename MathType<T>::type;
     std::vector<DenseTensors<M>> tensors;
-    tensors.reserve(n);
-    for (int i = 0; i < n; ++i) {
+    tensors.reserve(n_);
+    for (int i = 0; i < n_; ++i) {
       Tensor* var = locked.tensor(i);
       if (var->NumElements() == 0) continue;
+      const Tensor& grad = ctx->input(GradInput(i));
       tensors.push_back(DenseTensors<M>{
           MathPointer(var->flat<T>().data()),
-          MathPointer(locked.tensor(n + i)->flat<T>().data()),
-          MathPointer(ctx->input(grad_input + i).flat<T>().data()),
-          var->NumElements()});
+          MathPointer(locked.tensor(n_ + i)->flat<T>().data()),
+          MathPointer(grad.flat<T>().data()), var->NumElements()});
     }
     if (tensors.empty()) return;
     OP_REQUIRES_OK(ctx, functor::ApplyAdagradDenseMulti<Device, T>()(
-                            ctx, tensors, lr.scalar<T>()(),
-                            epsilon.scalar<T>()()));
+                            ctx, tensors, lr, epsilon));
   }
 
  private:
-  int num_vars_ = 0;
+  static int NumVariables(OpKernelConstruction* context) {
+    int n = 0;
+    const absl::Status status = context->GetAttr("N", &n);
+    if (!status.ok()) context->CtxFailure(status);
+    return n;
+  }
+
+  int GradInput(int i) const { return 2 * n_ + 2 + i; }
+
+  const int n_;
 };
 
 // lr and epsilon are read on the host (they are kernel arguments on the GPU);
 // indices stay on the device, where the GPU kernels read them.
-#define REGISTER_KERNELS(DEVICE, DeviceType, T)                            \
-  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplyDense")                    \
-                              .Device(DEVICE)                             \
-                              .HostMemory("lr")                           \
-                              .HostMemory("epsilon")                      \
-                              .TypeConstraint<T>("T"),                    \
-                          ApplyDenseOp<DeviceType, T>);                   \
-  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplySparse")                   \
-                              .Device(DEVICE)                             \
-                              .HostMemory("lr")                           \
-                              .HostMemory("epsilon")                      \
-                              .TypeConstraint<T>("T")                     \
-                              .TypeConstraint<int32_t>("Tindices"),       \
-                          ApplySparseOp<DeviceType, T, int32_t>);         \
-  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplySparse")                   \
-                              .Device(DEVICE)                             \
-                              .HostMemory("lr")                           \
-                              .HostMemory("epsilon")                      \
-                              .TypeConstraint<T>("T")                     \
-                              .TypeConstraint<int64_t>("Tindices"),       \
-                          ApplySparseOp<DeviceType, T, int64_t>);       \
-  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>MultiApplyDense")               \
-                              .Device(DEVICE)                             \
-                              .HostMemory("lr")                           \
-                              .HostMemory("epsilon")                      \
-                              .TypeConstraint<T>("T"),                    \
+#define REGISTER_KERNELS(DEVICE, DeviceType, T)                     \
+  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplyDense")              \
+                              .Device(DEVICE)                       \
+                              .HostMemory("lr")                     \
+                              .HostMemory("epsilon")                \
+                              .TypeConstraint<T>("T"),              \
+                          ApplyDenseOp<DeviceType, T>);             \
+  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplySparse")             \
+                              .Device(DEVICE)                       \
+                              .HostMemory("lr")                     \
+                              .HostMemory("epsilon")                \
+                              .TypeConstraint<T>("T")               \
+                              .TypeConstraint<int32_t>("Tindices"), \
+                          ApplySparseOp<DeviceType, T, int32_t>);   \
+  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplySparse")             \
+                              .Device(DEVICE)                       \
+                              .HostMemory("lr")                     \
+                              .HostMemory("epsilon")                \
+                              .TypeConstraint<T>("T")               \
+                              .TypeConstraint<int64_t>("Tindices"), \
+                          ApplySparseOp<DeviceType, T, int64_t>);   \
+  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>MultiApplyDense")         \
+                              .Device(DEVICE)                       \
+                              .HostMemory("lr")                     \
+                              .HostMemory("epsilon")                \
+                              .TypeConstraint<T>("T"),              \
                           MultiApplyDenseOp<DeviceType, T>);
 
 #define REGISTER_CPU_KERNELS(T) \
   REGISTER_KERNELS(::tensorflow::DEVICE_CPU, CPUDevice, T)
-REGISTER_CPU_KERNELS(Eigen::half);
-REGISTER_CPU_KERNELS(Eigen::bfloat16);
-REGISTER_CPU_KERNELS(float);
-REGISTER_CPU_KERNELS(double);
+TF_CALL_FLOAT_TYPES(REGISTER_CPU_KERNELS)
 #undef REGISTER_CPU_KERNELS
 
 #if GOOGLE_CUDA
 #define REGISTER_GPU_KERNELS(T) \
   REGISTER_KERNELS(::tensorflow::DEVICE_GPU, GPUDevice, T)
-REGISTER_GPU_KERNELS(Eigen::half);
-REGISTER_GPU_KERNELS(Eigen::bfloat16);
-REGISTER_GPU_KERNELS(float);
-REGISTER_GPU_KERNELS(double);
+TF_CALL_FLOAT_TYPES(REGISTER_GPU_KERNELS)
 #undef REGISTER_GPU_KERNELS
 #endif  // GOOGLE_CUDA
 #undef REGISTER_KERNELS

@@ -12,7 +12,9 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/adagrad_functors.h"
 #include "kernels/adagrad_gpu.cuh"
+#include "ops/adagrad_errors.h"
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "unsupported/Eigen/CXX11/Tensor"
@@ -31,10 +33,9 @@ namespace {
 absl::Status CudaStatus(OpKernelContext* ctx, const char* step,
                         cudaError_t err) {
   if (err == cudaSuccess) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(ctx->op_kernel().type_string(),
-                                          ": CUDA error in ", step, ": ",
-                                          cudaGetErrorName(err), " (",
-                                          cudaGetErrorString(err), ")"));
+  return absl::InternalError(absl::StrCat(
+      ctx->op_kernel().type_string(), ": CUDA error in ", step, ": ",
+      cudaGetErrorName(err), " (", cudaGetErrorString(err), ")"));
 }
 
 cudaStream_t Stream(OpKernelContext* ctx) {
@@ -48,25 +49,22 @@ absl::Status ApplyAdagradDense<GPUDevice, T>::operator()(
     OpKernelContext* ctx, typename TTypes<T>::Flat var,
     typename TTypes<T>::Flat accum, T lr, T epsilon,
     typename TTypes<T>::ConstFlat grad) {
-  return CudaStatus(
-      ctx, "the dense update",
-      gpu::LaunchAdagradDense(MathPointer(var.data()),
-                              MathPointer(accum.data()),
-                              MathPointer(grad.data()), ToCompute(lr),
-                              ToCompute(epsilon), var.size(), Stream(ctx)));
+  return CudaStatus(ctx, "the dense update",
+                    gpu::LaunchAdagradDense(
+                        MathPointer(var.data()), MathPointer(accum.data()),
+                        MathPointer(grad.data()), ToCompute(lr),
+                        ToCompute(epsilon), var.size(), Stream(ctx)));
 }
 
 template <typename T>
 absl::Status ApplyAdagradDenseMulti<GPUDevice, T>::operator()(
     OpKernelContext* ctx,
-    const std::vector<DenseTensors<typename MathType<T>::type>>& tensors,
-    T lr, T epsilon) {
-  return CudaStatus(
-      ctx, "the multi-tensor dense update",
-      gpu::LaunchAdagradDenseMulti(tensors.data(),
-                                   static_cast<int64_t>(tensors.size()),
-                                   ToCompute(lr), ToCompute(epsilon),
-                                   Stream(ctx)));
+    const std::vector<DenseTensors<typename MathType<T>::type>>& tensors, T lr,
+    T epsilon) {
+  return CudaStatus(ctx, "the multi-tensor dense update",
+                    gpu::LaunchAdagradDenseMulti(
+                        tensors.data(), static_cast<int64_t>(tensors.size()),
+                        ToCompute(lr), ToCompute(epsilon), Stream(ctx)));
 }
 
 template <typename T, typename Index>
@@ -96,26 +94,25 @@ absl::Status ApplyAdagradSparse<GPUDevice, T, Index>::operator()(
               first_bad.flat<uint64_t>().data()),
           &bad_position, &bad_index, stream)));
   if (bad_position >= 0) {
-    return IndexOutOfRangeError(ctx->op_kernel().type_string(), bad_position,
-                                bad_index, num_rows);
+    return absl::InvalidArgumentError(op_errors::IndexOutOfRange(
+        ctx->op_kernel().type_string(), bad_position, bad_index, num_rows));
   }
   if (row_size == 0) return absl::OkStatus();
 
   gpu::SparseWorkspace plan;
-  TF_RETURN_IF_ERROR(CudaStatus(
-      ctx, "planning the sort",
-      gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &plan)));
+  TF_RETURN_IF_ERROR(
+      CudaStatus(ctx, "planning the sort",
+                 gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &plan)));
   Tensor workspace;
   TF_RETURN_IF_ERROR(ctx->allocate_temp(
       tensorflow::DT_INT8,
       TensorShape({static_cast<int64_t>(plan.total_bytes)}), &workspace));
-  return CudaStatus(
-      ctx, "the sparse update",
-      gpu::LaunchAdagradSparse(
-          MathPointer(var.data()), MathPointer(accum.data()),
-          MathPointer(grad.data()), indices.data(), nnz, row_size,
-          ToCompute(lr), ToCompute(epsilon), plan,
-          workspace.flat<int8_t>().data(), stream));
+  return CudaStatus(ctx, "the sparse update",
+                    gpu::LaunchAdagradSparse(
+                        MathPointer(var.data()), MathPointer(accum.data()),
+                        MathPointer(grad.data()), indices.data(), nnz, row_size,
+                        ToCompute(lr), ToCompute(epsilon), plan,
+                        workspace.flat<int8_t>().data(), stream));
 }
 
 #define INSTANTIATE_GPU_FUNCTORS(T)                          \
@@ -123,10 +120,7 @@ absl::Status ApplyAdagradSparse<GPUDevice, T, Index>::operator()(
   template struct ApplyAdagradDenseMulti<GPUDevice, T>;      \
   template struct ApplyAdagradSparse<GPUDevice, T, int32_t>; \
   template struct ApplyAdagradSparse<GPUDevice, T, int64_t>;
-INSTANTIATE_GPU_FUNCTORS(Eigen::half);
-INSTANTIATE_GPU_FUNCTORS(Eigen::bfloat16);
-INSTANTIATE_GPU_FUNCTORS(float);
-INSTANTIATE_GPU_FUNCTORS(double);
+TF_CALL_FLOAT_TYPES(INSTANTIATE_GPU_FUNCTORS)
 #undef INSTANTIATE_GPU_FUNCTORS
 
 }  // namespace functor
@@ -142,10 +136,10 @@ void DenseUpdate<Eigen::GpuDevice, T, ASSIGN>::operator()(
   device.memcpy(params.data(), update.data(), params.size() * sizeof(T));
 }
 
-template struct DenseUpdate<Eigen::GpuDevice, Eigen::half, ASSIGN>;
-template struct DenseUpdate<Eigen::GpuDevice, Eigen::bfloat16, ASSIGN>;
-template struct DenseUpdate<Eigen::GpuDevice, float, ASSIGN>;
-template struct DenseUpdate<Eigen::GpuDevice, double, ASSIGN>;
+#define INSTANTIATE_DENSE_UPDATE(T) \
+  template struct DenseUpdate<Eigen::GpuDevice, T, ASSIGN>;
+TF_CALL_FLOAT_TYPES(INSTANTIATE_DENSE_UPDATE)
+#undef INSTANTIATE_DENSE_UPDATE
 
 }  // namespace functor
 }  // namespace tensorflow

@@ -5,6 +5,7 @@
 // shapes when the graph is built; the kernels check everything again at run
 // time, when shapes are fully known.
 #include "absl/strings/str_cat.h"
+#include "ops/adagrad_errors.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -28,23 +29,28 @@ constexpr char kApplyDense[] = "TfAdagrad>ApplyDense";
 constexpr char kApplySparse[] = "TfAdagrad>ApplySparse";
 constexpr char kMultiApplyDense[] = "TfAdagrad>MultiApplyDense";
 
-// Wraps a shape-inference failure in a message that says what was expected.
+// TF_CALL_FLOAT_TYPES's types, by their attribute names: the types the
+// kernels are registered for.
+constexpr char kTypeAttr[] = "T: {half, bfloat16, float, double}";
+
+// Wraps a shape-inference failure in the kernels' message for the same
+// check, with shape inference's own reason after it.
 absl::Status Expect(const char* op_name, absl::Status status,
                     InferenceContext* c, const std::string& expectation,
                     ShapeHandle received) {
   if (status.ok()) return status;
   return absl::InvalidArgumentError(absl::StrCat(
-      op_name, ": expected ", expectation, ", got ",
-      c->DebugString(received), " (", status.message(), ")"));
+      op_errors::Expected(op_name, expectation, c->DebugString(received)), " (",
+      status.message(), ")"));
 }
 
 absl::Status CheckScalarHyperparameters(const char* op, InferenceContext* c,
                                         int lr_input) {
   ShapeHandle unused;
   TF_RETURN_IF_ERROR(Expect(op, c->WithRank(c->input(lr_input), 0, &unused), c,
-                            "`lr` to be a scalar", c->input(lr_input)));
+                            op_errors::Scalar("lr"), c->input(lr_input)));
   TF_RETURN_IF_ERROR(Expect(op, c->WithRank(c->input(lr_input + 1), 0, &unused),
-                            c, "`epsilon` to be a scalar",
+                            c, op_errors::Scalar("epsilon"),
                             c->input(lr_input + 1)));
   return absl::OkStatus();
 }
@@ -57,7 +63,7 @@ absl::Status CheckCommonInputs(const char* op, InferenceContext* c,
   ShapeHandle var = VariableShape(c, 0);
   ShapeHandle accum = VariableShape(c, 1);
   return Expect(op, c->Merge(var, accum, var_shape), c,
-                "`accum` shape to equal `var` shape " + c->DebugString(var),
+                op_errors::SameShape("accum", "var", c->DebugString(var)),
                 accum);
 }
 
@@ -67,10 +73,9 @@ absl::Status ApplyDenseShape(InferenceContext* c) {
   ShapeHandle merged;
   TF_RETURN_IF_ERROR(CheckCommonInputs(op, c, &merged));
   ShapeHandle grad = c->input(4);
-  TF_RETURN_IF_ERROR(Expect(op, c->Merge(merged, grad, &merged), c,
-                            "`grad` shape to equal `var` shape " +
-                                c->DebugString(merged),
-                            grad));
+  TF_RETURN_IF_ERROR(Expect(
+      op, c->Merge(merged, grad, &merged), c,
+      op_errors::SameShape("grad", "var", c->DebugString(merged)), grad));
   return absl::OkStatus();
 }
 
@@ -82,26 +87,23 @@ absl::Status ApplySparseShape(InferenceContext* c) {
   ShapeHandle grad = c->input(4);
   ShapeHandle indices = c->input(5);
   TF_RETURN_IF_ERROR(Expect(op, c->WithRankAtLeast(merged, 1, &checked), c,
-                            "`var` of rank >= 1", merged));
+                            op_errors::Rank("var", ">= 1"), merged));
   merged = checked;
   TF_RETURN_IF_ERROR(Expect(op, c->WithRank(indices, 1, &checked), c,
-                            "`indices` of rank 1", indices));
+                            op_errors::Rank("indices", "1"), indices));
   indices = checked;
   TF_RETURN_IF_ERROR(Expect(op, c->WithRankAtLeast(grad, 1, &checked), c,
-                            "`grad` of rank >= 1", grad));
+                            op_errors::Rank("grad", ">= 1"), grad));
   grad = checked;
   auto unused_dim = c->Dim(indices, 0);
-  TF_RETURN_IF_ERROR(Expect(
-      op, c->Merge(c->Dim(grad, 0), c->Dim(indices, 0), &unused_dim), c,
-      "`grad.shape[0]` to equal the number of indices " +
-          c->DebugString(indices),
-      grad));
+  TF_RETURN_IF_ERROR(
+      Expect(op, c->Merge(c->Dim(grad, 0), c->Dim(indices, 0), &unused_dim), c,
+             op_errors::GradRowsMatchIndices(c->DebugString(indices)), grad));
   ShapeHandle var_row, grad_row;
   TF_RETURN_IF_ERROR(c->Subshape(merged, 1, &var_row));
   TF_RETURN_IF_ERROR(c->Subshape(grad, 1, &grad_row));
   TF_RETURN_IF_ERROR(Expect(op, c->Merge(var_row, grad_row, &var_row), c,
-                            "`grad.shape[1:]` to equal `var.shape[1:]` " +
-                                c->DebugString(var_row),
+                            op_errors::GradRowShape(c->DebugString(var_row)),
                             grad));
   return absl::OkStatus();
 }
@@ -120,14 +122,15 @@ absl::Status MultiApplyDenseShape(InferenceContext* c) {
     ShapeHandle merged;
     TF_RETURN_IF_ERROR(Expect(
         op, c->Merge(var, accum, &merged), c,
-        absl::StrCat("`accum[", i, "]` shape to equal `var[", i, "]` shape ",
-                     c->DebugString(var)),
+        op_errors::SameShape(absl::StrCat("accum[", i, "]"),
+                             absl::StrCat("var[", i, "]"), c->DebugString(var)),
         accum));
-    TF_RETURN_IF_ERROR(Expect(
-        op, c->Merge(merged, grad, &merged), c,
-        absl::StrCat("`grad[", i, "]` shape to equal `var[", i, "]` shape ",
-                     c->DebugString(merged)),
-        grad));
+    TF_RETURN_IF_ERROR(
+        Expect(op, c->Merge(merged, grad, &merged), c,
+               op_errors::SameShape(absl::StrCat("grad[", i, "]"),
+                                    absl::StrCat("var[", i, "]"),
+                                    c->DebugString(merged)),
+               grad));
   }
   return absl::OkStatus();
 }
@@ -140,7 +143,7 @@ REGISTER_OP(kApplyDense)
     .Input("lr: T")
     .Input("epsilon: T")
     .Input("grad: T")
-    .Attr("T: {half, bfloat16, float, double}")
+    .Attr(kTypeAttr)
     .Attr("use_locking: bool = false")
     .SetShapeFn(ApplyDenseShape)
     .Doc(R"doc(
@@ -156,7 +159,7 @@ REGISTER_OP(kApplySparse)
     .Input("epsilon: T")
     .Input("grad: T")
     .Input("indices: Tindices")
-    .Attr("T: {half, bfloat16, float, double}")
+    .Attr(kTypeAttr)
     .Attr("Tindices: {int32, int64}")
     .Attr("use_locking: bool = false")
     .SetShapeFn(ApplySparseShape)
@@ -173,13 +176,13 @@ REGISTER_OP(kMultiApplyDense)
     .Input("epsilon: T")
     .Input("grad: N * T")
     .Attr("N: int >= 1")
-    .Attr("T: {half, bfloat16, float, double}")
+    .Attr(kTypeAttr)
     .SetShapeFn(MultiApplyDenseShape)
     .Doc(R"doc(
 ApplyDense for N variables of one dtype in one op: each var[i] and accum[i]
-is updated with grad[i], the work split across threads by elements (one
-kernel launch per 64 variables on a GPU). Every input is checked before
-anything is written.
+is updated with grad[i], the work split across threads by elements (on a
+GPU, one kernel launch per 64 variables or 320 chunks of 65536 elements).
+Every input is checked before anything is written.
 )doc");
 
 }  // namespace tf_adagrad

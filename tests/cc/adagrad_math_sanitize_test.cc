@@ -1,10 +1,11 @@
-// kernels/adagrad_math.h under AddressSanitizer and UndefinedBehaviorSanitizer
-// (see BUILD): every input lives in a heap block that ends exactly where the
-// data ends, so one element read or written past the end is reported, and
-// data starts at offsets that break 16- and 32-byte alignment. Edge sizes
-// around the vector widths, empty inputs, heavy duplicates, indices at the
-// edges of their types, all storage and index types. The results are checked
-// against the scalar update applied to the densified gradient.
+// The CPU update (kernels/adagrad_cpu.h) under AddressSanitizer and
+// UndefinedBehaviorSanitizer (see BUILD): every input lives in a heap block
+// that ends exactly where the data ends, so one element read or written past
+// the end is reported, and data starts at offsets that break 16- and 32-byte
+// alignment. Edge sizes around the vector widths, empty inputs, heavy
+// duplicates, indices at the edges of their types, all storage and index types.
+// The results are checked against the scalar update applied to the densified
+// gradient.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -14,7 +15,9 @@
 #include <random>
 #include <vector>
 
-#include "kernels/adagrad_math.h"
+#include "kernels/adagrad_cpu.h"
+#include "kernels/half_types.h"
+#include "kernels/row_grouping.h"
 #include "tests/cc/expect.h"
 
 namespace {
@@ -33,7 +36,9 @@ template <typename T>
 class TightBuffer {
  public:
   TightBuffer(int64_t size, int64_t offset)
-      : block_(new T[offset + size]), data_(block_.get() + offset), size_(size) {}
+      : block_(new T[offset + size]),
+        data_(block_.get() + offset),
+        size_(size) {}
   T* data() { return data_; }
   T& operator[](int64_t i) { return data_[i]; }
   std::vector<T> copy() const { return std::vector<T>(data_, data_ + size_); }
@@ -55,8 +60,8 @@ bool SameBits(const T& a, const T& b) {
 }
 
 template <typename T>
-void Fill(TightBuffer<T>& buffer, int64_t size, std::mt19937_64& rng,
-          float low, float high) {
+void Fill(TightBuffer<T>& buffer, int64_t size, std::mt19937_64& rng, float low,
+          float high) {
   std::uniform_real_distribution<float> uniform(low, high);
   for (int64_t i = 0; i < size; ++i) buffer[i] = FromFloat<T>(uniform(rng));
 }
@@ -72,8 +77,9 @@ void TestDense(std::mt19937_64& rng) {
       Fill(grad, size, rng, -1.0f, 1.0f);
       std::vector<T> want_var = var.copy(), want_accum = accum.copy();
       const ComputeType<T> lr = 0.1f, epsilon = 1e-3f;
-      tf_adagrad::AdagradDenseRangeScalar(want_var.data(), want_accum.data(),
-                                          grad.data(), lr, epsilon, 0, size);
+      tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
+          tf_adagrad::AdagradDenseLoop(), want_var.data(), want_accum.data(),
+          grad.data(), lr, epsilon, 0, size);
       tf_adagrad::AdagradDenseRange(var.data(), accum.data(), grad.data(), lr,
                                     epsilon, 0, size);
       for (int64_t i = 0; i < size; ++i) {
@@ -130,8 +136,10 @@ void TestSparse(std::mt19937_64& rng) {
         Fill(grad, nnz * row_size, rng, -1.0f, 1.0f);
         // Heavy duplicates: indices drawn from the first few rows.
         const int64_t distinct = num_rows < 4 ? num_rows : num_rows / 4;
-        for (int64_t k = 0; k < nnz; ++k) indices[k] = static_cast<Index>(rng() % distinct);
-        EXPECT(tf_adagrad::FindOutOfRangeIndex(indices.data(), nnz, num_rows) == -1);
+        for (int64_t k = 0; k < nnz; ++k)
+          indices[k] = static_cast<Index>(rng() % distinct);
+        EXPECT(tf_adagrad::FindOutOfRangeIndex(indices.data(), nnz, num_rows) ==
+               -1);
 
         // Reference: densify in position order (compute type), then the
         // scalar dense update of each touched row.
@@ -140,13 +148,15 @@ void TestSparse(std::mt19937_64& rng) {
         for (int64_t k = 0; k < nnz; ++k) {
           touched[indices[k]] = true;
           for (int64_t j = 0; j < row_size; ++j) {
-            dense[indices[k] * row_size + j] += Arithmetic<T>::Load(grad[k * row_size + j]);
+            dense[indices[k] * row_size + j] +=
+                Arithmetic<T>::Load(grad[k * row_size + j]);
           }
         }
         std::vector<T> want_var = var.copy(), want_accum = accum.copy();
         for (int64_t e = 0; e < table; ++e) {
           if (!touched[e / row_size]) continue;
-          C v = Arithmetic<T>::Load(want_var[e]), a = Arithmetic<T>::Load(want_accum[e]);
+          C v = Arithmetic<T>::Load(want_var[e]),
+            a = Arithmetic<T>::Load(want_accum[e]);
           tf_adagrad::UpdateElement(C(0.1f), C(1e-3f), dense[e], &v, &a);
           want_var[e] = Arithmetic<T>::Store(v);
           want_accum[e] = Arithmetic<T>::Store(a);

@@ -1,6 +1,6 @@
 // Standalone test of the CUDA kernels in kernels/adagrad_gpu.cuh, without
 // TensorFlow. Runs the dense, multi-tensor dense and sparse updates on random
-// shapes and data against the CPU path of kernels/adagrad_math.h (the
+// shapes and data against the CPU path of kernels/adagrad_cpu.h (the
 // reference), requires the results to be
 // bit-identical to it and from one run to the next, checks the index
 // validation, then times the dense kernel against a device-to-device copy and
@@ -23,8 +23,11 @@
 #include <string>
 #include <vector>
 
+#include "kernels/adagrad_cpu.h"
 #include "kernels/adagrad_gpu.cuh"
-#include "kernels/adagrad_math.h"
+#include "kernels/half_types.h"
+#include "kernels/multi_tensor.h"
+#include "kernels/row_grouping.h"
 
 namespace {
 
@@ -33,14 +36,14 @@ using tf_adagrad::BFloat16;
 using tf_adagrad::ComputeType;
 using tf_adagrad::Float16;
 
-#define CUDA_CHECK(call)                                                   \
-  do {                                                                     \
-    const cudaError_t cuda_check_error = (call);                           \
-    if (cuda_check_error != cudaSuccess) {                                 \
-      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__,   \
-                   #call, cudaGetErrorString(cuda_check_error));           \
-      std::exit(1);                                                        \
-    }                                                                      \
+#define CUDA_CHECK(call)                                                 \
+  do {                                                                   \
+    const cudaError_t cuda_check_error = (call);                         \
+    if (cuda_check_error != cudaSuccess) {                               \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, \
+                   #call, cudaGetErrorString(cuda_check_error));         \
+      std::exit(1);                                                      \
+    }                                                                    \
   } while (0)
 
 int checks_passed = 0;
@@ -118,6 +121,15 @@ T FromDouble(double x) {
   return Arithmetic<T>::Store(static_cast<ComputeType<T>>(x));
 }
 
+// The CPU's baseline build of the dense update: the reference.
+template <typename T>
+void DenseReference(T* var, T* accum, const T* grad, ComputeType<T> lr,
+                    ComputeType<T> epsilon, int64_t begin, int64_t end) {
+  tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
+      tf_adagrad::AdagradDenseLoop(), var, accum, grad, lr, epsilon, begin,
+      end);
+}
+
 template <typename T>
 bool IsNaN(T x) {
   return std::isnan(Arithmetic<T>::Load(x));
@@ -141,7 +153,8 @@ int64_t FirstDifference(const std::vector<T>& got, const std::vector<T>& want) {
 template <typename T>
 bool Identical(const std::vector<T>& a, const std::vector<T>& b) {
   return a.size() == b.size() &&
-         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+         (a.empty() ||
+          std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 // Records that the first run equals the CPU reference (naming the first
@@ -169,8 +182,8 @@ std::vector<T> RandomValues(size_t n, double low, double high, bool specials,
   std::uniform_real_distribution<double> uniform(low, high);
   std::uniform_int_distribution<int> special_pick(0, 127);
   const double infinity = std::numeric_limits<double>::infinity();
-  const double edge[] = {0.0,       -0.0, infinity, -infinity,
-                         std::nan(""), 1e-40, -3e-42, 1e30};
+  const double edge[] = {0.0,          -0.0,  infinity, -infinity,
+                         std::nan(""), 1e-40, -3e-42,   1e30};
   std::vector<T> values(n);
   for (auto& v : values) {
     const int pick = specials ? special_pick(rng) : 127;
@@ -189,7 +202,8 @@ template <typename T>
 Hyperparameters<T> RandomHyperparameters(std::mt19937_64& rng) {
   std::uniform_real_distribution<double> lr(1e-3, 1.0);
   const double epsilons[] = {1e-7, 1e-3, 0.1};
-  const double epsilon = epsilons[std::uniform_int_distribution<int>(0, 2)(rng)];
+  const double epsilon =
+      epsilons[std::uniform_int_distribution<int>(0, 2)(rng)];
   return {Arithmetic<T>::Load(FromDouble<T>(lr(rng))),
           Arithmetic<T>::Load(FromDouble<T>(epsilon))};
 }
@@ -224,9 +238,8 @@ void CheckDense(size_t size, size_t offset, std::mt19937_64& rng) {
   const Hyperparameters<T> h = RandomHyperparameters<T>(rng);
 
   std::vector<T> want_var = var, want_accum = accum;
-  tf_adagrad::AdagradDenseRangeScalar(want_var.data(), want_accum.data(),
-                                      grad.data(), h.lr, h.epsilon, 0,
-                                      static_cast<int64_t>(size));
+  DenseReference(want_var.data(), want_accum.data(), grad.data(), h.lr,
+                 h.epsilon, 0, static_cast<int64_t>(size));
   std::vector<T> var1, accum1, var2, accum2;
   RunDense(var, accum, grad, h, offset, &var1, &accum1);
   RunDense(var, accum, grad, h, offset, &var2, &accum2);
@@ -240,12 +253,15 @@ void CheckDense(size_t size, size_t offset, std::mt19937_64& rng) {
 // --------------------------------------------------------- multi-tensor ---
 
 // One multi-tensor update of variables of the given sizes (more than one
-// launch's worth when there are more than kMaxTensorsPerLaunch), each
-// `offset` elements into its own allocation; every variable must equal the
-// CPU reference, and two runs must agree.
+// launch's worth when they need more than one table of kMaxTensorsPerTable
+// tensors and kMaxBlocksPerTable chunks). Array k (var, accum, grad) of
+// variable t sits `offsets[(3 * t + k) % offsets.size()]` elements into its
+// own allocation, so that chunks take the 16-byte path or not, variable by
+// variable. Every variable must equal the CPU reference, and two runs must
+// agree.
 template <typename T>
-void CheckDenseMulti(const std::vector<size_t>& sizes, size_t offset,
-                     std::mt19937_64& rng) {
+void CheckDenseMulti(const std::vector<size_t>& sizes,
+                     const std::vector<size_t>& offsets, std::mt19937_64& rng) {
   const Hyperparameters<T> h = RandomHyperparameters<T>(rng);
   const size_t n = sizes.size();
   std::vector<std::vector<T>> var(n), accum(n), grad(n);
@@ -254,6 +270,10 @@ void CheckDenseMulti(const std::vector<size_t>& sizes, size_t offset,
     accum[t] = RandomValues<T>(sizes[t], 0.0, 4.0, false, rng);
     grad[t] = RandomValues<T>(sizes[t], -2.0, 2.0, true, rng);
   }
+  const auto offset_of = [&offsets](size_t t, int k) {
+    return offsets[(3 * t + k) % offsets.size()];
+  };
+  bool any_misaligned = false;
   std::vector<std::vector<T>> got_var[2], got_accum[2];
   for (int run = 0; run < 2; ++run) {
     std::vector<std::unique_ptr<DeviceArray<T>>> arrays;
@@ -262,9 +282,13 @@ void CheckDenseMulti(const std::vector<size_t>& sizes, size_t offset,
       T* pointers[3];
       const std::vector<T>* host[3] = {&var[t], &accum[t], &grad[t]};
       for (int k = 0; k < 3; ++k) {
+        const size_t offset = offset_of(t, k);
+        any_misaligned =
+            any_misaligned || (sizes[t] > 0 && offset * sizeof(T) % 16 != 0);
         arrays.push_back(std::make_unique<DeviceArray<T>>(sizes[t] + offset));
         arrays.back()->CopyFrom(*host[k], offset);
-        pointers[k] = arrays.back()->data() + (sizes[t] + offset > 0 ? offset : 0);
+        pointers[k] =
+            arrays.back()->data() + (sizes[t] + offset > 0 ? offset : 0);
       }
       tensors.push_back({pointers[0], pointers[1], pointers[2],
                          static_cast<int64_t>(sizes[t])});
@@ -274,20 +298,21 @@ void CheckDenseMulti(const std::vector<size_t>& sizes, size_t offset,
         cudaStream_t{0}));
     CUDA_CHECK(cudaDeviceSynchronize());
     for (size_t t = 0; t < n; ++t) {
-      got_var[run].push_back(arrays[3 * t]->CopyOut(sizes[t], offset));
-      got_accum[run].push_back(arrays[3 * t + 1]->CopyOut(sizes[t], offset));
+      got_var[run].push_back(arrays[3 * t]->CopyOut(sizes[t], offset_of(t, 0)));
+      got_accum[run].push_back(
+          arrays[3 * t + 1]->CopyOut(sizes[t], offset_of(t, 1)));
     }
   }
   const std::string name = std::string("dense multi-tensor ") +
                            TypeName<T>::value + ", " + std::to_string(n) +
-                           " variables" + (offset ? " misaligned" : "");
+                           " variables" +
+                           (any_misaligned ? " (some misaligned)" : "");
   bool same_as_reference = true, runs_agree = true;
   std::string first_bad;
   for (size_t t = 0; t < n; ++t) {
     std::vector<T> want_var = var[t], want_accum = accum[t];
-    tf_adagrad::AdagradDenseRangeScalar(want_var.data(), want_accum.data(),
-                                        grad[t].data(), h.lr, h.epsilon, 0,
-                                        static_cast<int64_t>(sizes[t]));
+    DenseReference(want_var.data(), want_accum.data(), grad[t].data(), h.lr,
+                   h.epsilon, 0, static_cast<int64_t>(sizes[t]));
     const int64_t bad_var = FirstDifference(got_var[0][t], want_var);
     const int64_t bad_accum = FirstDifference(got_accum[0][t], want_accum);
     if ((bad_var >= 0 || bad_accum >= 0) && same_as_reference) {
@@ -308,17 +333,26 @@ void CheckDenseMulti(const std::vector<size_t>& sizes, size_t offset,
 template <typename T>
 void CheckDenseMultiShapes(std::mt19937_64& rng) {
   std::uniform_int_distribution<size_t> small(0, 5000), large(100000, 600000);
-  // Empty variables among others, sizes around the vector widths, one
-  // variable, exactly one launch's worth, and more than two launches' worth.
-  CheckDenseMulti<T>({0, 1, 0, 7, 8, 9, 4097, 0}, 0, rng);
-  CheckDenseMulti<T>({large(rng)}, 1, rng);
-  CheckDenseMulti<T>({0}, 0, rng);
+  const size_t chunk = tf_adagrad::kChunkElements;
+  const std::vector<size_t> aligned = {0}, misaligned = {1},
+                            mixed = {0, 1, 0, 0, 3, 8, 0, 0, 0, 2};
+  // Empty variables among others, sizes around the vector widths and the
+  // chunk, one variable, and more than one table's worth of variables.
+  CheckDenseMulti<T>({0, 1, 0, 7, 8, 9, 4097, 0}, aligned, rng);
+  CheckDenseMulti<T>({0, 1, 0, 7, 8, 9, 4097, 0}, mixed, rng);
+  CheckDenseMulti<T>({chunk - 1, chunk, chunk + 1, 2 * chunk + 7}, mixed, rng);
+  CheckDenseMulti<T>({large(rng)}, misaligned, rng);
+  CheckDenseMulti<T>({0}, aligned, rng);
   for (const size_t count : {size_t{64}, size_t{65}, size_t{150}}) {
     std::vector<size_t> sizes(count);
     for (auto& size : sizes) size = small(rng);
     sizes[count / 2] = large(rng);
-    CheckDenseMulti<T>(sizes, count % 2, rng);
+    CheckDenseMulti<T>(sizes, count % 2 ? mixed : aligned, rng);
   }
+  // More chunks than a table holds: one variable over two tables, its last
+  // chunk odd, beside small ones.
+  CheckDenseMulti<T>({5, tf_adagrad::kMaxBlocksPerTable * chunk + 4099, 3},
+                     mixed, rng);
 }
 
 // --------------------------------------------------------------- sparse ---
@@ -356,8 +390,9 @@ std::vector<Index> RandomIndices(int64_t nnz, int64_t num_rows,
     return indices;
   }
   // kFewRows: every index among the first 4 rows, so runs are long.
-  const int64_t high =
-      pattern == IndexPattern::kFewRows ? std::min<int64_t>(num_rows, 4) : num_rows;
+  const int64_t high = pattern == IndexPattern::kFewRows
+                           ? std::min<int64_t>(num_rows, 4)
+                           : num_rows;
   std::uniform_int_distribution<int64_t> row(0, high - 1);
   for (auto& i : indices) i = static_cast<Index>(row(rng));
   return indices;
@@ -385,7 +420,8 @@ bool RunSparse(const std::vector<T>& var, const std::vector<T>& accum,
   if (bad_position >= 0) return false;
   if (nnz > 0) {
     tf_adagrad::gpu::SparseWorkspace plan;
-    CUDA_CHECK(tf_adagrad::gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &plan));
+    CUDA_CHECK(
+        tf_adagrad::gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &plan));
     DeviceArray<char> workspace(plan.total_bytes);
     CUDA_CHECK(tf_adagrad::gpu::LaunchAdagradSparse(
         d_var.data(), d_accum.data(), d_grad.data(), d_indices.data(), nnz,
@@ -416,7 +452,8 @@ void CheckSparse(int64_t num_rows, int64_t row_size, int64_t nnz,
       RandomValues<T>(num_rows * row_size, -1.0, 1.0, true, rng);
   const std::vector<T> accum =
       RandomValues<T>(num_rows * row_size, 0.0, 4.0, false, rng);
-  const std::vector<T> grad = RandomValues<T>(nnz * row_size, -2.0, 2.0, true, rng);
+  const std::vector<T> grad =
+      RandomValues<T>(nnz * row_size, -2.0, 2.0, true, rng);
   const std::vector<Index> indices =
       RandomIndices<Index>(nnz, num_rows, pattern, rng);
   const Hyperparameters<T> h = RandomHyperparameters<T>(rng);
@@ -426,21 +463,20 @@ void CheckSparse(int64_t num_rows, int64_t row_size, int64_t nnz,
     const tf_adagrad::RowGroups groups =
         tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
     std::vector<ComputeType<T>> scratch(row_size);
-    tf_adagrad::AdagradSparseRows(want_var.data(), want_accum.data(),
-                                  grad.data(), indices.data(), groups,
-                                  row_size, h.lr, h.epsilon, 0,
-                                  groups.num_unique(), scratch.data());
+    tf_adagrad::AdagradSparseRows(
+        want_var.data(), want_accum.data(), grad.data(), indices.data(), groups,
+        row_size, h.lr, h.epsilon, 0, groups.num_unique(), scratch.data());
   }
   std::vector<T> var1, accum1, var2, accum2;
-  const std::string name = std::string("sparse ") + TypeName<T>::value + "/" +
-                           TypeName<Index>::value + " " +
-                           std::to_string(num_rows) + "x" +
-                           std::to_string(row_size) + ", " +
-                           std::to_string(nnz) + " " + PatternName(pattern) +
-                           " indices";
-  const bool ran =
-      RunSparse(var, accum, grad, indices, num_rows, row_size, h, &var1, &accum1) &&
-      RunSparse(var, accum, grad, indices, num_rows, row_size, h, &var2, &accum2);
+  const std::string name =
+      std::string("sparse ") + TypeName<T>::value + "/" +
+      TypeName<Index>::value + " " + std::to_string(num_rows) + "x" +
+      std::to_string(row_size) + ", " + std::to_string(nnz) + " " +
+      PatternName(pattern) + " indices";
+  const bool ran = RunSparse(var, accum, grad, indices, num_rows, row_size, h,
+                             &var1, &accum1) &&
+                   RunSparse(var, accum, grad, indices, num_rows, row_size, h,
+                             &var2, &accum2);
   Record(ran, name + ": valid indices were rejected");
   if (!ran) return;
   RecordResults(name, var1, accum1, var2, accum2, want_var, want_accum);
@@ -462,7 +498,8 @@ void CheckOutOfRange(int64_t num_rows, int64_t nnz, int planted,
                               static_cast<Index>(num_rows + 12345)};
   std::uniform_int_distribution<int64_t> position(0, nnz - 1);
   std::uniform_int_distribution<int> value(0, 4);
-  for (int p = 0; p < planted; ++p) indices[position(rng)] = bad_values[value(rng)];
+  for (int p = 0; p < planted; ++p)
+    indices[position(rng)] = bad_values[value(rng)];
   const int64_t want_position =
       tf_adagrad::FindOutOfRangeIndex(indices.data(), nnz, num_rows);
   const int64_t want_index =
@@ -593,8 +630,10 @@ void TimeDense(size_t bytes, double copy_gbps, std::mt19937_64& rng) {
       },
       3, 20);
   const double gbps = 5.0 * size * sizeof(T) / (ms * 1e6);
-  std::printf("RESULT dense %-8s %zu elements: %.3f ms, %.0f GB/s = %.1f%% of the copy\n",
-              TypeName<T>::value, size, ms, gbps, 100.0 * gbps / copy_gbps);
+  std::printf(
+      "RESULT dense %-8s %zu elements: %.3f ms, %.0f GB/s = %.1f%% of the "
+      "copy\n",
+      TypeName<T>::value, size, ms, gbps, 100.0 * gbps / copy_gbps);
 }
 
 // One sparse step as the op runs it: index check (with its wait for the
@@ -621,7 +660,8 @@ void TimeSparse(std::mt19937_64& rng) {
         indices.data(), nnz, num_rows, scratch.data(), &bad_position,
         &bad_index, cudaStream_t{0}));
     tf_adagrad::gpu::SparseWorkspace step_plan;
-    CUDA_CHECK(tf_adagrad::gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &step_plan));
+    CUDA_CHECK(
+        tf_adagrad::gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &step_plan));
     CUDA_CHECK(tf_adagrad::gpu::LaunchAdagradSparse(
         var.data(), accum.data(), grad.data(), indices.data(), nnz, row_size,
         0.01f, 1e-7f, step_plan, workspace.data(), cudaStream_t{0}));
@@ -639,9 +679,8 @@ void TimeSparse(std::mt19937_64& rng) {
   std::sort(times.begin(), times.end());
   const float sort_ms = MedianMilliseconds(
       [&] {
-        CUDA_CHECK(tf_adagrad::gpu::SortIndices(indices.data(), nnz, plan,
-                                                workspace.data(),
-                                                cudaStream_t{0}));
+        CUDA_CHECK(tf_adagrad::gpu::SortIndices(
+            indices.data(), nnz, plan, workspace.data(), cudaStream_t{0}));
       },
       5, 50);
   const float update_ms = MedianMilliseconds(
@@ -659,11 +698,14 @@ void TimeSparse(std::mt19937_64& rng) {
     longest_run = std::max<int64_t>(longest_run, next - run);
     run = next;
   }
-  const int64_t unique = std::unique(sorted.begin(), sorted.end()) - sorted.begin();
+  const int64_t unique =
+      std::unique(sorted.begin(), sorted.end()) - sorted.begin();
   std::printf(
       "RESULT sparse float32 1048576x64, 8192 zipf(1.1) %s indices (%" PRId64
-      " unique, longest run %" PRId64 "): %.1f us per step (index check and "
-      "its wait, sort, update, wait); sort alone %.1f us, update alone %.1f us\n",
+      " unique, longest run %" PRId64
+      "): %.1f us per step (index check and "
+      "its wait, sort, update, wait); sort alone %.1f us, update alone %.1f "
+      "us\n",
       TypeName<Index>::value, unique, longest_run, times[times.size() / 2],
       sort_ms * 1e3, update_ms * 1e3);
 }
@@ -674,18 +716,18 @@ int main(int argc, char** argv) {
   int device_count = 0;
   const cudaError_t device_error = cudaGetDeviceCount(&device_count);
   if (device_error != cudaSuccess || device_count == 0) {
-    std::printf("no CUDA device: %s\n",
-                device_error != cudaSuccess ? cudaGetErrorString(device_error)
+    std::printf("no CUDA device: %s\n", device_error != cudaSuccess
+                                            ? cudaGetErrorString(device_error)
                                             : "none found");
     return 77;
   }
   cudaDeviceProp props;
   CUDA_CHECK(cudaGetDeviceProperties(&props, 0));
-  const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10)
-                                 : std::random_device{}();
-  std::printf("RESULT device: %s, sm_%d%d, %d multiprocessors; seed %" PRIu64 "\n",
-              props.name, props.major, props.minor, props.multiProcessorCount,
-              seed);
+  const uint64_t seed =
+      argc > 1 ? std::strtoull(argv[1], nullptr, 10) : std::random_device{}();
+  std::printf(
+      "RESULT device: %s, sm_%d%d, %d multiprocessors; seed %" PRIu64 "\n",
+      props.name, props.major, props.minor, props.multiProcessorCount, seed);
   std::mt19937_64 rng(seed);
 
   CheckType<Float16>(rng);
@@ -701,8 +743,8 @@ int main(int argc, char** argv) {
   }
   // No rows at all: every index is out of range.
   CheckOutOfRange<int64_t>(0, 3, 0, rng);
-  std::printf("RESULT correctness: %d checks passed, %d failed\n", checks_passed,
-              checks_failed);
+  std::printf("RESULT correctness: %d checks passed, %d failed\n",
+              checks_passed, checks_failed);
 
   // Arrays of 1 GiB each (or less on a small card): well past the L2.
   size_t free_bytes = 0, total_bytes = 0;
@@ -717,8 +759,8 @@ int main(int argc, char** argv) {
       },
       3, 20);
   const double copy_gbps = 2.0 * bytes / (copy_ms * 1e6);
-  std::printf("RESULT copy %zu bytes: %.3f ms, %.0f GB/s (read + write)\n", bytes,
-              copy_ms, copy_gbps);
+  std::printf("RESULT copy %zu bytes: %.3f ms, %.0f GB/s (read + write)\n",
+              bytes, copy_ms, copy_gbps);
   TimeDense<float>(bytes, copy_gbps, rng);
   TimeDense<double>(bytes, copy_gbps, rng);
   TimeDense<Float16>(bytes, copy_gbps, rng);

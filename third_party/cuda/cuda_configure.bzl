@@ -1,6 +1,6 @@
 """Repository rule laying out the CUDA 12 toolchain for clang.
 
-./configure.py finds the pieces and passes them as --repo_env (under
+build_tools/configure.py finds the pieces and passes them as --repo_env (under
 --config=cuda): clang (Debian's clang-16), and the `nvidia` folder of the
 .venv's site-packages, where the nvidia-*-cu12 wheels put ptxas, libdevice,
 the CUDA runtime's headers and library, CUB, and libnvfatbin. This rule
@@ -39,7 +39,7 @@ cc_import(
 def _cuda_configure_impl(ctx):
     clang = ctx.os.environ.get(_ENV_CLANG, "")
     if not clang:
-        ctx.file("BUILD", "# CUDA is off: configure.py found no CUDA toolchain.\n")
+        ctx.file("BUILD", "# CUDA is off: build_tools/configure.py found no CUDA toolchain.\n")
         return
     nvidia = ctx.os.environ[_ENV_NVIDIA_DIR]
     python = ctx.os.environ[_ENV_PYTHON]

@@ -1,6 +1,6 @@
 """Repository rule exposing the installed TensorFlow's headers and library.
 
-./configure.py writes the locations it read from tf.sysconfig into
+build_tools/configure.py writes the locations it read from tf.sysconfig into
 .tf_configure.bazelrc as --repo_env; this rule symlinks them into an external
 repository so that Bazel treats the headers as ordinary inputs.
 """
@@ -12,7 +12,7 @@ _ENV_LIB_NAME = "TF_SHARED_LIBRARY_NAME"
 def _required_env(ctx, name):
     value = ctx.os.environ.get(name, "")
     if not value:
-        fail("%s is not set: run ./configure.py (or `make build`) first." % name)
+        fail("%s is not set: run build_tools/configure.py (or `make build`) first." % name)
     return value
 
 def _tf_configure_impl(ctx):

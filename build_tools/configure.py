@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes .tf_configure.bazelrc from the installed TensorFlow.
+"""Writes the workspace root's .tf_configure.bazelrc from the installed TensorFlow.
 
 Every compiler and linker flag comes from ``tf.sysconfig``; nothing is
 hard-coded. Run it with the Python whose TensorFlow the ops must match
@@ -21,7 +21,8 @@ import shutil
 import sys
 import sysconfig
 
-OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".tf_configure.bazelrc")
+# The workspace root, one folder up from build_tools/.
+OUTPUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".tf_configure.bazelrc")
 
 
 def _split_flags(flags, prefix):
@@ -90,7 +91,7 @@ def cuda_settings():
 
 def bazelrc_lines(settings, wheel, cuda):
     lines = [
-        "# Written by configure.py from tf.sysconfig; do not edit.",
+        "# Written by build_tools/configure.py from tf.sysconfig; do not edit.",
         f"build --repo_env=TF_HEADER_DIR={settings['include_dir']}",
         f"build --repo_env=TF_SHARED_LIBRARY_DIR={settings['lib_dir']}",
         f"build --repo_env=TF_SHARED_LIBRARY_NAME={settings['lib_name']}",

@@ -10,7 +10,7 @@ reproducible: entries in a fixed order with a fixed date.
   importing it.
 - `Requires-Dist` pins TensorFlow to the major and minor version the op
   library was built for, read from the build record (`_build_info.py`), so
-  pip keeps them together.
+  pip keeps them together; every `--requires` adds one more `Requires-Dist`.
 - The tag (`--python_tag`, `--platform_tag`, which configure.py takes from
   the Python that builds) names the interpreter and platform the library was
   built and tested with, for example `cp311-cp311-linux_x86_64`. The op
@@ -70,6 +70,7 @@ def metadata(args, version):
         f"Classifier: Programming Language :: Python :: {python[0]}.{python[1:]}",
         f"Requires-Python: >={python[0]}.{python[1:]}",
         f"Requires-Dist: {tensorflow_requirement(args.build_record)}",
+        *(f"Requires-Dist: {requirement}" for requirement in args.requires),
         "Description-Content-Type: text/markdown",
     ]
     return "\n".join(lines) + "\n\n" + description
@@ -110,6 +111,7 @@ def main():
     parser.add_argument("--description", required=True, help="a Markdown file for the long description")
     parser.add_argument("--version_file", required=True, help="the module that sets __version__")
     parser.add_argument("--build_record", required=True, help="_build_info.py, which sets TF_VERSION")
+    parser.add_argument("--requires", action="append", default=[], help="a requirement, such as keras>=3.15,<3.16")
     parser.add_argument("--python_tag", required=True, help="such as cp311")
     parser.add_argument("--abi_tag", required=True, help="such as cp311")
     parser.add_argument("--platform_tag", required=True, help="such as linux_x86_64")

@@ -1,6 +1,6 @@
 """Bazel macros for TensorFlow op libraries built against the installed TF."""
 
-load("@rules_cc//cc:defs.bzl", "cc_binary")
+load("@rules_cc//cc:defs.bzl", "cc_binary", "cc_library")
 
 # Bit-exact IEEE math (no FMA contraction, so float32 results match Keras');
 # -fno-math-errno lets the compiler vectorize sqrt.
@@ -88,16 +88,14 @@ cuda_object = rule(
     fragments = ["cpp"],
 )
 
-def tf_op_library(name, srcs, deps = [], copts = [], cuda_srcs = []):
-    """A TensorFlow op library `name` (a .so) for `tf.load_op_library`.
+def tf_kernel_library(name, srcs, deps = [], copts = [], cuda_srcs = []):
+    """A library of TensorFlow ops or kernels, for `tf_op_library`.
 
-    Compiled with the flags configure.py read from tf.sysconfig and linked
-    against the installed libtensorflow_framework. With --config=cuda, the
-    `.cu.cc` files of `cuda_srcs` (which may also list headers) are compiled
-    for the GPU and linked in, and every file sees GOOGLE_CUDA=1; otherwise
-    they are left out. The CUDA code uses the CUDA runtime that TensorFlow
-    loads (libtensorflow_framework exports it), so the library needs no CUDA
-    of its own to load.
+    Compiled with the flags configure.py read from tf.sysconfig. With
+    --config=cuda, the `.cu.cc` files of `cuda_srcs` (which may also list
+    headers) are compiled for the GPU and linked in, and every file sees
+    GOOGLE_CUDA=1; otherwise they are left out. Always linked whole, so that
+    its op and kernel registrations reach the op library.
     """
     tf_deps = deps + [
         "@local_config_tf//:tf_header_lib",
@@ -107,7 +105,7 @@ def tf_op_library(name, srcs, deps = [], copts = [], cuda_srcs = []):
     cuda_objects = []
     for src in cuda_srcs:
         if src.endswith(".cu.cc"):
-            object_name = name.replace("/", "_") + "_" + src.replace("/", "_")[:-len(".cu.cc")]
+            object_name = name + "_" + src.replace("/", "_")[:-len(".cu.cc")]
             cuda_object(
                 name = object_name,
                 src = src,
@@ -117,7 +115,7 @@ def tf_op_library(name, srcs, deps = [], copts = [], cuda_srcs = []):
             )
             cuda_objects.append(":" + object_name)
     using_cuda = "//third_party/cuda:using_cuda"
-    cc_binary(
+    cc_library(
         name = name,
         srcs = srcs + select({
             using_cuda: cuda_objects,
@@ -127,15 +125,29 @@ def tf_op_library(name, srcs, deps = [], copts = [], cuda_srcs = []):
             using_cuda: ["-DGOOGLE_CUDA=1"],
             "//conditions:default": [],
         }),
+        alwayslink = True,
+        deps = tf_deps,
+    )
+
+def tf_op_library(name, deps):
+    """A TensorFlow op library `name` (a .so) for `tf.load_op_library`.
+
+    Links the `tf_kernel_library` targets of `deps` against the installed
+    libtensorflow_framework. The CUDA code uses the CUDA runtime that
+    TensorFlow loads (libtensorflow_framework exports it), so the library
+    needs no CUDA of its own to load.
+    """
+    cc_binary(
+        name = name,
         linkshared = 1,
         linkopts = ["-Wl,--no-undefined"],
-        deps = tf_deps,
+        deps = deps + ["@local_config_tf//:libtensorflow_framework"],
     )
 
 def _required_define(ctx, name):
     value = ctx.var.get(name, "")
     if not value:
-        fail("--define=%s is not set: run ./configure.py (or `make build`) first." % name)
+        fail("--define=%s is not set: run build_tools/configure.py (or `make build`) first." % name)
     return value
 
 def _python_wheel_impl(ctx):
@@ -150,6 +162,7 @@ def _python_wheel_impl(ctx):
     args.add("--description", ctx.file.description_file)
     args.add("--version_file", ctx.file.version_file)
     args.add("--build_record", ctx.file.build_record)
+    args.add_all(ctx.attr.requires, before_each = "--requires")
     args.add("--python_tag", _required_define(ctx, "python_tag"))
     args.add("--abi_tag", _required_define(ctx, "abi_tag"))
     args.add("--platform_tag", _required_define(ctx, "platform_tag"))
@@ -181,7 +194,7 @@ python_wheel = rule(
     Every file of `package_files` goes into the package's folder in the wheel
     (by its base name); nothing else of the package does. The version comes
     from `version_file`'s `__version__`, the TensorFlow requirement from
-    `build_record`'s `TF_VERSION`, and the tags from the defines that
+    `build_record`'s `TF_VERSION` (with the other requirements of `requires`), and the tags from the defines that
     configure.py writes (python_tag, abi_tag, platform_tag).
     """,
     attrs = {
@@ -194,7 +207,8 @@ python_wheel = rule(
         "license_name": attr.string(mandatory = True),
         "license_file": attr.label(allow_single_file = True, mandatory = True),
         "description_file": attr.label(allow_single_file = True, mandatory = True),
+        "requires": attr.string_list(),
         "out_dir": attr.string(default = "dist"),
-        "_builder": attr.label(default = "//:build_wheel.py", allow_single_file = True),
+        "_builder": attr.label(default = "//build_tools:build_wheel.py", allow_single_file = True),
     },
 )
