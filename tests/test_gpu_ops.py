@@ -308,7 +308,7 @@ def test_multi_gpu_equals_cpu(dtype):
 
 @needs_gpu
 def test_multi_with_more_variables_than_one_launch_gpu_equals_cpu():
-    """The GPU launches one kernel per 64 variables: 150 of mixed sizes take
+    """One launch's table holds at most 64 variables: 150 of mixed sizes take
     three launches, the last one partial."""
     shapes = [((i * 37) % 101,) if i % 7 else (0,) for i in range(150)]
     compare_on_devices(multi_case(tf.float32, shapes, seed=3), GPU, CPU)

@@ -1,4 +1,4 @@
-"""Runs the TF-free C++ tests of kernels/adagrad_math.h (built by `make build`):
+"""Runs the TF-free C++ tests of the kernels' headers (built by `make build`):
 the plain build, and the same math under AddressSanitizer and
 UndefinedBehaviorSanitizer."""
 
