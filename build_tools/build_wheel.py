@@ -39,7 +39,9 @@ def module_string(path, name):
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), path)
     for node in tree.body:
-        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [name]:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [
+            name
+        ]:
             value = ast.literal_eval(node.value)
             if isinstance(value, str):
                 return value
@@ -51,7 +53,9 @@ def tensorflow_requirement(build_record):
     tf_version = module_string(build_record, "TF_VERSION")
     parts = tf_version.split(".")
     if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
-        raise SystemExit(f"build_wheel.py: {build_record} has TF_VERSION {tf_version!r}, expected X.Y.Z")
+        raise SystemExit(
+            f"build_wheel.py: {build_record} has TF_VERSION {tf_version!r}, expected X.Y.Z"
+        )
     return f"tensorflow=={parts[0]}.{parts[1]}.*"
 
 
@@ -77,15 +81,18 @@ def metadata(args, version):
 
 
 def wheel_file(tag):
-    return "\n".join(
-        [
-            "Wheel-Version: 1.0",
-            "Generator: tf-adagrad build_wheel.py",
-            # The op library makes it platform-specific.
-            "Root-Is-Purelib: false",
-            f"Tag: {tag}",
-        ]
-    ) + "\n"
+    return (
+        "\n".join(
+            [
+                "Wheel-Version: 1.0",
+                "Generator: tf-adagrad build_wheel.py",
+                # The op library makes it platform-specific.
+                "Root-Is-Purelib: false",
+                f"Tag: {tag}",
+            ]
+        )
+        + "\n"
+    )
 
 
 def record_line(path, data):
@@ -108,15 +115,25 @@ def main():
     parser.add_argument("--summary", required=True)
     parser.add_argument("--license_name", required=True, help="such as Apache-2.0")
     parser.add_argument("--license_file", required=True)
-    parser.add_argument("--description", required=True, help="a Markdown file for the long description")
+    parser.add_argument(
+        "--description", required=True, help="a Markdown file for the long description"
+    )
     parser.add_argument("--version_file", required=True, help="the module that sets __version__")
-    parser.add_argument("--build_record", required=True, help="_build_info.py, which sets TF_VERSION")
-    parser.add_argument("--requires", action="append", default=[], help="a requirement, such as keras>=3.15,<3.16")
+    parser.add_argument(
+        "--build_record", required=True, help="_build_info.py, which sets TF_VERSION"
+    )
+    parser.add_argument(
+        "--requires", action="append", default=[], help="a requirement, such as keras>=3.15,<3.16"
+    )
     parser.add_argument("--python_tag", required=True, help="such as cp311")
     parser.add_argument("--abi_tag", required=True, help="such as cp311")
     parser.add_argument("--platform_tag", required=True, help="such as linux_x86_64")
     parser.add_argument(
-        "--file", action="append", default=[], metavar="WHEEL_PATH=SOURCE", help="a file of the package"
+        "--file",
+        action="append",
+        default=[],
+        metavar="WHEEL_PATH=SOURCE",
+        help="a file of the package",
     )
     args = parser.parse_args()
 
@@ -142,7 +159,10 @@ def main():
         raise SystemExit(f"build_wheel.py: a path appears twice among {paths}")
 
     record_path = f"{dist_info}/RECORD"
-    record = "\n".join([record_line(path, data) for path, data, _ in entries] + [f"{record_path},,"]) + "\n"
+    record = (
+        "\n".join([record_line(path, data) for path, data, _ in entries] + [f"{record_path},,"])
+        + "\n"
+    )
 
     os.makedirs(args.out_dir, exist_ok=True)
     wheel_path = os.path.join(args.out_dir, f"{distribution}-{version}-{tag}.whl")

@@ -22,12 +22,14 @@ import sys
 import sysconfig
 
 # The workspace root, one folder up from build_tools/.
-OUTPUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".tf_configure.bazelrc")
+OUTPUT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".tf_configure.bazelrc"
+)
 
 
 def _split_flags(flags, prefix):
     """Returns the values of the flags that start with ``prefix``."""
-    return [f[len(prefix):] for f in flags if f.startswith(prefix)]
+    return [f[len(prefix) :] for f in flags if f.startswith(prefix)]
 
 
 def tf_build_settings():
@@ -52,7 +54,9 @@ def tf_build_settings():
 def wheel_settings():
     """The wheel's tags for this Python (PEP 425), and this Python."""
     if sys.implementation.name != "cpython":
-        raise SystemExit(f"configure.py: the wheel needs CPython (TensorFlow's), not {sys.implementation.name}")
+        raise SystemExit(
+            f"configure.py: the wheel needs CPython (TensorFlow's), not {sys.implementation.name}"
+        )
     python_tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
     return {
         "python_tag": python_tag,
@@ -67,7 +71,10 @@ CUDA_CLANG = "clang++-16"
 # What the CUDA build needs from each wheel, under site-packages/nvidia/.
 CUDA_WHEEL_FILES = {
     "nvidia-cuda-nvcc-cu12": ["cuda_nvcc/bin/ptxas", "cuda_nvcc/nvvm/libdevice/libdevice.10.bc"],
-    "nvidia-cuda-runtime-cu12": ["cuda_runtime/include/cuda_runtime.h", "cuda_runtime/lib/libcudart.so.12"],
+    "nvidia-cuda-runtime-cu12": [
+        "cuda_runtime/include/cuda_runtime.h",
+        "cuda_runtime/lib/libcudart.so.12",
+    ],
     "nvidia-cuda-cccl-cu12": ["cuda_cccl/include/cub/cub.cuh"],
     "nvidia-nvfatbin-cu12": ["nvfatbin/lib/libnvfatbin.so.12"],
 }
@@ -122,9 +129,13 @@ def main():
     with open(OUTPUT, "w") as f:
         f.write("\n".join(bazelrc_lines(settings, wheel, cuda)) + "\n")
     print(f"configure.py: TensorFlow {settings['version']} at {settings['include_dir']}")
-    print(f"configure.py: wheel tag {wheel['python_tag']}-{wheel['abi_tag']}-{wheel['platform_tag']}")
+    print(
+        f"configure.py: wheel tag {wheel['python_tag']}-{wheel['abi_tag']}-{wheel['platform_tag']}"
+    )
     if cuda:
-        print(f"configure.py: CUDA kernels on: {cuda['clang']} with the CUDA 12 wheels in {cuda['nvidia_dir']}")
+        print(
+            f"configure.py: CUDA kernels on: {cuda['clang']} with the CUDA 12 wheels in {cuda['nvidia_dir']}"
+        )
     else:
         print(f"configure.py: CUDA kernels off: {why_not}")
     print(f"configure.py: wrote {OUTPUT}")
