@@ -88,6 +88,26 @@ def per_example_loss(model, x, y):
     return tf.keras.losses.binary_crossentropy(y, model(x, training=True))
 
 
+def distributed_train_step(strategy, model, optimizer):
+    """One synchronous step per call on the next batch of a distributed
+    iterator, the loss averaged over the global batch."""
+    import tensorflow as tf
+
+    @tf.function
+    def train_step(iterator):
+        def step_fn(xb, yb):
+            with tf.GradientTape() as tape:
+                loss = tf.nn.compute_average_loss(
+                    per_example_loss(model, xb, yb), global_batch_size=GLOBAL_BATCH
+                )
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply(grads, model.trainable_variables)
+
+        strategy.run(step_fn, args=next(iterator))
+
+    return train_step
+
+
 def train_custom_loop_single(weights, x, y, steps=STEPS):
     """The reference: plain training on one device."""
     import tensorflow as tf
@@ -171,17 +191,7 @@ def mirrored(args):
         if manager.latest_checkpoint:
             checkpoint.restore(manager.latest_checkpoint).assert_consumed()
 
-        @tf.function
-        def train_step(iterator):
-            def step_fn(xb, yb):
-                with tf.GradientTape() as tape:
-                    loss = tf.nn.compute_average_loss(
-                        per_example_loss(model, xb, yb), global_batch_size=GLOBAL_BATCH
-                    )
-                grads = tape.gradient(loss, model.trainable_variables)
-                optimizer.apply(grads, model.trainable_variables)
-
-            strategy.run(step_fn, args=next(iterator))
+        train_step = distributed_train_step(strategy, model, optimizer)
 
         rows = slice(first_step * GLOBAL_BATCH, last_step * GLOBAL_BATCH)
         dataset = tf.data.Dataset.from_tensor_slices((x[rows], y[rows])).batch(GLOBAL_BATCH)
@@ -272,17 +282,7 @@ def multi_worker(args):
         )
         return tf.data.Dataset.from_tensor_slices((x[rows], y[rows])).batch(per_replica)
 
-    @tf.function
-    def train_step(iterator):
-        def step_fn(xb, yb):
-            with tf.GradientTape() as tape:
-                loss = tf.nn.compute_average_loss(
-                    per_example_loss(model, xb, yb), global_batch_size=GLOBAL_BATCH
-                )
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply(grads, model.trainable_variables)
-
-        strategy.run(step_fn, args=next(iterator))
+    train_step = distributed_train_step(strategy, model, optimizer)
 
     iterator = iter(strategy.distribute_datasets_from_function(worker_dataset))
     for _ in range(STEPS):
