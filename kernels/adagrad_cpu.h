@@ -1,6 +1,6 @@
 // The Adagrad update on the CPU, on raw pointers: plain C++, no TensorFlow,
 // no Eigen, so that it can be tested (and sanitized) on its own. The loops
-// apply adagrad_math.h's UpdateElement; each is compiled for several
+// apply adagrad_math.h's AdagradStep; each is compiled for several
 // instruction sets by cpu_dispatch.h.
 #ifndef TF_ADAGRAD_KERNELS_ADAGRAD_CPU_H_
 #define TF_ADAGRAD_KERNELS_ADAGRAD_CPU_H_
@@ -21,16 +21,19 @@ namespace tf_adagrad {
 // Dense update of elements [begin, end): a single pass that reads var, accum
 // and grad once and writes var and accum once. Vectorizes for float, double
 // and bfloat16 (whose conversions are integer shifts and selects).
+// `Step` is an AdagradStep of T's compute type.
 struct AdagradDenseLoop {
-  template <typename T>
-  __attribute__((always_inline)) void operator()(
-      T* var, T* accum, const T* grad, ComputeType<T> lr,
-      ComputeType<T> epsilon, int64_t begin, int64_t end) const {
+  template <typename T, typename Step>
+  __attribute__((always_inline)) void operator()(T* var, T* accum,
+                                                 const T* grad,
+                                                 const Step& step,
+                                                 int64_t begin,
+                                                 int64_t end) const {
     using A = Arithmetic<T>;
     for (int64_t i = begin; i < end; ++i) {
       ComputeType<T> v = A::Load(var[i]);
       ComputeType<T> a = A::Load(accum[i]);
-      UpdateElement(lr, epsilon, A::Load(grad[i]), &v, &a);
+      step.Apply(A::Load(grad[i]), &v, &a);
       accum[i] = A::Store(a);
       var[i] = A::Store(v);
     }
@@ -39,45 +42,49 @@ struct AdagradDenseLoop {
 
 #ifdef TF_ADAGRAD_X86
 // float16 through F16C, 8 lanes at a time. Same operations and order as
-// UpdateElement, no FMA, and F16C rounds like FloatToHalf.
+// AdagradStep::Apply, no FMA, and F16C rounds like FloatToHalf.
+template <typename Step>
 __attribute__((target("avx,f16c"))) inline void AdagradDenseRangeHalfF16C(
-    Float16* var, Float16* accum, const Float16* grad, float lr, float epsilon,
+    Float16* var, Float16* accum, const Float16* grad, const Step& step,
     int64_t begin, int64_t end) {
-  const __m256 lr8 = _mm256_set1_ps(lr);
-  const __m256 epsilon8 = _mm256_set1_ps(epsilon);
+  const __m256 lr8 = _mm256_set1_ps(step.lr);
+  const __m256 epsilon8 = _mm256_set1_ps(step.epsilon);
   int64_t i = begin;
   for (; i + 8 <= end; i += 8) {
     const __m256 g = LoadHalf8(grad + i);
     const __m256 a = _mm256_add_ps(LoadHalf8(accum + i), _mm256_mul_ps(g, g));
-    const __m256 step = _mm256_div_ps(
-        _mm256_mul_ps(lr8, g), _mm256_sqrt_ps(_mm256_add_ps(a, epsilon8)));
-    const __m256 v = _mm256_sub_ps(LoadHalf8(var + i), step);
+    __m256 denominator;
+    if constexpr (Step::kEpsilonPlacement == EpsilonPlacement::kInsideSqrt) {
+      denominator = _mm256_sqrt_ps(_mm256_add_ps(a, epsilon8));
+    } else {
+      denominator = _mm256_add_ps(_mm256_sqrt_ps(a), epsilon8);
+    }
+    const __m256 delta = _mm256_div_ps(_mm256_mul_ps(lr8, g), denominator);
+    const __m256 v = _mm256_sub_ps(LoadHalf8(var + i), delta);
     StoreHalf8(accum + i, a);
     StoreHalf8(var + i, v);
   }
-  RunCompiledFor<VectorIsa::kBaseline>(AdagradDenseLoop(), var, accum, grad, lr,
-                                       epsilon, i, end);
+  RunCompiledFor<VectorIsa::kBaseline>(AdagradDenseLoop(), var, accum, grad,
+                                       step, i, end);
 }
 #endif  // TF_ADAGRAD_X86
 
 // The dense update on the fastest path this CPU has: float16 through F16C
 // when the CPU has it (its integer conversions do not vectorize), every
 // other type through the widest instruction set.
-template <typename T>
-void AdagradDenseRange(T* var, T* accum, const T* grad, ComputeType<T> lr,
-                       ComputeType<T> epsilon, int64_t begin, int64_t end) {
+template <typename T, typename Step>
+void AdagradDenseRange(T* var, T* accum, const T* grad, const Step& step,
+                       int64_t begin, int64_t end) {
   if constexpr (std::is_same_v<T, Float16>) {
 #ifdef TF_ADAGRAD_X86
     if (CpuHasF16C()) {
-      return AdagradDenseRangeHalfF16C(var, accum, grad, lr, epsilon, begin,
-                                       end);
+      return AdagradDenseRangeHalfF16C(var, accum, grad, step, begin, end);
     }
 #endif  // TF_ADAGRAD_X86
     RunCompiledFor<VectorIsa::kBaseline>(AdagradDenseLoop(), var, accum, grad,
-                                         lr, epsilon, begin, end);
+                                         step, begin, end);
   } else {
-    RunOnWidestIsa(AdagradDenseLoop(), var, accum, grad, lr, epsilon, begin,
-                   end);
+    RunOnWidestIsa(AdagradDenseLoop(), var, accum, grad, step, begin, end);
   }
 }
 
@@ -86,18 +93,17 @@ void AdagradDenseRange(T* var, T* accum, const T* grad, ComputeType<T> lr,
 // entries, the last the total). The work is split by elements, not by
 // tensor, so a range may cover the end of one tensor and the start of the
 // next; empty tensors are skipped.
-template <typename T>
+template <typename T, typename Step>
 void AdagradDenseMultiRange(const DenseTensors<T>* tensors,
                             const int64_t* starts, int64_t num_tensors,
-                            ComputeType<T> lr, ComputeType<T> epsilon,
-                            int64_t begin, int64_t end) {
+                            const Step& step, int64_t begin, int64_t end) {
   int64_t t =
       std::upper_bound(starts, starts + num_tensors + 1, begin) - starts - 1;
   while (begin < end && t < num_tensors) {
     const int64_t stop = std::min(end, starts[t + 1]);
     if (stop > begin) {
-      AdagradDenseRange(tensors[t].var, tensors[t].accum, tensors[t].grad, lr,
-                        epsilon, begin - starts[t], stop - starts[t]);
+      AdagradDenseRange(tensors[t].var, tensors[t].accum, tensors[t].grad, step,
+                        begin - starts[t], stop - starts[t]);
     }
     begin = stop;
     ++t;
@@ -120,12 +126,11 @@ int64_t FindOutOfRangeIndex(const Index* indices, int64_t nnz,
 // compute type), then the row is updated once, as the dense update would.
 // `scratch` holds at least `row_size` compute-type values.
 struct AdagradSparseRowsLoop {
-  template <typename T, typename Index>
+  template <typename T, typename Index, typename Step>
   __attribute__((always_inline)) void operator()(
       T* var, T* accum, const T* grad, const Index* indices,
-      const RowGroups& groups, int64_t row_size, ComputeType<T> lr,
-      ComputeType<T> epsilon, int64_t begin, int64_t end,
-      ComputeType<T>* scratch) const {
+      const RowGroups& groups, int64_t row_size, const Step& step,
+      int64_t begin, int64_t end, ComputeType<T>* scratch) const {
     using A = Arithmetic<T>;
     using C = ComputeType<T>;
     const int64_t* positions = groups.positions.data();
@@ -139,11 +144,10 @@ struct AdagradSparseRowsLoop {
       const T* grad_row = grad + positions[first] * row_size;
       if (last - first == 1) {
         if constexpr (std::is_same_v<T, Float16>) {
-          AdagradDenseRange(var_row, accum_row, grad_row, lr, epsilon, 0,
+          AdagradDenseRange(var_row, accum_row, grad_row, step, 0,
                             row_size);  // F16C where the CPU has it
         } else {
-          AdagradDenseLoop()(var_row, accum_row, grad_row, lr, epsilon, 0,
-                             row_size);
+          AdagradDenseLoop()(var_row, accum_row, grad_row, step, 0, row_size);
         }
         continue;
       }
@@ -157,7 +161,7 @@ struct AdagradSparseRowsLoop {
       for (int64_t j = 0; j < row_size; ++j) {
         C v = A::Load(var_row[j]);
         C a = A::Load(accum_row[j]);
-        UpdateElement(lr, epsilon, scratch[j], &v, &a);
+        step.Apply(scratch[j], &v, &a);
         accum_row[j] = A::Store(a);
         var_row[j] = A::Store(v);
       }
@@ -165,13 +169,13 @@ struct AdagradSparseRowsLoop {
   }
 };
 
-template <typename T, typename Index>
+template <typename T, typename Index, typename Step>
 void AdagradSparseRows(T* var, T* accum, const T* grad, const Index* indices,
                        const RowGroups& groups, int64_t row_size,
-                       ComputeType<T> lr, ComputeType<T> epsilon, int64_t begin,
-                       int64_t end, ComputeType<T>* scratch) {
+                       const Step& step, int64_t begin, int64_t end,
+                       ComputeType<T>* scratch) {
   RunOnWidestIsa(AdagradSparseRowsLoop(), var, accum, grad, indices, groups,
-                 row_size, lr, epsilon, begin, end, scratch);
+                 row_size, step, begin, end, scratch);
 }
 
 }  // namespace tf_adagrad

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kernels/adagrad_math.h"
 #include "kernels/half_types.h"
 #include "kernels/multi_tensor.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -50,6 +51,8 @@ ComputeType<typename MathType<T>::type> ToCompute(T x) {
 
 namespace functor {
 
+// Each functor applies the update in the form `placement` names
+// (adagrad_math.h).
 template <typename Device, typename T>
 struct ApplyAdagradDense {
   // Updates every element of var and accum in one pass. Fails only if the
@@ -57,7 +60,7 @@ struct ApplyAdagradDense {
   absl::Status operator()(tensorflow::OpKernelContext* ctx,
                           typename tensorflow::TTypes<T>::Flat var,
                           typename tensorflow::TTypes<T>::Flat accum, T lr,
-                          T epsilon,
+                          T epsilon, EpsilonPlacement placement,
                           typename tensorflow::TTypes<T>::ConstFlat grad);
 };
 
@@ -69,7 +72,7 @@ struct ApplyAdagradSparse {
   absl::Status operator()(tensorflow::OpKernelContext* ctx,
                           typename tensorflow::TTypes<T>::Matrix var,
                           typename tensorflow::TTypes<T>::Matrix accum, T lr,
-                          T epsilon,
+                          T epsilon, EpsilonPlacement placement,
                           typename tensorflow::TTypes<T>::ConstMatrix grad,
                           typename tensorflow::TTypes<Index>::ConstVec indices);
 };
@@ -82,7 +85,7 @@ struct ApplyAdagradDenseMulti {
   absl::Status operator()(
       tensorflow::OpKernelContext* ctx,
       const std::vector<DenseTensors<typename MathType<T>::type>>& tensors,
-      T lr, T epsilon);
+      T lr, T epsilon, EpsilonPlacement placement);
 };
 
 #if GOOGLE_CUDA
@@ -92,7 +95,7 @@ struct ApplyAdagradDense<Eigen::GpuDevice, T> {
   absl::Status operator()(tensorflow::OpKernelContext* ctx,
                           typename tensorflow::TTypes<T>::Flat var,
                           typename tensorflow::TTypes<T>::Flat accum, T lr,
-                          T epsilon,
+                          T epsilon, EpsilonPlacement placement,
                           typename tensorflow::TTypes<T>::ConstFlat grad);
 };
 
@@ -101,7 +104,7 @@ struct ApplyAdagradSparse<Eigen::GpuDevice, T, Index> {
   absl::Status operator()(tensorflow::OpKernelContext* ctx,
                           typename tensorflow::TTypes<T>::Matrix var,
                           typename tensorflow::TTypes<T>::Matrix accum, T lr,
-                          T epsilon,
+                          T epsilon, EpsilonPlacement placement,
                           typename tensorflow::TTypes<T>::ConstMatrix grad,
                           typename tensorflow::TTypes<Index>::ConstVec indices);
 };
@@ -111,7 +114,7 @@ struct ApplyAdagradDenseMulti<Eigen::GpuDevice, T> {
   absl::Status operator()(
       tensorflow::OpKernelContext* ctx,
       const std::vector<DenseTensors<typename MathType<T>::type>>& tensors,
-      T lr, T epsilon);
+      T lr, T epsilon, EpsilonPlacement placement);
 };
 
 #define TF_ADAGRAD_DECLARE_GPU_FUNCTORS(T)                                 \

@@ -88,72 +88,67 @@ struct GpuArithmetic<Float16> {
 
 // ---------------------------------------------------------------- dense ---
 
-// One pass over var, accum and grad, grid-stride.
-template <typename T, int kWidth>
+// One pass over var, accum and grad, grid-stride. `Step` (here and below)
+// is an AdagradStep of T's compute type, passed by value.
+template <typename T, int kWidth, typename Step>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     AdagradDenseKernel(T* __restrict__ var, T* __restrict__ accum,
-                       const T* __restrict__ grad, ComputeType<T> lr,
-                       ComputeType<T> epsilon, int64_t size) {
+                       const T* __restrict__ grad, Step step, int64_t size) {
   UpdateStrided<GpuArithmetic<T>, kWidth>(
-      var, accum, grad, lr, epsilon, size,
+      var, accum, grad, step, size,
       static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
       static_cast<int64_t>(gridDim.x) * blockDim.x);
 }
 
-template <typename T, int kWidth>
-cudaError_t LaunchDenseKernel(T* var, T* accum, const T* grad,
-                              ComputeType<T> lr, ComputeType<T> epsilon,
+template <typename T, int kWidth, typename Step>
+cudaError_t LaunchDenseKernel(T* var, T* accum, const T* grad, const Step& step,
                               int64_t size, cudaStream_t stream) {
-  const auto kernel = AdagradDenseKernel<T, kWidth>;
+  const auto kernel = AdagradDenseKernel<T, kWidth, Step>;
   int blocks = 0;
   const cudaError_t err =
       ResidentGridSize(kernel, (size + kWidth - 1) / kWidth, &blocks);
   if (err != cudaSuccess) return err;
-  kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(var, accum, grad, lr, epsilon,
-                                                  size);
+  kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(var, accum, grad, step, size);
   return cudaGetLastError();
 }
 
 // Updates `size` elements of var and accum in place, on `stream`.
-template <typename T>
+template <typename T, typename Step>
 cudaError_t LaunchAdagradDense(T* var, T* accum, const T* grad,
-                               ComputeType<T> lr, ComputeType<T> epsilon,
-                               int64_t size, cudaStream_t stream) {
+                               const Step& step, int64_t size,
+                               cudaStream_t stream) {
   if (size == 0) return cudaSuccess;
   const uintptr_t addresses = reinterpret_cast<uintptr_t>(var) |
                               reinterpret_cast<uintptr_t>(accum) |
                               reinterpret_cast<uintptr_t>(grad);
   if (addresses % kVectorBytes == 0) {
-    return LaunchDenseKernel<T, kVectorWidth<T>>(var, accum, grad, lr, epsilon,
-                                                 size, stream);
+    return LaunchDenseKernel<T, kVectorWidth<T>>(var, accum, grad, step, size,
+                                                 stream);
   }
-  return LaunchDenseKernel<T, 1>(var, accum, grad, lr, epsilon, size, stream);
+  return LaunchDenseKernel<T, 1>(var, accum, grad, step, size, stream);
 }
 
 // --------------------------------------------------------- multi-tensor ---
 
 // One block per entry of the table (multi_tensor.h).
-template <typename T>
+template <typename T, typename Step>
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    AdagradDenseMultiKernel(const MultiTensorTable<T> table, ComputeType<T> lr,
-                            ComputeType<T> epsilon) {
+    AdagradDenseMultiKernel(const MultiTensorTable<T> table, Step step) {
   UpdateChunkOfBlock<GpuArithmetic<T>>(table, blockIdx.x, threadIdx.x,
-                                       blockDim.x, lr, epsilon);
+                                       blockDim.x, step);
 }
 
 // Updates every variable of `tensors` in place, on `stream`: one launch per
 // table of chunks.
-template <typename T>
+template <typename T, typename Step>
 cudaError_t LaunchAdagradDenseMulti(const DenseTensors<T>* tensors,
-                                    int64_t num_tensors, ComputeType<T> lr,
-                                    ComputeType<T> epsilon,
+                                    int64_t num_tensors, const Step& step,
                                     cudaStream_t stream) {
   cudaError_t err = cudaSuccess;
   ForEachMultiTensorTable(
       tensors, num_tensors, [&](const MultiTensorTable<T>& table) {
-        AdagradDenseMultiKernel<T>
-            <<<table.num_blocks, kThreadsPerBlock, 0, stream>>>(table, lr,
-                                                                epsilon);
+        AdagradDenseMultiKernel<T, Step>
+            <<<table.num_blocks, kThreadsPerBlock, 0, stream>>>(table, step);
         err = cudaGetLastError();
         return err == cudaSuccess;
       });
@@ -288,14 +283,14 @@ constexpr int64_t kTileColumns = kWarpSize;
 // A long run (a hot row) is a chain of additions; its loads are not, so the
 // warp reads the positions kWarpSize at a time and issues the gradient loads
 // of all of them before it adds.
-template <typename T, typename Key>
+template <typename T, typename Key, typename Step>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     AdagradSparseRowsKernel(T* __restrict__ var, T* __restrict__ accum,
                             const T* __restrict__ grad,
                             const Key* __restrict__ sorted_indices,
                             const int64_t* __restrict__ sorted_positions,
                             int64_t nnz, int64_t row_size, int64_t num_tiles,
-                            ComputeType<T> lr, ComputeType<T> epsilon) {
+                            Step step) {
   using A = GpuArithmetic<T>;
   using C = ComputeType<T>;
   constexpr unsigned kAllLanes = 0xffffffffu;
@@ -358,7 +353,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   T* accum_element = accum + static_cast<int64_t>(row) * row_size + column;
   C v = A::Load(*var_element);
   C a = A::Load(*accum_element);
-  UpdateElement(lr, epsilon, sum, &v, &a);
+  step.Apply(sum, &v, &a);
   *accum_element = A::Store(a);
   *var_element = A::Store(v);
 }
@@ -403,20 +398,19 @@ cudaError_t SortIndices(const Index* indices, int64_t nnz,
 }
 
 // Second half of LaunchAdagradSparse: the update from the sorted pairs.
-template <typename T, typename Index>
+template <typename T, typename Index, typename Step>
 cudaError_t UpdateSortedRows(T* var, T* accum, const T* grad, int64_t nnz,
-                             int64_t row_size, ComputeType<T> lr,
-                             ComputeType<T> epsilon,
+                             int64_t row_size, const Step& step,
                              const SparseWorkspace& plan, void* workspace,
                              cudaStream_t stream) {
   const SparseBuffers<Index> buffers = Buffers<Index>(plan, workspace);
   const int64_t num_tiles = (row_size + kTileColumns - 1) / kTileColumns;
   const int64_t blocks =
       (nnz * num_tiles + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  AdagradSparseRowsKernel<T, SortKey<Index>>
+  AdagradSparseRowsKernel<T, SortKey<Index>, Step>
       <<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream>>>(
           var, accum, grad, buffers.sorted_indices, buffers.sorted_positions,
-          nnz, row_size, num_tiles, lr, epsilon);
+          nnz, row_size, num_tiles, step);
   return cudaGetLastError();
 }
 
@@ -424,18 +418,17 @@ cudaError_t UpdateSortedRows(T* var, T* accum, const T* grad, int64_t nnz,
 // indices, with grad [nnz, row_size]; duplicate indices are summed first.
 // Every index must be in [0, num_rows) (see FindFirstOutOfRangeIndex).
 // `workspace` holds plan.total_bytes of device memory.
-template <typename T, typename Index>
+template <typename T, typename Index, typename Step>
 cudaError_t LaunchAdagradSparse(T* var, T* accum, const T* grad,
                                 const Index* indices, int64_t nnz,
-                                int64_t row_size, ComputeType<T> lr,
-                                ComputeType<T> epsilon,
+                                int64_t row_size, const Step& step,
                                 const SparseWorkspace& plan, void* workspace,
                                 cudaStream_t stream) {
   if (nnz == 0 || row_size == 0) return cudaSuccess;
   const cudaError_t err = SortIndices(indices, nnz, plan, workspace, stream);
   if (err != cudaSuccess) return err;
-  return UpdateSortedRows<T, Index>(var, accum, grad, nnz, row_size, lr,
-                                    epsilon, plan, workspace, stream);
+  return UpdateSortedRows<T, Index>(var, accum, grad, nnz, row_size, step, plan,
+                                    workspace, stream);
 }
 
 }  // namespace gpu

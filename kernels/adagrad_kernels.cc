@@ -60,17 +60,19 @@ template <typename T>
 struct ApplyAdagradDense<CPUDevice, T> {
   absl::Status operator()(OpKernelContext* ctx, typename TTypes<T>::Flat var,
                           typename TTypes<T>::Flat accum, T lr, T epsilon,
+                          EpsilonPlacement placement,
                           typename TTypes<T>::ConstFlat grad) {
     auto* var_data = MathPointer(var.data());
     auto* accum_data = MathPointer(accum.data());
     const auto* grad_data = MathPointer(grad.data());
-    const auto lr_c = ToCompute(lr);
-    const auto epsilon_c = ToCompute(epsilon);
-    ParallelForDenseElements<T>(
-        ctx, var.size(), [&](int64_t begin, int64_t end) {
-          AdagradDenseRange(var_data, accum_data, grad_data, lr_c, epsilon_c,
-                            begin, end);
-        });
+    WithAdagradStep(placement, ToCompute(lr), ToCompute(epsilon),
+                    [&](const auto& step) {
+                      ParallelForDenseElements<T>(
+                          ctx, var.size(), [&](int64_t begin, int64_t end) {
+                            AdagradDenseRange(var_data, accum_data, grad_data,
+                                              step, begin, end);
+                          });
+                    });
     return absl::OkStatus();
   }
 };
@@ -80,18 +82,19 @@ struct ApplyAdagradDenseMulti<CPUDevice, T> {
   absl::Status operator()(
       OpKernelContext* ctx,
       const std::vector<DenseTensors<typename MathType<T>::type>>& tensors,
-      T lr, T epsilon) {
+      T lr, T epsilon, EpsilonPlacement placement) {
     const int64_t num_tensors = static_cast<int64_t>(tensors.size());
     std::vector<int64_t> starts(num_tensors + 1, 0);
     for (int64_t i = 0; i < num_tensors; ++i) {
       starts[i + 1] = starts[i] + tensors[i].size;
     }
-    const auto lr_c = ToCompute(lr);
-    const auto epsilon_c = ToCompute(epsilon);
-    ParallelForDenseElements<T>(
-        ctx, starts[num_tensors], [&](int64_t begin, int64_t end) {
-          AdagradDenseMultiRange(tensors.data(), starts.data(), num_tensors,
-                                 lr_c, epsilon_c, begin, end);
+    WithAdagradStep(
+        placement, ToCompute(lr), ToCompute(epsilon), [&](const auto& step) {
+          ParallelForDenseElements<T>(
+              ctx, starts[num_tensors], [&](int64_t begin, int64_t end) {
+                AdagradDenseMultiRange(tensors.data(), starts.data(),
+                                       num_tensors, step, begin, end);
+              });
         });
     return absl::OkStatus();
   }
@@ -101,6 +104,7 @@ template <typename T, typename Index>
 struct ApplyAdagradSparse<CPUDevice, T, Index> {
   absl::Status operator()(OpKernelContext* ctx, typename TTypes<T>::Matrix var,
                           typename TTypes<T>::Matrix accum, T lr, T epsilon,
+                          EpsilonPlacement placement,
                           typename TTypes<T>::ConstMatrix grad,
                           typename TTypes<Index>::ConstVec indices) {
     const int64_t nnz = indices.size();
@@ -130,20 +134,21 @@ struct ApplyAdagradSparse<CPUDevice, T, Index> {
     auto* var_data = MathPointer(var.data());
     auto* accum_data = MathPointer(accum.data());
     const auto* grad_data = MathPointer(grad.data());
-    const auto lr_c = ToCompute(lr);
-    const auto epsilon_c = ToCompute(epsilon);
     const double row_bytes = static_cast<double>(row_size) * sizeof(T);
     const Eigen::TensorOpCost cost_per_row(
         row_bytes * 3.0 * nnz / groups.num_unique(), row_bytes * 2.0,
         20.0 * row_size);
-    device.parallelFor(groups.num_unique(), cost_per_row,
-                       [&](Eigen::Index begin, Eigen::Index end) {
-                         std::vector<ComputeType<M>> scratch(row_size);
-                         AdagradSparseRows(var_data, accum_data, grad_data,
-                                           indices.data(), groups, row_size,
-                                           lr_c, epsilon_c, begin, end,
-                                           scratch.data());
-                       });
+    WithAdagradStep(
+        placement, ToCompute(lr), ToCompute(epsilon), [&](const auto& step) {
+          device.parallelFor(groups.num_unique(), cost_per_row,
+                             [&](Eigen::Index begin, Eigen::Index end) {
+                               std::vector<ComputeType<M>> scratch(row_size);
+                               AdagradSparseRows(var_data, accum_data,
+                                                 grad_data, indices.data(),
+                                                 groups, row_size, step, begin,
+                                                 end, scratch.data());
+                             });
+        });
     return absl::OkStatus();
   }
 };
@@ -217,7 +222,8 @@ class AdagradOpBase : public OpKernel {
       : OpKernel(context),
         num_variables_(num_variables),
         kind_(kind),
-        use_locking_(use_locking) {}
+        use_locking_(use_locking),
+        epsilon_placement_(ReadEpsilonPlacement(context)) {}
 
   void Compute(OpKernelContext* ctx) override {
     std::vector<tensorflow::core::RefCountPtr<Var>> resources(num_variables_);
@@ -259,7 +265,19 @@ class AdagradOpBase : public OpKernel {
         op_errors::Expected(name(), expected, got));
   }
 
+  EpsilonPlacement epsilon_placement() const { return epsilon_placement_; }
+
  private:
+  // The op definition restricts the attribute to these two values.
+  static EpsilonPlacement ReadEpsilonPlacement(OpKernelConstruction* context) {
+    std::string placement;
+    const absl::Status status =
+        context->GetAttr("epsilon_placement", &placement);
+    if (!status.ok()) context->CtxFailure(status);
+    return placement == "outside_sqrt" ? EpsilonPlacement::kOutsideSqrt
+                                       : EpsilonPlacement::kInsideSqrt;
+  }
+
   // Sorted by address, a variable given twice shows as two neighbours; the
   // first such pair is reported.
   absl::Status ExpectDistinct(const std::vector<Var*>& vars) const {
@@ -282,6 +300,7 @@ class AdagradOpBase : public OpKernel {
   const int num_variables_;
   const UpdateKind kind_;
   const bool use_locking_;
+  const EpsilonPlacement epsilon_placement_;
 };
 
 // The single-variable ops: inputs var, accum, lr, epsilon, grad (and
@@ -339,9 +358,10 @@ class ApplyDenseOp : public SingleVariableOpBase<Device, T> {
               T epsilon) override {
     Tensor* var = locked.tensor(0);
     if (var->NumElements() == 0) return;
-    OP_REQUIRES_OK(ctx, functor::ApplyAdagradDense<Device, T>()(
-                            ctx, var->flat<T>(), locked.tensor(1)->flat<T>(),
-                            lr, epsilon, ctx->input(4).flat<T>()));
+    OP_REQUIRES_OK(
+        ctx, functor::ApplyAdagradDense<Device, T>()(
+                 ctx, var->flat<T>(), locked.tensor(1)->flat<T>(), lr, epsilon,
+                 this->epsilon_placement(), ctx->input(4).flat<T>()));
   }
 };
 
@@ -398,6 +418,7 @@ class ApplySparseOp : public SingleVariableOpBase<Device, T> {
                    (functor::ApplyAdagradSparse<Device, T, Index>()(
                        ctx, var->shaped<T, 2>({num_rows, row_size}),
                        accum->shaped<T, 2>({num_rows, row_size}), lr, epsilon,
+                       this->epsilon_placement(),
                        grad.shaped<T, 2>({indices.NumElements(), row_size}),
                        indices.vec<Index>())));
   }
@@ -455,8 +476,9 @@ class MultiApplyDenseOp : public AdagradOpBase<Device, T> {
           MathPointer(grad.flat<T>().data()), var->NumElements()});
     }
     if (tensors.empty()) return;
-    OP_REQUIRES_OK(ctx, functor::ApplyAdagradDenseMulti<Device, T>()(
-                            ctx, tensors, lr, epsilon));
+    OP_REQUIRES_OK(ctx,
+                   functor::ApplyAdagradDenseMulti<Device, T>()(
+                       ctx, tensors, lr, epsilon, this->epsilon_placement()));
   }
 
  private:

@@ -47,31 +47,36 @@ cudaStream_t Stream(OpKernelContext* ctx) {
 template <typename T>
 absl::Status ApplyAdagradDense<GPUDevice, T>::operator()(
     OpKernelContext* ctx, typename TTypes<T>::Flat var,
-    typename TTypes<T>::Flat accum, T lr, T epsilon,
+    typename TTypes<T>::Flat accum, T lr, T epsilon, EpsilonPlacement placement,
     typename TTypes<T>::ConstFlat grad) {
-  return CudaStatus(ctx, "the dense update",
-                    gpu::LaunchAdagradDense(
-                        MathPointer(var.data()), MathPointer(accum.data()),
-                        MathPointer(grad.data()), ToCompute(lr),
-                        ToCompute(epsilon), var.size(), Stream(ctx)));
+  const cudaError_t err = WithAdagradStep(
+      placement, ToCompute(lr), ToCompute(epsilon), [&](const auto& step) {
+        return gpu::LaunchAdagradDense(
+            MathPointer(var.data()), MathPointer(accum.data()),
+            MathPointer(grad.data()), step, var.size(), Stream(ctx));
+      });
+  return CudaStatus(ctx, "the dense update", err);
 }
 
 template <typename T>
 absl::Status ApplyAdagradDenseMulti<GPUDevice, T>::operator()(
     OpKernelContext* ctx,
     const std::vector<DenseTensors<typename MathType<T>::type>>& tensors, T lr,
-    T epsilon) {
-  return CudaStatus(ctx, "the multi-tensor dense update",
-                    gpu::LaunchAdagradDenseMulti(
-                        tensors.data(), static_cast<int64_t>(tensors.size()),
-                        ToCompute(lr), ToCompute(epsilon), Stream(ctx)));
+    T epsilon, EpsilonPlacement placement) {
+  const cudaError_t err = WithAdagradStep(
+      placement, ToCompute(lr), ToCompute(epsilon), [&](const auto& step) {
+        return gpu::LaunchAdagradDenseMulti(
+            tensors.data(), static_cast<int64_t>(tensors.size()), step,
+            Stream(ctx));
+      });
+  return CudaStatus(ctx, "the multi-tensor dense update", err);
 }
 
 template <typename T, typename Index>
 absl::Status ApplyAdagradSparse<GPUDevice, T, Index>::operator()(
     OpKernelContext* ctx, typename TTypes<T>::Matrix var,
     typename TTypes<T>::Matrix accum, T lr, T epsilon,
-    typename TTypes<T>::ConstMatrix grad,
+    EpsilonPlacement placement, typename TTypes<T>::ConstMatrix grad,
     typename TTypes<Index>::ConstVec indices) {
   const int64_t nnz = indices.size();
   const int64_t num_rows = var.dimension(0);
@@ -107,12 +112,14 @@ absl::Status ApplyAdagradSparse<GPUDevice, T, Index>::operator()(
   TF_RETURN_IF_ERROR(ctx->allocate_temp(
       tensorflow::DT_INT8,
       TensorShape({static_cast<int64_t>(plan.total_bytes)}), &workspace));
-  return CudaStatus(ctx, "the sparse update",
-                    gpu::LaunchAdagradSparse(
-                        MathPointer(var.data()), MathPointer(accum.data()),
-                        MathPointer(grad.data()), indices.data(), nnz, row_size,
-                        ToCompute(lr), ToCompute(epsilon), plan,
-                        workspace.flat<int8_t>().data(), stream));
+  const cudaError_t err = WithAdagradStep(
+      placement, ToCompute(lr), ToCompute(epsilon), [&](const auto& step) {
+        return gpu::LaunchAdagradSparse(
+            MathPointer(var.data()), MathPointer(accum.data()),
+            MathPointer(grad.data()), indices.data(), nnz, row_size, step, plan,
+            workspace.flat<int8_t>().data(), stream);
+      });
+  return CudaStatus(ctx, "the sparse update", err);
 }
 
 #define INSTANTIATE_GPU_FUNCTORS(T)                          \

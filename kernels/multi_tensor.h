@@ -52,7 +52,7 @@ struct MultiTensorTable {
   int num_blocks;
 };
 static_assert(kMaxTensorsPerTable <= 256, "block_tensor is one byte");
-// The table travels with lr and epsilon (two doubles at most).
+// The table travels with an AdagradStep (two doubles at most).
 static_assert(sizeof(MultiTensorTable<double>) + 2 * sizeof(double) <=
                   kMaxKernelArgumentBytes,
               "the table must fit the kernel's arguments");
@@ -92,11 +92,12 @@ TF_ADAGRAD_HOST_DEVICE inline bool ChunkIsVectorAligned(
 
 // What thread `thread` of block `block` (of `num_threads` threads) does: its
 // share of the block's chunk, 16 bytes per access when the chunk is
-// aligned. `A` is how elements are read and written (an Arithmetic).
-template <typename A, typename T>
+// aligned. `A` is how elements are read and written (an Arithmetic), `Step`
+// an AdagradStep.
+template <typename A, typename T, typename Step>
 TF_ADAGRAD_HOST_DEVICE TF_ADAGRAD_FORCE_INLINE void UpdateChunkOfBlock(
     const MultiTensorTable<T>& table, int block, int64_t thread,
-    int64_t num_threads, ComputeType<T> lr, ComputeType<T> epsilon) {
+    int64_t num_threads, const Step& step) {
   static_assert(kChunkElements % kVectorWidth<T> == 0,
                 "chunks must keep a tensor's vector alignment");
   const BlockChunk chunk = ChunkOfBlock(table, block);
@@ -105,11 +106,10 @@ TF_ADAGRAD_HOST_DEVICE TF_ADAGRAD_FORCE_INLINE void UpdateChunkOfBlock(
   const T* grad = table.grad[chunk.tensor] + chunk.begin;
   const int64_t size = chunk.end - chunk.begin;
   if (ChunkIsVectorAligned(table, chunk, kVectorBytes)) {
-    UpdateStrided<A, kVectorWidth<T>>(var, accum, grad, lr, epsilon, size,
-                                      thread, num_threads);
+    UpdateStrided<A, kVectorWidth<T>>(var, accum, grad, step, size, thread,
+                                      num_threads);
   } else {
-    UpdateStrided<A, 1>(var, accum, grad, lr, epsilon, size, thread,
-                        num_threads);
+    UpdateStrided<A, 1>(var, accum, grad, step, size, thread, num_threads);
   }
 }
 

@@ -27,12 +27,12 @@ template <typename T>
 constexpr int kVectorWidth = kVectorBytes / sizeof(T);
 
 // Thread `thread` of `num_threads`' share of the update of `size` elements.
-// var, accum and grad must be aligned to a whole pack.
-template <typename A, int kWidth, typename T>
+// var, accum and grad must be aligned to a whole pack. `Step` is an
+// AdagradStep of T's compute type.
+template <typename A, int kWidth, typename T, typename Step>
 TF_ADAGRAD_HOST_DEVICE TF_ADAGRAD_FORCE_INLINE void UpdateStrided(
     T* __restrict__ var, T* __restrict__ accum, const T* __restrict__ grad,
-    ComputeType<T> lr, ComputeType<T> epsilon, int64_t size, int64_t thread,
-    int64_t num_threads) {
+    const Step& step, int64_t size, int64_t thread, int64_t num_threads) {
   using C = ComputeType<T>;
   using P = Pack<T, kWidth>;
   const int64_t num_packs = size / kWidth;
@@ -47,7 +47,7 @@ TF_ADAGRAD_HOST_DEVICE TF_ADAGRAD_FORCE_INLINE void UpdateStrided(
     for (int k = 0; k < kWidth; ++k) {
       C v_c = A::Load(v.elements[k]);
       C a_c = A::Load(a.elements[k]);
-      UpdateElement(lr, epsilon, A::Load(g.elements[k]), &v_c, &a_c);
+      step.Apply(A::Load(g.elements[k]), &v_c, &a_c);
       v.elements[k] = A::Store(v_c);
       a.elements[k] = A::Store(a_c);
     }
@@ -58,7 +58,7 @@ TF_ADAGRAD_HOST_DEVICE TF_ADAGRAD_FORCE_INLINE void UpdateStrided(
   if (tail < size) {
     C v_c = A::Load(var[tail]);
     C a_c = A::Load(accum[tail]);
-    UpdateElement(lr, epsilon, A::Load(grad[tail]), &v_c, &a_c);
+    step.Apply(A::Load(grad[tail]), &v_c, &a_c);
     accum[tail] = A::Store(a_c);
     var[tail] = A::Store(v_c);
   }

@@ -33,6 +33,13 @@ constexpr char kMultiApplyDense[] = "TfAdagrad>MultiApplyDense";
 // kernels are registered for.
 constexpr char kTypeAttr[] = "T: {half, bfloat16, float, double}";
 
+// Where epsilon goes (kernels/adagrad_math.h): Keras' formula,
+// `sqrt(accum + epsilon)`, or TensorFlow's ApplyAdagradV2's,
+// `sqrt(accum) + epsilon`. Graphs saved before the attribute existed get
+// the default, which is what they computed.
+constexpr char kEpsilonPlacementAttr[] =
+    "epsilon_placement: {'inside_sqrt', 'outside_sqrt'} = 'inside_sqrt'";
+
 // Wraps a shape-inference failure in the kernels' message for the same
 // check, with shape inference's own reason after it.
 absl::Status Expect(const char* op_name, absl::Status status,
@@ -145,11 +152,14 @@ REGISTER_OP(kApplyDense)
     .Input("grad: T")
     .Attr(kTypeAttr)
     .Attr("use_locking: bool = false")
+    .Attr(kEpsilonPlacementAttr)
     .SetShapeFn(ApplyDenseShape)
     .Doc(R"doc(
-Adagrad update, Keras 3 formula (epsilon inside the square root):
-accum += grad * grad; var -= lr * grad / sqrt(accum + epsilon).
-16-bit types are computed in float32 and rounded once on store.
+Adagrad update: accum += grad * grad, then
+var -= lr * grad / sqrt(accum + epsilon) (epsilon_placement 'inside_sqrt',
+Keras' formula) or var -= lr * grad / (sqrt(accum) + epsilon)
+('outside_sqrt', ApplyAdagradV2's). 16-bit types are computed in float32
+and rounded once on store.
 )doc");
 
 REGISTER_OP(kApplySparse)
@@ -162,6 +172,7 @@ REGISTER_OP(kApplySparse)
     .Attr(kTypeAttr)
     .Attr("Tindices: {int32, int64}")
     .Attr("use_locking: bool = false")
+    .Attr(kEpsilonPlacementAttr)
     .SetShapeFn(ApplySparseShape)
     .Doc(R"doc(
 Adagrad update of the rows of var and accum named by indices. Rows of grad
@@ -177,6 +188,7 @@ REGISTER_OP(kMultiApplyDense)
     .Input("grad: N * T")
     .Attr("N: int >= 1")
     .Attr(kTypeAttr)
+    .Attr(kEpsilonPlacementAttr)
     .SetShapeFn(MultiApplyDenseShape)
     .Doc(R"doc(
 ApplyDense for N variables of one dtype in one op: each var[i] and accum[i]

@@ -14,24 +14,36 @@ def _compute_dtype(dtype):
     return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
 
 
-def _updated_rows(var_rows, accum_rows, lr, epsilon, grad_rows):
+def _updated_rows(var_rows, accum_rows, lr, epsilon, grad_rows, epsilon_placement):
     dtype = var_rows.dtype
     compute = _compute_dtype(dtype)
     lr, epsilon, grad_rows = (tf.cast(x, compute) for x in (lr, epsilon, grad_rows))
     accum_rows = tf.cast(accum_rows, compute) + grad_rows * grad_rows
-    var_rows = tf.cast(var_rows, compute) - lr * grad_rows / tf.sqrt(accum_rows + epsilon)
+    if epsilon_placement == "inside_sqrt":
+        denominator = tf.sqrt(accum_rows + epsilon)
+    else:
+        denominator = tf.sqrt(accum_rows) + epsilon
+    var_rows = tf.cast(var_rows, compute) - lr * grad_rows / denominator
     return tf.cast(var_rows, dtype), tf.cast(accum_rows, dtype)
 
 
-def dense_update(variable, accumulator, lr, epsilon, gradient):
+def dense_update(variable, accumulator, lr, epsilon, gradient, epsilon_placement="inside_sqrt"):
+    """The dense op's update; `epsilon_placement` as in `ops.apply_adagrad`."""
     new_var, new_accum = _updated_rows(
-        variable.read_value(), accumulator.read_value(), lr, epsilon, gradient
+        variable.read_value(),
+        accumulator.read_value(),
+        lr,
+        epsilon,
+        gradient,
+        epsilon_placement,
     )
     accumulator.assign(new_accum)
     variable.assign(new_var)
 
 
-def sparse_update(variable, accumulator, lr, epsilon, values, indices):
+def sparse_update(
+    variable, accumulator, lr, epsilon, values, indices, epsilon_placement="inside_sqrt"
+):
     """Dense-equivalent sparse update with static shapes (XLA has no tf.unique).
 
     Rows are sorted stably by index and each run of equal indices is summed
@@ -59,6 +71,7 @@ def sparse_update(variable, accumulator, lr, epsilon, values, indices):
         lr,
         epsilon,
         grad_rows,
+        epsilon_placement,
     )
     accumulator.scatter_update(tf.IndexedSlices(new_accum, sorted_indices))
     variable.scatter_update(tf.IndexedSlices(new_var, sorted_indices))

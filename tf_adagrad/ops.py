@@ -1,9 +1,13 @@
 """Python wrappers for the fused Adagrad ops.
 
-Both ops apply Keras 3's Adagrad formula, epsilon inside the square root:
+Every op applies Adagrad with epsilon where `epsilon_placement` says:
 
     accum += grad * grad
-    var   -= lr * grad / sqrt(accum + epsilon)
+    var   -= lr * grad / sqrt(accum + epsilon)     # "inside_sqrt" (default):
+                                                   # Keras 3 and tf_keras
+    var   -= lr * grad / (sqrt(accum) + epsilon)   # "outside_sqrt": TensorFlow's
+                                                   # ApplyAdagradV2, tf_keras'
+                                                   # legacy optimizer
 
 float16 and bfloat16 variables are computed in float32 and rounded once.
 """
@@ -15,6 +19,7 @@ from tf_adagrad._loader import OpLibraryError
 from tf_adagrad._variables import as_tf_variable, require_float_dtype
 
 __all__ = [
+    "EPSILON_PLACEMENTS",
     "OpLibraryError",
     "apply_adagrad",
     "load_library",
@@ -41,6 +46,18 @@ def load_library():
     return _loader.load_library()
 
 
+# The values of the ops' `epsilon_placement` attribute.
+EPSILON_PLACEMENTS = ("inside_sqrt", "outside_sqrt")
+
+
+def _check_epsilon_placement(epsilon_placement):
+    if epsilon_placement not in EPSILON_PLACEMENTS:
+        raise ValueError(
+            f"`epsilon_placement` must be one of {', '.join(map(repr, EPSILON_PLACEMENTS))}, "
+            f"got {epsilon_placement!r}."
+        )
+
+
 def _prepare(var, accum, lr, epsilon, grad):
     var = as_tf_variable(var, "var")
     accum = as_tf_variable(accum, "accum")
@@ -62,7 +79,9 @@ def _prepare(var, accum, lr, epsilon, grad):
 # has nothing to convert; left to it, it would try (and warn) on the
 # loader's os.path calls.
 @tf.autograph.experimental.do_not_convert
-def apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False):
+def apply_adagrad(
+    var, accum, lr, epsilon, grad, use_locking=False, epsilon_placement="inside_sqrt"
+):
     """Applies one dense Adagrad step to `var` and `accum` in place.
 
     Args:
@@ -70,14 +89,18 @@ def apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False):
             (float16, bfloat16, float32, float64).
         accum: The accumulator: a variable of `var`'s shape and dtype.
         lr: The learning rate; a scalar, cast to `var`'s dtype.
-        epsilon: Added to `accum` inside the square root; a scalar.
+        epsilon: A scalar, added to `accum` inside the square root or to
+            the square root, by `epsilon_placement`.
         grad: A tensor of `var`'s shape and dtype.
         use_locking: If `True`, the update holds the variables' locks
             exclusively, so concurrent updates do not interleave.
+        epsilon_placement: `"inside_sqrt"` (Keras' formula) or
+            `"outside_sqrt"` (TensorFlow's `ApplyAdagradV2`'s).
 
     Inside `tf.function`, automatic control dependencies order the update
     with the function's other uses of the variables; nothing is returned.
     """
+    _check_epsilon_placement(epsilon_placement)
     var_handle, accum_handle, lr, epsilon, grad = _prepare(var, accum, lr, epsilon, grad)
     _loader.load_library().tf_adagrad_apply_dense(
         var=var_handle,
@@ -86,11 +109,14 @@ def apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False):
         epsilon=epsilon,
         grad=grad,
         use_locking=use_locking,
+        epsilon_placement=epsilon_placement,
     )
 
 
 @tf.autograph.experimental.do_not_convert
-def sparse_apply_adagrad(var, accum, lr, epsilon, grad, indices, use_locking=False):
+def sparse_apply_adagrad(
+    var, accum, lr, epsilon, grad, indices, use_locking=False, epsilon_placement="inside_sqrt"
+):
     """Applies an Adagrad step to the rows of `var` and `accum` named by `indices`.
 
     Rows of `grad` that share an index are summed before the update, so the
@@ -103,16 +129,19 @@ def sparse_apply_adagrad(var, accum, lr, epsilon, grad, indices, use_locking=Fal
         var: A `tf.Variable` or `keras.Variable` of rank >= 1.
         accum: The accumulator: a variable of `var`'s shape and dtype.
         lr: The learning rate; a scalar, cast to `var`'s dtype.
-        epsilon: Added to `accum` inside the square root; a scalar.
+        epsilon: A scalar, placed by `epsilon_placement`.
         grad: A tensor of shape `[len(indices)] + var.shape[1:]`.
         indices: A 1-D int32 or int64 tensor of row numbers in
             `[0, var.shape[0])`; an index out of range raises
             `InvalidArgumentError` and nothing is updated.
         use_locking: If `True`, the update holds the variables' locks
             exclusively; otherwise concurrent sparse updates may interleave.
+        epsilon_placement: `"inside_sqrt"` or `"outside_sqrt"`, as in
+            `apply_adagrad`.
 
     Nothing is returned.
     """
+    _check_epsilon_placement(epsilon_placement)
     var_handle, accum_handle, lr, epsilon, grad = _prepare(var, accum, lr, epsilon, grad)
     indices = tf.convert_to_tensor(indices)
     if indices.dtype not in (tf.int32, tf.int64):
@@ -125,15 +154,18 @@ def sparse_apply_adagrad(var, accum, lr, epsilon, grad, indices, use_locking=Fal
         grad=grad,
         indices=indices,
         use_locking=use_locking,
+        epsilon_placement=epsilon_placement,
     )
 
 
 @tf.autograph.experimental.do_not_convert
-def multi_apply_adagrad(variables, accumulators, lr, epsilon, grads):
+def multi_apply_adagrad(
+    variables, accumulators, lr, epsilon, grads, epsilon_placement="inside_sqrt"
+):
     """Applies one dense Adagrad step to several variables in one op.
 
     The same update as `apply_adagrad(variables[i], accumulators[i], lr,
-    epsilon, grads[i])` for every `i`, in one op call whose work is split
+    epsilon, grads[i], epsilon_placement=epsilon_placement)` for every `i`, in one op call whose work is split
     across threads by elements, not by variable (on a GPU: one kernel launch
     per 64 variables), so many small variables cost about as much as one
     large one. Every input is checked before any variable is written. All
@@ -145,14 +177,17 @@ def multi_apply_adagrad(variables, accumulators, lr, epsilon, grads):
         accumulators: A list of the same length: `accumulators[i]` has the
             shape and dtype of `variables[i]`.
         lr: The learning rate; a scalar, cast to the variables' dtype.
-        epsilon: Added to the accumulators inside the square root; a scalar.
+        epsilon: A scalar, placed by `epsilon_placement`.
         grads: A list of the same length: `grads[i]` has the shape and dtype
             of `variables[i]`.
+        epsilon_placement: `"inside_sqrt"` or `"outside_sqrt"`, as in
+            `apply_adagrad`.
 
     Every dense update holds its variables' locks exclusively (taken in
     address order), so there is no `use_locking` argument. Nothing is
     returned.
     """
+    _check_epsilon_placement(epsilon_placement)
     variables, accumulators, grads = list(variables), list(accumulators), list(grads)
     if not variables:
         raise ValueError("`variables` must hold at least one variable, got an empty list.")
@@ -187,4 +222,5 @@ def multi_apply_adagrad(variables, accumulators, lr, epsilon, grads):
         lr=lr,
         epsilon=epsilon,
         grad=converted,
+        epsilon_placement=epsilon_placement,
     )

@@ -25,9 +25,11 @@ namespace {
 using tf_adagrad_test::checks;
 using tf_adagrad_test::failures;
 
+using tf_adagrad::AdagradStep;
 using tf_adagrad::Arithmetic;
 using tf_adagrad::BFloat16;
 using tf_adagrad::ComputeType;
+using tf_adagrad::EpsilonPlacement;
 using tf_adagrad::Float16;
 
 // `size` elements at `offset` elements into a heap block of exactly
@@ -66,8 +68,9 @@ void Fill(TightBuffer<T>& buffer, int64_t size, std::mt19937_64& rng, float low,
   for (int64_t i = 0; i < size; ++i) buffer[i] = FromFloat<T>(uniform(rng));
 }
 
-template <typename T>
+template <typename T, EpsilonPlacement kPlacement>
 void TestDense(std::mt19937_64& rng) {
+  const AdagradStep<ComputeType<T>, kPlacement> step{0.1f, 1e-3f};
   const int64_t sizes[] = {0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 1000, 4099};
   for (int64_t size : sizes) {
     for (int64_t offset : {0, 1, 3}) {
@@ -76,12 +79,11 @@ void TestDense(std::mt19937_64& rng) {
       Fill(accum, size, rng, 0.0f, 1.0f);
       Fill(grad, size, rng, -1.0f, 1.0f);
       std::vector<T> want_var = var.copy(), want_accum = accum.copy();
-      const ComputeType<T> lr = 0.1f, epsilon = 1e-3f;
       tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
           tf_adagrad::AdagradDenseLoop(), want_var.data(), want_accum.data(),
-          grad.data(), lr, epsilon, 0, size);
-      tf_adagrad::AdagradDenseRange(var.data(), accum.data(), grad.data(), lr,
-                                    epsilon, 0, size);
+          grad.data(), step, 0, size);
+      tf_adagrad::AdagradDenseRange(var.data(), accum.data(), grad.data(), step,
+                                    0, size);
       for (int64_t i = 0; i < size; ++i) {
         EXPECT(SameBits(var[i], want_var[i]));
         EXPECT(SameBits(accum[i], want_accum[i]));
@@ -116,9 +118,10 @@ void TestOutOfRange() {
   }
 }
 
-template <typename T, typename Index>
+template <typename T, typename Index, EpsilonPlacement kPlacement>
 void TestSparse(std::mt19937_64& rng) {
   using C = ComputeType<T>;
+  const AdagradStep<C, kPlacement> step{C(0.1f), C(1e-3f)};
   const int64_t row_sizes[] = {1, 3, 64, 1000};
   const int64_t nnzs[] = {0, 1, 5, 200};
   const int64_t num_rows_list[] = {1, 7, 50};
@@ -157,7 +160,7 @@ void TestSparse(std::mt19937_64& rng) {
           if (!touched[e / row_size]) continue;
           C v = Arithmetic<T>::Load(want_var[e]),
             a = Arithmetic<T>::Load(want_accum[e]);
-          tf_adagrad::UpdateElement(C(0.1f), C(1e-3f), dense[e], &v, &a);
+          step.Apply(dense[e], &v, &a);
           want_var[e] = Arithmetic<T>::Store(v);
           want_accum[e] = Arithmetic<T>::Store(a);
         }
@@ -168,12 +171,11 @@ void TestSparse(std::mt19937_64& rng) {
         // Two halves, as two shards would run them.
         const int64_t middle = groups.num_unique() / 2;
         tf_adagrad::AdagradSparseRows(var.data(), accum.data(), grad.data(),
-                                      indices.data(), groups, row_size, C(0.1f),
-                                      C(1e-3f), 0, middle, scratch.data());
-        tf_adagrad::AdagradSparseRows(var.data(), accum.data(), grad.data(),
-                                      indices.data(), groups, row_size, C(0.1f),
-                                      C(1e-3f), middle, groups.num_unique(),
-                                      scratch.data());
+                                      indices.data(), groups, row_size, step, 0,
+                                      middle, scratch.data());
+        tf_adagrad::AdagradSparseRows(
+            var.data(), accum.data(), grad.data(), indices.data(), groups,
+            row_size, step, middle, groups.num_unique(), scratch.data());
         for (int64_t e = 0; e < table; ++e) {
           EXPECT(SameBits(var[e], want_var[e]));
           EXPECT(SameBits(accum[e], want_accum[e]));
@@ -200,11 +202,19 @@ void TestGroupingOfHugeIndices(std::mt19937_64& rng) {
   }
 }
 
-template <typename T>
+template <typename T, EpsilonPlacement kPlacement>
 void TestAllIndexTypes(std::mt19937_64& rng) {
-  TestDense<T>(rng);
-  TestSparse<T, int32_t>(rng);
-  TestSparse<T, int64_t>(rng);
+  TestDense<T, kPlacement>(rng);
+  TestSparse<T, int32_t, kPlacement>(rng);
+  TestSparse<T, int64_t, kPlacement>(rng);
+}
+
+template <EpsilonPlacement kPlacement>
+void TestAllTypes(std::mt19937_64& rng) {
+  TestAllIndexTypes<Float16, kPlacement>(rng);
+  TestAllIndexTypes<BFloat16, kPlacement>(rng);
+  TestAllIndexTypes<float, kPlacement>(rng);
+  TestAllIndexTypes<double, kPlacement>(rng);
 }
 
 // Deliberate bugs, so the test can prove the sanitizers are active.
@@ -228,10 +238,8 @@ int PlantedBug(const char* which) {
 int main(int argc, char** argv) {
   if (argc > 1) return PlantedBug(argv[1]);
   std::mt19937_64 rng(7);
-  TestAllIndexTypes<Float16>(rng);
-  TestAllIndexTypes<BFloat16>(rng);
-  TestAllIndexTypes<float>(rng);
-  TestAllIndexTypes<double>(rng);
+  TestAllTypes<EpsilonPlacement::kInsideSqrt>(rng);
+  TestAllTypes<EpsilonPlacement::kOutsideSqrt>(rng);
   TestOutOfRange<int32_t>();
   TestOutOfRange<int64_t>();
   TestGroupingOfHugeIndices(rng);

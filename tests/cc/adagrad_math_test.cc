@@ -24,6 +24,8 @@ using tf_adagrad_test::failures;
 
 using tf_adagrad::AdagradDenseLoop;
 using tf_adagrad::AdagradSparseRowsLoop;
+using tf_adagrad::AdagradStep;
+using tf_adagrad::EpsilonPlacement;
 using tf_adagrad::RowGroups;
 using tf_adagrad::RunCompiledFor;
 using tf_adagrad::VectorIsa;
@@ -118,6 +120,8 @@ void TestBFloat16Conversions() {
       tf_adagrad::BFloat16ToFloat(tf_adagrad::FloatToBFloat16(NAN))));
 }
 
+// The reference is written out here, not taken from the kernel headers.
+template <EpsilonPlacement kPlacement>
 void TestSparseUpdateMatchesScalarReference() {
   std::mt19937_64 rng(1);
   std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
@@ -143,15 +147,19 @@ void TestSparseUpdateMatchesScalarReference() {
     for (int64_t j = 0; j < row_size; ++j) {
       const int64_t e = r * row_size + j;
       want_accum[e] += dense[e] * dense[e];
-      want_var[e] -= 0.1f * dense[e] / std::sqrt(want_accum[e] + 1e-7f);
+      const float denominator = kPlacement == EpsilonPlacement::kInsideSqrt
+                                    ? std::sqrt(want_accum[e] + 1e-7f)
+                                    : std::sqrt(want_accum[e]) + 1e-7f;
+      want_var[e] -= 0.1f * dense[e] / denominator;
     }
   }
   const RowGroups groups =
       tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
   std::vector<float> scratch(row_size);
+  const AdagradStep<float, kPlacement> step{0.1f, 1e-7f};
   tf_adagrad::AdagradSparseRows(var.data(), accum.data(), grad.data(),
-                                indices.data(), groups, row_size, 0.1f, 1e-7f,
-                                0, groups.num_unique(), scratch.data());
+                                indices.data(), groups, row_size, step, 0,
+                                groups.num_unique(), scratch.data());
   for (size_t e = 0; e < var.size(); ++e) {
     EXPECT(var[e] == want_var[e]);
     EXPECT(accum[e] == want_accum[e]);
@@ -160,6 +168,7 @@ void TestSparseUpdateMatchesScalarReference() {
 
 // The vectorized float16 path (F16C, where the CPU has it) must give the
 // scalar path's bits, across the whole range: subnormals, overflow, ties.
+template <EpsilonPlacement kPlacement>
 void TestHalfDenseVectorPathMatchesScalar() {
   std::mt19937_64 rng(2);
   const int64_t n = 4099;  // not a multiple of the vector width
@@ -171,10 +180,11 @@ void TestHalfDenseVectorPathMatchesScalar() {
   }
   for (float lr : {1e-3f, 1.0f, 3e4f}) {
     std::vector<tf_adagrad::Float16> v1 = var, a1 = accum, v2 = var, a2 = accum;
-    tf_adagrad::AdagradDenseRange(v1.data(), a1.data(), grad.data(), lr, 1e-3f,
-                                  0, n);
-    RunCompiledFor<VectorIsa::kBaseline>(
-        AdagradDenseLoop(), v2.data(), a2.data(), grad.data(), lr, 1e-3f, 0, n);
+    const AdagradStep<float, kPlacement> step{lr, 1e-3f};
+    tf_adagrad::AdagradDenseRange(v1.data(), a1.data(), grad.data(), step, 0,
+                                  n);
+    RunCompiledFor<VectorIsa::kBaseline>(AdagradDenseLoop(), v2.data(),
+                                         a2.data(), grad.data(), step, 0, n);
     for (int64_t i = 0; i < n; ++i) {
       const float x1 = tf_adagrad::HalfToFloat(v1[i].bits);
       const float x2 = tf_adagrad::HalfToFloat(v2[i].bits);
@@ -211,7 +221,7 @@ bool IsNanBits(tf_adagrad::BFloat16 x) {
 
 // Each instruction-set variant this CPU runs (AVX2, AVX-512), dense and
 // sparse, gives the baseline build's bits (NaN payloads aside).
-template <typename T>
+template <typename T, EpsilonPlacement kPlacement>
 void TestVectorVariantsMatchBaseline() {
   using C = tf_adagrad::ComputeType<T>;
   std::mt19937_64 rng(3);
@@ -229,16 +239,17 @@ void TestVectorVariantsMatchBaseline() {
   const tf_adagrad::RowGroups groups =
       tf_adagrad::GroupRowsByIndex(indices.data(), nnz, rows);
   std::vector<C> scratch(row_size);
-  const C lr = static_cast<C>(0.01), epsilon = static_cast<C>(1e-7);
+  const AdagradStep<C, kPlacement> step{static_cast<C>(0.01),
+                                        static_cast<C>(1e-7)};
 
   std::vector<T> want_var = var, want_accum = accum;
   RunCompiledFor<VectorIsa::kBaseline>(AdagradDenseLoop(), want_var.data(),
-                                       want_accum.data(), grad.data(), lr,
-                                       epsilon, 0, n);
+                                       want_accum.data(), grad.data(), step, 0,
+                                       n);
   std::vector<T> want_sparse_var = var, want_sparse_accum = accum;
   RunCompiledFor<VectorIsa::kBaseline>(
       AdagradSparseRowsLoop(), want_sparse_var.data(), want_sparse_accum.data(),
-      sparse_grad.data(), indices.data(), groups, row_size, lr, epsilon, 0,
+      sparse_grad.data(), indices.data(), groups, row_size, step, 0,
       groups.num_unique(), scratch.data());
   const auto expect_same = [](const std::vector<T>& got,
                               const std::vector<T>& want) {
@@ -253,28 +264,28 @@ void TestVectorVariantsMatchBaseline() {
   if (has_avx2) {
     std::vector<T> v = var, a = accum;
     RunCompiledFor<VectorIsa::kAvx2>(AdagradDenseLoop(), v.data(), a.data(),
-                                     grad.data(), lr, epsilon, 0, n);
+                                     grad.data(), step, 0, n);
     expect_same(v, want_var);
     expect_same(a, want_accum);
     v = var, a = accum;
-    RunCompiledFor<VectorIsa::kAvx2>(
-        AdagradSparseRowsLoop(), v.data(), a.data(), sparse_grad.data(),
-        indices.data(), groups, row_size, lr, epsilon, 0, groups.num_unique(),
-        scratch.data());
+    RunCompiledFor<VectorIsa::kAvx2>(AdagradSparseRowsLoop(), v.data(),
+                                     a.data(), sparse_grad.data(),
+                                     indices.data(), groups, row_size, step, 0,
+                                     groups.num_unique(), scratch.data());
     expect_same(v, want_sparse_var);
     expect_same(a, want_sparse_accum);
   }
   if (has_avx512) {
     std::vector<T> v = var, a = accum;
     RunCompiledFor<VectorIsa::kAvx512>(AdagradDenseLoop(), v.data(), a.data(),
-                                       grad.data(), lr, epsilon, 0, n);
+                                       grad.data(), step, 0, n);
     expect_same(v, want_var);
     expect_same(a, want_accum);
     v = var, a = accum;
-    RunCompiledFor<VectorIsa::kAvx512>(
-        AdagradSparseRowsLoop(), v.data(), a.data(), sparse_grad.data(),
-        indices.data(), groups, row_size, lr, epsilon, 0, groups.num_unique(),
-        scratch.data());
+    RunCompiledFor<VectorIsa::kAvx512>(AdagradSparseRowsLoop(), v.data(),
+                                       a.data(), sparse_grad.data(),
+                                       indices.data(), groups, row_size, step,
+                                       0, groups.num_unique(), scratch.data());
     expect_same(v, want_sparse_var);
     expect_same(a, want_sparse_accum);
   }
@@ -465,12 +476,13 @@ void TestMultiTensorTables() {
 // bits (an element updated twice, or not at all, would differ). Tensors sit
 // `offset` elements into their buffers (offsets of 1 and 3 break the 16-byte
 // alignment, so their chunks take the one-element path).
-template <typename T>
+template <typename T, EpsilonPlacement kPlacement>
 void SimulateMultiTensorGrid(const std::vector<int64_t>& sizes,
                              const std::vector<int>& offsets,
                              int threads_per_block, std::mt19937_64& rng) {
   using A = tf_adagrad::Arithmetic<T>;
   using C = tf_adagrad::ComputeType<T>;
+  const AdagradStep<C, kPlacement> step{C(0.01), C(1e-7)};
   std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
   const size_t n = sizes.size();
   // Buffers of 16-byte-aligned doubles, so that offsets are all that
@@ -494,16 +506,16 @@ void SimulateMultiTensorGrid(const std::vector<int64_t>& sizes,
     want_var[t].assign(arrays[0], arrays[0] + sizes[t]);
     want_accum[t].assign(arrays[1], arrays[1] + sizes[t]);
     RunCompiledFor<VectorIsa::kBaseline>(AdagradDenseLoop(), want_var[t].data(),
-                                         want_accum[t].data(), arrays[2],
-                                         C(0.01), C(1e-7), 0, sizes[t]);
+                                         want_accum[t].data(), arrays[2], step,
+                                         0, sizes[t]);
   }
   tf_adagrad::ForEachMultiTensorTable(
       tensors.data(), static_cast<int64_t>(n),
       [&](const tf_adagrad::MultiTensorTable<T>& table) {
         for (int block = 0; block < table.num_blocks; ++block) {
           for (int thread = 0; thread < threads_per_block; ++thread) {
-            tf_adagrad::UpdateChunkOfBlock<A>(
-                table, block, thread, threads_per_block, C(0.01), C(1e-7));
+            tf_adagrad::UpdateChunkOfBlock<A>(table, block, thread,
+                                              threads_per_block, step);
           }
         }
         return true;
@@ -516,22 +528,37 @@ void SimulateMultiTensorGrid(const std::vector<int64_t>& sizes,
   }
 }
 
-template <typename T>
+template <typename T, EpsilonPlacement kPlacement>
 void TestMultiTensorGridSimulation() {
   std::mt19937_64 rng(5);
   const int64_t chunk = tf_adagrad::kChunkElements;
   const std::vector<int> aligned = {0}, mixed = {0, 1, 0, 0, 3, 8, 0, 0, 0};
   for (int threads : {256, 96}) {
-    SimulateMultiTensorGrid<T>({0, 1, 0, 7, 8, 9, 4097, 0}, mixed, threads,
-                               rng);
-    SimulateMultiTensorGrid<T>({chunk - 1, chunk, chunk + 1, 2 * chunk + 7},
-                               mixed, threads, rng);
-    SimulateMultiTensorGrid<T>({chunk + 3}, aligned, threads, rng);
+    SimulateMultiTensorGrid<T, kPlacement>({0, 1, 0, 7, 8, 9, 4097, 0}, mixed,
+                                           threads, rng);
+    SimulateMultiTensorGrid<T, kPlacement>(
+        {chunk - 1, chunk, chunk + 1, 2 * chunk + 7}, mixed, threads, rng);
+    SimulateMultiTensorGrid<T, kPlacement>({chunk + 3}, aligned, threads, rng);
   }
   // More tensors than a table holds.
   std::vector<int64_t> many(2 * tf_adagrad::kMaxTensorsPerTable + 3);
   for (size_t t = 0; t < many.size(); ++t) many[t] = (t * 7919) % 301;
-  SimulateMultiTensorGrid<T>(many, mixed, 256, rng);
+  SimulateMultiTensorGrid<T, kPlacement>(many, mixed, 256, rng);
+}
+
+template <EpsilonPlacement kPlacement>
+void TestUpdatesOfPlacement() {
+  TestSparseUpdateMatchesScalarReference<kPlacement>();
+  TestHalfDenseVectorPathMatchesScalar<kPlacement>();
+  TestMultiTensorGridSimulation<float, kPlacement>();
+  TestMultiTensorGridSimulation<double, kPlacement>();
+  TestMultiTensorGridSimulation<tf_adagrad::Float16, kPlacement>();
+  TestMultiTensorGridSimulation<tf_adagrad::BFloat16, kPlacement>();
+#ifdef TF_ADAGRAD_X86
+  TestVectorVariantsMatchBaseline<float, kPlacement>();
+  TestVectorVariantsMatchBaseline<double, kPlacement>();
+  TestVectorVariantsMatchBaseline<tf_adagrad::BFloat16, kPlacement>();
+#endif
 }
 
 }  // namespace
@@ -541,27 +568,18 @@ int main() {
   TestChunkedGroupingEqualsSerial();
   TestHalfConversions();
   TestBFloat16Conversions();
-  TestSparseUpdateMatchesScalarReference();
-  TestHalfDenseVectorPathMatchesScalar();
   TestMultiTensorTables<float>();
   TestMultiTensorTables<double>();
   TestMultiTensorTables<tf_adagrad::Float16>();
-  TestMultiTensorGridSimulation<float>();
-  TestMultiTensorGridSimulation<double>();
-  TestMultiTensorGridSimulation<tf_adagrad::Float16>();
-  TestMultiTensorGridSimulation<tf_adagrad::BFloat16>();
+  TestUpdatesOfPlacement<EpsilonPlacement::kInsideSqrt>();
+  TestUpdatesOfPlacement<EpsilonPlacement::kOutsideSqrt>();
   // More chunks than a table holds (float16 keeps the memory small).
   {
     std::mt19937_64 rng(6);
-    SimulateMultiTensorGrid<tf_adagrad::Float16>(
+    SimulateMultiTensorGrid<tf_adagrad::Float16, EpsilonPlacement::kInsideSqrt>(
         {5, tf_adagrad::kMaxBlocksPerTable * tf_adagrad::kChunkElements + 4099},
         {0, 0, 0, 1}, 256, rng);
   }
-#ifdef TF_ADAGRAD_X86
-  TestVectorVariantsMatchBaseline<float>();
-  TestVectorVariantsMatchBaseline<double>();
-  TestVectorVariantsMatchBaseline<tf_adagrad::BFloat16>();
-#endif
   if (failures) {
     std::fprintf(stderr, "%d expectation(s) failed\n", failures);
     return 1;

@@ -1,10 +1,10 @@
 // Standalone test of the CUDA kernels in kernels/adagrad_gpu.cuh, without
 // TensorFlow. Runs the dense, multi-tensor dense and sparse updates on random
-// shapes and data against the CPU path of kernels/adagrad_cpu.h (the
-// reference), requires the results to be
-// bit-identical to it and from one run to the next, checks the index
-// validation, then times the dense kernel against a device-to-device copy and
-// the sparse update on a 1M x 64 table.
+// shapes and data, with epsilon inside and outside the square root in turn,
+// against the CPU path of kernels/adagrad_cpu.h (the reference), requires the
+// results to be bit-identical to it and from one run to the next, checks the
+// index validation, then times the dense kernel against a device-to-device copy
+// and the sparse update on a 1M x 64 table.
 //
 // Usage: adagrad_cuda_test [seed]
 // Exit status: 0 every check passed; 1 a check failed; 77 no CUDA device.
@@ -34,6 +34,7 @@ namespace {
 using tf_adagrad::Arithmetic;
 using tf_adagrad::BFloat16;
 using tf_adagrad::ComputeType;
+using tf_adagrad::EpsilonPlacement;
 using tf_adagrad::Float16;
 
 #define CUDA_CHECK(call)                                                 \
@@ -121,15 +122,6 @@ T FromDouble(double x) {
   return Arithmetic<T>::Store(static_cast<ComputeType<T>>(x));
 }
 
-// The CPU's baseline build of the dense update: the reference.
-template <typename T>
-void DenseReference(T* var, T* accum, const T* grad, ComputeType<T> lr,
-                    ComputeType<T> epsilon, int64_t begin, int64_t end) {
-  tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
-      tf_adagrad::AdagradDenseLoop(), var, accum, grad, lr, epsilon, begin,
-      end);
-}
-
 template <typename T>
 bool IsNaN(T x) {
   return std::isnan(Arithmetic<T>::Load(x));
@@ -196,16 +188,42 @@ std::vector<T> RandomValues(size_t n, double low, double high, bool specials,
 template <typename T>
 struct Hyperparameters {
   ComputeType<T> lr, epsilon;
+  EpsilonPlacement placement;
+
+  // fn(step) with this case's AdagradStep, as the ops' functors call it.
+  template <typename Fn>
+  decltype(auto) WithStep(const Fn& fn) const {
+    return tf_adagrad::WithAdagradStep(placement, lr, epsilon, fn);
+  }
+  const char* PlacementName() const {
+    return placement == EpsilonPlacement::kInsideSqrt ? ", epsilon inside"
+                                                      : ", epsilon outside";
+  }
 };
 
+// Cases alternate between the two placements, so every kind of case runs
+// with both.
 template <typename T>
 Hyperparameters<T> RandomHyperparameters(std::mt19937_64& rng) {
+  static int cases = 0;
   std::uniform_real_distribution<double> lr(1e-3, 1.0);
   const double epsilons[] = {1e-7, 1e-3, 0.1};
   const double epsilon =
       epsilons[std::uniform_int_distribution<int>(0, 2)(rng)];
   return {Arithmetic<T>::Load(FromDouble<T>(lr(rng))),
-          Arithmetic<T>::Load(FromDouble<T>(epsilon))};
+          Arithmetic<T>::Load(FromDouble<T>(epsilon)),
+          cases++ % 2 == 0 ? EpsilonPlacement::kInsideSqrt
+                           : EpsilonPlacement::kOutsideSqrt};
+}
+
+// The CPU's baseline build of the dense update: the reference.
+template <typename T>
+void DenseReference(T* var, T* accum, const T* grad, Hyperparameters<T> h,
+                    int64_t begin, int64_t end) {
+  h.WithStep([&](const auto& step) {
+    tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
+        tf_adagrad::AdagradDenseLoop(), var, accum, grad, step, begin, end);
+  });
 }
 
 // ---------------------------------------------------------------- dense ---
@@ -222,9 +240,11 @@ void RunDense(const std::vector<T>& var, const std::vector<T>& accum,
   d_var.CopyFrom(var, offset);
   d_accum.CopyFrom(accum, offset);
   d_grad.CopyFrom(grad, offset);
-  CUDA_CHECK(tf_adagrad::gpu::LaunchAdagradDense(
-      d_var.data() + offset, d_accum.data() + offset, d_grad.data() + offset,
-      h.lr, h.epsilon, static_cast<int64_t>(size), cudaStream_t{0}));
+  CUDA_CHECK(h.WithStep([&](const auto& step) {
+    return tf_adagrad::gpu::LaunchAdagradDense(
+        d_var.data() + offset, d_accum.data() + offset, d_grad.data() + offset,
+        step, static_cast<int64_t>(size), cudaStream_t{0});
+  }));
   CUDA_CHECK(cudaDeviceSynchronize());
   *var_out = d_var.CopyOut(size, offset);
   *accum_out = d_accum.CopyOut(size, offset);
@@ -238,15 +258,16 @@ void CheckDense(size_t size, size_t offset, std::mt19937_64& rng) {
   const Hyperparameters<T> h = RandomHyperparameters<T>(rng);
 
   std::vector<T> want_var = var, want_accum = accum;
-  DenseReference(want_var.data(), want_accum.data(), grad.data(), h.lr,
-                 h.epsilon, 0, static_cast<int64_t>(size));
+  DenseReference(want_var.data(), want_accum.data(), grad.data(), h, 0,
+                 static_cast<int64_t>(size));
   std::vector<T> var1, accum1, var2, accum2;
   RunDense(var, accum, grad, h, offset, &var1, &accum1);
   RunDense(var, accum, grad, h, offset, &var2, &accum2);
 
   const std::string name = std::string("dense ") + TypeName<T>::value +
                            " size " + std::to_string(size) +
-                           (offset ? " misaligned" : " aligned");
+                           (offset ? " misaligned" : " aligned") +
+                           h.PlacementName();
   RecordResults(name, var1, accum1, var2, accum2, want_var, want_accum);
 }
 
@@ -293,9 +314,10 @@ void CheckDenseMulti(const std::vector<size_t>& sizes,
       tensors.push_back({pointers[0], pointers[1], pointers[2],
                          static_cast<int64_t>(sizes[t])});
     }
-    CUDA_CHECK(tf_adagrad::gpu::LaunchAdagradDenseMulti(
-        tensors.data(), static_cast<int64_t>(n), h.lr, h.epsilon,
-        cudaStream_t{0}));
+    CUDA_CHECK(h.WithStep([&](const auto& step) {
+      return tf_adagrad::gpu::LaunchAdagradDenseMulti(
+          tensors.data(), static_cast<int64_t>(n), step, cudaStream_t{0});
+    }));
     CUDA_CHECK(cudaDeviceSynchronize());
     for (size_t t = 0; t < n; ++t) {
       got_var[run].push_back(arrays[3 * t]->CopyOut(sizes[t], offset_of(t, 0)));
@@ -303,16 +325,16 @@ void CheckDenseMulti(const std::vector<size_t>& sizes,
           arrays[3 * t + 1]->CopyOut(sizes[t], offset_of(t, 1)));
     }
   }
-  const std::string name = std::string("dense multi-tensor ") +
-                           TypeName<T>::value + ", " + std::to_string(n) +
-                           " variables" +
-                           (any_misaligned ? " (some misaligned)" : "");
+  const std::string name =
+      std::string("dense multi-tensor ") + TypeName<T>::value + ", " +
+      std::to_string(n) + " variables" +
+      (any_misaligned ? " (some misaligned)" : "") + h.PlacementName();
   bool same_as_reference = true, runs_agree = true;
   std::string first_bad;
   for (size_t t = 0; t < n; ++t) {
     std::vector<T> want_var = var[t], want_accum = accum[t];
-    DenseReference(want_var.data(), want_accum.data(), grad[t].data(), h.lr,
-                   h.epsilon, 0, static_cast<int64_t>(sizes[t]));
+    DenseReference(want_var.data(), want_accum.data(), grad[t].data(), h, 0,
+                   static_cast<int64_t>(sizes[t]));
     const int64_t bad_var = FirstDifference(got_var[0][t], want_var);
     const int64_t bad_accum = FirstDifference(got_accum[0][t], want_accum);
     if ((bad_var >= 0 || bad_accum >= 0) && same_as_reference) {
@@ -423,9 +445,11 @@ bool RunSparse(const std::vector<T>& var, const std::vector<T>& accum,
     CUDA_CHECK(
         tf_adagrad::gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &plan));
     DeviceArray<char> workspace(plan.total_bytes);
-    CUDA_CHECK(tf_adagrad::gpu::LaunchAdagradSparse(
-        d_var.data(), d_accum.data(), d_grad.data(), d_indices.data(), nnz,
-        row_size, h.lr, h.epsilon, plan, workspace.data(), cudaStream_t{0}));
+    CUDA_CHECK(h.WithStep([&](const auto& step) {
+      return tf_adagrad::gpu::LaunchAdagradSparse(
+          d_var.data(), d_accum.data(), d_grad.data(), d_indices.data(), nnz,
+          row_size, step, plan, workspace.data(), cudaStream_t{0});
+    }));
     CUDA_CHECK(cudaDeviceSynchronize());
   }
   *var_out = d_var.CopyOut(var.size());
@@ -463,16 +487,18 @@ void CheckSparse(int64_t num_rows, int64_t row_size, int64_t nnz,
     const tf_adagrad::RowGroups groups =
         tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
     std::vector<ComputeType<T>> scratch(row_size);
-    tf_adagrad::AdagradSparseRows(
-        want_var.data(), want_accum.data(), grad.data(), indices.data(), groups,
-        row_size, h.lr, h.epsilon, 0, groups.num_unique(), scratch.data());
+    h.WithStep([&](const auto& step) {
+      tf_adagrad::AdagradSparseRows(
+          want_var.data(), want_accum.data(), grad.data(), indices.data(),
+          groups, row_size, step, 0, groups.num_unique(), scratch.data());
+    });
   }
   std::vector<T> var1, accum1, var2, accum2;
   const std::string name =
       std::string("sparse ") + TypeName<T>::value + "/" +
       TypeName<Index>::value + " " + std::to_string(num_rows) + "x" +
       std::to_string(row_size) + ", " + std::to_string(nnz) + " " +
-      PatternName(pattern) + " indices";
+      PatternName(pattern) + " indices" + h.PlacementName();
   const bool ran = RunSparse(var, accum, grad, indices, num_rows, row_size, h,
                              &var1, &accum1) &&
                    RunSparse(var, accum, grad, indices, num_rows, row_size, h,
@@ -624,9 +650,11 @@ void TimeDense(size_t bytes, double copy_gbps, std::mt19937_64& rng) {
   const Hyperparameters<T> h = RandomHyperparameters<T>(rng);
   const float ms = MedianMilliseconds(
       [&] {
-        CUDA_CHECK(tf_adagrad::gpu::LaunchAdagradDense(
-            var.data(), accum.data(), grad.data(), h.lr, h.epsilon,
-            static_cast<int64_t>(size), cudaStream_t{0}));
+        CUDA_CHECK(h.WithStep([&](const auto& step) {
+          return tf_adagrad::gpu::LaunchAdagradDense(
+              var.data(), accum.data(), grad.data(), step,
+              static_cast<int64_t>(size), cudaStream_t{0});
+        }));
       },
       3, 20);
   const double gbps = 5.0 * size * sizeof(T) / (ms * 1e6);
@@ -654,6 +682,8 @@ void TimeSparse(std::mt19937_64& rng) {
   tf_adagrad::gpu::SparseWorkspace plan;
   CUDA_CHECK(tf_adagrad::gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &plan));
   DeviceArray<char> workspace(plan.total_bytes);
+  const tf_adagrad::AdagradStep<float, EpsilonPlacement::kInsideSqrt> adagrad{
+      0.01f, 1e-7f};
   const auto step = [&] {
     int64_t bad_position = -1, bad_index = 0;
     CUDA_CHECK(tf_adagrad::gpu::FindFirstOutOfRangeIndex(
@@ -664,7 +694,7 @@ void TimeSparse(std::mt19937_64& rng) {
         tf_adagrad::gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &step_plan));
     CUDA_CHECK(tf_adagrad::gpu::LaunchAdagradSparse(
         var.data(), accum.data(), grad.data(), indices.data(), nnz, row_size,
-        0.01f, 1e-7f, step_plan, workspace.data(), cudaStream_t{0}));
+        adagrad, step_plan, workspace.data(), cudaStream_t{0}));
     CUDA_CHECK(cudaDeviceSynchronize());
   };
   for (int i = 0; i < 5; ++i) step();
@@ -686,8 +716,8 @@ void TimeSparse(std::mt19937_64& rng) {
   const float update_ms = MedianMilliseconds(
       [&] {
         CUDA_CHECK((tf_adagrad::gpu::UpdateSortedRows<float, Index>(
-            var.data(), accum.data(), grad.data(), nnz, row_size, 0.01f, 1e-7f,
-            plan, workspace.data(), cudaStream_t{0})));
+            var.data(), accum.data(), grad.data(), nnz, row_size, adagrad, plan,
+            workspace.data(), cudaStream_t{0})));
       },
       5, 50);
   std::vector<Index> sorted = host_indices;
