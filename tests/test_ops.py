@@ -25,6 +25,7 @@ TOLERANCE = {
     tf.float64: dict(rtol=1e-13, atol=1e-13),
 }
 INDEX_DTYPES = [tf.int32, tf.int64]
+PLACEMENTS = ["inside_sqrt", "outside_sqrt"]
 
 
 def random_state(rng, shape, dtype):
@@ -40,17 +41,18 @@ def variables(var, accum):
     return tf.Variable(var), tf.Variable(accum)
 
 
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 4), (70001,)], ids=str)
-def test_dense_matches_float64_reference(dtype, shape):
+def test_dense_matches_float64_reference(dtype, shape, placement):
     rng = np.random.default_rng(0)
     var0, accum0, _ = random_state(rng, shape, dtype)
     v, a = variables(var0, accum0)
     ref_var, ref_accum = var0.astype(np.float64), accum0.astype(np.float64)
     for _ in range(3):
         grad = rng.uniform(-1, 1, shape).astype(np_dtype(dtype))
-        tf_adagrad.ops.apply_adagrad(v, a, 0.1, 1e-7, grad)
-        ref_var, ref_accum = dense_step_float64(ref_var, ref_accum, 0.1, 1e-7, grad)
+        tf_adagrad.ops.apply_adagrad(v, a, 0.1, 1e-7, grad, epsilon_placement=placement)
+        ref_var, ref_accum = dense_step_float64(ref_var, ref_accum, 0.1, 1e-7, grad, placement)
         # Storage rounds the state each step; the reference does the same.
         ref_var = ref_var.astype(np_dtype(dtype)).astype(np.float64)
         ref_accum = ref_accum.astype(np_dtype(dtype)).astype(np.float64)
@@ -58,46 +60,106 @@ def test_dense_matches_float64_reference(dtype, shape):
     np.testing.assert_allclose(v.numpy().astype(np.float64), ref_var, **TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
-def test_dense_is_bit_exact_with_compute_type_reference(dtype):
-    """float32 math for 16-bit types, Keras' operation order, one rounding."""
+def test_dense_is_bit_exact_with_compute_type_reference(dtype, placement):
+    """float32 math for 16-bit types, the reference's operation order, one rounding."""
     rng = np.random.default_rng(1)
     var0, accum0, grad = random_state(rng, (1000,), dtype)
     v, a = variables(var0, accum0)
-    tf_adagrad.ops.apply_adagrad(v, a, 0.05, 1e-3, grad)
-    want_var, want_accum = dense_step_exact(var0, accum0, 0.05, 1e-3, grad, dtype)
+    tf_adagrad.ops.apply_adagrad(v, a, 0.05, 1e-3, grad, epsilon_placement=placement)
+    want_var, want_accum = dense_step_exact(var0, accum0, 0.05, 1e-3, grad, dtype, placement)
     np.testing.assert_array_equal(bits(a.numpy()), bits(want_accum))
     np.testing.assert_array_equal(bits(v.numpy()), bits(want_var))
 
 
-def test_epsilon_is_inside_the_square_root():
-    var0 = np.array([1.0, -2.0, 0.5], np.float32)
-    accum0 = np.array([0.5, 1.0, 2.0], np.float32)
-    grad = np.array([1.0, 2.0, -3.0], np.float32)
-    v, a = variables(var0, accum0)
-    tf_adagrad.ops.apply_adagrad(v, a, 1.0, 1.0, grad)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_epsilon_placement_selects_the_formula(sparse):
+    """Inside by default; the two formulas are far apart with epsilon = 1."""
+    var0 = np.array([[1.0], [-2.0], [0.5]], np.float32)
+    accum0 = np.array([[0.5], [1.0], [2.0]], np.float32)
+    grad = np.array([[1.0], [2.0], [-3.0]], np.float32)
     accum1 = accum0.astype(np.float64) + grad.astype(np.float64) ** 2
-    inside = var0 - grad / np.sqrt(accum1 + 1.0)
-    outside = var0 - grad / (np.sqrt(accum1) + 1.0)
-    np.testing.assert_allclose(v.numpy(), inside, rtol=1e-6)
-    assert np.all(np.abs(v.numpy() - outside) > 0.05)
+    want = {
+        "inside_sqrt": var0 - grad / np.sqrt(accum1 + 1.0),
+        "outside_sqrt": var0 - grad / (np.sqrt(accum1) + 1.0),
+    }
+    assert np.all(np.abs(want["inside_sqrt"] - want["outside_sqrt"]) > 0.05)
+    for placement in [None, *PLACEMENTS]:
+        v, a = variables(var0, accum0)
+        kwargs = {} if placement is None else {"epsilon_placement": placement}
+        if sparse:
+            tf_adagrad.ops.sparse_apply_adagrad(v, a, 1.0, 1.0, grad, [0, 1, 2], **kwargs)
+        else:
+            tf_adagrad.ops.apply_adagrad(v, a, 1.0, 1.0, grad, **kwargs)
+        np.testing.assert_allclose(v.numpy(), want[placement or "inside_sqrt"], rtol=1e-6)
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_outside_sqrt_is_bit_identical_to_tensorflows_adagrad_v2(sparse):
+    """float32, several steps: TensorFlow's ResourceApplyAdagradV2, and for
+    sparse gradients its legacy optimizer's path (duplicates summed by
+    unique + unsorted_segment_sum, then ResourceSparseApplyAdagradV2)."""
+    rng = np.random.default_rng(8)
+    var0, accum0, _ = random_state(rng, (64, 9), tf.float32)
+    ours, theirs = variables(var0, accum0), variables(var0, accum0)
+    lr, epsilon = np.float32(0.07), np.float32(1e-3)
+    for _ in range(4):
+        if sparse:
+            indices = rng.integers(0, 64, 100).astype(np.int32)
+            grad = rng.uniform(-1, 1, (100, 9)).astype(np.float32)
+            tf_adagrad.ops.sparse_apply_adagrad(
+                *ours, lr, epsilon, grad, indices, epsilon_placement="outside_sqrt"
+            )
+            unique, positions = tf.unique(indices)
+            summed = tf.math.unsorted_segment_sum(grad, positions, tf.size(unique))
+            tf.raw_ops.ResourceSparseApplyAdagradV2(
+                var=theirs[0].handle,
+                accum=theirs[1].handle,
+                lr=lr,
+                epsilon=epsilon,
+                grad=summed,
+                indices=unique,
+            )
+        else:
+            grad = rng.uniform(-1, 1, (64, 9)).astype(np.float32)
+            tf_adagrad.ops.apply_adagrad(*ours, lr, epsilon, grad, epsilon_placement="outside_sqrt")
+            tf.raw_ops.ResourceApplyAdagradV2(
+                var=theirs[0].handle, accum=theirs[1].handle, lr=lr, epsilon=epsilon, grad=grad
+            )
+    np.testing.assert_array_equal(bits(ours[1].numpy()), bits(theirs[1].numpy()))
+    np.testing.assert_array_equal(bits(ours[0].numpy()), bits(theirs[0].numpy()))
+
+
+def test_unknown_epsilon_placement_is_rejected_before_anything_runs():
+    v, a = variables(np.ones(3, np.float32), np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="`epsilon_placement` must be one of 'inside_sqrt', "):
+        tf_adagrad.ops.apply_adagrad(
+            v, a, 0.1, 1e-7, np.ones(3, np.float32), epsilon_placement="outside"
+        )
+    np.testing.assert_array_equal(v.numpy(), np.ones(3, np.float32))
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=lambda d: d.name)
-def test_sparse_with_duplicates_matches_references(dtype, index_dtype):
+def test_sparse_with_duplicates_matches_references(dtype, index_dtype, placement):
     rng = np.random.default_rng(2)
     num_rows, row = 50, 6
     var0, accum0, _ = random_state(rng, (num_rows, row), dtype)
     indices = rng.integers(0, 20, size=40)  # many duplicates, rows 20+ untouched
     grad = rng.uniform(-1, 1, (40, row)).astype(np_dtype(dtype))
     v, a = variables(var0, accum0)
-    tf_adagrad.ops.sparse_apply_adagrad(v, a, 0.1, 1e-7, grad, tf.constant(indices, index_dtype))
+    tf_adagrad.ops.sparse_apply_adagrad(
+        v, a, 0.1, 1e-7, grad, tf.constant(indices, index_dtype), epsilon_placement=placement
+    )
 
-    want_var, want_accum = sparse_step_exact(var0, accum0, 0.1, 1e-7, grad, indices, dtype)
+    want_var, want_accum = sparse_step_exact(
+        var0, accum0, 0.1, 1e-7, grad, indices, dtype, placement
+    )
     np.testing.assert_array_equal(bits(a.numpy()), bits(want_accum))
     np.testing.assert_array_equal(bits(v.numpy()), bits(want_var))
-    ref_var, ref_accum = sparse_step_float64(var0, accum0, 0.1, 1e-7, grad, indices)
+    ref_var, ref_accum = sparse_step_float64(var0, accum0, 0.1, 1e-7, grad, indices, placement)
     np.testing.assert_allclose(v.numpy().astype(np.float64), ref_var, **TOLERANCE[dtype])
     np.testing.assert_allclose(a.numpy().astype(np.float64), ref_accum, **TOLERANCE[dtype])
     untouched = np.setdiff1d(np.arange(num_rows), indices)

@@ -32,5 +32,7 @@ def test_fuzzed_calls_match_the_reference_or_are_rejected_cleanly():
     assert count["calls"] == EXAMPLES, report
     assert count["crashes"] == 0, report
     assert count["matched the reference"] > EXAMPLES // 5, report
+    for placement in ("inside_sqrt", "outside_sqrt"):
+        assert count[f"matched with epsilon {placement}"] > EXAMPLES // 20, report
     assert count["rejected: InvalidArgumentError"] > EXAMPLES // 10, report
     assert count["rejected: FailedPreconditionError"] > 0, report

@@ -27,8 +27,9 @@ def random_state(shapes, dtype, seed=0):
 SHAPES = [(3, 4), (0,), (1,), (1023,), (0, 5), (4097,), (17, 33), (200_003,), (2,), (64, 64)]
 
 
+@pytest.mark.parametrize("placement", ["inside_sqrt", "outside_sqrt"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
-def test_equals_per_variable_op_and_numpy(dtype):
+def test_equals_per_variable_op_and_numpy(dtype, placement):
     var0, accum0, grads = random_state(SHAPES, dtype)
     lr, epsilon = 0.05, 1e-6
     multi_vars = [tf.Variable(v) for v in var0]
@@ -37,14 +38,16 @@ def test_equals_per_variable_op_and_numpy(dtype):
     single_accums = [tf.Variable(a) for a in accum0]
     grad_tensors = [tf.constant(g) for g in grads]
     for _ in range(2):
-        tf_adagrad.ops.multi_apply_adagrad(multi_vars, multi_accums, lr, epsilon, grad_tensors)
+        tf_adagrad.ops.multi_apply_adagrad(
+            multi_vars, multi_accums, lr, epsilon, grad_tensors, epsilon_placement=placement
+        )
         for v, a, g in zip(single_vars, single_accums, grad_tensors):
-            tf_adagrad.ops.apply_adagrad(v, a, lr, epsilon, g)
+            tf_adagrad.ops.apply_adagrad(v, a, lr, epsilon, g, epsilon_placement=placement)
     for i, shape in enumerate(SHAPES):
         want_var, want_accum = var0[i], accum0[i]
         for _ in range(2):
             want_var, want_accum = dense_step_exact(
-                want_var, want_accum, lr, epsilon, grads[i], dtype
+                want_var, want_accum, lr, epsilon, grads[i], dtype, placement
             )
         for got, single, want in (
             (multi_vars[i], single_vars[i], want_var),

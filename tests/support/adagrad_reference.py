@@ -1,7 +1,9 @@
 """Independent NumPy references for the Adagrad update, used by the tests.
 
-Keras 3's formula, epsilon inside the square root:
-    accum += g * g;  var -= lr * g / sqrt(accum + epsilon)
+Every step takes `epsilon_placement`, as the ops do:
+    accum += g * g
+    var -= lr * g / sqrt(accum + epsilon)       "inside_sqrt" (Keras 3)
+    var -= lr * g / (sqrt(accum) + epsilon)     "outside_sqrt" (ApplyAdagradV2)
 """
 
 import numpy as np
@@ -20,15 +22,22 @@ def compute_dtype(dtype):
     return np.float32 if tf.as_dtype(dtype) in SIXTEEN_BIT else np_dtype(dtype)
 
 
-def dense_step_float64(var, accum, lr, epsilon, grad):
+def _denominator(accum, epsilon, epsilon_placement):
+    if epsilon_placement == "inside_sqrt":
+        return np.sqrt(accum + epsilon)
+    assert epsilon_placement == "outside_sqrt", epsilon_placement
+    return np.sqrt(accum) + epsilon
+
+
+def dense_step_float64(var, accum, lr, epsilon, grad, epsilon_placement="inside_sqrt"):
     """One step in float64, whatever the inputs' dtype (for tolerance checks)."""
     var, accum, grad = (np.asarray(x, np.float64) for x in (var, accum, grad))
     accum = accum + grad * grad
-    var = var - lr * grad / np.sqrt(accum + epsilon)
+    var = var - lr * grad / _denominator(accum, epsilon, epsilon_placement)
     return var, accum
 
 
-def dense_step_exact(var, accum, lr, epsilon, grad, dtype):
+def dense_step_exact(var, accum, lr, epsilon, grad, dtype, epsilon_placement="inside_sqrt"):
     """One step exactly as the kernels compute it: widen to the compute type
     (float32 for 16-bit types), same operation order, round once on store."""
     c = compute_dtype(dtype)
@@ -37,7 +46,7 @@ def dense_step_exact(var, accum, lr, epsilon, grad, dtype):
     epsilon = store(epsilon).astype(c)
     v, a, g = (np.asarray(x).astype(c) for x in (var, accum, grad))
     a = a + g * g
-    v = v - lr * g / np.sqrt(a + epsilon)
+    v = v - lr * g / _denominator(a, epsilon, epsilon_placement)
     return v.astype(store), a.astype(store)
 
 
@@ -54,7 +63,9 @@ def densify(grad, indices, num_rows, dtype):
     return unique, [summed[i] for i in unique]
 
 
-def sparse_step_exact(var, accum, lr, epsilon, grad, indices, dtype):
+def sparse_step_exact(
+    var, accum, lr, epsilon, grad, indices, dtype, epsilon_placement="inside_sqrt"
+):
     """The sparse update as the kernels compute it: duplicates summed in
     position order in the compute type, each touched row updated once."""
     var = np.array(var, copy=True)
@@ -66,18 +77,18 @@ def sparse_step_exact(var, accum, lr, epsilon, grad, indices, dtype):
     unique, rows = densify(grad, indices, var.shape[0], dtype)
     for index, g in zip(unique, rows):
         a = accum[index].astype(c) + g * g
-        v = var[index].astype(c) - lr_c * g / np.sqrt(a + eps_c)
+        v = var[index].astype(c) - lr_c * g / _denominator(a, eps_c, epsilon_placement)
         accum[index] = a.astype(store)
         var[index] = v.astype(store)
     return var, accum
 
 
-def sparse_step_float64(var, accum, lr, epsilon, grad, indices):
+def sparse_step_float64(var, accum, lr, epsilon, grad, indices, epsilon_placement="inside_sqrt"):
     """The dense update with the densified gradient, in float64."""
     var = np.asarray(var, np.float64)
     dense_grad = np.zeros_like(var)
     np.add.at(dense_grad, np.asarray(indices, np.int64), np.asarray(grad, np.float64))
-    return dense_step_float64(var, accum, lr, epsilon, dense_grad)
+    return dense_step_float64(var, accum, lr, epsilon, dense_grad, epsilon_placement)
 
 
 def bits(x):

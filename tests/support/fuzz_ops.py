@@ -167,7 +167,14 @@ def multi_cases(draw):
     the first case's lr and epsilon."""
     T = draw(st.sampled_from(DTYPES))
     pairs = [draw(cases(sparse=False, T=T)) for _ in range(draw(st.integers(1, 4)))]
-    return dict(multi=True, T=T, pairs=pairs, lr=pairs[0]["lr"], epsilon=pairs[0]["epsilon"])
+    return dict(
+        multi=True,
+        T=T,
+        pairs=pairs,
+        lr=pairs[0]["lr"],
+        epsilon=pairs[0]["epsilon"],
+        epsilon_placement=pairs[0]["epsilon_placement"],
+    )
 
 
 @st.composite
@@ -214,6 +221,7 @@ def cases(draw, sparse=None, T=None):
         accum_shape=accum_shape,
         lr=lr,
         epsilon=epsilon,
+        epsilon_placement=draw(st.sampled_from(["inside_sqrt", "outside_sqrt"])),
     )
     if sparse:
         index_dtype = draw(st.sampled_from([tf.int32, tf.int64]))
@@ -273,6 +281,7 @@ def run_multi_case(case):
             lr=case["lr"],
             epsilon=case["epsilon"],
             grad=[pair["grad"] for pair in pairs],
+            epsilon_placement=case["epsilon_placement"],
         )
     except (tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError) as e:
         check_rejection(e, want_error, variables, before)
@@ -281,7 +290,13 @@ def run_multi_case(case):
     lr, epsilon = case["lr"][()], case["epsilon"][()]
     for i, pair in enumerate(pairs):
         want_var, want_accum = dense_step_exact(
-            before[i], before[len(pairs) + i], lr, epsilon, pair["grad"], case["T"]
+            before[i],
+            before[len(pairs) + i],
+            lr,
+            epsilon,
+            pair["grad"],
+            case["T"],
+            case["epsilon_placement"],
         )
         assert same_values(pair["accum"].read(), want_accum), (
             f"accum[{i}] differs from the NumPy reference"
@@ -291,6 +306,7 @@ def run_multi_case(case):
         )
     counts["matched the reference"] += 1
     counts[f"  multi, {case['T'].name}, {len(pairs)} variables"] += 1
+    counts[f"matched with epsilon {case['epsilon_placement']}"] += 1
 
 
 def run_case(case):
@@ -306,6 +322,7 @@ def run_case(case):
         epsilon=case["epsilon"],
         grad=case["grad"],
         use_locking=bool(counts["calls"] % 2),
+        epsilon_placement=case["epsilon_placement"],
     )
     want_error = expected_error(case)
     counts["calls"] += 1
@@ -321,16 +338,24 @@ def run_case(case):
     lr, epsilon = case["lr"][()], case["epsilon"][()]
     if case["sparse"]:
         want_var, want_accum = sparse_step_exact(
-            before[0], before[1], lr, epsilon, case["grad"], case["indices"], case["T"]
+            before[0],
+            before[1],
+            lr,
+            epsilon,
+            case["grad"],
+            case["indices"],
+            case["T"],
+            case["epsilon_placement"],
         )
     else:
         want_var, want_accum = dense_step_exact(
-            before[0], before[1], lr, epsilon, case["grad"], case["T"]
+            before[0], before[1], lr, epsilon, case["grad"], case["T"], case["epsilon_placement"]
         )
     assert same_values(accum.read(), want_accum), "accum differs from the NumPy reference"
     assert same_values(var.read(), want_var), "var differs from the NumPy reference"
     counts["matched the reference"] += 1
     counts[f"  {'sparse' if case['sparse'] else 'dense'}, {case['T'].name}"] += 1
+    counts[f"matched with epsilon {case['epsilon_placement']}"] += 1
     if case["grad"].size == 0 or before[0].size == 0:
         counts["  empty grad or var"] += 1
     if not np.all(np.isfinite(var.read().astype(np.float64))):
