@@ -181,7 +181,9 @@ def values(rng, shape, dtype, low=-1.0, high=1.0):
     return rng.uniform(low, high, shape).astype(np_dtype(dtype))
 
 
-def dense_case(dtype, shape, seed=0, steps=2, lr=0.1, epsilon=1e-7):
+def dense_case(
+    dtype, shape, seed=0, steps=2, lr=0.1, epsilon=1e-7, epsilon_placement="inside_sqrt"
+):
     rng = np.random.default_rng(seed)
     state = [
         ("var", values(rng, shape, dtype, -2, 2)),
@@ -190,13 +192,24 @@ def dense_case(dtype, shape, seed=0, steps=2, lr=0.1, epsilon=1e-7):
     grads = [values(rng, shape, dtype) for _ in range(steps)]
 
     def step_with(grad):
-        return lambda v: tf_adagrad.ops.apply_adagrad(v[0], v[1], lr, epsilon, tf.constant(grad))
+        return lambda v: tf_adagrad.ops.apply_adagrad(
+            v[0], v[1], lr, epsilon, tf.constant(grad), epsilon_placement=epsilon_placement
+        )
 
     return Case(dtype, state, [step_with(g) for g in grads])
 
 
 def sparse_case(
-    dtype, index_dtype, num_rows, row_shape, indices, seed=0, steps=2, lr=0.1, epsilon=1e-7
+    dtype,
+    index_dtype,
+    num_rows,
+    row_shape,
+    indices,
+    seed=0,
+    steps=2,
+    lr=0.1,
+    epsilon=1e-7,
+    epsilon_placement="inside_sqrt",
 ):
     rng = np.random.default_rng(seed)
     shape = (num_rows,) + tuple(row_shape)
@@ -218,12 +231,15 @@ def sparse_case(
             epsilon=tf.constant(epsilon, dtype),
             grad=tf.constant(grad),
             indices=tf.constant(index_array),
+            epsilon_placement=epsilon_placement,
         )
 
     return Case(dtype, state, [step_with(g) for g in grads])
 
 
-def multi_case(dtype, shapes, seed=0, steps=2, lr=0.05, epsilon=1e-6):
+def multi_case(
+    dtype, shapes, seed=0, steps=2, lr=0.05, epsilon=1e-6, epsilon_placement="inside_sqrt"
+):
     rng = np.random.default_rng(seed)
     state = [(f"var{i}", values(rng, s, dtype, -2, 2)) for i, s in enumerate(shapes)]
     state += [(f"accum{i}", values(rng, s, dtype, 0.1, 1)) for i, s in enumerate(shapes)]
@@ -232,7 +248,12 @@ def multi_case(dtype, shapes, seed=0, steps=2, lr=0.05, epsilon=1e-6):
 
     def step_with(step_grads):
         return lambda v: tf_adagrad.ops.multi_apply_adagrad(
-            v[:n], v[n:], lr, epsilon, [tf.constant(g) for g in step_grads]
+            v[:n],
+            v[n:],
+            lr,
+            epsilon,
+            [tf.constant(g) for g in step_grads],
+            epsilon_placement=epsilon_placement,
         )
 
     return Case(dtype, state, [step_with(g) for g in grads])
@@ -268,20 +289,28 @@ def dtype_id(d):
     return d.name
 
 
+PLACEMENTS = ["inside_sqrt", "outside_sqrt"]
+
+
 @needs_gpu
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("shape", DENSE_SHAPES, ids=str)
-def test_dense_gpu_equals_cpu(dtype, shape):
-    compare_on_devices(dense_case(dtype, shape), GPU, CPU)
+def test_dense_gpu_equals_cpu(dtype, shape, placement):
+    compare_on_devices(dense_case(dtype, shape, epsilon_placement=placement), GPU, CPU)
 
 
 @needs_gpu
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("num_rows,row_shape,count", SPARSE_SHAPES, ids=str)
-def test_sparse_gpu_equals_cpu(dtype, index_dtype, num_rows, row_shape, count):
+def test_sparse_gpu_equals_cpu(dtype, index_dtype, num_rows, row_shape, count, placement):
     indices = duplicated_indices(num_rows, count, seed=count)
-    compare_on_devices(sparse_case(dtype, index_dtype, num_rows, row_shape, indices), GPU, CPU)
+    case = sparse_case(
+        dtype, index_dtype, num_rows, row_shape, indices, epsilon_placement=placement
+    )
+    compare_on_devices(case, GPU, CPU)
 
 
 @needs_gpu
@@ -301,9 +330,10 @@ def test_sparse_orders_and_runs_gpu_equals_cpu(index_dtype, indices):
 
 
 @needs_gpu
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_multi_gpu_equals_cpu(dtype):
-    compare_on_devices(multi_case(dtype, MULTI_SHAPES), GPU, CPU)
+def test_multi_gpu_equals_cpu(dtype, placement):
+    compare_on_devices(multi_case(dtype, MULTI_SHAPES, epsilon_placement=placement), GPU, CPU)
 
 
 @needs_gpu
