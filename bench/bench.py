@@ -15,7 +15,10 @@ Prints a line per case, then writes bench/results/bench.json, bench.md (a
 markdown table with the ratios) and bench.png (a bar chart). Then times
 whole training steps (fit_steps.py: Keras `fit()` and a custom loop with
 tables of 10k to 10M rows, and the demo's recommender), prints them and the
-goals they are held to, and writes bench/results/fit.json and fit.md.
+goals they are held to, and writes bench/results/fit.json and fit.md. Last,
+times tf_adagrad's tf_keras (Keras 2) optimizers against tf_keras' own
+(keras2_steps.py, in a process of its own with TF_USE_LEGACY_KERAS=1), prints
+them and their goals, and writes bench/results/keras2.json and keras2.md.
 bench/results/ is git-ignored: the figures the documentation shows are
 copied from a run by hand, a separate and deliberate step.
 """
@@ -24,7 +27,8 @@ import gc
 import json
 import os
 import platform
-import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -33,11 +37,12 @@ import fit_steps  # noqa: E402  (bench/, beside this file)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from timing import REPEATS, WARMUP, graph_step, median_ms  # noqa: E402
 
 import tf_adagrad  # noqa: E402
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-REPEATS, ROUNDS, WARMUP = 50, 5, 5
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 LR, EPSILON = 0.01, 1e-7
 IMPLEMENTATIONS = ("tf_adagrad", "keras", "tf_raw")
 LABELS = {
@@ -46,42 +51,6 @@ LABELS = {
     "tf_raw": "TF raw fused ops",
     "roofline": "memory roofline",
 }
-
-
-def graph_step(update):
-    """`update` traced once into a tf.function (its return value dropped)."""
-
-    @tf.function
-    def step():
-        update()
-
-    return step
-
-
-def median_ms(steps):
-    """Median ms per call of each of `steps` (name -> callable). The steps
-    take turns in rounds, so a slow spell of a shared machine hits them all
-    alike; within a round each runs a block of consecutive calls, the first
-    untimed (caches refill after the other steps' work), as a training loop
-    calls its step. Python's garbage collector is off meanwhile (as in
-    timeit)."""
-    for step in steps.values():
-        for _ in range(WARMUP):
-            step()
-    times = {name: [] for name in steps}
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(ROUNDS):
-            for name, step in steps.items():
-                step()
-                for _ in range(REPEATS // ROUNDS):
-                    start = time.perf_counter()
-                    step()
-                    times[name].append(time.perf_counter() - start)
-    finally:
-        gc.enable()
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 class BandwidthProbe:
@@ -350,6 +319,19 @@ def main():
         f.write(f"{header}. {fit_steps.__doc__.splitlines()[0]}\n\n")
         f.write(fit_steps.markdown(fit_record))
     print(f"wrote {RESULTS_DIR}/fit.json, fit.md", flush=True)
+
+    print(flush=True)
+    run_keras2_steps()
+
+
+def run_keras2_steps():
+    """The tf_keras cases, in a process of their own: tf.keras is tf_keras
+    only when TF_USE_LEGACY_KERAS=1 is set before TensorFlow is imported."""
+    subprocess.run(
+        [sys.executable, os.path.join(BENCH_DIR, "keras2_steps.py")],
+        env=dict(os.environ, TF_USE_LEGACY_KERAS="1"),
+        check=True,
+    )
 
 
 if __name__ == "__main__":
