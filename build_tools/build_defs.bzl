@@ -163,12 +163,21 @@ def _python_wheel_impl(ctx):
     args.add("--version_file", ctx.file.version_file)
     args.add("--build_record", ctx.file.build_record)
     args.add_all(ctx.attr.requires, before_each = "--requires")
+    for extra, requirements in ctx.attr.extras.items():
+        for requirement in requirements:
+            args.add("--extra", "%s=%s" % (extra, requirement))
     args.add("--python_tag", _required_define(ctx, "python_tag"))
     args.add("--abi_tag", _required_define(ctx, "abi_tag"))
     args.add("--platform_tag", _required_define(ctx, "platform_tag"))
     package_files = ctx.files.package_files
     for f in package_files:
-        args.add("--file", "%s/%s=%s" % (ctx.attr.package, f.basename, f.path))
+        # Subpackages keep their folders; generated files sit in the
+        # package's folder.
+        if f.short_path.startswith(ctx.attr.package + "/"):
+            wheel_path = f.short_path
+        else:
+            wheel_path = "%s/%s" % (ctx.attr.package, f.basename)
+        args.add("--file", "%s=%s" % (wheel_path, f.path))
     ctx.actions.run(
         # The Python configure.py ran with; the builder needs only its
         # standard library.
@@ -191,11 +200,13 @@ python_wheel = rule(
     implementation = _python_wheel_impl,
     doc = """A wheel of one Python package, in the folder `out_dir`, by build_wheel.py.
 
-    Every file of `package_files` goes into the package's folder in the wheel
-    (by its base name); nothing else of the package does. The version comes
-    from `version_file`'s `__version__`, the TensorFlow requirement from
-    `build_record`'s `TF_VERSION` (with the other requirements of `requires`), and the tags from the defines that
-    configure.py writes (python_tag, abi_tag, platform_tag).
+    Every file of `package_files` goes into the wheel at its path in the
+    source tree (generated files: in the package's folder); nothing else of
+    the package does. The version comes from `version_file`'s `__version__`,
+    the TensorFlow requirement from `build_record`'s `TF_VERSION` (with the
+    other requirements of `requires`, and the optional ones of `extras`), and
+    the tags from the defines that configure.py writes (python_tag, abi_tag,
+    platform_tag).
     """,
     attrs = {
         "distribution": attr.string(mandatory = True),
@@ -208,6 +219,7 @@ python_wheel = rule(
         "license_file": attr.label(allow_single_file = True, mandatory = True),
         "description_file": attr.label(allow_single_file = True, mandatory = True),
         "requires": attr.string_list(),
+        "extras": attr.string_list_dict(),
         "out_dir": attr.string(default = "dist"),
         "_builder": attr.label(default = "//build_tools:build_wheel.py", allow_single_file = True),
     },

@@ -10,7 +10,9 @@ reproducible: entries in a fixed order with a fixed date.
   importing it.
 - `Requires-Dist` pins TensorFlow to the major and minor version the op
   library was built for, read from the build record (`_build_info.py`), so
-  pip keeps them together; every `--requires` adds one more `Requires-Dist`.
+  pip keeps them together; every `--requires` adds one more `Requires-Dist`,
+  and every `--extra NAME=REQUIREMENT` one that pip installs only for
+  `tf_adagrad[NAME]` (with `Provides-Extra: NAME`).
 - The tag (`--python_tag`, `--platform_tag`, which configure.py takes from
   the Python that builds) names the interpreter and platform the library was
   built and tested with, for example `cp311-cp311-linux_x86_64`. The op
@@ -59,6 +61,20 @@ def tensorflow_requirement(build_record):
     return f"tensorflow=={parts[0]}.{parts[1]}.*"
 
 
+def extra_lines(specs):
+    """METADATA lines of `NAME=REQUIREMENT` specs: each extra named once."""
+    lines, names = [], []
+    for spec in specs:
+        name, sep, requirement = spec.partition("=")
+        if not sep or not name or not requirement:
+            raise SystemExit(f"build_wheel.py: --extra {spec!r}, expected NAME=REQUIREMENT")
+        if name not in names:
+            names.append(name)
+            lines.append(f"Provides-Extra: {name}")
+        lines.append(f'Requires-Dist: {requirement}; extra == "{name}"')
+    return lines
+
+
 def metadata(args, version):
     with open(args.description, encoding="utf-8") as f:
         description = f.read()
@@ -75,6 +91,7 @@ def metadata(args, version):
         f"Requires-Python: >={python[0]}.{python[1:]}",
         f"Requires-Dist: {tensorflow_requirement(args.build_record)}",
         *(f"Requires-Dist: {requirement}" for requirement in args.requires),
+        *extra_lines(args.extra),
         "Description-Content-Type: text/markdown",
     ]
     return "\n".join(lines) + "\n\n" + description
@@ -124,6 +141,13 @@ def main():
     )
     parser.add_argument(
         "--requires", action="append", default=[], help="a requirement, such as keras>=3.15,<3.16"
+    )
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="NAME=REQUIREMENT",
+        help="a requirement of an extra, such as keras2=tf-keras==2.21.*",
     )
     parser.add_argument("--python_tag", required=True, help="such as cp311")
     parser.add_argument("--abi_tag", required=True, help="such as cp311")

@@ -29,6 +29,9 @@ TF_MAJOR_MINOR = ".".join(tf.__version__.split(".")[:2])
 # whose private optimizer hooks tf_adagrad.Adagrad overrides
 # (tests/test_optimizer.py checks those hooks).
 REQUIREMENTS = sorted([f"tensorflow=={TF_MAJOR_MINOR}.*", "keras>=3.15,<3.16"])
+# `tf_adagrad[keras2]` adds the tf_keras that tf_adagrad.keras2 subclasses:
+# the release that goes with this TensorFlow.
+KERAS2_REQUIREMENT = f'tf-keras=={TF_MAJOR_MINOR}.*; extra == "keras2"'
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +83,12 @@ def test_wheel_holds_the_package_its_library_and_metadata_only(wheel_path, repo_
         build_record = wheel.read("tf_adagrad/_build_info.py").decode()
         license_text = wheel.read(f"{dist_info}/LICENSE")
         library_mode = (wheel.getinfo("tf_adagrad/_tf_adagrad_ops.so").external_attr >> 16) & 0o777
+    package_root = os.path.join(repo_root, "tf_adagrad")
     sources = sorted(
-        os.path.basename(p) for p in glob.glob(os.path.join(repo_root, "tf_adagrad", "*.py"))
+        os.path.relpath(p, package_root)
+        for p in glob.glob(os.path.join(package_root, "**", "*.py"), recursive=True)
     )
+    assert "keras2/legacy/__init__.py" in sources  # subpackages keep their folders
     expected_modules = sorted(set(sources) | {"_build_info.py"})
     assert names == sorted(
         [f"tf_adagrad/{name}" for name in expected_modules]
@@ -112,7 +118,7 @@ def test_wheel_record_lists_every_file_with_its_sha256(wheel_path):
             assert int(size) == len(data), path
 
 
-def test_wheel_metadata_pins_the_tensorflow_it_was_built_for_and_the_keras_range(wheel_path):
+def test_wheel_metadata_pins_tensorflow_keras_and_the_keras2_extra(wheel_path):
     with zipfile.ZipFile(wheel_path) as wheel:
         text = wheel.read(f"tf_adagrad-{tf_adagrad.__version__}.dist-info/METADATA").decode()
     headers, _, description = text.partition("\n\n")
@@ -120,7 +126,11 @@ def test_wheel_metadata_pins_the_tensorflow_it_was_built_for_and_the_keras_range
     assert ["Name", "tf-adagrad"] in fields
     assert ["Version", tf_adagrad.__version__] in fields
     assert ["License", "Apache-2.0"] in fields
-    assert sorted(value for key, value in fields if key == "Requires-Dist") == REQUIREMENTS
+    requirements = [value for key, value in fields if key == "Requires-Dist"]
+    assert sorted(r for r in requirements if "extra ==" not in r) == REQUIREMENTS
+    assert [value for key, value in fields if key == "Provides-Extra"] == ["keras2"]
+    assert [r for r in requirements if "extra ==" in r] == [KERAS2_REQUIREMENT]
+    assert Requirement(KERAS2_REQUIREMENT).specifier.contains("2.21.0")
     assert description.startswith("# tf-adagrad")
 
 
