@@ -12,6 +12,7 @@
 
 #include "kernels/adagrad_cpu.h"
 #include "kernels/adagrad_functors.h"
+#include "kernels/adagrad_op_base.h"
 #include "kernels/row_grouping.h"
 #include "kernels/variable_access.h"
 #include "ops/adagrad_errors.h"
@@ -157,151 +158,18 @@ struct ApplyAdagradSparse<CPUDevice, T, Index> {
 
 namespace {
 
-// Looks up the resource variable of input `input` (`input_name` in messages)
-// and checks that it is initialized and of dtype T.
-template <typename T>
-absl::Status LookupVariable(OpKernelContext* ctx, const std::string& op_name,
-                            int input, const std::string& input_name,
-                            tensorflow::core::RefCountPtr<Var>* var) {
-  absl::Status status = tensorflow::LookupResource(
-      ctx, tensorflow::HandleFromInput(ctx, input), var);
-  if (!status.ok()) {
-    return absl::FailedPreconditionError(
-        op_errors::UnreadableVariable(op_name, input_name, status.message()));
-  }
-  tensorflow::tf_shared_lock lock(*(*var)->mu());
-  if (!(*var)->is_initialized) {
-    return absl::FailedPreconditionError(
-        op_errors::Expected(op_name, op_errors::InitializedVariable(input_name),
-                            "an uninitialized one"));
-  }
-  const tensorflow::DataType dtype = (*var)->tensor()->dtype();
-  if (dtype != DataTypeToEnum<T>::value) {
-    return absl::InvalidArgumentError(op_errors::Expected(
-        op_name,
-        op_errors::DtypeOfGrad(input_name,
-                               DataTypeString(DataTypeToEnum<T>::value)),
-        DataTypeString(dtype)));
-  }
-  return absl::OkStatus();
+using op_base::AdagradOpBase;
+using op_base::ExpectSameShape;
+
+// The elementwise ops' `epsilon_placement` attribute, which the op
+// definition restricts to these two values.
+EpsilonPlacement ReadEpsilonPlacement(OpKernelConstruction* context) {
+  std::string placement;
+  const absl::Status status = context->GetAttr("epsilon_placement", &placement);
+  if (!status.ok()) context->CtxFailure(status);
+  return placement == "outside_sqrt" ? EpsilonPlacement::kOutsideSqrt
+                                     : EpsilonPlacement::kInsideSqrt;
 }
-
-absl::Status ExpectScalar(const std::string& op_name, const char* input_name,
-                          const Tensor& t) {
-  if (TensorShapeUtils::IsScalar(t.shape())) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      op_errors::Expected(op_name, op_errors::Scalar(input_name),
-                          absl::StrCat("shape ", t.shape().DebugString())));
-}
-
-absl::Status ExpectSameShape(const std::string& op_name,
-                             const std::string& input, const TensorShape& shape,
-                             const std::string& reference,
-                             const TensorShape& reference_shape) {
-  if (shape == reference_shape) return absl::OkStatus();
-  return absl::InvalidArgumentError(op_errors::Expected(
-      op_name,
-      op_errors::SameShape(input, reference, reference_shape.DebugString()),
-      shape.DebugString()));
-}
-
-// What every op of this library does before it writes, in this order:
-// look up its variables (each initialized, of the op's dtype), check that
-// they are distinct, check that lr and epsilon are scalars, lock the
-// variables by the access policy of variable_access.h (in address order),
-// check the shapes under the locks (another op may have reassigned a
-// variable since the lookup), and only then prepare and write them. A bad
-// input anywhere leaves every variable untouched.
-template <typename Device, typename T>
-class AdagradOpBase : public OpKernel {
- public:
-  // The op's variables are its first `num_variables` inputs; lr and
-  // epsilon follow them.
-  AdagradOpBase(OpKernelConstruction* context, int num_variables,
-                UpdateKind kind, bool use_locking)
-      : OpKernel(context),
-        num_variables_(num_variables),
-        kind_(kind),
-        use_locking_(use_locking),
-        epsilon_placement_(ReadEpsilonPlacement(context)) {}
-
-  void Compute(OpKernelContext* ctx) override {
-    std::vector<tensorflow::core::RefCountPtr<Var>> resources(num_variables_);
-    for (int input = 0; input < num_variables_; ++input) {
-      OP_REQUIRES_OK(ctx,
-                     LookupVariable<T>(ctx, name(), input, VariableName(input),
-                                       &resources[input]));
-    }
-    std::vector<Var*> vars(num_variables_);
-    for (int input = 0; input < num_variables_; ++input) {
-      vars[input] = resources[input].get();
-    }
-    OP_REQUIRES_OK(ctx, ExpectDistinct(vars));
-    const Tensor& lr = ctx->input(num_variables_);
-    const Tensor& epsilon = ctx->input(num_variables_ + 1);
-    OP_REQUIRES_OK(ctx, ExpectScalar(name(), "lr", lr));
-    OP_REQUIRES_OK(ctx, ExpectScalar(name(), "epsilon", epsilon));
-
-    LockedVariables locked(vars, kind_, use_locking_);
-    OP_REQUIRES_OK(ctx, ValidateShapes(ctx, locked));
-    OP_REQUIRES_OK(ctx, (locked.PrepareToWrite<Device, T>(ctx)));
-    Update(ctx, locked, lr.scalar<T>()(), epsilon.scalar<T>()());
-  }
-
- protected:
-  // Variable input `input`'s name in messages.
-  virtual std::string VariableName(int input) const = 0;
-  // The message for the same variable at inputs `first` < `second`.
-  virtual std::string SameVariableMessage(int first, int second) const = 0;
-  // Checks the locked variables' shapes and the gradient's; nothing is
-  // written yet.
-  virtual absl::Status ValidateShapes(OpKernelContext* ctx,
-                                      const LockedVariables& locked) = 0;
-  virtual void Update(OpKernelContext* ctx, const LockedVariables& locked, T lr,
-                      T epsilon) = 0;
-
-  absl::Status Error(const std::string& expected, const std::string& got) {
-    return absl::InvalidArgumentError(
-        op_errors::Expected(name(), expected, got));
-  }
-
-  EpsilonPlacement epsilon_placement() const { return epsilon_placement_; }
-
- private:
-  // The op definition restricts the attribute to these two values.
-  static EpsilonPlacement ReadEpsilonPlacement(OpKernelConstruction* context) {
-    std::string placement;
-    const absl::Status status =
-        context->GetAttr("epsilon_placement", &placement);
-    if (!status.ok()) context->CtxFailure(status);
-    return placement == "outside_sqrt" ? EpsilonPlacement::kOutsideSqrt
-                                       : EpsilonPlacement::kInsideSqrt;
-  }
-
-  // Sorted by address, a variable given twice shows as two neighbours; the
-  // first such pair is reported.
-  absl::Status ExpectDistinct(const std::vector<Var*>& vars) const {
-    std::vector<int> by_address(vars.size());
-    for (int input = 0; input < num_variables_; ++input) {
-      by_address[input] = input;
-    }
-    std::sort(by_address.begin(), by_address.end(), [&](int a, int b) {
-      return vars[a] < vars[b] || (vars[a] == vars[b] && a < b);
-    });
-    for (int k = 1; k < num_variables_; ++k) {
-      const int a = by_address[k - 1], b = by_address[k];
-      if (vars[a] == vars[b]) {
-        return absl::InvalidArgumentError(SameVariableMessage(a, b));
-      }
-    }
-    return absl::OkStatus();
-  }
-
-  const int num_variables_;
-  const UpdateKind kind_;
-  const bool use_locking_;
-  const EpsilonPlacement epsilon_placement_;
-};
 
 // The single-variable ops: inputs var, accum, lr, epsilon, grad (and
 // indices).
@@ -309,7 +177,8 @@ template <typename Device, typename T>
 class SingleVariableOpBase : public AdagradOpBase<Device, T> {
  public:
   SingleVariableOpBase(OpKernelConstruction* context, UpdateKind kind)
-      : AdagradOpBase<Device, T>(context, 2, kind, UseLocking(context)) {}
+      : AdagradOpBase<Device, T>(context, 2, kind, UseLocking(context)),
+        epsilon_placement_(ReadEpsilonPlacement(context)) {}
 
  protected:
   std::string VariableName(int input) const override {
@@ -331,6 +200,8 @@ class SingleVariableOpBase : public AdagradOpBase<Device, T> {
   // Checks grad (and indices) against var's shape.
   virtual absl::Status ValidateGradient(OpKernelContext* ctx,
                                         const TensorShape& var_shape) = 0;
+
+  const EpsilonPlacement epsilon_placement_;
 
  private:
   static bool UseLocking(OpKernelConstruction* context) {
@@ -361,7 +232,7 @@ class ApplyDenseOp : public SingleVariableOpBase<Device, T> {
     OP_REQUIRES_OK(
         ctx, functor::ApplyAdagradDense<Device, T>()(
                  ctx, var->flat<T>(), locked.tensor(1)->flat<T>(), lr, epsilon,
-                 this->epsilon_placement(), ctx->input(4).flat<T>()));
+                 this->epsilon_placement_, ctx->input(4).flat<T>()));
   }
 };
 
@@ -418,7 +289,7 @@ class ApplySparseOp : public SingleVariableOpBase<Device, T> {
                    (functor::ApplyAdagradSparse<Device, T, Index>()(
                        ctx, var->shaped<T, 2>({num_rows, row_size}),
                        accum->shaped<T, 2>({num_rows, row_size}), lr, epsilon,
-                       this->epsilon_placement(),
+                       this->epsilon_placement_,
                        grad.shaped<T, 2>({indices.NumElements(), row_size}),
                        indices.vec<Index>())));
   }
@@ -433,7 +304,8 @@ class MultiApplyDenseOp : public AdagradOpBase<Device, T> {
   explicit MultiApplyDenseOp(OpKernelConstruction* context)
       : AdagradOpBase<Device, T>(context, 2 * NumVariables(context),
                                  UpdateKind::kDense, /*use_locking=*/true),
-        n_(NumVariables(context)) {}
+        n_(NumVariables(context)),
+        epsilon_placement_(ReadEpsilonPlacement(context)) {}
 
  protected:
   std::string VariableName(int input) const override {
@@ -476,9 +348,8 @@ class MultiApplyDenseOp : public AdagradOpBase<Device, T> {
           MathPointer(grad.flat<T>().data()), var->NumElements()});
     }
     if (tensors.empty()) return;
-    OP_REQUIRES_OK(ctx,
-                   functor::ApplyAdagradDenseMulti<Device, T>()(
-                       ctx, tensors, lr, epsilon, this->epsilon_placement()));
+    OP_REQUIRES_OK(ctx, functor::ApplyAdagradDenseMulti<Device, T>()(
+                            ctx, tensors, lr, epsilon, epsilon_placement_));
   }
 
  private:
@@ -492,6 +363,7 @@ class MultiApplyDenseOp : public AdagradOpBase<Device, T> {
   int GradInput(int i) const { return 2 * n_ + 2 + i; }
 
   const int n_;
+  const EpsilonPlacement epsilon_placement_;
 };
 
 // lr and epsilon are read on the host (they are kernel arguments on the GPU);

@@ -47,10 +47,10 @@ inline std::string GradRowShape(absl::string_view var_row_shape) {
                       var_row_shape);
 }
 
-inline std::string DtypeOfGrad(absl::string_view input,
-                               absl::string_view dtype) {
-  return absl::StrCat("`", input, "` of dtype ", dtype,
-                      " (the dtype of `grad`)");
+// `reason` says why that dtype, such as "the dtype of `grad`".
+inline std::string DtypeOf(absl::string_view input, absl::string_view dtype,
+                           absl::string_view reason) {
+  return absl::StrCat("`", input, "` of dtype ", dtype, " (", reason, ")");
 }
 
 inline std::string InitializedVariable(absl::string_view input) {

@@ -1,0 +1,188 @@
+// What every OpKernel of this library shares: looking up, validating and
+// locking its resource variables before any write (AdagradOpBase), and the
+// checks it builds on. Included by adagrad_kernels.cc and
+// rowwise_kernels.cc.
+#ifndef TF_ADAGRAD_KERNELS_ADAGRAD_OP_BASE_H_
+#define TF_ADAGRAD_KERNELS_ADAGRAD_OP_BASE_H_
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/variable_access.h"
+#include "ops/adagrad_errors.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/resource_mgr.h"
+#include "tensorflow/core/framework/resource_var.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+
+namespace tf_adagrad {
+namespace op_base {
+
+using ::tensorflow::DataTypeString;
+using ::tensorflow::DataTypeToEnum;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::TensorShapeUtils;
+using ::tensorflow::Var;
+
+// Looks up the resource variable of input `input` (`input_name` in messages)
+// and checks that it is initialized and of dtype `want`; `want_reason` says
+// why that dtype in the message.
+inline absl::Status LookupVariable(OpKernelContext* ctx,
+                                   const std::string& op_name, int input,
+                                   const std::string& input_name,
+                                   tensorflow::DataType want,
+                                   const std::string& want_reason,
+                                   tensorflow::core::RefCountPtr<Var>* var) {
+  absl::Status status = tensorflow::LookupResource(
+      ctx, tensorflow::HandleFromInput(ctx, input), var);
+  if (!status.ok()) {
+    return absl::FailedPreconditionError(
+        op_errors::UnreadableVariable(op_name, input_name, status.message()));
+  }
+  tensorflow::tf_shared_lock lock(*(*var)->mu());
+  if (!(*var)->is_initialized) {
+    return absl::FailedPreconditionError(
+        op_errors::Expected(op_name, op_errors::InitializedVariable(input_name),
+                            "an uninitialized one"));
+  }
+  const tensorflow::DataType dtype = (*var)->tensor()->dtype();
+  if (dtype != want) {
+    return absl::InvalidArgumentError(op_errors::Expected(
+        op_name,
+        op_errors::DtypeOf(input_name, DataTypeString(want), want_reason),
+        DataTypeString(dtype)));
+  }
+  return absl::OkStatus();
+}
+
+inline absl::Status ExpectScalar(const std::string& op_name,
+                                 const char* input_name, const Tensor& t) {
+  if (TensorShapeUtils::IsScalar(t.shape())) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      op_errors::Expected(op_name, op_errors::Scalar(input_name),
+                          absl::StrCat("shape ", t.shape().DebugString())));
+}
+
+inline absl::Status ExpectSameShape(const std::string& op_name,
+                                    const std::string& input,
+                                    const TensorShape& shape,
+                                    const std::string& reference,
+                                    const TensorShape& reference_shape) {
+  if (shape == reference_shape) return absl::OkStatus();
+  return absl::InvalidArgumentError(op_errors::Expected(
+      op_name,
+      op_errors::SameShape(input, reference, reference_shape.DebugString()),
+      shape.DebugString()));
+}
+
+// What every op of this library does before it writes, in this order:
+// look up its variables (each initialized, of the op's dtype), check that
+// they are distinct, check that lr and epsilon are scalars, lock the
+// variables by the access policy of variable_access.h (in address order),
+// check the shapes under the locks (another op may have reassigned a
+// variable since the lookup), and only then prepare and write them. A bad
+// input anywhere leaves every variable untouched.
+//
+// T is the dtype of the variables and the gradient, H that of lr and
+// epsilon (T, except for the rowwise ops).
+template <typename Device, typename T, typename H = T>
+class AdagradOpBase : public OpKernel {
+ public:
+  // The op's variables are its first `num_variables` inputs; lr and
+  // epsilon follow them.
+  AdagradOpBase(OpKernelConstruction* context, int num_variables,
+                UpdateKind kind, bool use_locking)
+      : OpKernel(context),
+        num_variables_(num_variables),
+        kind_(kind),
+        use_locking_(use_locking) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    std::vector<tensorflow::core::RefCountPtr<Var>> resources(num_variables_);
+    for (int input = 0; input < num_variables_; ++input) {
+      OP_REQUIRES_OK(
+          ctx, LookupVariable(ctx, name(), input, VariableName(input),
+                              VariableDtype(input), VariableDtypeReason(input),
+                              &resources[input]));
+    }
+    std::vector<Var*> vars(num_variables_);
+    for (int input = 0; input < num_variables_; ++input) {
+      vars[input] = resources[input].get();
+    }
+    OP_REQUIRES_OK(ctx, ExpectDistinct(vars));
+    const Tensor& lr = ctx->input(num_variables_);
+    const Tensor& epsilon = ctx->input(num_variables_ + 1);
+    OP_REQUIRES_OK(ctx, ExpectScalar(name(), "lr", lr));
+    OP_REQUIRES_OK(ctx, ExpectScalar(name(), "epsilon", epsilon));
+
+    LockedVariables locked(vars, kind_, use_locking_);
+    OP_REQUIRES_OK(ctx, ValidateShapes(ctx, locked));
+    OP_REQUIRES_OK(ctx, PrepareToWrite(ctx, locked));
+    Update(ctx, locked, lr.scalar<H>()(), epsilon.scalar<H>()());
+  }
+
+ protected:
+  // Variable input `input`'s name in messages.
+  virtual std::string VariableName(int input) const = 0;
+  // The dtype variable input `input` must have, and why (in messages).
+  virtual tensorflow::DataType VariableDtype(int input) const {
+    return DataTypeToEnum<T>::value;
+  }
+  virtual std::string VariableDtypeReason(int input) const {
+    return "the dtype of `grad`";
+  }
+  // Makes the locked buffers safe to write (variable_access.h).
+  virtual absl::Status PrepareToWrite(OpKernelContext* ctx,
+                                      LockedVariables& locked) {
+    return locked.PrepareToWrite<Device, T>(ctx);
+  }
+  // The message for the same variable at inputs `first` < `second`.
+  virtual std::string SameVariableMessage(int first, int second) const = 0;
+  // Checks the locked variables' shapes and the gradient's; nothing is
+  // written yet.
+  virtual absl::Status ValidateShapes(OpKernelContext* ctx,
+                                      const LockedVariables& locked) = 0;
+  virtual void Update(OpKernelContext* ctx, const LockedVariables& locked, H lr,
+                      H epsilon) = 0;
+
+  absl::Status Error(const std::string& expected, const std::string& got) {
+    return absl::InvalidArgumentError(
+        op_errors::Expected(name(), expected, got));
+  }
+
+ private:
+  // Sorted by address, a variable given twice shows as two neighbours; the
+  // first such pair is reported.
+  absl::Status ExpectDistinct(const std::vector<Var*>& vars) const {
+    std::vector<int> by_address(vars.size());
+    for (int input = 0; input < num_variables_; ++input) {
+      by_address[input] = input;
+    }
+    std::sort(by_address.begin(), by_address.end(), [&](int a, int b) {
+      return vars[a] < vars[b] || (vars[a] == vars[b] && a < b);
+    });
+    for (int k = 1; k < num_variables_; ++k) {
+      const int a = by_address[k - 1], b = by_address[k];
+      if (vars[a] == vars[b]) {
+        return absl::InvalidArgumentError(SameVariableMessage(a, b));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  const int num_variables_;
+  const UpdateKind kind_;
+  const bool use_locking_;
+};
+
+}  // namespace op_base
+}  // namespace tf_adagrad
+
+#endif  // TF_ADAGRAD_KERNELS_ADAGRAD_OP_BASE_H_
