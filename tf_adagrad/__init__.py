@@ -8,6 +8,8 @@ TensorFlow (major and minor version) raises `OpLibraryError`.
 
 __version__ = "0.1.0"
 
+import importlib.util
+
 from tf_adagrad import _loader
 
 _loader.load_at_import()
@@ -16,6 +18,12 @@ from tf_adagrad import ops  # noqa: E402
 from tf_adagrad._loader import OpLibraryError  # noqa: E402
 from tf_adagrad.optimizer import Adagrad  # noqa: E402
 from tf_adagrad.sharded import sharded_gradients  # noqa: E402
+
+# With tf_keras installed, its optimizers (tf_adagrad.keras2) are imported
+# too, which registers them with tf_keras' serialization, so that models
+# compiled with them load after `import tf_adagrad`.
+if importlib.util.find_spec("tf_keras") is not None:
+    from tf_adagrad import keras2  # noqa: E402, F401
 
 __all__ = [
     "Adagrad",

@@ -1,0 +1,28 @@
+"""Adagrad for tf_keras (Keras 2) on the fused ops.
+
+`tf_adagrad.keras2.Adagrad` replaces `tf_keras.optimizers.Adagrad` (epsilon
+inside the square root) and `tf_adagrad.keras2.legacy.Adagrad` replaces
+`tf_keras.optimizers.legacy.Adagrad` (TensorFlow's `ApplyAdagradV2` math,
+epsilon outside the square root). For `tf.keras` to be tf_keras, set
+`TF_USE_LEGACY_KERAS=1` before TensorFlow is imported.
+
+Both classes are registered with tf_keras' serialization, so models compiled
+with them load with `tf_keras.models.load_model` once `tf_adagrad` is
+imported (which imports this package when tf_keras is installed).
+"""
+
+try:
+    import tf_keras  # noqa: F401
+except ModuleNotFoundError as error:
+    if error.name != "tf_keras":
+        raise
+    raise ImportError(
+        "tf_adagrad.keras2 needs tf-keras (Keras 2), which is not installed. Install it with "
+        "`pip install tf-keras==2.21.*` (or `pip install tf_adagrad[keras2]`), and set "
+        "TF_USE_LEGACY_KERAS=1 before TensorFlow is imported for `tf.keras` to be tf_keras."
+    ) from error
+
+from tf_adagrad.keras2 import legacy  # noqa: E402
+from tf_adagrad.keras2.adagrad import Adagrad  # noqa: E402
+
+__all__ = ["Adagrad", "legacy"]

@@ -1,0 +1,6 @@
+"""Adagrad for tf_keras' legacy optimizers (`tf_keras.optimizers.legacy`,
+`OptimizerV2`) on the fused ops."""
+
+from tf_adagrad.keras2.legacy.adagrad import Adagrad
+
+__all__ = ["Adagrad"]
