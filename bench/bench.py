@@ -37,7 +37,7 @@ import fit_steps  # noqa: E402  (bench/, beside this file)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from timing import REPEATS, WARMUP, graph_step, median_ms  # noqa: E402
+from timing import REPEATS, WARMUP, call_floor_step, graph_step, median_ms  # noqa: E402
 
 import tf_adagrad  # noqa: E402
 
@@ -83,23 +83,6 @@ def optimizer_steps(make_optimizer_vars, grads):
         if impl == "tf_adagrad":
             steps["floor"] = call_floor_step(variables + optimizer.variables, grads)
     return steps
-
-
-def call_floor_step(variables, grads):
-    """A tf.function that takes in the same variables and gradients as the
-    optimizer's step and computes nothing (one IdentityN consumes them all):
-    what calling a step costs before any work."""
-    tensors = []
-    for grad in grads:
-        tensors += [grad.values, grad.indices] if isinstance(grad, tf.IndexedSlices) else [grad]
-
-    @tf.function
-    def step():
-        handles = [v.handle if isinstance(v, tf.Variable) else v.value.handle for v in variables]
-        inputs = tf.raw_ops.IdentityN(input=handles + tensors)
-        return tf.shape(inputs[-1])  # an output, so nothing is pruned
-
-    return step
 
 
 def dense_case(sizes, dtype=np.float32):

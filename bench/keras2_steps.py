@@ -35,7 +35,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
-from timing import graph_step, median_ms  # noqa: E402  (bench/, beside this file)
+from timing import call_floor_step, graph_step, median_ms  # noqa: E402  (bench/, beside this file)
 
 import tf_adagrad.keras2  # noqa: E402
 from tf_adagrad import ops  # noqa: E402
@@ -60,6 +60,7 @@ PAIRS = {
 }
 FUSED_SPARSE = "TfAdagrad>ApplySparse, epsilon outside"
 LEGACY_SPARSE = "tf.unique + unsorted_segment_sum + ResourceSparseApplyAdagradV2"
+CALL_FLOOR = "call floor"
 
 
 def zipf_ids(rng, rows, count):
@@ -177,7 +178,9 @@ def sparse_update_case():
 
 def dense_step_case(kind):
     """ms per apply_gradients() over DENSE_VARIABLES variables, for the
-    `kind` pair, each optimizer on its own copy of the variables."""
+    `kind` pair, each optimizer on its own copy of the variables, and the
+    call floor: a step taking in as many variables, accumulators and
+    gradients that computes nothing."""
     rng = np.random.default_rng(0)
     initial = [rng.standard_normal(DENSE_SHAPE).astype(np.float32) for _ in range(DENSE_VARIABLES)]
     grads = [tf.constant(rng.standard_normal(DENSE_SHAPE), tf.float32) for _ in initial]
@@ -190,6 +193,8 @@ def dense_step_case(kind):
                 zip(grads, variables)
             )
         )
+    accumulators = [tf.Variable(tf.fill(DENSE_SHAPE, 0.1)) for _ in initial]
+    steps[CALL_FLOOR] = call_floor_step(variables + accumulators, grads)
     return median_ms(steps)
 
 
@@ -213,11 +218,12 @@ CASES = [
 
 def run_all():
     """Every case, a line printed for each; returns a list of
-    {"case", "ours", "counterpart", "ms": {name: ms}}."""
+    {"case", "ours", "counterpart", "ms": {name: ms}}, where "ms" may also
+    hold the call floor."""
     results = []
     for case, run in CASES:
         ms = run()
-        ours, counterpart = ms  # each case returns tf_adagrad's timing first
+        ours, counterpart = list(ms)[:2]  # each case times tf_adagrad first
         results.append({"case": case, "ours": ours, "counterpart": counterpart, "ms": ms})
         print(format_line(results[-1]), flush=True)
         gc.collect()
@@ -231,10 +237,13 @@ def speed_up(result):
 
 def format_line(result):
     ms = result["ms"]
-    return (
+    line = (
         f"{result['case']:60s} tf_adagrad {ms[result['ours']]:7.3f}  "
         f"tf_keras {ms[result['counterpart']]:7.3f} ({speed_up(result):.2f}x)"
     )
+    if CALL_FLOOR in ms:
+        line += f"  call floor {ms[CALL_FLOOR]:6.3f}"
+    return line
 
 
 def goals(results):
@@ -257,15 +266,16 @@ def goals(results):
 def markdown(results):
     """A table of ms per step and speed-ups, and the goals."""
     lines = [
-        "| case | tf_adagrad | ms | tf_keras | ms | speed-up |",
-        "| --- | --- | ---: | --- | ---: | ---: |",
+        "| case | tf_adagrad | ms | tf_keras | ms | speed-up | call floor |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: |",
     ]
     for result in results:
         ms = result["ms"]
+        floor = f"{ms[CALL_FLOOR]:.3f}" if CALL_FLOOR in ms else ""
         lines.append(
             f"| {result['case']} | `{result['ours']}` | {ms[result['ours']]:.3f} | "
             f"`{result['counterpart']}` | {ms[result['counterpart']]:.3f} | "
-            f"{speed_up(result):.2f}× |"
+            f"{speed_up(result):.2f}× | {floor} |"
         )
     lines += ["", "| goal | measured | bound | |", "| --- | ---: | ---: | --- |"]
     for description, measured, bound, met in goals(results):

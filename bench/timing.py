@@ -1,4 +1,5 @@
-"""How bench.py and keras2_steps.py time a step: in turns, median ms."""
+"""How bench.py and keras2_steps.py time a step (in turns, median ms), and
+the cost of calling one that does nothing (the call floor)."""
 
 import gc
 import statistics
@@ -43,3 +44,20 @@ def median_ms(steps):
     finally:
         gc.enable()
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def call_floor_step(variables, grads):
+    """A tf.function that takes in the same variables and gradients as the
+    optimizer's step and computes nothing (one IdentityN consumes them all):
+    what calling a step costs before any work."""
+    tensors = []
+    for grad in grads:
+        tensors += [grad.values, grad.indices] if isinstance(grad, tf.IndexedSlices) else [grad]
+
+    @tf.function
+    def step():
+        handles = [v.handle if isinstance(v, tf.Variable) else v.value.handle for v in variables]
+        inputs = tf.raw_ops.IdentityN(input=handles + tensors)
+        return tf.shape(inputs[-1])  # an output, so nothing is pruned
+
+    return step

@@ -64,21 +64,36 @@ KS = (10, 50, 100)
 ADAGRAD_LEARNING_RATE = 0.1
 ADAM_LEARNING_RATE = 0.001
 WARMUP_STEPS = 5
-HELD_OUT_FRACTION = 0.1
 
 
 class Sizes:
     """The data's and the run's sizes, for each mode."""
 
-    def __init__(self, users, items, clusters, interactions, batch_size, epochs):
+    def __init__(self, users, items, clusters, interactions, held_out, batch_size, epochs):
         self.users, self.items, self.clusters = users, items, clusters
-        self.interactions, self.batch_size, self.epochs = interactions, batch_size, epochs
+        # `held_out` of the `interactions` are kept for evaluation.
+        self.interactions, self.held_out = interactions, held_out
+        self.batch_size, self.epochs = batch_size, epochs
 
 
 FULL = Sizes(
-    users=100_000, items=20_000, clusters=50, interactions=1_000_000, batch_size=1024, epochs=2
+    users=100_000,
+    items=20_000,
+    clusters=50,
+    interactions=1_000_000,
+    held_out=20_000,
+    batch_size=1024,
+    epochs=2,
 )
-QUICK = Sizes(users=2_000, items=1_000, clusters=10, interactions=40_000, batch_size=512, epochs=2)
+QUICK = Sizes(
+    users=2_000,
+    items=1_000,
+    clusters=10,
+    interactions=40_000,
+    held_out=4_000,
+    batch_size=512,
+    epochs=2,
+)
 
 
 def item_probabilities(sizes, rng):
@@ -259,21 +274,20 @@ def main():
     rng = np.random.default_rng(SEED)
     user_cluster, probabilities = item_probabilities(sizes, rng)
     users, items = draw_interactions(sizes, rng, user_cluster, probabilities)
-    num_held_out = int(HELD_OUT_FRACTION * sizes.interactions)
-    item_share = np.bincount(items[num_held_out:], minlength=sizes.items) / (
-        sizes.interactions - num_held_out
+    item_share = np.bincount(items[sizes.held_out :], minlength=sizes.items) / (
+        sizes.interactions - sizes.held_out
     )
     dataset = tf.data.Dataset.from_tensor_slices(
         {"user": users, "item": items, "item_share": item_share[items].astype(np.float32)}
     )
-    train = dataset.skip(num_held_out).batch(sizes.batch_size).cache()
-    held_out = dataset.take(num_held_out).batch(4096).cache()
+    train = dataset.skip(sizes.held_out).batch(sizes.batch_size).cache()
+    held_out = dataset.take(sizes.held_out).batch(4096).cache()
     chance = {k: k / sizes.items for k in KS}
     best = {
-        k: best_possible_recall(probabilities, user_cluster, users[:num_held_out], k) for k in KS
+        k: best_possible_recall(probabilities, user_cluster, users[: sizes.held_out], k) for k in KS
     }
     print(
-        f"{sizes.interactions - num_held_out:,} training interactions, {num_held_out:,} held "
+        f"{sizes.interactions - sizes.held_out:,} training interactions, {sizes.held_out:,} held "
         f"out; {sizes.users:,} users, {sizes.items:,} items in {sizes.clusters} clusters; "
         f"embeddings {EMBEDDING_DIM} wide; batch {sizes.batch_size}, {sizes.epochs} epoch(s); "
         f"Adagrad learning rate {ADAGRAD_LEARNING_RATE}",
