@@ -110,17 +110,6 @@ void AdagradDenseMultiRange(const DenseTensors<T>* tensors,
   }
 }
 
-// Index of the first entry of `indices` outside [0, num_rows), or -1.
-template <typename Index>
-int64_t FindOutOfRangeIndex(const Index* indices, int64_t nnz,
-                            int64_t num_rows) {
-  for (int64_t i = 0; i < nnz; ++i) {
-    const int64_t index = static_cast<int64_t>(indices[i]);
-    if (index < 0 || index >= num_rows) return i;
-  }
-  return -1;
-}
-
 // Sparse update of unique rows [begin, end) of `groups`. Each row's
 // gradient is the sum of its duplicate rows (in position order, in the
 // compute type), then the row is updated once, as the dense update would.

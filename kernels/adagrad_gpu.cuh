@@ -261,8 +261,10 @@ cudaError_t PlanSparseWorkspace(int64_t nnz, int64_t num_rows,
   return cudaSuccess;
 }
 
+// A template, so that every file including this header may instantiate it.
+template <typename Value>
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    IotaKernel(int64_t* __restrict__ values, int64_t n) {
+    IotaKernel(Value* __restrict__ values, int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        i < n; i += stride) {
@@ -384,9 +386,10 @@ cudaError_t SortIndices(const Index* indices, int64_t nnz,
                         cudaStream_t stream) {
   const SparseBuffers<Index> buffers = Buffers<Index>(plan, workspace);
   int blocks = 0;
-  cudaError_t err = ResidentGridSize(IotaKernel, nnz, &blocks);
+  cudaError_t err = ResidentGridSize(IotaKernel<int64_t>, nnz, &blocks);
   if (err != cudaSuccess) return err;
-  IotaKernel<<<blocks, kThreadsPerBlock, 0, stream>>>(buffers.positions, nnz);
+  IotaKernel<int64_t>
+      <<<blocks, kThreadsPerBlock, 0, stream>>>(buffers.positions, nnz);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   size_t sort_storage_bytes = plan.sort_storage_bytes;

@@ -177,7 +177,8 @@ template <typename Device, typename T>
 class SingleVariableOpBase : public AdagradOpBase<Device, T> {
  public:
   SingleVariableOpBase(OpKernelConstruction* context, UpdateKind kind)
-      : AdagradOpBase<Device, T>(context, 2, kind, UseLocking(context)),
+      : AdagradOpBase<Device, T>(context, 2, kind,
+                                 op_base::ReadUseLocking(context)),
         epsilon_placement_(ReadEpsilonPlacement(context)) {}
 
  protected:
@@ -202,14 +203,6 @@ class SingleVariableOpBase : public AdagradOpBase<Device, T> {
                                         const TensorShape& var_shape) = 0;
 
   const EpsilonPlacement epsilon_placement_;
-
- private:
-  static bool UseLocking(OpKernelConstruction* context) {
-    bool use_locking = false;
-    const absl::Status status = context->GetAttr("use_locking", &use_locking);
-    if (!status.ok()) context->CtxFailure(status);
-    return use_locking;
-  }
 };
 
 template <typename Device, typename T>
@@ -245,34 +238,8 @@ class ApplySparseOp : public SingleVariableOpBase<Device, T> {
  protected:
   absl::Status ValidateGradient(OpKernelContext* ctx,
                                 const TensorShape& var_shape) override {
-    const TensorShape& grad_shape = ctx->input(4).shape();
-    const TensorShape& indices_shape = ctx->input(5).shape();
-    if (var_shape.dims() < 1) {
-      return this->Error(op_errors::Rank("var", ">= 1"),
-                         absl::StrCat("shape ", var_shape.DebugString()));
-    }
-    if (indices_shape.dims() != 1) {
-      return this->Error(op_errors::Rank("indices", "1"),
-                         absl::StrCat("shape ", indices_shape.DebugString()));
-    }
-    if (grad_shape.dims() < 1 ||
-        grad_shape.dim_size(0) != indices_shape.dim_size(0)) {
-      return this->Error(
-          op_errors::GradRowsMatchIndices(
-              absl::StrCat("(", indices_shape.dim_size(0), ")")),
-          absl::StrCat("`grad` shape ", grad_shape.DebugString()));
-    }
-    TensorShape var_row = var_shape;
-    var_row.RemoveDim(0);
-    TensorShape grad_row = grad_shape;
-    grad_row.RemoveDim(0);
-    if (var_row != grad_row) {
-      return this->Error(
-          absl::StrCat(op_errors::GradRowShape(var_row.DebugString()),
-                       " (`var` shape ", var_shape.DebugString(), ")"),
-          absl::StrCat("`grad` shape ", grad_shape.DebugString()));
-    }
-    return absl::OkStatus();
+    return op_base::ValidateSparseGradient(
+        this->name(), var_shape, ctx->input(4).shape(), ctx->input(5).shape());
   }
 
   void Update(OpKernelContext* ctx, const LockedVariables& locked, T lr,

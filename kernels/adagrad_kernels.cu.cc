@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/adagrad_functors.h"
 #include "kernels/adagrad_gpu.cuh"
+#include "kernels/gpu_op_helpers.h"
 #include "ops/adagrad_errors.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
@@ -28,21 +29,8 @@ using ::tensorflow::TensorShape;
 using ::tensorflow::TTypes;
 using GPUDevice = Eigen::GpuDevice;
 
-namespace {
-
-absl::Status CudaStatus(OpKernelContext* ctx, const char* step,
-                        cudaError_t err) {
-  if (err == cudaSuccess) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(
-      ctx->op_kernel().type_string(), ": CUDA error in ", step, ": ",
-      cudaGetErrorName(err), " (", cudaGetErrorString(err), ")"));
-}
-
-cudaStream_t Stream(OpKernelContext* ctx) {
-  return ctx->eigen_device<GPUDevice>().stream();
-}
-
-}  // namespace
+using gpu_op::CudaStatus;
+using gpu_op::Stream;
 
 template <typename T>
 absl::Status ApplyAdagradDense<GPUDevice, T>::operator()(
@@ -84,34 +72,14 @@ absl::Status ApplyAdagradSparse<GPUDevice, T, Index>::operator()(
   if (nnz == 0) return absl::OkStatus();
   const cudaStream_t stream = Stream(ctx);
 
-  // Indices are checked on the device, and the host waits for the answer
-  // before anything is written.
-  Tensor first_bad;  // one word for the kernel's atomicMin
   TF_RETURN_IF_ERROR(
-      ctx->allocate_temp(tensorflow::DT_UINT64, TensorShape({1}), &first_bad));
-  int64_t bad_position = -1, bad_index = 0;
-  TF_RETURN_IF_ERROR(CudaStatus(
-      ctx, "the index check",
-      gpu::FindFirstOutOfRangeIndex(
-          indices.data(), nnz, num_rows,
-          // uint64 and unsigned long long: both 64 bits, named differently.
-          reinterpret_cast<unsigned long long*>(
-              first_bad.flat<uint64_t>().data()),
-          &bad_position, &bad_index, stream)));
-  if (bad_position >= 0) {
-    return absl::InvalidArgumentError(op_errors::IndexOutOfRange(
-        ctx->op_kernel().type_string(), bad_position, bad_index, num_rows));
-  }
+      gpu_op::CheckIndicesInRange(ctx, indices.data(), nnz, num_rows));
   if (row_size == 0) return absl::OkStatus();
 
   gpu::SparseWorkspace plan;
-  TF_RETURN_IF_ERROR(
-      CudaStatus(ctx, "planning the sort",
-                 gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &plan)));
   Tensor workspace;
-  TF_RETURN_IF_ERROR(ctx->allocate_temp(
-      tensorflow::DT_INT8,
-      TensorShape({static_cast<int64_t>(plan.total_bytes)}), &workspace));
+  TF_RETURN_IF_ERROR(gpu_op::AllocateSparseWorkspace<Index>(ctx, nnz, num_rows,
+                                                            &plan, &workspace));
   const cudaError_t err = WithAdagradStep(
       placement, ToCompute(lr), ToCompute(epsilon), [&](const auto& step) {
         return gpu::LaunchAdagradSparse(

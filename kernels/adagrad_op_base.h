@@ -82,6 +82,54 @@ inline absl::Status ExpectSameShape(const std::string& op_name,
       shape.DebugString()));
 }
 
+// The `use_locking` attribute of a single-variable op.
+inline bool ReadUseLocking(OpKernelConstruction* context) {
+  bool use_locking = false;
+  const absl::Status status = context->GetAttr("use_locking", &use_locking);
+  if (!status.ok()) context->CtxFailure(status);
+  return use_locking;
+}
+
+inline absl::Status Error(const std::string& op_name,
+                          const std::string& expected, const std::string& got) {
+  return absl::InvalidArgumentError(
+      op_errors::Expected(op_name, expected, got));
+}
+
+// A sparse op's grad and indices against var's shape: var of rank >= 1,
+// indices of rank 1, grad of [len(indices)] + var.shape[1:].
+inline absl::Status ValidateSparseGradient(const std::string& op_name,
+                                           const TensorShape& var_shape,
+                                           const TensorShape& grad_shape,
+                                           const TensorShape& indices_shape) {
+  if (var_shape.dims() < 1) {
+    return Error(op_name, op_errors::Rank("var", ">= 1"),
+                 absl::StrCat("shape ", var_shape.DebugString()));
+  }
+  if (indices_shape.dims() != 1) {
+    return Error(op_name, op_errors::Rank("indices", "1"),
+                 absl::StrCat("shape ", indices_shape.DebugString()));
+  }
+  if (grad_shape.dims() < 1 ||
+      grad_shape.dim_size(0) != indices_shape.dim_size(0)) {
+    return Error(op_name,
+                 op_errors::GradRowsMatchIndices(
+                     absl::StrCat("(", indices_shape.dim_size(0), ")")),
+                 absl::StrCat("`grad` shape ", grad_shape.DebugString()));
+  }
+  TensorShape var_row = var_shape;
+  var_row.RemoveDim(0);
+  TensorShape grad_row = grad_shape;
+  grad_row.RemoveDim(0);
+  if (var_row != grad_row) {
+    return Error(op_name,
+                 absl::StrCat(op_errors::GradRowShape(var_row.DebugString()),
+                              " (`var` shape ", var_shape.DebugString(), ")"),
+                 absl::StrCat("`grad` shape ", grad_shape.DebugString()));
+  }
+  return absl::OkStatus();
+}
+
 // What every op of this library does before it writes, in this order:
 // look up its variables (each initialized, of the op's dtype), check that
 // they are distinct, check that lr and epsilon are scalars, lock the

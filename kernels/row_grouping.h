@@ -134,6 +134,17 @@ RowGroups GroupRowsByIndex(const Index* indices, int64_t nnz, int64_t num_rows,
   return groups;
 }
 
+// Index of the first entry of `indices` outside [0, num_rows), or -1.
+template <typename Index>
+int64_t FindOutOfRangeIndex(const Index* indices, int64_t nnz,
+                            int64_t num_rows) {
+  for (int64_t i = 0; i < nnz; ++i) {
+    const int64_t index = static_cast<int64_t>(indices[i]);
+    if (index < 0 || index >= num_rows) return i;
+  }
+  return -1;
+}
+
 }  // namespace tf_adagrad
 
 #endif  // TF_ADAGRAD_KERNELS_ROW_GROUPING_H_

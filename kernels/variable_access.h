@@ -81,11 +81,17 @@ class LockedVariables {
   template <typename Device, typename T>
   absl::Status PrepareToWrite(tensorflow::OpKernelContext* ctx) {
     for (size_t i = 0; i < vars_.size(); ++i) {
-      if (!exclusive_[i]) continue;
-      TF_RETURN_IF_ERROR((tensorflow::PrepareToUpdateVariable<Device, T>(
-          ctx, vars_[i]->tensor(), /*copy_on_read_mode=*/false)));
+      TF_RETURN_IF_ERROR((PrepareToWrite<Device, T>(ctx, i)));
     }
     return absl::OkStatus();
+  }
+
+  // The same for variable i alone, whose elements are T.
+  template <typename Device, typename T>
+  absl::Status PrepareToWrite(tensorflow::OpKernelContext* ctx, size_t i) {
+    if (!exclusive_[i]) return absl::OkStatus();
+    return tensorflow::PrepareToUpdateVariable<Device, T>(
+        ctx, vars_[i]->tensor(), /*copy_on_read_mode=*/false);
   }
 
   tensorflow::Tensor* tensor(size_t i) const { return vars_[i]->tensor(); }

@@ -53,6 +53,17 @@ inline std::string DtypeOf(absl::string_view input, absl::string_view dtype,
   return absl::StrCat("`", input, "` of dtype ", dtype, " (", reason, ")");
 }
 
+// A rowwise accumulator's shape: var.shape[:1] ([] for a scalar var).
+inline std::string RowwiseAccumulatorShape(absl::string_view var_rows) {
+  return absl::StrCat("`accum` shape to equal `var.shape[:1]` ", var_rows);
+}
+
+// Why a rowwise accumulator (and lr and epsilon) has the dtype it has.
+inline std::string RowwiseAccumulatorDtypeReason(absl::string_view var_dtype) {
+  return absl::StrCat("the rowwise accumulator dtype of a `var` of dtype ",
+                      var_dtype);
+}
+
 inline std::string InitializedVariable(absl::string_view input) {
   return absl::StrCat("`", input, "` to be an initialized resource variable");
 }

@@ -86,11 +86,10 @@ absl::Status ApplyDenseShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
-// Inputs: var, accum, lr, epsilon, grad, indices.
-absl::Status ApplySparseShape(InferenceContext* c) {
-  const char* op = kApplySparse;
-  ShapeHandle merged, checked;
-  TF_RETURN_IF_ERROR(CheckCommonInputs(op, c, &merged));
+// A sparse op's grad (input 4) and indices (input 5) against var's shape.
+absl::Status CheckSparseGradient(const char* op, InferenceContext* c,
+                                 ShapeHandle merged) {
+  ShapeHandle checked;
   ShapeHandle grad = c->input(4);
   ShapeHandle indices = c->input(5);
   TF_RETURN_IF_ERROR(Expect(op, c->WithRankAtLeast(merged, 1, &checked), c,
@@ -113,6 +112,13 @@ absl::Status ApplySparseShape(InferenceContext* c) {
                             op_errors::GradRowShape(c->DebugString(var_row)),
                             grad));
   return absl::OkStatus();
+}
+
+// Inputs: var, accum, lr, epsilon, grad, indices.
+absl::Status ApplySparseShape(InferenceContext* c) {
+  ShapeHandle merged;
+  TF_RETURN_IF_ERROR(CheckCommonInputs(kApplySparse, c, &merged));
+  return CheckSparseGradient(kApplySparse, c, merged);
 }
 
 // Inputs: var[0..N), accum[0..N), lr, epsilon, grad[0..N). Each position
@@ -140,6 +146,51 @@ absl::Status MultiApplyDenseShape(InferenceContext* c) {
                grad));
   }
   return absl::OkStatus();
+}
+
+constexpr char kRowwiseApplyDense[] = "TfAdagrad>RowwiseApplyDense";
+constexpr char kRowwiseApplySparse[] = "TfAdagrad>RowwiseApplySparse";
+
+// The rowwise ops' accumulator, lr and epsilon: float for 16-bit and float
+// variables, double for double ones (the kernels check the pairing).
+constexpr char kAccumulatorTypeAttr[] = "Taccum: {float, double}";
+
+// What both rowwise ops check: scalar lr and epsilon, and an accumulator
+// of shape var.shape[:1]. Returns var's shape in `var_shape`.
+absl::Status CheckRowwiseInputs(const char* op, InferenceContext* c,
+                                ShapeHandle* var_shape) {
+  TF_RETURN_IF_ERROR(CheckScalarHyperparameters(op, c, 2));
+  *var_shape = VariableShape(c, 0);
+  ShapeHandle accum = VariableShape(c, 1);
+  if (!c->RankKnown(*var_shape)) return absl::OkStatus();
+  ShapeHandle var_rows;
+  if (c->Rank(*var_shape) == 0) {
+    var_rows = c->Scalar();
+  } else {
+    TF_RETURN_IF_ERROR(c->Subshape(*var_shape, 0, 1, &var_rows));
+  }
+  ShapeHandle unused;
+  return Expect(op, c->Merge(var_rows, accum, &unused), c,
+                op_errors::RowwiseAccumulatorShape(c->DebugString(var_rows)),
+                accum);
+}
+
+// Inputs: var, accum, lr, epsilon, grad.
+absl::Status RowwiseApplyDenseShape(InferenceContext* c) {
+  const char* op = kRowwiseApplyDense;
+  ShapeHandle var, merged;
+  TF_RETURN_IF_ERROR(CheckRowwiseInputs(op, c, &var));
+  ShapeHandle grad = c->input(4);
+  return Expect(op, c->Merge(var, grad, &merged), c,
+                op_errors::SameShape("grad", "var", c->DebugString(var)), grad);
+}
+
+// Inputs: var, accum, lr, epsilon, grad, indices.
+absl::Status RowwiseApplySparseShape(InferenceContext* c) {
+  const char* op = kRowwiseApplySparse;
+  ShapeHandle var;
+  TF_RETURN_IF_ERROR(CheckRowwiseInputs(op, c, &var));
+  return CheckSparseGradient(op, c, var);
 }
 
 }  // namespace
@@ -195,6 +246,42 @@ ApplyDense for N variables of one dtype in one op: each var[i] and accum[i]
 is updated with grad[i], the work split across threads by elements (on a
 GPU, one kernel launch per 64 variables or 320 chunks of 65536 elements).
 Every input is checked before anything is written.
+)doc");
+
+REGISTER_OP(kRowwiseApplyDense)
+    .Input("var: resource")
+    .Input("accum: resource")
+    .Input("lr: Taccum")
+    .Input("epsilon: Taccum")
+    .Input("grad: T")
+    .Attr(kTypeAttr)
+    .Attr(kAccumulatorTypeAttr)
+    .Attr("use_locking: bool = false")
+    .SetShapeFn(RowwiseApplyDenseShape)
+    .Doc(R"doc(
+Rowwise Adagrad (FBGEMM's exact rowwise): one accumulator per row of var
+(rows are the first axis; a scalar is one row). For each row r:
+accum[r] += mean(grad[r] * grad[r]);
+var[r] -= (lr / (sqrt(accum[r]) + epsilon)) * grad[r], in Taccum: float for
+half, bfloat16 and float variables, double for double ones.
+)doc");
+
+REGISTER_OP(kRowwiseApplySparse)
+    .Input("var: resource")
+    .Input("accum: resource")
+    .Input("lr: Taccum")
+    .Input("epsilon: Taccum")
+    .Input("grad: T")
+    .Input("indices: Tindices")
+    .Attr(kTypeAttr)
+    .Attr(kAccumulatorTypeAttr)
+    .Attr("Tindices: {int32, int64}")
+    .Attr("use_locking: bool = false")
+    .SetShapeFn(RowwiseApplySparseShape)
+    .Doc(R"doc(
+RowwiseApplyDense for the rows named by indices: rows of grad with the same
+index are summed first, so the result equals the dense update with the
+densified gradient; rows not named are not read or written.
 )doc");
 
 }  // namespace tf_adagrad

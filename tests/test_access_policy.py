@@ -117,6 +117,29 @@ def test_sparse_updates_never_switch_to_copy_on_read_mode():
         assert variable_buffer_address(var) == address
 
 
+@pytest.mark.parametrize("use_locking", [False, True])
+def test_rowwise_sparse_updates_never_switch_to_copy_on_read_mode(use_locking):
+    var, _ = make_table()
+    accum = tf.Variable(tf.fill(var.shape[:1], 0.1))
+    grad, indices = sparse_gradient(*var.shape)
+    held = var.read_value()
+    held_values = held.numpy().copy()
+    tf_adagrad.ops.sparse_rowwise_apply_adagrad(
+        var, accum, 0.1, 1e-8, grad, indices, use_locking=use_locking
+    )
+    assert reads_alias(var) and reads_alias(accum)
+    # The held read kept its values (the update copied the buffer once) ...
+    np.testing.assert_array_equal(held.numpy(), held_values)
+    del held
+    # ... and with no read aliasing it, the next update writes in place.
+    address = variable_buffer_address(var)
+    tf_adagrad.ops.sparse_rowwise_apply_adagrad(
+        var, accum, 0.1, 1e-8, grad, indices, use_locking=use_locking
+    )
+    assert reads_alias(var) and reads_alias(accum)
+    assert variable_buffer_address(var) == address
+
+
 def test_an_update_copies_the_buffer_while_a_read_aliases_it():
     var, accum = make_table()
     grad, indices = sparse_gradient(*var.shape)

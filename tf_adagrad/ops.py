@@ -10,6 +10,14 @@ Every op applies Adagrad with epsilon where `epsilon_placement` says:
                                                    # legacy optimizer
 
 float16 and bfloat16 variables are computed in float32 and rounded once.
+
+The rowwise ops keep one accumulator per row of `var` (rows are the first
+axis; a scalar is one row), as FBGEMM's exact rowwise Adagrad:
+
+    accum[r] += mean(grad[r] * grad[r])
+    var[r]   -= lr * grad[r] / (sqrt(accum[r]) + epsilon)
+
+with `accum` and the row's arithmetic in `rowwise_accumulator_dtype(var.dtype)`.
 """
 
 import tensorflow as tf
@@ -24,7 +32,10 @@ __all__ = [
     "apply_adagrad",
     "load_library",
     "multi_apply_adagrad",
+    "rowwise_accumulator_dtype",
+    "rowwise_apply_adagrad",
     "sparse_apply_adagrad",
+    "sparse_rowwise_apply_adagrad",
 ]
 
 
@@ -223,4 +234,94 @@ def multi_apply_adagrad(
         epsilon=epsilon,
         grad=converted,
         epsilon_placement=epsilon_placement,
+    )
+
+
+def rowwise_accumulator_dtype(dtype):
+    """The dtype of a rowwise accumulator for variables of `dtype`: float64
+    for float64 variables, float32 for float16, bfloat16 and float32 ones."""
+    return tf.float64 if tf.as_dtype(dtype) == tf.float64 else tf.float32
+
+
+def _prepare_rowwise(var, accum, lr, epsilon, grad):
+    var = as_tf_variable(var, "var")
+    accum = as_tf_variable(accum, "accum")
+    require_float_dtype(var, "`var`")
+    grad = tf.convert_to_tensor(grad)
+    if grad.dtype != var.dtype:
+        raise TypeError(
+            f"`grad` must have the dtype of `var` ({var.dtype.name}), got {grad.dtype.name}."
+        )
+    # The row's arithmetic runs in the accumulator's dtype, so the
+    # hyperparameters are cast to it, not to the variable's.
+    accum_dtype = rowwise_accumulator_dtype(var.dtype)
+    lr = tf.cast(tf.convert_to_tensor(lr, dtype_hint=accum_dtype), accum_dtype)
+    epsilon = tf.cast(tf.convert_to_tensor(epsilon, dtype_hint=accum_dtype), accum_dtype)
+    return var.handle, accum.handle, lr, epsilon, grad
+
+
+@tf.autograph.experimental.do_not_convert
+def rowwise_apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False):
+    """Applies one dense rowwise Adagrad step to `var` and `accum` in place.
+
+    Args:
+        var: A `tf.Variable` or `keras.Variable` of a floating dtype
+            (float16, bfloat16, float32, float64).
+        accum: The rowwise accumulator: a variable of shape `var.shape[:1]`
+            (`()` for a scalar `var`) and dtype
+            `rowwise_accumulator_dtype(var.dtype)`.
+        lr: The learning rate; a scalar, cast to the accumulator's dtype.
+        epsilon: A scalar added to the square root of the accumulator.
+        grad: A tensor of `var`'s shape and dtype.
+        use_locking: If `True`, the update holds the variables' locks
+            exclusively, so concurrent updates do not interleave.
+
+    Nothing is returned.
+    """
+    var_handle, accum_handle, lr, epsilon, grad = _prepare_rowwise(var, accum, lr, epsilon, grad)
+    _loader.load_library().tf_adagrad_rowwise_apply_dense(
+        var=var_handle,
+        accum=accum_handle,
+        lr=lr,
+        epsilon=epsilon,
+        grad=grad,
+        use_locking=use_locking,
+    )
+
+
+@tf.autograph.experimental.do_not_convert
+def sparse_rowwise_apply_adagrad(var, accum, lr, epsilon, grad, indices, use_locking=False):
+    """Applies a rowwise Adagrad step to the rows of `var` and `accum` named
+    by `indices`.
+
+    Rows of `grad` that share an index are summed before the update, so the
+    result equals `rowwise_apply_adagrad` with the densified gradient,
+    deterministically. Rows not named by `indices` are not read or written.
+
+    Args:
+        var: A `tf.Variable` or `keras.Variable` of rank >= 1.
+        accum: The rowwise accumulator, as in `rowwise_apply_adagrad`.
+        lr: The learning rate; a scalar, cast to the accumulator's dtype.
+        epsilon: A scalar added to the square root of the accumulator.
+        grad: A tensor of shape `[len(indices)] + var.shape[1:]`.
+        indices: A 1-D int32 or int64 tensor of row numbers in
+            `[0, var.shape[0])`; an index out of range raises
+            `InvalidArgumentError` and nothing is updated.
+        use_locking: If `True`, the update holds the variables' locks
+            exclusively; otherwise concurrent sparse updates may interleave.
+
+    Nothing is returned.
+    """
+    var_handle, accum_handle, lr, epsilon, grad = _prepare_rowwise(var, accum, lr, epsilon, grad)
+    indices = tf.convert_to_tensor(indices)
+    if indices.dtype not in (tf.int32, tf.int64):
+        raise TypeError(f"`indices` must be int32 or int64, got {indices.dtype.name}.")
+    _loader.load_library().tf_adagrad_rowwise_apply_sparse(
+        var=var_handle,
+        accum=accum_handle,
+        lr=lr,
+        epsilon=epsilon,
+        grad=grad,
+        indices=indices,
+        use_locking=use_locking,
     )

@@ -1,11 +1,11 @@
-// The CPU update (kernels/adagrad_cpu.h) under AddressSanitizer and
-// UndefinedBehaviorSanitizer (see BUILD): every input lives in a heap block
-// that ends exactly where the data ends, so one element read or written past
-// the end is reported, and data starts at offsets that break 16- and 32-byte
-// alignment. Edge sizes around the vector widths, empty inputs, heavy
-// duplicates, indices at the edges of their types, all storage and index types.
-// The results are checked against the scalar update applied to the densified
-// gradient.
+// The CPU updates (kernels/adagrad_cpu.h, kernels/rowwise_cpu.h) under
+// AddressSanitizer and UndefinedBehaviorSanitizer (see BUILD): every input
+// lives in a heap block that ends exactly where the data ends, so one element
+// read or written past the end is reported, and data starts at offsets that
+// break 16- and 32-byte alignment. Edge sizes around the vector widths, empty
+// inputs, heavy duplicates, indices at the edges of their types, all storage
+// and index types. The results are checked against the scalar update applied to
+// the densified gradient.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -18,6 +18,7 @@
 #include "kernels/adagrad_cpu.h"
 #include "kernels/half_types.h"
 #include "kernels/row_grouping.h"
+#include "kernels/rowwise_cpu.h"
 #include "tests/cc/expect.h"
 
 namespace {
@@ -185,6 +186,85 @@ void TestSparse(std::mt19937_64& rng) {
   }
 }
 
+// Rowwise Adagrad (kernels/rowwise_cpu.h): the dispatched dense loop against
+// the baseline build, and the sparse loop, split in two halves, against the
+// row update applied to each touched row's summed gradient. Rows around the
+// 32 lanes of the sum.
+template <typename T, typename Index>
+void TestRowwise(std::mt19937_64& rng) {
+  using C = ComputeType<T>;
+  const tf_adagrad::RowwiseStep<C> step{C(0.1f), C(1e-3f)};
+  for (int64_t row_size : {1, 3, 31, 32, 33, 100}) {
+    for (int64_t num_rows : {0, 1, 7, 50}) {
+      const int64_t offset = (row_size + num_rows) % 3;
+      const int64_t table = num_rows * row_size;
+      TightBuffer<T> var(table, offset), grad(table, offset);
+      TightBuffer<C> accum(num_rows, offset);
+      Fill(var, table, rng, -2.0f, 2.0f);
+      Fill(accum, num_rows, rng, 0.0f, 1.0f);
+      Fill(grad, table, rng, -1.0f, 1.0f);
+      std::vector<T> want_var = var.copy();
+      std::vector<C> want_accum = accum.copy();
+      tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
+          tf_adagrad::RowwiseDenseRowsLoop(), want_var.data(),
+          want_accum.data(), grad.data(), row_size, step, 0, num_rows);
+      tf_adagrad::RowwiseDenseRows(var.data(), accum.data(), grad.data(),
+                                   row_size, step, 0, num_rows);
+      for (int64_t e = 0; e < table; ++e) EXPECT(SameBits(var[e], want_var[e]));
+      for (int64_t r = 0; r < num_rows; ++r) {
+        EXPECT(SameBits(accum[r], want_accum[r]));
+      }
+      if (num_rows == 0) continue;
+
+      for (int64_t nnz : {0, 1, 5, 200}) {
+        TightBuffer<T> sparse_grad(nnz * row_size, offset);
+        TightBuffer<Index> indices(nnz, offset);
+        Fill(sparse_grad, nnz * row_size, rng, -1.0f, 1.0f);
+        const int64_t distinct = num_rows < 4 ? num_rows : num_rows / 4;
+        for (int64_t k = 0; k < nnz; ++k) {
+          indices[k] = static_cast<Index>(rng() % distinct);
+        }
+        std::vector<C> summed(table, C(0));
+        std::vector<bool> touched(num_rows, false);
+        for (int64_t k = 0; k < nnz; ++k) {
+          for (int64_t j = 0; j < row_size; ++j) {
+            const C g = Arithmetic<T>::Load(sparse_grad[k * row_size + j]);
+            C& sum = summed[indices[k] * row_size + j];
+            sum = touched[indices[k]] ? sum + g : g;
+          }
+          touched[indices[k]] = true;
+        }
+        want_var = var.copy();
+        want_accum = accum.copy();
+        for (int64_t r = 0; r < num_rows; ++r) {
+          if (!touched[r]) continue;
+          tf_adagrad::RowwiseUpdateRow(
+              want_var.data() + r * row_size, want_accum.data() + r,
+              static_cast<const C*>(summed.data() + r * row_size), row_size,
+              step);
+        }
+        const tf_adagrad::RowGroups groups =
+            tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
+        TightBuffer<C> scratch(row_size, 0);
+        const int64_t middle = groups.num_unique() / 2;
+        tf_adagrad::RowwiseSparseRows(
+            var.data(), accum.data(), sparse_grad.data(), indices.data(),
+            groups, row_size, step, 0, middle, scratch.data());
+        tf_adagrad::RowwiseSparseRows(var.data(), accum.data(),
+                                      sparse_grad.data(), indices.data(),
+                                      groups, row_size, step, middle,
+                                      groups.num_unique(), scratch.data());
+        for (int64_t e = 0; e < table; ++e) {
+          EXPECT(SameBits(var[e], want_var[e]));
+        }
+        for (int64_t r = 0; r < num_rows; ++r) {
+          EXPECT(SameBits(accum[r], want_accum[r]));
+        }
+      }
+    }
+  }
+}
+
 // Tables too tall for (index, position) to share 64 bits take the unpacked
 // sort; indices near the top of int64 must not overflow a shift.
 void TestGroupingOfHugeIndices(std::mt19937_64& rng) {
@@ -240,6 +320,10 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(7);
   TestAllTypes<EpsilonPlacement::kInsideSqrt>(rng);
   TestAllTypes<EpsilonPlacement::kOutsideSqrt>(rng);
+  TestRowwise<Float16, int32_t>(rng);
+  TestRowwise<BFloat16, int64_t>(rng);
+  TestRowwise<float, int32_t>(rng);
+  TestRowwise<double, int64_t>(rng);
   TestOutOfRange<int32_t>();
   TestOutOfRange<int64_t>();
   TestGroupingOfHugeIndices(rng);

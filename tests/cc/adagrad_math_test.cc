@@ -1,14 +1,15 @@
 // Tests of the TF-free kernel headers: the conversions, the grouping of
 // duplicate indices (including paths the ops cannot reach with real tables),
 // the sparse update against a scalar reference, every instruction-set
-// variant against the baseline, and the GPU multi-tensor table on a
-// simulated grid.
+// variant against the baseline, the GPU multi-tensor table on a simulated
+// grid, and rowwise Adagrad against a scalar reference and across variants.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "kernels/half_types.h"
 #include "kernels/multi_tensor.h"
 #include "kernels/row_grouping.h"
+#include "kernels/rowwise_cpu.h"
 #include "tests/cc/expect.h"
 
 namespace {
@@ -27,6 +29,9 @@ using tf_adagrad::AdagradSparseRowsLoop;
 using tf_adagrad::AdagradStep;
 using tf_adagrad::EpsilonPlacement;
 using tf_adagrad::RowGroups;
+using tf_adagrad::RowwiseDenseRowsLoop;
+using tf_adagrad::RowwiseSparseRowsLoop;
+using tf_adagrad::RowwiseStep;
 using tf_adagrad::RunCompiledFor;
 using tf_adagrad::VectorIsa;
 
@@ -166,6 +171,80 @@ void TestSparseUpdateMatchesScalarReference() {
   }
 }
 
+// Rowwise Adagrad against a reference written out here: per row, 32 lanes
+// of squares (lane l takes elements l, l + 32, ...), the lanes added
+// pairwise from the top half down, the mean, one multiplier per row.
+// Duplicate sparse rows are summed in position order first.
+template <typename C>
+void RowwiseReferenceRow(C* var, C* accum, const C* grad, int64_t row_size,
+                         C lr, C epsilon) {
+  C lanes[32] = {};
+  for (int64_t j = 0; j < row_size; ++j) lanes[j % 32] += grad[j] * grad[j];
+  for (int half = 16; half >= 1; half /= 2) {
+    for (int l = 0; l < half; ++l) lanes[l] = lanes[l] + lanes[l + half];
+  }
+  *accum = *accum + lanes[0] / static_cast<C>(row_size);
+  const C multiplier = lr / (std::sqrt(*accum) + epsilon);
+  for (int64_t j = 0; j < row_size; ++j) var[j] = var[j] - multiplier * grad[j];
+}
+
+template <typename C>
+void TestRowwiseMatchesScalarReference() {
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<C> uniform(-1, 1);
+  for (const int64_t row_size : {1, 5, 32, 33, 100, 199}) {
+    const int64_t num_rows = 40, nnz = 90;
+    std::vector<C> var(num_rows * row_size), accum(num_rows);
+    std::vector<C> grad(num_rows * row_size), sparse_grad(nnz * row_size);
+    for (auto& v : var) v = uniform(rng);
+    for (auto& a : accum) a = uniform(rng) + 1;
+    for (auto& g : grad) g = uniform(rng);
+    for (auto& g : sparse_grad) g = uniform(rng);
+    std::vector<int64_t> indices(nnz);
+    for (auto& i : indices) i = rng() % 25;  // duplicates; rows 25.. untouched
+    const RowwiseStep<C> step{static_cast<C>(0.1), static_cast<C>(1e-8)};
+
+    std::vector<C> want_var = var, want_accum = accum;
+    for (int64_t r = 0; r < num_rows; ++r) {
+      RowwiseReferenceRow(&want_var[r * row_size], &want_accum[r],
+                          &grad[r * row_size], row_size, step.lr, step.epsilon);
+    }
+    std::vector<C> v = var, a = accum;
+    tf_adagrad::RowwiseDenseRows(v.data(), a.data(), grad.data(), row_size,
+                                 step, 0, num_rows);
+    EXPECT(v == want_var);
+    EXPECT(a == want_accum);
+
+    std::vector<C> summed(num_rows * row_size, C(0));
+    std::vector<bool> touched(num_rows, false);
+    for (int64_t k = 0; k < nnz; ++k) {
+      const int64_t r = indices[k];
+      for (int64_t j = 0; j < row_size; ++j) {
+        C& s = summed[r * row_size + j];
+        s = touched[r] ? s + sparse_grad[k * row_size + j]
+                       : sparse_grad[k * row_size + j];
+      }
+      touched[r] = true;
+    }
+    want_var = var, want_accum = accum;
+    for (int64_t r = 0; r < num_rows; ++r) {
+      if (!touched[r]) continue;
+      RowwiseReferenceRow(&want_var[r * row_size], &want_accum[r],
+                          &summed[r * row_size], row_size, step.lr,
+                          step.epsilon);
+    }
+    const RowGroups groups =
+        tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
+    std::vector<C> scratch(row_size);
+    v = var, a = accum;
+    tf_adagrad::RowwiseSparseRows(v.data(), a.data(), sparse_grad.data(),
+                                  indices.data(), groups, row_size, step, 0,
+                                  groups.num_unique(), scratch.data());
+    EXPECT(v == want_var);
+    EXPECT(a == want_accum);
+  }
+}
+
 // The vectorized float16 path (F16C, where the CPU has it) must give the
 // scalar path's bits, across the whole range: subnormals, overflow, ties.
 template <EpsilonPlacement kPlacement>
@@ -215,6 +294,9 @@ bool SameBits(T a, T b) {
 
 bool IsNanBits(float x) { return std::isnan(x); }
 bool IsNanBits(double x) { return std::isnan(x); }
+bool IsNanBits(tf_adagrad::Float16 x) {
+  return std::isnan(tf_adagrad::HalfToFloat(x.bits));
+}
 bool IsNanBits(tf_adagrad::BFloat16 x) {
   return std::isnan(tf_adagrad::BFloat16ToFloat(x.bits));
 }
@@ -292,6 +374,65 @@ void TestVectorVariantsMatchBaseline() {
   std::printf("vector variants checked: avx2 %s, avx512 %s\n",
               has_avx2 ? "yes" : "no (CPU lacks it)",
               has_avx512 ? "yes" : "no (CPU lacks it)");
+}
+
+// Each instruction-set variant of the rowwise loops gives the baseline's
+// bits on random bit patterns (NaN payloads aside).
+template <typename T>
+void TestRowwiseVariantsMatchBaseline() {
+  using C = tf_adagrad::ComputeType<T>;
+  std::mt19937_64 rng(8);
+  const int64_t num_rows = 64, row_size = 77, nnz = 150;
+  std::vector<T> var(num_rows * row_size), grad(num_rows * row_size);
+  std::vector<T> sparse_grad(nnz * row_size);
+  std::vector<C> accum(num_rows);
+  for (auto& v : var) v = RandomElement<T>(rng, false);
+  for (auto& g : grad) g = RandomElement<T>(rng, false);
+  for (auto& g : sparse_grad) g = RandomElement<T>(rng, false);
+  for (auto& a : accum) a = RandomElement<C>(rng, true);
+  std::vector<int64_t> indices(nnz);
+  for (auto& index : indices) index = static_cast<int64_t>(rng() % 40);
+  const RowGroups groups =
+      tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
+  std::vector<C> scratch(row_size);
+  const RowwiseStep<C> step{static_cast<C>(0.01), static_cast<C>(1e-8)};
+  const auto run = [&](auto isa, std::vector<T>& v, std::vector<C>& a,
+                       bool sparse) {
+    constexpr VectorIsa kIsa = decltype(isa)::value;
+    v = var, a = accum;
+    if (sparse) {
+      RunCompiledFor<kIsa>(RowwiseSparseRowsLoop(), v.data(), a.data(),
+                           sparse_grad.data(), indices.data(), groups, row_size,
+                           step, 0, groups.num_unique(), scratch.data());
+    } else {
+      RunCompiledFor<kIsa>(RowwiseDenseRowsLoop(), v.data(), a.data(),
+                           grad.data(), row_size, step, 0, num_rows);
+    }
+  };
+  const auto expect_same = [](const auto& got, const auto& want) {
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT(SameBits(got[i], want[i]) ||
+             (IsNanBits(got[i]) && IsNanBits(want[i])));
+    }
+  };
+  using Baseline = std::integral_constant<VectorIsa, VectorIsa::kBaseline>;
+  using Avx2 = std::integral_constant<VectorIsa, VectorIsa::kAvx2>;
+  using Avx512 = std::integral_constant<VectorIsa, VectorIsa::kAvx512>;
+  for (const bool sparse : {false, true}) {
+    std::vector<T> want_v, v;
+    std::vector<C> want_a, a;
+    run(Baseline(), want_v, want_a, sparse);
+    if (__builtin_cpu_supports("avx2")) {
+      run(Avx2(), v, a, sparse);
+      expect_same(v, want_v);
+      expect_same(a, want_a);
+    }
+    if (tf_adagrad::CpuVectorIsa() == VectorIsa::kAvx512) {
+      run(Avx512(), v, a, sparse);
+      expect_same(v, want_v);
+      expect_same(a, want_a);
+    }
+  }
 }
 #endif  // TF_ADAGRAD_X86
 
@@ -573,6 +714,14 @@ int main() {
   TestMultiTensorTables<tf_adagrad::Float16>();
   TestUpdatesOfPlacement<EpsilonPlacement::kInsideSqrt>();
   TestUpdatesOfPlacement<EpsilonPlacement::kOutsideSqrt>();
+  TestRowwiseMatchesScalarReference<float>();
+  TestRowwiseMatchesScalarReference<double>();
+#ifdef TF_ADAGRAD_X86
+  TestRowwiseVariantsMatchBaseline<float>();
+  TestRowwiseVariantsMatchBaseline<double>();
+  TestRowwiseVariantsMatchBaseline<tf_adagrad::Float16>();
+  TestRowwiseVariantsMatchBaseline<tf_adagrad::BFloat16>();
+#endif
   // More chunks than a table holds (float16 keeps the memory small).
   {
     std::mt19937_64 rng(6);

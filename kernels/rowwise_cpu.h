@@ -1,0 +1,114 @@
+// Rowwise Adagrad on the CPU, on raw pointers: plain C++, no TensorFlow, no
+// Eigen, so that it can be tested (and sanitized) on its own. Each loop is
+// compiled for several instruction sets by cpu_dispatch.h; rowwise_math.h
+// holds the formula and the summation order.
+#ifndef TF_ADAGRAD_KERNELS_ROWWISE_CPU_H_
+#define TF_ADAGRAD_KERNELS_ROWWISE_CPU_H_
+
+#include <cstdint>
+
+#include "kernels/cpu_dispatch.h"
+#include "kernels/half_types.h"
+#include "kernels/row_grouping.h"
+#include "kernels/rowwise_math.h"
+
+namespace tf_adagrad {
+
+// Updates one row of `row_size` (> 0) elements of var and its accumulator
+// with the gradient row `grad`, whose elements are T (a gradient row as
+// given) or C (duplicate rows summed in the accumulator's type).
+template <typename T, typename G, typename C>
+__attribute__((always_inline)) inline void RowwiseUpdateRow(
+    T* var, C* accum, const G* grad, int64_t row_size,
+    const RowwiseStep<C>& step) {
+  using A = Arithmetic<T>;
+  using GA = Arithmetic<G>;
+  C partial[kRowwiseLanes] = {};
+  int64_t j = 0;
+  for (; j + kRowwiseLanes <= row_size; j += kRowwiseLanes) {
+    for (int l = 0; l < kRowwiseLanes; ++l) {
+      const C g = GA::Load(grad[j + l]);
+      partial[l] += g * g;
+    }
+  }
+  for (int l = 0; j + l < row_size; ++l) {
+    const C g = GA::Load(grad[j + l]);
+    partial[l] += g * g;
+  }
+  const C a = step.NewAccumulator(*accum, SumOfLanes(partial), row_size);
+  *accum = a;
+  const C multiplier = step.Multiplier(a);
+  for (int64_t k = 0; k < row_size; ++k) {
+    var[k] = A::Store(A::Load(var[k]) - multiplier * GA::Load(grad[k]));
+  }
+}
+
+// Dense update of rows [begin, end): var and grad are [num_rows, row_size],
+// accum is [num_rows].
+struct RowwiseDenseRowsLoop {
+  template <typename T, typename C>
+  __attribute__((always_inline)) void operator()(
+      T* var, C* accum, const T* grad, int64_t row_size,
+      const RowwiseStep<C>& step, int64_t begin, int64_t end) const {
+    for (int64_t r = begin; r < end; ++r) {
+      RowwiseUpdateRow(var + r * row_size, accum + r, grad + r * row_size,
+                       row_size, step);
+    }
+  }
+};
+
+template <typename T, typename C>
+void RowwiseDenseRows(T* var, C* accum, const T* grad, int64_t row_size,
+                      const RowwiseStep<C>& step, int64_t begin, int64_t end) {
+  RunOnWidestIsa(RowwiseDenseRowsLoop(), var, accum, grad, row_size, step,
+                 begin, end);
+}
+
+// Sparse update of unique rows [begin, end) of `groups`: each row's
+// gradient is the sum of its duplicate rows (in position order, in the
+// accumulator's type), then the row is updated once, as the dense update
+// would. `scratch` holds at least `row_size` values.
+struct RowwiseSparseRowsLoop {
+  template <typename T, typename C, typename Index>
+  __attribute__((always_inline)) void operator()(
+      T* var, C* accum, const T* grad, const Index* indices,
+      const RowGroups& groups, int64_t row_size, const RowwiseStep<C>& step,
+      int64_t begin, int64_t end, C* scratch) const {
+    using GA = Arithmetic<T>;
+    const int64_t* positions = groups.positions.data();
+    const int64_t* run_starts = groups.run_starts.data();
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t first = run_starts[u];
+      const int64_t last = run_starts[u + 1];
+      const int64_t row = static_cast<int64_t>(indices[positions[first]]);
+      const T* grad_row = grad + positions[first] * row_size;
+      if (last - first == 1) {
+        RowwiseUpdateRow(var + row * row_size, accum + row, grad_row, row_size,
+                         step);
+        continue;
+      }
+      for (int64_t j = 0; j < row_size; ++j) scratch[j] = GA::Load(grad_row[j]);
+      for (int64_t k = first + 1; k < last; ++k) {
+        const T* dup_row = grad + positions[k] * row_size;
+        for (int64_t j = 0; j < row_size; ++j) {
+          scratch[j] += GA::Load(dup_row[j]);
+        }
+      }
+      RowwiseUpdateRow(var + row * row_size, accum + row,
+                       static_cast<const C*>(scratch), row_size, step);
+    }
+  }
+};
+
+template <typename T, typename C, typename Index>
+void RowwiseSparseRows(T* var, C* accum, const T* grad, const Index* indices,
+                       const RowGroups& groups, int64_t row_size,
+                       const RowwiseStep<C>& step, int64_t begin, int64_t end,
+                       C* scratch) {
+  RunOnWidestIsa(RowwiseSparseRowsLoop(), var, accum, grad, indices, groups,
+                 row_size, step, begin, end, scratch);
+}
+
+}  // namespace tf_adagrad
+
+#endif  // TF_ADAGRAD_KERNELS_ROWWISE_CPU_H_
