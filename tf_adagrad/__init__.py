@@ -17,6 +17,7 @@ _loader.load_at_import()
 from tf_adagrad import ops  # noqa: E402
 from tf_adagrad._loader import OpLibraryError  # noqa: E402
 from tf_adagrad.optimizer import Adagrad  # noqa: E402
+from tf_adagrad.rowwise_adagrad import RowwiseAdagrad  # noqa: E402
 from tf_adagrad.sharded import sharded_gradients  # noqa: E402
 
 # With tf_keras installed, its optimizers (tf_adagrad.keras2) are imported
@@ -28,6 +29,7 @@ if importlib.util.find_spec("tf_keras") is not None:
 __all__ = [
     "Adagrad",
     "OpLibraryError",
+    "RowwiseAdagrad",
     "ops",
     "sharded_gradients",
     "__version__",

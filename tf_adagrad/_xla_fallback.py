@@ -75,3 +75,55 @@ def sparse_update(
     )
     accumulator.scatter_update(tf.IndexedSlices(new_accum, sorted_indices))
     variable.scatter_update(tf.IndexedSlices(new_var, sorted_indices))
+
+
+def _rowwise_updated_rows(var_rows, accum_rows, lr, epsilon, grad_rows):
+    """Rows of var ([rows, ...]) and their accumulators ([rows]) after a
+    rowwise step, in the accumulator's dtype (NumPy's summation order, not
+    the kernels')."""
+    compute = accum_rows.dtype
+    grad_rows = tf.cast(grad_rows, compute)
+    row_axes = list(range(1, grad_rows.shape.rank))
+    square = grad_rows * grad_rows
+    mean_square = tf.reduce_mean(square, axis=row_axes) if row_axes else square
+    accum_rows = accum_rows + mean_square
+    multiplier = tf.cast(lr, compute) / (tf.sqrt(accum_rows) + tf.cast(epsilon, compute))
+    # One multiplier per row, broadcast over the row's elements.
+    multiplier = tf.reshape(multiplier, tf.concat([tf.shape(multiplier), [1] * len(row_axes)], 0))
+    var_rows = tf.cast(var_rows, compute) - multiplier * grad_rows
+    return var_rows, accum_rows
+
+
+def rowwise_dense_update(variable, accumulator, lr, epsilon, gradient):
+    """The dense rowwise op's update."""
+    new_var, new_accum = _rowwise_updated_rows(
+        variable.read_value(), accumulator.read_value(), lr, epsilon, gradient
+    )
+    accumulator.assign(new_accum)
+    variable.assign(tf.cast(new_var, variable.dtype))
+
+
+def rowwise_sparse_update(variable, accumulator, lr, epsilon, values, indices):
+    """The sparse rowwise op's update with static shapes: as `sparse_update`,
+    each position computes its row's new values from its run's sum, so
+    positions sharing an index scatter identical rows."""
+    order = tf.argsort(indices, stable=True)
+    sorted_indices = tf.gather(indices, order)
+    num_positions = tf.shape(indices)[0]
+    starts_run = tf.concat([[True], sorted_indices[1:] != sorted_indices[:-1]], axis=0)
+    starts_run = starts_run[:num_positions]
+    run_ids = tf.cumsum(tf.cast(starts_run, tf.int32)) - 1
+    summed = tf.math.unsorted_segment_sum(
+        tf.cast(tf.gather(values, order), accumulator.dtype),
+        run_ids,
+        num_segments=num_positions,
+    )
+    new_var, new_accum = _rowwise_updated_rows(
+        tf.gather(variable, sorted_indices),
+        tf.gather(accumulator, sorted_indices),
+        lr,
+        epsilon,
+        tf.gather(summed, run_ids),
+    )
+    accumulator.scatter_update(tf.IndexedSlices(new_accum, sorted_indices))
+    variable.scatter_update(tf.IndexedSlices(tf.cast(new_var, variable.dtype), sorted_indices))
