@@ -3,7 +3,8 @@
 `tf_adagrad.keras2.Adagrad` replaces `tf_keras.optimizers.Adagrad` (epsilon
 inside the square root) and `tf_adagrad.keras2.legacy.Adagrad` replaces
 `tf_keras.optimizers.legacy.Adagrad` (TensorFlow's `ApplyAdagradV2` math,
-epsilon outside the square root). For `tf.keras` to be tf_keras, set
+epsilon outside the square root). `RowwiseAdagrad` (in both) keeps one
+accumulator per row, as `tf_adagrad.RowwiseAdagrad`. For `tf.keras` to be tf_keras, set
 `TF_USE_LEGACY_KERAS=1` before TensorFlow is imported.
 
 Both classes are registered with tf_keras' serialization, so models compiled
@@ -24,5 +25,6 @@ except ModuleNotFoundError as error:
 
 from tf_adagrad.keras2 import legacy  # noqa: E402
 from tf_adagrad.keras2.adagrad import Adagrad  # noqa: E402
+from tf_adagrad.keras2.rowwise_adagrad import RowwiseAdagrad  # noqa: E402
 
-__all__ = ["Adagrad", "legacy"]
+__all__ = ["Adagrad", "RowwiseAdagrad", "legacy"]
