@@ -1,7 +1,9 @@
-// Standalone test of the CUDA kernels in kernels/adagrad_gpu.cuh, without
-// TensorFlow. Runs the dense, multi-tensor dense and sparse updates on random
-// shapes and data, with epsilon inside and outside the square root in turn,
-// against the CPU path of kernels/adagrad_cpu.h (the reference), requires the
+// Standalone test of the CUDA kernels in kernels/adagrad_gpu.cuh and
+// kernels/rowwise_gpu.cuh, without TensorFlow. Runs the dense, multi-tensor
+// dense and sparse updates on random shapes and data, with epsilon inside and
+// outside the square root in turn, and the rowwise dense and sparse updates,
+// against the CPU paths of kernels/adagrad_cpu.h and kernels/rowwise_cpu.h
+// (the references), requires the
 // results to be bit-identical to it and from one run to the next, checks the
 // index validation, then times the dense kernel against a device-to-device copy
 // and the sparse update on a 1M x 64 table.
@@ -28,6 +30,8 @@
 #include "kernels/half_types.h"
 #include "kernels/multi_tensor.h"
 #include "kernels/row_grouping.h"
+#include "kernels/rowwise_cpu.h"
+#include "kernels/rowwise_gpu.cuh"
 
 namespace {
 
@@ -586,6 +590,144 @@ void CheckType(std::mt19937_64& rng) {
   CheckSparseShapes<T, int64_t>(rng);
 }
 
+// -------------------------------------------------------------- rowwise ---
+
+// The rowwise hyperparameters, in the accumulator's type.
+template <typename T>
+tf_adagrad::RowwiseStep<ComputeType<T>> RandomRowwiseStep(
+    std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> lr(1e-3, 1.0);
+  const double epsilons[] = {0.0, 1e-8, 1e-3};
+  return {static_cast<ComputeType<T>>(lr(rng)),
+          static_cast<ComputeType<T>>(
+              epsilons[std::uniform_int_distribution<int>(0, 2)(rng)])};
+}
+
+// Dense rowwise update of num_rows x row_size on the GPU and on the CPU
+// (baseline build), twice on the GPU.
+template <typename T>
+void CheckRowwiseDense(int64_t num_rows, int64_t row_size,
+                       std::mt19937_64& rng) {
+  using C = ComputeType<T>;
+  const std::vector<T> var =
+      RandomValues<T>(num_rows * row_size, -1.0, 1.0, true, rng);
+  const std::vector<C> accum = RandomValues<C>(num_rows, 0.0, 4.0, false, rng);
+  const std::vector<T> grad =
+      RandomValues<T>(num_rows * row_size, -2.0, 2.0, true, rng);
+  const tf_adagrad::RowwiseStep<C> step = RandomRowwiseStep<T>(rng);
+  std::vector<T> want_var = var;
+  std::vector<C> want_accum = accum;
+  tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
+      tf_adagrad::RowwiseDenseRowsLoop(), want_var.data(), want_accum.data(),
+      grad.data(), row_size, step, 0, num_rows);
+  std::vector<T> vars[2];
+  std::vector<C> accums[2];
+  for (int run = 0; run < 2; ++run) {
+    DeviceArray<T> d_var(var.size()), d_grad(grad.size());
+    DeviceArray<C> d_accum(accum.size());
+    d_var.CopyFrom(var);
+    d_grad.CopyFrom(grad);
+    d_accum.CopyFrom(accum);
+    CUDA_CHECK(tf_adagrad::gpu::LaunchRowwiseDense(
+        d_var.data(), d_accum.data(), d_grad.data(), num_rows, row_size, step,
+        cudaStream_t{0}));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    vars[run] = d_var.CopyOut(var.size());
+    accums[run] = d_accum.CopyOut(accum.size());
+  }
+  const std::string name = std::string("rowwise dense ") + TypeName<T>::value +
+                           " " + std::to_string(num_rows) + "x" +
+                           std::to_string(row_size);
+  const int64_t bad_var = FirstDifference(vars[0], want_var);
+  const int64_t bad_accum = FirstDifference(accums[0], want_accum);
+  Record(bad_var < 0 && bad_accum < 0,
+         name + ": differs from the CPU reference at var[" +
+             std::to_string(bad_var) + "] / accum[" +
+             std::to_string(bad_accum) + "]");
+  Record(Identical(vars[0], vars[1]) && Identical(accums[0], accums[1]),
+         name + ": two runs differ");
+}
+
+// Sparse rowwise update on the GPU (indices checked, sorted, a warp per
+// unique row) against the CPU's RowwiseSparseRows, twice on the GPU.
+template <typename T, typename Index>
+void CheckRowwiseSparse(int64_t num_rows, int64_t row_size, int64_t nnz,
+                        IndexPattern pattern, std::mt19937_64& rng) {
+  using C = ComputeType<T>;
+  const std::vector<T> var =
+      RandomValues<T>(num_rows * row_size, -1.0, 1.0, true, rng);
+  const std::vector<C> accum = RandomValues<C>(num_rows, 0.0, 4.0, false, rng);
+  const std::vector<T> grad =
+      RandomValues<T>(nnz * row_size, -2.0, 2.0, true, rng);
+  const std::vector<Index> indices =
+      RandomIndices<Index>(nnz, num_rows, pattern, rng);
+  const tf_adagrad::RowwiseStep<C> step = RandomRowwiseStep<T>(rng);
+  std::vector<T> want_var = var;
+  std::vector<C> want_accum = accum;
+  if (nnz > 0) {
+    const tf_adagrad::RowGroups groups =
+        tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
+    std::vector<C> scratch(row_size);
+    tf_adagrad::RowwiseSparseRows(want_var.data(), want_accum.data(),
+                                  grad.data(), indices.data(), groups, row_size,
+                                  step, 0, groups.num_unique(), scratch.data());
+  }
+  std::vector<T> vars[2];
+  std::vector<C> accums[2];
+  for (int run = 0; run < 2; ++run) {
+    DeviceArray<T> d_var(var.size()), d_grad(grad.size());
+    DeviceArray<C> d_accum(accum.size());
+    DeviceArray<Index> d_indices(indices.size());
+    d_var.CopyFrom(var);
+    d_grad.CopyFrom(grad);
+    d_accum.CopyFrom(accum);
+    d_indices.CopyFrom(indices);
+    if (nnz > 0) {
+      tf_adagrad::gpu::SparseWorkspace plan;
+      CUDA_CHECK(
+          tf_adagrad::gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &plan));
+      DeviceArray<char> workspace(plan.total_bytes);
+      CUDA_CHECK(tf_adagrad::gpu::LaunchRowwiseSparse(
+          d_var.data(), d_accum.data(), d_grad.data(), d_indices.data(), nnz,
+          row_size, step, plan, workspace.data(), cudaStream_t{0}));
+      CUDA_CHECK(cudaDeviceSynchronize());
+    }
+    vars[run] = d_var.CopyOut(var.size());
+    accums[run] = d_accum.CopyOut(accum.size());
+  }
+  const std::string name =
+      std::string("rowwise sparse ") + TypeName<T>::value + "/" +
+      TypeName<Index>::value + " " + std::to_string(num_rows) + "x" +
+      std::to_string(row_size) + ", " + std::to_string(nnz) + " " +
+      PatternName(pattern) + " indices";
+  const int64_t bad_var = FirstDifference(vars[0], want_var);
+  const int64_t bad_accum = FirstDifference(accums[0], want_accum);
+  Record(bad_var < 0 && bad_accum < 0,
+         name + ": differs from the CPU reference at var[" +
+             std::to_string(bad_var) + "] / accum[" +
+             std::to_string(bad_accum) + "]");
+  Record(Identical(vars[0], vars[1]) && Identical(accums[0], accums[1]),
+         name + ": two runs differ");
+}
+
+// Rows shorter than, equal to and longer than a warp, and not a multiple.
+template <typename T>
+void CheckRowwise(std::mt19937_64& rng) {
+  for (const int64_t row_size : {1, 5, 32, 33, 64, 100, 1000}) {
+    CheckRowwiseDense<T>(0, row_size, rng);
+    CheckRowwiseDense<T>(1, row_size, rng);
+    CheckRowwiseDense<T>((int64_t{1} << 20) / row_size | 1, row_size, rng);
+    CheckRowwiseSparse<T, int32_t>(10, row_size, 0, IndexPattern::kUniform,
+                                   rng);
+    CheckRowwiseSparse<T, int32_t>(5, row_size, 7, IndexPattern::kFewRows, rng);
+    CheckRowwiseSparse<T, int64_t>(3000, row_size, 999, IndexPattern::kUniform,
+                                   rng);
+    CheckRowwiseSparse<T, int64_t>(2000, row_size,
+                                   (int64_t{1} << 20) / row_size | 1,
+                                   IndexPattern::kZipf, rng);
+  }
+}
+
 // ------------------------------------------------------------- timings ---
 
 // Fills values[0, n) with values spread over [low, high) by a hash of the
@@ -764,6 +906,10 @@ int main(int argc, char** argv) {
   CheckType<BFloat16>(rng);
   CheckType<float>(rng);
   CheckType<double>(rng);
+  CheckRowwise<Float16>(rng);
+  CheckRowwise<BFloat16>(rng);
+  CheckRowwise<float>(rng);
+  CheckRowwise<double>(rng);
   for (const int planted : {0, 1, 3, 100}) {
     for (const int64_t nnz : {1, 2, 1000, 100001}) {
       if (planted > nnz) continue;
