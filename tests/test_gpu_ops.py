@@ -149,7 +149,9 @@ def assert_same_outcome(got, want, dtype, initial_state):
         assert got_value.shape == want_value.shape, (
             f"`{name}`: expected shape {want_value.shape}, got {got_value.shape}"
         )
-        bad = differences(got_value, want_value, dtype)
+        # Each array by its own dtype (a rowwise accumulator is float32 for
+        # 16-bit variables).
+        bad = differences(got_value, want_value, want_value.dtype)
         if bad.any():
             first = first_position(bad)
             raise AssertionError(
@@ -393,6 +395,77 @@ def test_special_values_gpu_equals_cpu(dtype):
         )
 
     compare_on_devices(Case(dtype, [("var", rows[0]), ("accum", rows[1])], [sparse_step]), GPU, CPU)
+
+
+def rowwise_case(dtype, shape, indices=None, index_dtype=tf.int64, seed=0, steps=2):
+    """Rowwise steps (dense, or sparse with `indices`) through the raw ops,
+    so that the kernels' own validation is what runs."""
+    rng = np.random.default_rng(seed)
+    accum_dtype = tf_adagrad.ops.rowwise_accumulator_dtype(dtype)
+    state = [
+        ("var", values(rng, shape, dtype, -2, 2)),
+        ("accum", values(rng, shape[:1], accum_dtype, 0.0, 1)),
+    ]
+    grad_shape = shape if indices is None else (len(indices),) + tuple(shape[1:])
+    grads = [values(rng, grad_shape, dtype) for _ in range(steps)]
+    library = tf_adagrad.ops.load_library()
+    hyperparameters = dict(lr=tf.constant(0.1, accum_dtype), epsilon=tf.constant(1e-8, accum_dtype))
+
+    def step_with(grad):
+        if indices is None:
+            return lambda v: library.tf_adagrad_rowwise_apply_dense(
+                var=v[0].handle, accum=v[1].handle, grad=tf.constant(grad), **hyperparameters
+            )
+        index_array = tf.constant(np.asarray(indices, index_dtype.as_numpy_dtype))
+        return lambda v: library.tf_adagrad_rowwise_apply_sparse(
+            var=v[0].handle,
+            accum=v[1].handle,
+            grad=tf.constant(grad),
+            indices=index_array,
+            **hyperparameters,
+        )
+
+    return Case(dtype, state, [step_with(g) for g in grads])
+
+
+ROWWISE_SHAPES = [(0, 3), (1,), (7,), (5, 1), (40, 32), (33, 33), (300, 100), (4, 3, 11)]
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", ROWWISE_SHAPES, ids=str)
+def test_rowwise_dense_gpu_equals_cpu(dtype, shape):
+    compare_on_devices(rowwise_case(dtype, shape), GPU, CPU)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("num_rows,row_shape,count", SPARSE_SHAPES, ids=str)
+def test_rowwise_sparse_gpu_equals_cpu(dtype, index_dtype, num_rows, row_shape, count):
+    indices = duplicated_indices(num_rows, count, seed=count)
+    shape = (num_rows,) + tuple(row_shape)
+    compare_on_devices(rowwise_case(dtype, shape, indices, index_dtype), GPU, CPU)
+
+
+@needs_gpu
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=dtype_id)
+def test_rowwise_out_of_range_index_is_the_same_error_on_gpu(index_dtype):
+    low, high = INDEX_LIMITS[index_dtype]
+    for num_rows, indices in OUT_OF_RANGE + [(5, [1, high]), (5, [low])]:
+        case = rowwise_case(tf.float32, (num_rows, 3), indices, index_dtype, steps=1)
+        want = compare_on_devices(case, GPU, CPU)
+        assert want.error is tf.errors.InvalidArgumentError, want.describe()
+
+
+def test_harness_runs_rowwise_cases_on_the_cpu():
+    """Without a GPU, both sides on the CPU: the rowwise cases run, and an
+    out-of-range index is an error that leaves the state untouched."""
+    for dtype in DTYPES:
+        compare_on_devices(rowwise_case(dtype, (33, 33)), CPU, CPU)
+        compare_on_devices(rowwise_case(dtype, (50, 3), [1, 4, 1, 49]), CPU, CPU)
+    want = compare_on_devices(rowwise_case(tf.float32, (5, 3), [0, 5], steps=1), CPU, CPU)
+    assert want.error is tf.errors.InvalidArgumentError
 
 
 # Out-of-range indices: (var rows, indices); the first bad position is what
