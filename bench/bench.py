@@ -19,6 +19,10 @@ goals they are held to, and writes bench/results/fit.json and fit.md. Last,
 times tf_adagrad's tf_keras (Keras 2) optimizers against tf_keras' own
 (keras2_steps.py, in a process of its own with TF_USE_LEGACY_KERAS=1), prints
 them and their goals, and writes bench/results/keras2.json and keras2.md.
+Then times rowwise Adagrad against elementwise Adagrad and Keras' (sparse
+update and fit() at 1M and 10M rows) and counts their accumulators' bytes
+(rowwise_steps.py, in a process of its own), into rowwise.json and
+rowwise.md.
 bench/results/ is git-ignored: the figures the documentation shows are
 copied from a run by hand, a separate and deliberate step.
 """
@@ -305,6 +309,8 @@ def main():
 
     print(flush=True)
     run_keras2_steps()
+    print(flush=True)
+    run_rowwise_steps()
 
 
 def run_keras2_steps():
@@ -315,6 +321,12 @@ def run_keras2_steps():
         env=dict(os.environ, TF_USE_LEGACY_KERAS="1"),
         check=True,
     )
+
+
+def run_rowwise_steps():
+    """Rowwise against elementwise Adagrad, in a process of its own: its
+    10M-row tables need the memory the cases above have used."""
+    subprocess.run([sys.executable, os.path.join(BENCH_DIR, "rowwise_steps.py")], check=True)
 
 
 if __name__ == "__main__":

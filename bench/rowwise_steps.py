@@ -1,0 +1,224 @@
+"""Times rowwise Adagrad (tf_adagrad.RowwiseAdagrad and its sparse op)
+against elementwise Adagrad (tf_adagrad.Adagrad and its op) and
+keras.optimizers.Adagrad, and counts their accumulators' bytes.
+
+Cases, for 1,000,000 x 64 and 10,000,000 x 64 float32 tables:
+- the sparse update alone, 8,192 Zipf-distributed ids: the rowwise op, the
+  elementwise op, and Keras' Adagrad's `apply` (all three update one shared
+  table, each with its own accumulator: timing does not depend on the
+  values, and the 10M table is 2.56 GB);
+- a `fit()` step of `Embedding(rows, 64) -> Flatten -> Dense(1)`, batch
+  1,024, with each optimizer;
+- the bytes of each optimizer's accumulator of that model's table.
+
+Goals: the rowwise accumulators take 1/64 of the elementwise ones' bytes;
+the rowwise sparse op takes at most 0.6x the elementwise op's time.
+
+Run by bench.py (`make bench`) in a process of its own; prints a line per
+case and writes bench/results/rowwise.json and rowwise.md.
+"""
+
+import json
+import os
+import platform
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import fit_steps  # noqa: E402  (bench/, beside this file)
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from timing import graph_step, median_ms  # noqa: E402
+
+import tf_adagrad  # noqa: E402
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+TABLE_ROWS = (1_000_000, 10_000_000)
+WIDTH, SPARSE_IDS, BATCH_SIZE = 64, 8192, 1024
+LR, EPSILON = 0.05, 1e-7
+ROWWISE, ELEMENTWISE, KERAS = "rowwise", "elementwise", "keras"
+LABELS = {
+    ROWWISE: "tf_adagrad.RowwiseAdagrad",
+    ELEMENTWISE: "tf_adagrad.Adagrad",
+    KERAS: "keras.optimizers.Adagrad",
+}
+OPTIMIZERS = {
+    ROWWISE: lambda: tf_adagrad.RowwiseAdagrad(LR),
+    ELEMENTWISE: lambda: tf_adagrad.Adagrad(LR),
+    KERAS: lambda: keras.optimizers.Adagrad(LR),
+}
+
+
+def sparse_case(rows):
+    """ms per sparse update of `rows` x WIDTH with SPARSE_IDS Zipf ids."""
+    rng = np.random.default_rng(0)
+    ids = tf.constant(fit_steps.zipf_ids(rng, rows, SPARSE_IDS))
+    values = tf.constant(rng.standard_normal((SPARSE_IDS, WIDTH)).astype(np.float32))
+    table = keras.Variable(tf.random.stateless_normal((rows, WIDTH), seed=[0, 0]), name="table")
+    rowwise_accum = tf.Variable(tf.zeros((rows,)))
+    elementwise_accum = tf.Variable(tf.fill((rows, WIDTH), 0.1))
+    keras_optimizer = keras.optimizers.Adagrad(LR)
+    keras_optimizer.build([table])
+    gradient = tf.IndexedSlices(values, ids, tf.constant([rows, WIDTH], tf.int64))
+    steps = {
+        ROWWISE: graph_step(
+            lambda: tf_adagrad.ops.sparse_rowwise_apply_adagrad(
+                table, rowwise_accum, LR, EPSILON, values, ids
+            )
+        ),
+        ELEMENTWISE: graph_step(
+            lambda: tf_adagrad.ops.sparse_apply_adagrad(
+                table, elementwise_accum, LR, EPSILON, values, ids
+            )
+        ),
+        KERAS: graph_step(lambda: keras_optimizer.apply([gradient], [table])),
+    }
+    return median_ms(steps)
+
+
+def fit_case(rows):
+    """ms per fit() step and accumulator bytes, for each optimizer."""
+    rng = np.random.default_rng(0)
+    num_examples = BATCH_SIZE * (fit_steps.STEPS_PER_ROUND + 1)
+    ids = fit_steps.zipf_ids(rng, rows, num_examples).reshape(-1, 1)
+    labels = rng.standard_normal((num_examples, 1)).astype(np.float32)
+    fits, accumulator_bytes = {}, {}
+    for name, make_optimizer in OPTIMIZERS.items():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input((1,), dtype="int64"),
+                keras.layers.Embedding(rows, WIDTH),
+                keras.layers.Flatten(),
+                keras.layers.Dense(1),
+            ]
+        )
+        model.compile(optimizer=make_optimizer(), loss="mse", jit_compile=False)
+        model.optimizer.build(model.trainable_variables)
+        # The table's accumulator (the Dense layer's are a few hundred bytes).
+        accumulator_bytes[name] = sum(
+            int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+            for v in model.optimizer.variables
+            if "embeddings" in v.path and "accumulator" in v.path
+        )
+
+        def fit(num_steps, timer, model=model):
+            model.fit(
+                ids[: num_steps * BATCH_SIZE],
+                labels[: num_steps * BATCH_SIZE],
+                batch_size=BATCH_SIZE,
+                epochs=1,
+                shuffle=False,
+                verbose=0,
+                callbacks=[timer],
+            )
+
+        fits[name] = fit
+    slow = {KERAS: fit_steps.SLOW_STEPS_PER_ROUND} if rows >= 10_000_000 else {}
+    return fit_steps.time_fits(fits, slow), accumulator_bytes
+
+
+def format_line(case, ms):
+    rowwise = ms[ROWWISE]
+    parts = [f"{case:34s}"]
+    for name in (ROWWISE, ELEMENTWISE, KERAS):
+        parts.append(
+            f"{name} {ms[name]:9.3f}" + ("" if name == ROWWISE else f" ({ms[name] / rowwise:.2f}x)")
+        )
+    return "  ".join(parts)
+
+
+def run_all():
+    record = {"cases": []}
+    for rows in TABLE_ROWS:
+        case = f"sparse update {rows:,}x{WIDTH}, {SPARSE_IDS} zipf ids"
+        ms = sparse_case(rows)
+        print(format_line(case, ms), flush=True)
+        record["cases"].append({"case": case, "kind": "sparse", "rows": rows, "ms": ms})
+        case = f"fit() Embedding {rows:,}x{WIDTH}"
+        ms, accumulator_bytes = fit_case(rows)
+        print(format_line(case, ms), flush=True)
+        print(
+            f"{'table accumulator bytes':34s}  "
+            + "  ".join(
+                f"{name} {accumulator_bytes[name]:,}" for name in (ROWWISE, ELEMENTWISE, KERAS)
+            ),
+            flush=True,
+        )
+        record["cases"].append(
+            {
+                "case": case,
+                "kind": "fit",
+                "rows": rows,
+                "ms": ms,
+                "accumulator_bytes": accumulator_bytes,
+            }
+        )
+    return record
+
+
+def goals(record):
+    """(description, measured, bound, met) for each goal."""
+    listed = []
+    for case in record["cases"]:
+        if case["kind"] == "sparse":
+            ratio = case["ms"][ROWWISE] / case["ms"][ELEMENTWISE]
+            listed.append(
+                (f"rowwise / elementwise time, {case['case']}", ratio, "<= 0.6", ratio <= 0.6)
+            )
+        else:
+            memory = case["accumulator_bytes"]
+            ratio = memory[ROWWISE] / memory[ELEMENTWISE]
+            listed.append(
+                (
+                    f"rowwise / elementwise table accumulator bytes, {case['case']}",
+                    ratio,
+                    f"= 1/{WIDTH}",
+                    memory[ROWWISE] * WIDTH == memory[ELEMENTWISE],
+                )
+            )
+    return listed
+
+
+def markdown(record):
+    lines = [
+        "| case | RowwiseAdagrad | Adagrad | keras Adagrad | table accumulator bytes (rowwise / elementwise / keras) |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for case in record["cases"]:
+        ms = case["ms"]
+        memory = case.get("accumulator_bytes")
+        memory_text = (
+            " / ".join(f"{memory[n]:,}" for n in (ROWWISE, ELEMENTWISE, KERAS)) if memory else ""
+        )
+        lines.append(
+            f"| {case['case']} | {ms[ROWWISE]:.3f} | {ms[ELEMENTWISE]:.3f} "
+            f"({ms[ELEMENTWISE] / ms[ROWWISE]:.2f}×) | {ms[KERAS]:.3f} "
+            f"({ms[KERAS] / ms[ROWWISE]:.2f}×) | {memory_text} |"
+        )
+    lines += ["", "| goal | measured | bound | |", "| --- | ---: | ---: | --- |"]
+    for description, measured, bound, met in goals(record):
+        lines.append(f"| {description} | {measured:.5f} | {bound} | {'met' if met else 'MISSED'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    header = (
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    )
+    print(f"{header}; rowwise against elementwise Adagrad, median ms per step", flush=True)
+    record = {"header": header, **run_all()}
+    for description, measured, bound, met in goals(record):
+        print(f"goal: {description}: {measured:.5f} ({bound}) {'met' if met else 'MISSED'}")
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    with open(os.path.join(RESULTS_DIR, "rowwise.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    with open(os.path.join(RESULTS_DIR, "rowwise.md"), "w") as f:
+        f.write(f"{header}. Rowwise against elementwise Adagrad, median ms per step.\n\n")
+        f.write(markdown(record))
+    print(f"wrote {RESULTS_DIR}/rowwise.json, rowwise.md", flush=True)
+
+
+if __name__ == "__main__":
+    main()
