@@ -26,11 +26,16 @@ match on held-out data within bounds that allow for this (`MAX_AUC_GAP`,
 `MAX_LOSS_GAP`, `MAX_MEAN_PROBABILITY_GAP`) and that both learned (a held-out
 AUC well above chance); it exits with an error if not.
 
+With `--rowwise`, a third run trains with `tf_adagrad.RowwiseAdagrad` (one
+accumulator per table row, another algorithm): it must learn too, and the
+table shows its held-out AUC and its accumulators' bytes beside the others.
+
 Usage:
     python examples/recommender.py              # the full demo (`make demo`)
     python examples/recommender.py --quick      # a short run, for tests
     python examples/recommender.py --mirrored 2 # under MirroredStrategy on 2
         replicas (GPUs if there are that many, otherwise logical CPUs)
+    python examples/recommender.py --rowwise    # also tf_adagrad.RowwiseAdagrad
 """
 
 import argparse
@@ -184,12 +189,18 @@ def train(name, make_optimizer, strategy, train_data, held_out, epochs):
         held_out_clicks * np.log(clipped) + (1 - held_out_clicks) * np.log(1 - clipped)
     )
     step_time = float(np.mean(timer.step_times))
+    accumulator_bytes = sum(
+        int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+        for v in model.optimizer.variables
+        if "accumulator" in v.path
+    )
     return {
         "time per step (ms)": 1e3 * step_time,
         "examples/s": BATCH_SIZE / step_time,
         "final train loss": history.history["loss"][-1],
         "held-out loss": held_out_loss,
         "held-out AUC": exact_auc(held_out_clicks, scores),
+        "accumulator bytes": accumulator_bytes,
         "held-out scores": scores,
     }
 
@@ -212,18 +223,27 @@ def distribution_strategy(replicas):
     return tf.distribute.MirroredStrategy(devices), f"MirroredStrategy over {', '.join(devices)}"
 
 
+# Column headings of the table, by optimizer.
+COLUMNS = {
+    "tf_adagrad.Adagrad": "tf_adagrad",
+    "keras.optimizers.Adagrad": "keras",
+    "tf_adagrad.RowwiseAdagrad": "rowwise",
+}
+
+
 def print_table(results, best_auc):
     ours, theirs = results["tf_adagrad.Adagrad"], results["keras.optimizers.Adagrad"]
     print()
-    print(f"{'':22}{'tf_adagrad':>14}{'keras':>14}")
+    print(f"{'':22}" + "".join(f"{COLUMNS[name]:>14}" for name in results))
     for key, fmt in (
         ("time per step (ms)", "14.2f"),
         ("examples/s", "14,.0f"),
         ("final train loss", "14.4f"),
         ("held-out loss", "14.4f"),
         ("held-out AUC", "14.4f"),
+        ("accumulator bytes", "14,d"),
     ):
-        print(f"{key:22}{ours[key]:{fmt}}{theirs[key]:{fmt}}")
+        print(f"{key:22}" + "".join(f"{result[key]:{fmt}}" for result in results.values()))
     speedup = theirs["time per step (ms)"] / ours["time per step (ms)"]
     print(
         f"speed-up: {speedup:.1f}x per step; best possible held-out AUC (true click probabilities): {best_auc:.4f}"
@@ -263,6 +283,11 @@ def main(argv=None):
         metavar="N",
         help="train under MirroredStrategy on N replicas",
     )
+    parser.add_argument(
+        "--rowwise",
+        action="store_true",
+        help="also train with tf_adagrad.RowwiseAdagrad (one accumulator per table row)",
+    )
     args = parser.parse_args(argv)
     if args.mirrored < 0:
         parser.error(f"--mirrored takes a number of replicas, got {args.mirrored}")
@@ -286,6 +311,8 @@ def main(argv=None):
         "tf_adagrad.Adagrad": lambda: tf_adagrad.Adagrad(LEARNING_RATE),
         "keras.optimizers.Adagrad": lambda: keras.optimizers.Adagrad(LEARNING_RATE),
     }
+    if args.rowwise:
+        optimizers["tf_adagrad.RowwiseAdagrad"] = lambda: tf_adagrad.RowwiseAdagrad(LEARNING_RATE)
     results = {
         name: train(
             name, make, strategy, (features, clicks), (held_out_features, held_out_clicks), epochs

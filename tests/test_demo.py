@@ -19,10 +19,13 @@ TABLE_ROWS = (
     "final train loss",
     "held-out loss",
     "held-out AUC",
+    "accumulator bytes",
 )
 
 
-@pytest.mark.parametrize("flags", [[], ["--mirrored", "2"]], ids=["default", "mirrored"])
+@pytest.mark.parametrize(
+    "flags", [[], ["--mirrored", "2"], ["--rowwise"]], ids=["default", "mirrored", "rowwise"]
+)
 def test_quick_demo_prints_the_comparison_and_passes_its_check(flags):
     out = subprocess.run(
         [sys.executable, os.path.join(EXAMPLES, "recommender.py"), "--quick", *flags],
@@ -35,17 +38,27 @@ def test_quick_demo_prints_the_comparison_and_passes_its_check(flags):
     header = next(
         line for line in lines if "tf_adagrad" in line and "keras" in line and "Adagrad" not in line
     )
-    assert header.split() == ["tf_adagrad", "keras"]
+    columns = ["tf_adagrad", "keras"] + (["rowwise"] if "--rowwise" in flags else [])
+    assert header.split() == columns
+    table = {}
     for row in TABLE_ROWS:
         (line,) = [line for line in lines if line.startswith(row)]
-        values = line[len(row) :].split()
-        assert len(values) == 2, line
-        assert all(float(v.replace(",", "")) > 0 for v in values), line
+        values = [float(v.replace(",", "")) for v in line[len(row) :].split()]
+        assert len(values) == len(columns), line
+        assert all(v > 0 for v in values), line
+        table[row] = dict(zip(columns, values))
+    # Keras' Adagrad keeps the same accumulators as tf_adagrad's; the
+    # rowwise one a value per table row (users 16, items 32, categories 8
+    # wide, and the MLP's layers).
+    assert table["accumulator bytes"]["tf_adagrad"] == table["accumulator bytes"]["keras"]
+    if "--rowwise" in flags:
+        assert table["accumulator bytes"]["rowwise"] < table["accumulator bytes"]["tf_adagrad"] / 16
+        assert table["held-out AUC"]["rowwise"] >= recommender.QUICK[2]
     assert any(line.startswith("speed-up: ") for line in lines)
     assert "quality matches" in out.stdout
     # Keras' progress bars were shown.
     assert "/59" in out.stdout and "step - auc:" in out.stdout
-    if flags:
+    if "--mirrored" in flags:
         assert "MirroredStrategy over /cpu:0, /cpu:1" in out.stdout
 
 
