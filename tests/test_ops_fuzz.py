@@ -1,4 +1,4 @@
-"""Runs tests/support/fuzz_ops.py (10,000 generated calls of the three ops) in a child
+"""Runs tests/support/fuzz_ops.py (10,000 generated calls of the five ops) in a child
 process, so that a crash fails this test instead of killing pytest.
 
 The seed is random unless TF_ADAGRAD_FUZZ_SEED is set, and is printed (and
@@ -34,5 +34,6 @@ def test_fuzzed_calls_match_the_reference_or_are_rejected_cleanly():
     assert count["matched the reference"] > EXAMPLES // 5, report
     for placement in ("inside_sqrt", "outside_sqrt"):
         assert count[f"matched with epsilon {placement}"] > EXAMPLES // 20, report
+    assert count["matched rowwise"] > EXAMPLES // 20, report
     assert count["rejected: InvalidArgumentError"] > EXAMPLES // 10, report
     assert count["rejected: FailedPreconditionError"] > 0, report

@@ -1,6 +1,7 @@
-"""Fuzzes TfAdagrad>ApplyDense, TfAdagrad>ApplySparse and
-TfAdagrad>MultiApplyDense with generated inputs, valid and invalid, through
-the raw ops (no Python-side checks in the way).
+"""Fuzzes TfAdagrad>ApplyDense, TfAdagrad>ApplySparse,
+TfAdagrad>MultiApplyDense, TfAdagrad>RowwiseApplyDense and
+TfAdagrad>RowwiseApplySparse with generated inputs, valid and invalid,
+through the raw ops (no Python-side checks in the way).
 
 Every call must either succeed and match the NumPy reference bit for bit
 (NaN for NaN), when the inputs are valid, or raise the documented TF error
@@ -25,6 +26,9 @@ import tensorflow as tf  # noqa: E402
 from adagrad_reference import bits, dense_step_exact, np_dtype, sparse_step_exact  # noqa: E402
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from rowwise_reference import accumulator_dtype  # noqa: E402
+from rowwise_reference import dense_step_exact as rowwise_dense_step  # noqa: E402
+from rowwise_reference import sparse_step_exact as rowwise_sparse_step  # noqa: E402
 
 import tf_adagrad  # noqa: E402
 
@@ -179,7 +183,84 @@ def multi_cases(draw):
 
 @st.composite
 def any_cases(draw):
-    return draw(multi_cases()) if draw(st.integers(0, 2)) == 0 else draw(cases())
+    kind = draw(st.integers(0, 2))
+    if kind == 0:
+        return draw(multi_cases())
+    return draw(rowwise_cases()) if kind == 1 else draw(cases())
+
+
+def expected_rowwise_error(case):
+    """(error class, reason) that the documented rules predict for the
+    rowwise ops, or None."""
+    invalid, failed = tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError
+    var, accum, T = case["var"], case["accum"], case["T"]
+    accum_dtype = tf.as_dtype(accumulator_dtype(T))
+    if tf.as_dtype(case["lr"].dtype) != accum_dtype:  # checked when the kernel is built
+        return invalid, "lr dtype"
+    if not var.initialized:
+        return failed, "uninitialized var"
+    if var.dtype != T:
+        return invalid, "var dtype"
+    if not accum.initialized:
+        return failed, "uninitialized accum"
+    if accum.dtype != accum_dtype:
+        return invalid, "accum dtype"
+    if case["same_variable"]:
+        return invalid, "var is accum"
+    if case["lr"].shape != () or case["epsilon"].shape != ():
+        return invalid, "lr or epsilon not a scalar"
+    var_shape, accum_shape, grad_shape = case["var_shape"], case["accum_shape"], case["grad"].shape
+    if accum_shape != var_shape[:1]:
+        return invalid, "accum shape"
+    if not case["sparse"]:
+        return None if grad_shape == var_shape else (invalid, "grad shape")
+    indices = case["indices"]
+    if len(var_shape) < 1:
+        return invalid, "var rank 0"
+    if indices.ndim != 1:
+        return invalid, "indices rank"
+    if len(grad_shape) < 1 or grad_shape[0] != indices.shape[0] or grad_shape[1:] != var_shape[1:]:
+        return invalid, "grad shape"
+    if np.any(indices.astype(np.int64) < 0):
+        return invalid, "negative index"
+    if np.any(indices.astype(np.int64) >= var_shape[0]):
+        return invalid, "index too large"
+    return None
+
+
+@st.composite
+def rowwise_cases(draw):
+    """Rowwise calls: an accumulator of shape var.shape[:1] in the
+    accumulator dtype, mostly; otherwise the elementwise shape, another
+    shape or another dtype."""
+    case = draw(cases())
+    T = case["T"]
+    if case["same_variable"]:
+        return case | dict(
+            rowwise=True,
+            lr=case["lr"].astype(accumulator_dtype(T)),
+            epsilon=case["epsilon"].astype(accumulator_dtype(T)),
+        )
+    var_shape = case["var_shape"]
+    accum_shape = var_shape[:1]
+    choice = draw(st.integers(0, 9))
+    if choice == 0:
+        accum_shape = var_shape  # an elementwise accumulator
+    elif choice == 1:
+        accum_shape = mutated(draw, accum_shape)
+    accum_dtype = tf.as_dtype(accumulator_dtype(T))
+    if draw(st.integers(0, 14)) == 0:
+        accum_dtype = draw(st.sampled_from(DTYPES))
+    accum_value = np.abs(values(draw, accum_shape, accum_dtype, allow_specials=True))
+    accum = Variable(accum_value, accum_dtype, initialized=draw(st.integers(0, 49)) != 0)
+    hyper_dtype = accumulator_dtype(T) if draw(st.integers(0, 19)) else np.float64
+    return case | dict(
+        rowwise=True,
+        accum=accum,
+        accum_shape=accum_shape,
+        lr=case["lr"].astype(np.float64).astype(hyper_dtype),
+        epsilon=case["epsilon"].astype(np.float64).astype(hyper_dtype),
+    )
 
 
 @st.composite
@@ -309,9 +390,50 @@ def run_multi_case(case):
     counts[f"matched with epsilon {case['epsilon_placement']}"] += 1
 
 
+def run_rowwise_case(case):
+    library = tf_adagrad.ops.load_library()
+    var, accum = case["var"], case["accum"]
+    before = (var.read(), accum.read())
+    arguments = dict(
+        var=var.handle,
+        accum=accum.handle,
+        lr=case["lr"],
+        epsilon=case["epsilon"],
+        grad=case["grad"],
+        use_locking=bool(counts["calls"] % 2),
+    )
+    want_error = expected_rowwise_error(case)
+    counts["calls"] += 1
+    try:
+        if case["sparse"]:
+            library.tf_adagrad_rowwise_apply_sparse(indices=case["indices"], **arguments)
+        else:
+            library.tf_adagrad_rowwise_apply_dense(**arguments)
+    except (tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError) as e:
+        check_rejection(e, want_error, (var, accum), before)
+        return
+    assert want_error is None, f"invalid input accepted; expected {want_error}"
+    lr, epsilon = case["lr"][()], case["epsilon"][()]
+    if case["sparse"]:
+        want_var, want_accum = rowwise_sparse_step(
+            before[0], before[1], lr, epsilon, case["grad"], case["indices"], case["T"]
+        )
+    else:
+        want_var, want_accum = rowwise_dense_step(
+            before[0], before[1], lr, epsilon, case["grad"], case["T"]
+        )
+    assert same_values(accum.read(), want_accum), "rowwise accum differs from the NumPy reference"
+    assert same_values(var.read(), want_var), "rowwise var differs from the NumPy reference"
+    counts["matched the reference"] += 1
+    counts["matched rowwise"] += 1
+    counts[f"  rowwise {'sparse' if case['sparse'] else 'dense'}, {case['T'].name}"] += 1
+
+
 def run_case(case):
     if case["multi"]:
         return run_multi_case(case)
+    if case.get("rowwise"):
+        return run_rowwise_case(case)
     library = tf_adagrad.ops.load_library()
     var, accum = case["var"], case["accum"]
     before = (var.read(), accum.read())

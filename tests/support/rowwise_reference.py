@@ -11,11 +11,13 @@ float64 for float64 ones.
 import numpy as np
 import tensorflow as tf
 
-from support.adagrad_reference import np_dtype
-
 # The sum of squares runs over 32 lanes: lane l adds elements l, l + 32, ...
 # in order, then the lanes are added pairwise (l += l + s for s = 16 .. 1).
 LANES = 32
+
+
+def np_dtype(dtype):
+    return tf.as_dtype(dtype).as_numpy_dtype
 
 
 def accumulator_dtype(dtype):
