@@ -14,13 +14,18 @@ Cases, for 1,000,000 x 64 and 10,000,000 x 64 float32 tables:
 Goals: the rowwise accumulators take 1/64 of the elementwise ones' bytes;
 the rowwise sparse op takes at most 0.6x the elementwise op's time.
 
-Run by bench.py (`make bench`) in a process of its own; prints a line per
-case and writes bench/results/rowwise.json and rowwise.md.
+Run by bench.py (`make bench`) in a process of its own; each case runs in
+a child process (a 10M-row case holds several 2.56 GB tables, which a
+process does not give back to the system); prints a line per case and
+writes bench/results/rowwise.json and rowwise.md.
 """
 
+import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -128,15 +133,35 @@ def format_line(case, ms):
     return "  ".join(parts)
 
 
+def run_case_in_child(kind, rows):
+    """Runs one case in a fresh process; its result, from the child's last
+    output line."""
+    output = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--case", kind, "--rows", str(rows)],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def run_case(kind, rows):
+    if kind == "sparse":
+        return {"ms": sparse_case(rows)}
+    ms, accumulator_bytes = fit_case(rows)
+    return {"ms": ms, "accumulator_bytes": accumulator_bytes}
+
+
 def run_all():
     record = {"cases": []}
     for rows in TABLE_ROWS:
         case = f"sparse update {rows:,}x{WIDTH}, {SPARSE_IDS} zipf ids"
-        ms = sparse_case(rows)
+        ms = run_case_in_child("sparse", rows)["ms"]
         print(format_line(case, ms), flush=True)
         record["cases"].append({"case": case, "kind": "sparse", "rows": rows, "ms": ms})
         case = f"fit() Embedding {rows:,}x{WIDTH}"
-        ms, accumulator_bytes = fit_case(rows)
+        result = run_case_in_child("fit", rows)
+        ms, accumulator_bytes = result["ms"], result["accumulator_bytes"]
         print(format_line(case, ms), flush=True)
         print(
             f"{'table accumulator bytes':34s}  "
@@ -221,4 +246,11 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--case", choices=("sparse", "fit"), help="run one case (a child)")
+    parser.add_argument("--rows", type=int)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.rows)))
+    else:
+        main()

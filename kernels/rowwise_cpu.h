@@ -5,6 +5,7 @@
 #ifndef TF_ADAGRAD_KERNELS_ROWWISE_CPU_H_
 #define TF_ADAGRAD_KERNELS_ROWWISE_CPU_H_
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/cpu_dispatch.h"
@@ -16,11 +17,12 @@ namespace tf_adagrad {
 
 // Updates one row of `row_size` (> 0) elements of var and its accumulator
 // with the gradient row `grad`, whose elements are T (a gradient row as
-// given) or C (duplicate rows summed in the accumulator's type).
+// given) or C (duplicate rows summed in the accumulator's type). The
+// pointers never alias; saying so lets the loops vectorize.
 template <typename T, typename G, typename C>
 __attribute__((always_inline)) inline void RowwiseUpdateRow(
-    T* var, C* accum, const G* grad, int64_t row_size,
-    const RowwiseStep<C>& step) {
+    T* __restrict__ var, C* __restrict__ accum, const G* __restrict__ grad,
+    int64_t row_size, const RowwiseStep<C>& step) {
   using A = Arithmetic<T>;
   using GA = Arithmetic<G>;
   C partial[kRowwiseLanes] = {};
@@ -64,6 +66,14 @@ void RowwiseDenseRows(T* var, C* accum, const T* grad, int64_t row_size,
                  begin, end);
 }
 
+// How many unique rows ahead the sparse loop prefetches its var row and
+// accumulator: rows are scattered over a table far larger than the caches,
+// so each would otherwise stall on memory; a handful in flight hides that.
+constexpr int64_t kRowwisePrefetchDistance = 4;
+// A row's first cache lines are prefetched, up to this many bytes; the
+// hardware prefetcher follows a longer row by itself.
+constexpr int64_t kRowwisePrefetchBytes = 512;
+
 // Sparse update of unique rows [begin, end) of `groups`: each row's
 // gradient is the sum of its duplicate rows (in position order, in the
 // accumulator's type), then the row is updated once, as the dense update
@@ -77,7 +87,19 @@ struct RowwiseSparseRowsLoop {
     using GA = Arithmetic<T>;
     const int64_t* positions = groups.positions.data();
     const int64_t* run_starts = groups.run_starts.data();
+    const int64_t prefetch_bytes = std::min<int64_t>(
+        row_size * static_cast<int64_t>(sizeof(T)), kRowwisePrefetchBytes);
     for (int64_t u = begin; u < end; ++u) {
+      if (u + kRowwisePrefetchDistance < end) {
+        const int64_t ahead = static_cast<int64_t>(
+            indices[positions[run_starts[u + kRowwisePrefetchDistance]]]);
+        const char* ahead_row =
+            reinterpret_cast<const char*>(var + ahead * row_size);
+        for (int64_t b = 0; b < prefetch_bytes; b += 64) {
+          __builtin_prefetch(ahead_row + b, 1);
+        }
+        __builtin_prefetch(accum + ahead, 1);
+      }
       const int64_t first = run_starts[u];
       const int64_t last = run_starts[u + 1];
       const int64_t row = static_cast<int64_t>(indices[positions[first]]);
@@ -87,12 +109,11 @@ struct RowwiseSparseRowsLoop {
                          step);
         continue;
       }
-      for (int64_t j = 0; j < row_size; ++j) scratch[j] = GA::Load(grad_row[j]);
+      C* __restrict__ sum = scratch;
+      for (int64_t j = 0; j < row_size; ++j) sum[j] = GA::Load(grad_row[j]);
       for (int64_t k = first + 1; k < last; ++k) {
-        const T* dup_row = grad + positions[k] * row_size;
-        for (int64_t j = 0; j < row_size; ++j) {
-          scratch[j] += GA::Load(dup_row[j]);
-        }
+        const T* __restrict__ dup_row = grad + positions[k] * row_size;
+        for (int64_t j = 0; j < row_size; ++j) sum[j] += GA::Load(dup_row[j]);
       }
       RowwiseUpdateRow(var + row * row_size, accum + row,
                        static_cast<const C*>(scratch), row_size, step);
