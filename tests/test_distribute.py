@@ -252,7 +252,8 @@ def start_parameter_server_cluster(run, ps_have_ops=True):
     return cluster
 
 
-def test_parameter_server_strategy_sharded_table_equals_one_process(tmp_path):
+@pytest.mark.parametrize("optimizer", ["Adagrad", "RowwiseAdagrad"])
+def test_parameter_server_strategy_sharded_table_equals_one_process(tmp_path, optimizer):
     out = tmp_path / "coordinator.npz"
     with processes(tmp_path) as run:
         cluster = start_parameter_server_cluster(run)
@@ -267,6 +268,8 @@ def test_parameter_server_strategy_sharded_table_equals_one_process(tmp_path):
                     str(out),
                     "--checkpoint-dir",
                     str(tmp_path / "ckpt"),
+                    "--optimizer",
+                    optimizer,
                 )
             ]
         )
@@ -291,7 +294,10 @@ def test_parameter_server_strategy_sharded_table_equals_one_process(tmp_path):
     )
 
 
-def test_parameter_server_strategy_updates_run_on_the_parameter_servers(tmp_path):
+@pytest.mark.parametrize(
+    "optimizer, op", [("Adagrad", "TfAdagrad>Apply"), ("RowwiseAdagrad", "TfAdagrad>RowwiseApply")]
+)
+def test_parameter_server_strategy_updates_run_on_the_parameter_servers(tmp_path, optimizer, op):
     """With the op library loaded by the workers but not by the parameter
     servers, training fails on the missing op: the update runs where the
     shards live."""
@@ -306,9 +312,11 @@ def test_parameter_server_strategy_updates_run_on_the_parameter_servers(tmp_path
             str(tmp_path / "unused.npz"),
             "--checkpoint-dir",
             str(tmp_path / "ckpt"),
+            "--optimizer",
+            optimizer,
         )
         run.wait([coordinator], expect_success=False)
         log = run.log(coordinator, tail=20000)
     assert coordinator.returncode != 0
-    assert "Op type not registered 'TfAdagrad>Apply" in log, log
+    assert f"Op type not registered '{op}" in log, log
     assert "from remote target /job:ps/" in log, log

@@ -1,5 +1,5 @@
 """SavedModel export, each side in a fresh process (tests/support/export_model.py):
-a training step exported with tf_adagrad.Adagrad reloads, after
+a training step exported with tf_adagrad.Adagrad or RowwiseAdagrad reloads, after
 `import tf_adagrad`, with `tf.saved_model.load` and trains the same, bit for
 bit; an inference export needs no tf_adagrad."""
 
@@ -12,6 +12,11 @@ import pytest
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "export_model.py")
 TRAIN_DIR, INFERENCE_DIR = "train_module", "inference"
+# Each optimizer's op name prefix, and the sparse op its Embedding table uses.
+OPS = {
+    "Adagrad": ("TfAdagrad>Apply", "TfAdagrad>ApplySparse"),
+    "RowwiseAdagrad": ("TfAdagrad>RowwiseApply", "TfAdagrad>RowwiseApplySparse"),
+}
 
 
 def run(*args, expect_rc=0):
@@ -22,11 +27,20 @@ def run(*args, expect_rc=0):
     return result.stdout
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=sorted(OPS))
+def exported(request, tmp_path_factory):
+    """(directory, the save side's results, the optimizer's name)."""
     directory = tmp_path_factory.mktemp("export")
-    run("save", "--dir", str(directory), "--out", str(directory / "expected.npz"))
-    return directory, np.load(directory / "expected.npz")
+    run(
+        "save",
+        "--dir",
+        str(directory),
+        "--out",
+        str(directory / "expected.npz"),
+        "--optimizer",
+        request.param,
+    )
+    return directory, np.load(directory / "expected.npz"), request.param
 
 
 def by_prefix(npz, prefix):
@@ -34,7 +48,7 @@ def by_prefix(npz, prefix):
 
 
 def test_train_step_reloads_in_a_fresh_process_and_trains_the_same(exported):
-    directory, expected = exported
+    directory, expected, _ = exported
     run("load", "--dir", str(directory), "--out", str(directory / "loaded.npz"))
     loaded = np.load(directory / "loaded.npz")
     before, after = by_prefix(loaded, "before"), by_prefix(loaded, "after")
@@ -53,7 +67,7 @@ def test_train_step_reloads_in_a_fresh_process_and_trains_the_same(exported):
 def test_import_tf_adagrad_is_all_loading_a_train_step_needs(exported):
     """A fresh process that imports tf_adagrad and nothing else of it: the
     import registers the ops, so plain `tf.saved_model.load` finds them."""
-    directory, _ = exported
+    directory, _, _ = exported
     script = (
         "import sys\n"
         "import tensorflow as tf\n"
@@ -75,17 +89,18 @@ def test_loading_a_train_step_without_tf_adagrad_names_the_missing_op(exported):
     """No code of ours runs in a process that has not imported tf_adagrad,
     so the message is TensorFlow's; it names the op, and README's Export
     section gives this text with the fix (`import tf_adagrad` first)."""
-    directory, _ = exported
+    directory, _, optimizer = exported
     output = run("load-plain", "--dir", str(directory), expect_rc=3)
-    assert "LOAD FAILED: RuntimeError: Op type not registered 'TfAdagrad>Apply" in output
+    op_prefix = OPS[optimizer][0]
+    assert f"LOAD FAILED: RuntimeError: Op type not registered '{op_prefix}" in output
 
 
 def test_inference_export_has_no_custom_op_and_serves_without_tf_adagrad(exported):
-    directory, expected = exported
+    directory, expected, optimizer = exported
     with open(directory / INFERENCE_DIR / "saved_model.pb", "rb") as f:
         assert b"TfAdagrad" not in f.read()
     with open(directory / TRAIN_DIR / "saved_model.pb", "rb") as f:
-        assert b"TfAdagrad>ApplySparse" in f.read()  # the check above can fail
+        assert OPS[optimizer][1].encode() in f.read()  # the check above can fail
     run("serve", "--dir", str(directory), "--out", str(directory / "served.npz"))
     served = np.load(directory / "served.npz")
     assert not served["tf_adagrad_imported"]

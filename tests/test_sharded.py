@@ -1,6 +1,7 @@
-"""The optimizer on Keras variables backed by a ShardedVariable (what
+"""The optimizers on Keras variables backed by a ShardedVariable (what
 ParameterServerStrategy's `variable_partitioner` makes), here without a
-cluster: updates and gradients equal the unsharded ones."""
+cluster: updates and gradients equal the unsharded ones, and the
+accumulators are sharded by the table's rows."""
 
 import keras
 import numpy as np
@@ -11,6 +12,10 @@ from tensorflow.python.distribute.sharded_variable import ShardedVariable
 import tf_adagrad
 
 ROWS, COLS, SHARD_ROWS = 10, 3, [4, 6]
+OPTIMIZERS = {"Adagrad": tf_adagrad.Adagrad, "RowwiseAdagrad": tf_adagrad.RowwiseAdagrad}
+# The accumulator's shape per table shard of `rows` rows.
+ACCUMULATOR_SHAPES = {"Adagrad": lambda rows: (rows, COLS), "RowwiseAdagrad": lambda rows: (rows,)}
+with_each_optimizer = pytest.mark.parametrize("optimizer_name", sorted(OPTIMIZERS))
 
 
 def sharded_creator(shard_rows):
@@ -55,9 +60,9 @@ def sparse_gradients(steps=3):
     ]
 
 
-def train(sharded, gradients, graph):
+def train(sharded, gradients, graph, optimizer_name):
     var = table(sharded, initial_table())
-    optimizer = tf_adagrad.Adagrad(learning_rate=0.1)
+    optimizer = OPTIMIZERS[optimizer_name](learning_rate=0.1)
     optimizer.build([var])
 
     def step(grad):
@@ -69,31 +74,36 @@ def train(sharded, gradients, graph):
     return var, optimizer
 
 
-def test_a_sharded_variable_is_trained_with_sharded_accumulators():
-    var, optimizer = train(True, sparse_gradients(1), graph=False)
+@with_each_optimizer
+def test_a_sharded_variable_is_trained_with_sharded_accumulators(optimizer_name):
+    var, optimizer = train(True, sparse_gradients(1), False, optimizer_name)
     assert isinstance(var.value, ShardedVariable)
     accumulator = optimizer.variables[-1]
     assert isinstance(accumulator.value, ShardedVariable)
-    assert [v.shape[0] for v in accumulator.value.variables] == SHARD_ROWS
+    assert [tuple(v.shape) for v in accumulator.value.variables] == [
+        ACCUMULATOR_SHAPES[optimizer_name](rows) for rows in SHARD_ROWS
+    ]
 
 
+@with_each_optimizer
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
 @pytest.mark.parametrize("kind", ["sparse", "dense"])
-def test_sharded_update_equals_unsharded(kind, graph):
+def test_sharded_update_equals_unsharded(kind, graph, optimizer_name):
     gradients = sparse_gradients()
     if kind == "dense":
         gradients = [tf.convert_to_tensor(g) for g in gradients]
-    sharded_var, sharded_opt = train(True, gradients, graph)
-    plain_var, plain_opt = train(False, gradients, graph)
+    sharded_var, sharded_opt = train(True, gradients, graph, optimizer_name)
+    plain_var, plain_opt = train(False, gradients, graph, optimizer_name)
     assert np.abs(sharded_var.numpy() - initial_table()).max() > 1e-3
     assert sharded_var.numpy().tobytes() == plain_var.numpy().tobytes()
     assert sharded_opt.variables[-1].numpy().tobytes() == plain_opt.variables[-1].numpy().tobytes()
 
 
+@with_each_optimizer
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
 @pytest.mark.parametrize("bad_index", [ROWS, -1])
-def test_out_of_range_index_raises_and_writes_no_shard(bad_index, graph):
-    var, optimizer = train(True, [], graph=False)
+def test_out_of_range_index_raises_and_writes_no_shard(bad_index, graph, optimizer_name):
+    var, optimizer = train(True, [], False, optimizer_name)
     before = var.numpy(), optimizer.variables[-1].numpy()
     grad = tf.IndexedSlices(tf.ones((3, COLS)), tf.constant([1, bad_index, 7], tf.int64))
 

@@ -10,7 +10,7 @@ from tf_adagrad._variables import as_tf_variable, backing_variable, require_floa
 
 
 @keras.saving.register_keras_serializable(package="tf_adagrad")
-class Adagrad(keras.optimizers.Optimizer):
+class Adagrad(sharded.ShardedUpdates, keras.optimizers.Optimizer):
     """Optimizer that implements the Adagrad algorithm, on fused kernels.
 
     A drop-in replacement for `keras.optimizers.Adagrad` (same arguments,
@@ -165,18 +165,6 @@ class Adagrad(keras.optimizers.Optimizer):
             return super().add_variable_from_reference(reference_variable, name, initializer)
         with sharded.shards_beside(reference_variable, initializer):
             return super().add_variable_from_reference(reference_variable, name, initializer)
-
-    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
-        # Keras hands every variable to `strategy.extended.update`, which
-        # cannot colocate with a ShardedVariable (ParameterServerStrategy
-        # with a `variable_partitioner`). Such variables are updated shard by
-        # shard instead; each shard's op runs where that shard lives.
-        sharded_pairs = [(g, v) for g, v in grads_and_vars if sharded.is_sharded(v)]
-        unsharded_pairs = [(g, v) for g, v in grads_and_vars if not sharded.is_sharded(v)]
-        super()._distributed_tf_update_step(distribution, unsharded_pairs, learning_rate)
-        for gradient, variable in sharded_pairs:
-            if gradient is not None:
-                self.update_step(gradient, variable, learning_rate)
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         """All of a step's updates: the dense gradients in one

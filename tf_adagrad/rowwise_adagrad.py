@@ -4,12 +4,12 @@ import keras
 import tensorflow as tf
 
 from tf_adagrad import _xla_fallback, ops, sharded
-from tf_adagrad._variables import as_tf_variable, require_float_dtype
+from tf_adagrad._variables import as_tf_variable, backing_variable, require_float_dtype
 from tf_adagrad.optimizer import _require_non_negative_real
 
 
 @keras.saving.register_keras_serializable(package="tf_adagrad")
-class RowwiseAdagrad(keras.optimizers.Optimizer):
+class RowwiseAdagrad(sharded.ShardedUpdates, keras.optimizers.Optimizer):
     """Optimizer that implements rowwise Adagrad, on fused kernels.
 
     Adagrad with one accumulator per row of each variable instead of one per
@@ -123,28 +123,43 @@ class RowwiseAdagrad(keras.optimizers.Optimizer):
             return
         for variable in var_list:
             require_float_dtype(variable, "tf_adagrad.RowwiseAdagrad's variable")
-            if sharded.is_sharded(variable):
-                raise NotImplementedError(
-                    "tf_adagrad.RowwiseAdagrad: expected variables that are not "
-                    f"sharded, got {variable.path}, sharded by a variable_partitioner; "
-                    "use tf_adagrad.Adagrad for sharded tables."
-                )
         super().build(var_list)
-        self._rowwise_accumulators = [
-            self.add_variable(
+        self._rowwise_accumulators = [self._add_rowwise_accumulator(v) for v in var_list]
+
+    def _add_rowwise_accumulator(self, variable):
+        initializer = keras.initializers.Constant(self.initial_accumulator_value)
+        dtype = ops.rowwise_accumulator_dtype(variable.dtype)
+
+        def add():
+            return self.add_variable(
                 shape=tuple(variable.shape[:1]),
-                initializer=keras.initializers.Constant(self.initial_accumulator_value),
-                dtype=ops.rowwise_accumulator_dtype(variable.dtype).name,
+                initializer=initializer,
+                dtype=dtype.name,
                 name=f"{variable.path.replace('/', '_')}_rowwise_accumulator",
             )
-            for variable in var_list
-        ]
+
+        if not sharded.is_sharded(variable):
+            return add()
+        # A table sharded by rows gets its accumulator sharded by the same
+        # rows, each shard beside its table shard.
+        with sharded.shards_beside(variable, initializer, dtype=dtype, per_row=True):
+            return add()
 
     def update_step(self, gradient, variable, learning_rate):
         """Update step given gradient and the associated model variable."""
-        accumulator = as_tf_variable(
-            self._rowwise_accumulators[self._get_variable_index(variable)], "accumulator"
-        )
+        accumulator = self._rowwise_accumulators[self._get_variable_index(variable)]
+        if sharded.is_sharded(variable):
+            for shard_gradient, shard, accumulator_shard in zip(
+                sharded.split_by_shard(gradient, backing_variable(variable)),
+                sharded.shards(variable),
+                sharded.shards(accumulator),
+            ):
+                self._update_variable(shard_gradient, shard, accumulator_shard, learning_rate)
+        else:
+            self._update_variable(gradient, variable, accumulator, learning_rate)
+
+    def _update_variable(self, gradient, variable, accumulator, learning_rate):
+        accumulator = as_tf_variable(accumulator, "accumulator")
         variable = as_tf_variable(variable, "variable")
         dtype = variable.dtype
         accumulator_dtype = ops.rowwise_accumulator_dtype(dtype)

@@ -80,7 +80,7 @@ def shards(variable):
     return backing_variable(variable).variables
 
 
-def shards_beside(reference_variable, initializer):
+def shards_beside(reference_variable, initializer, dtype=None, per_row=False):
     """A variable creator scope in which the next variable is made as a
     `ShardedVariable` sharded like `reference_variable`, each shard
     initialized by `initializer` and placed beside its reference shard.
@@ -88,24 +88,50 @@ def shards_beside(reference_variable, initializer):
     Keras would make an optimizer variable of a sharded variable as one
     unsharded variable on one parameter server; sharded like the variable,
     each shard's update is local to one parameter server.
+
+    Args:
+        reference_variable: The sharded variable (Keras or TF).
+        initializer: A Keras initializer (or its name).
+        dtype: The new shards' dtype; defaults to the reference's.
+        per_row: If True, each new shard holds one value per row of its
+            reference shard (a rowwise accumulator), not one per element.
     """
     initializer = keras.initializers.get(initializer)
-    dtype = reference_variable.dtype
+    dtype = dtype or reference_variable.dtype
 
     def create_shards_beside_reference_shards(next_creator, **kwargs):
         created = []
         for i, reference_shard in enumerate(shards(reference_variable)):
+            shape = reference_shard.shape[:1] if per_row else reference_shard.shape
             shard_kwargs = dict(kwargs)
             shard_kwargs.update(
                 name=f"{kwargs['name']}/part_{i}",
-                shape=reference_shard.shape,
-                initial_value=functools.partial(initializer, reference_shard.shape, dtype),
+                shape=shape,
+                initial_value=functools.partial(initializer, shape, dtype),
                 colocate_with=reference_shard,
             )
             created.append(next_creator(**shard_kwargs))
         return ShardedVariable(created)
 
     return tf.variable_creator_scope(create_shards_beside_reference_shards)
+
+
+class ShardedUpdates:
+    """Optimizer mixin: sharded variables updated shard by shard.
+
+    Keras hands every variable to `strategy.extended.update`, which cannot
+    colocate with a ShardedVariable (ParameterServerStrategy with a
+    `variable_partitioner`). Such variables go to `update_step` instead,
+    which updates each shard where it lives.
+    """
+
+    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+        sharded_pairs = [(g, v) for g, v in grads_and_vars if is_sharded(v)]
+        unsharded_pairs = [(g, v) for g, v in grads_and_vars if not is_sharded(v)]
+        super()._distributed_tf_update_step(distribution, unsharded_pairs, learning_rate)
+        for gradient, variable in sharded_pairs:
+            if gradient is not None:
+                self.update_step(gradient, variable, learning_rate)
 
 
 def split_by_shard(gradient, variable):

@@ -28,8 +28,23 @@ def main():
     parser.add_argument("--task", type=int, default=0)
     parser.add_argument("--without-ops", action="store_true")
     parser.add_argument("--checkpoint-dir")
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="Adagrad")
     args = parser.parse_args()
     SCENARIOS[args.scenario](args)
+
+
+# tf_adagrad's optimizers by class name, and the op each sends sparse
+# gradients to.
+OPTIMIZERS = {
+    "Adagrad": "sparse_apply_adagrad",
+    "RowwiseAdagrad": "sparse_rowwise_apply_adagrad",
+}
+
+
+def make_optimizer(name):
+    import tf_adagrad
+
+    return getattr(tf_adagrad, name)(LEARNING_RATE)
 
 
 # Imported inside the scenarios: TF_CONFIG and the logical devices must be
@@ -67,18 +82,19 @@ def initial_weights():
     return build_model().get_weights()
 
 
-def count_sparse_updates():
-    """Counts the optimizer's calls of the sparse op (at trace time)."""
+def count_sparse_updates(optimizer_name="Adagrad"):
+    """Counts the optimizer's calls of its sparse op (at trace time)."""
     import tf_adagrad
 
     counter = {"sparse": 0}
-    sparse_apply = tf_adagrad.ops.sparse_apply_adagrad
+    op_name = OPTIMIZERS[optimizer_name]
+    sparse_apply = getattr(tf_adagrad.ops, op_name)
 
     def counting(*args, **kwargs):
         counter["sparse"] += 1
         return sparse_apply(*args, **kwargs)
 
-    tf_adagrad.ops.sparse_apply_adagrad = counting
+    setattr(tf_adagrad.ops, op_name, counting)
     return counter
 
 
@@ -108,15 +124,13 @@ def distributed_train_step(strategy, model, optimizer):
     return train_step
 
 
-def train_custom_loop_single(weights, x, y, steps=STEPS):
+def train_custom_loop_single(weights, x, y, steps=STEPS, optimizer_name="Adagrad"):
     """The reference: plain training on one device."""
     import tensorflow as tf
 
-    import tf_adagrad
-
     model = build_model()
     model.set_weights(weights)
-    optimizer = tf_adagrad.Adagrad(LEARNING_RATE)
+    optimizer = make_optimizer(optimizer_name)
 
     @tf.function
     def train_step(xb, yb):
@@ -329,7 +343,7 @@ def coordinator(args):
 
     import tf_adagrad
 
-    counter = count_sparse_updates()
+    counter = count_sparse_updates(args.optimizer)
     x, y = batches()
     weights = initial_weights()
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
@@ -346,7 +360,7 @@ def coordinator(args):
         with strategy.scope():
             model = build_model()
             model.set_weights(weights)
-            optimizer = tf_adagrad.Adagrad(LEARNING_RATE)
+            optimizer = make_optimizer(args.optimizer)
             optimizer.build(model.trainable_variables)
         # tf.train.Checkpoint(model=model) fails for a Keras variable backed
         # by a ShardedVariable (Keras hands the ShardedVariable to the saver
@@ -379,7 +393,7 @@ def coordinator(args):
 
     model, optimizer, checkpoint, train_step = build()
     table = model.get_layer("item_embedding").embeddings
-    accumulator = optimizer._accumulators[optimizer._get_variable_index(table)]
+    accumulator = [v for v in optimizer.variables if "item_embedding" in v.path][0]
     placement = {
         "table_is_sharded": isinstance(table._value, ShardedVariable),
         "accumulator_is_sharded": isinstance(accumulator._value, ShardedVariable),
@@ -407,7 +421,7 @@ def coordinator(args):
     save(
         args.out,
         initial=weights,
-        single=train_custom_loop_single(weights, x, y),
+        single=train_custom_loop_single(weights, x, y, optimizer_name=args.optimizer),
         sharded=straight[: len(weights)],
         straight=straight,
         resumed=resumed,

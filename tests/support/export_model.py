@@ -1,7 +1,8 @@
 """SavedModel export scenarios, one per subcommand, each run in a fresh
 process by tests/test_export.py:
 
-  save        a tf.Module holding a model and a tf_adagrad.Adagrad, with a
+  save        a tf.Module holding a model and a tf_adagrad optimizer
+              (--optimizer: Adagrad or RowwiseAdagrad), with a
               `train_step` signature, and `model.export()` for inference;
               then one train_step here, whose result is written out
   load        `import tf_adagrad` (which registers the ops), then
@@ -76,7 +77,7 @@ def save(args):
             keras.layers.Dense(1, activation="sigmoid"),
         ]
     )
-    optimizer = tf_adagrad.Adagrad(learning_rate=0.1)
+    optimizer = getattr(tf_adagrad, args.optimizer)(learning_rate=0.1)
     optimizer.build(model.trainable_variables)
     module = TrainModule(model, optimizer)
     tf.saved_model.save(
@@ -138,6 +139,7 @@ def main():
     parser.add_argument("scenario", choices=["save", "load", "load-plain", "serve"])
     parser.add_argument("--dir", required=True)
     parser.add_argument("--out")
+    parser.add_argument("--optimizer", choices=["Adagrad", "RowwiseAdagrad"], default="Adagrad")
     args = parser.parse_args()
     scenarios = {"save": save, "load": load, "load-plain": load_plain, "serve": serve}
     return scenarios[args.scenario](args)
