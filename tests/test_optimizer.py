@@ -17,6 +17,7 @@ from support.keras_reference import (
     make_variables,
     random_gradients,
 )
+from tf_adagrad import sharded
 
 SHAPES = [(7,), (5, 3), (2, 3, 4)]
 
@@ -409,14 +410,17 @@ def test_fit_goes_through_the_backend_update_step_override(monkeypatch):
 
 def test_fit_under_a_strategy_goes_through_the_distributed_update_step_override(monkeypatch):
     calls = []
-    # tf_adagrad.Adagrad's own method (a KeyError if it stopped overriding).
-    override = vars(tf_adagrad.Adagrad)["_distributed_tf_update_step"]
+    # The override lives in the mixin both tf_adagrad optimizers share (a
+    # KeyError if it stopped overriding); Adagrad must resolve to it rather
+    # than to Keras' base method.
+    override = vars(sharded.ShardedUpdates)["_distributed_tf_update_step"]
+    assert tf_adagrad.Adagrad._distributed_tf_update_step is override
 
     def spy(self, distribution, grads_and_vars, learning_rate):
         calls.append(len(grads_and_vars))
         return override(self, distribution, grads_and_vars, learning_rate)
 
-    monkeypatch.setattr(tf_adagrad.Adagrad, "_distributed_tf_update_step", spy)
+    monkeypatch.setattr(sharded.ShardedUpdates, "_distributed_tf_update_step", spy)
     with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
         model = embedding_and_dense_model()
         optimizer = tf_adagrad.Adagrad(learning_rate=0.1)
