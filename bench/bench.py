@@ -12,17 +12,15 @@ turns with each case's steps. The call floor is a tf.function that takes in
 the same variables and gradients as tf_adagrad's step and computes nothing.
 
 Prints a line per case, then writes bench/results/bench.json, bench.md (a
-markdown table with the ratios) and bench.png (a bar chart). Then times
-whole training steps (fit_steps.py: Keras `fit()` and a custom loop with
-tables of 10k to 10M rows, and the demo's recommender), prints them and the
-goals they are held to, and writes bench/results/fit.json and fit.md. Last,
-times tf_adagrad's tf_keras (Keras 2) optimizers against tf_keras' own
-(keras2_steps.py, in a process of its own with TF_USE_LEGACY_KERAS=1), prints
-them and their goals, and writes bench/results/keras2.json and keras2.md.
-Then times rowwise Adagrad against elementwise Adagrad and Keras' (sparse
-update and fit() at 1M and 10M rows) and counts their accumulators' bytes
-(rowwise_steps.py, in a process of its own), into rowwise.json and
-rowwise.md.
+markdown table with the ratios) and bench.png (a bar chart). Then runs the
+other sections, each in a process of its own that prints a line per case
+and its goals and writes its results beside these: whole training steps
+(fit_steps.py: Keras `fit()` and a custom loop with tables of 10k to 10M
+rows, and the demo's recommender; fit.json, fit.md), tf_adagrad's tf_keras
+(Keras 2) optimizers against tf_keras' own (keras2_steps.py, with
+TF_USE_LEGACY_KERAS=1; keras2.json, keras2.md), and rowwise Adagrad against
+elementwise Adagrad and Keras' with their accumulators' bytes
+(rowwise_steps.py; rowwise.json, rowwise.md).
 bench/results/ is git-ignored: the figures the documentation shows are
 copied from a run by hand, a separate and deliberate step.
 """
@@ -37,7 +35,6 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import fit_steps  # noqa: E402  (bench/, beside this file)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -285,48 +282,25 @@ def main():
     print(f"wrote {RESULTS_DIR}/bench.json, bench.md, bench.png", flush=True)
 
     del probe
-    gc.collect()
-    print(f"\n{header}; whole training steps, median ms per step", flush=True)
-    fit_record = fit_steps.run_all()
-    for description, measured, bound, met in fit_steps.goals(fit_record):
-        print(
-            f"goal: {description}: {measured:.2f} ({bound}) {'met' if met else 'MISSED'}",
-            flush=True,
-        )
-    with open(os.path.join(RESULTS_DIR, "fit.json"), "w") as f:
-        json.dump(
-            {
-                **{k: record[k] for k in ("tensorflow", "keras", "cpus", "machine", "date")},
-                **fit_record,
-            },
-            f,
-            indent=2,
-        )
-    with open(os.path.join(RESULTS_DIR, "fit.md"), "w") as f:
-        f.write(f"{header}. {fit_steps.__doc__.splitlines()[0]}\n\n")
-        f.write(fit_steps.markdown(fit_record))
-    print(f"wrote {RESULTS_DIR}/fit.json, fit.md", flush=True)
-
     print(flush=True)
-    run_keras2_steps()
+    run_section("fit_steps.py")
     print(flush=True)
-    run_rowwise_steps()
+    run_section("keras2_steps.py", TF_USE_LEGACY_KERAS="1")
+    print(flush=True)
+    run_section("rowwise_steps.py")
 
 
-def run_keras2_steps():
-    """The tf_keras cases, in a process of their own: tf.keras is tf_keras
-    only when TF_USE_LEGACY_KERAS=1 is set before TensorFlow is imported."""
+def run_section(script, **environment):
+    """One section of the bench, in a process of its own, so each starts
+    with the machine's whole memory (the 10M-row cases need it; a process
+    keeps what its earlier cases allocated) and its own TensorFlow settings
+    (tf.keras is tf_keras only when TF_USE_LEGACY_KERAS=1 is set before
+    TensorFlow is imported)."""
     subprocess.run(
-        [sys.executable, os.path.join(BENCH_DIR, "keras2_steps.py")],
-        env=dict(os.environ, TF_USE_LEGACY_KERAS="1"),
+        [sys.executable, os.path.join(BENCH_DIR, script)],
+        env=dict(os.environ, **environment),
         check=True,
     )
-
-
-def run_rowwise_steps():
-    """Rowwise against elementwise Adagrad, in a process of its own: its
-    10M-row tables need the memory the cases above have used."""
-    subprocess.run([sys.executable, os.path.join(BENCH_DIR, "rowwise_steps.py")], check=True)
 
 
 if __name__ == "__main__":

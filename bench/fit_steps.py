@@ -10,16 +10,19 @@ tf_keras and TensorFlow Recommenders do); and the demo's recommender
 update does nothing (the model's own share of a step).
 
 A step's time is taken by a callback, from the start of a batch to its end,
-after a warm-up; the implementations take turns in rounds. Run by
-bench/bench.py (`make bench`), or alone: `python bench/fit_steps.py`
-(`--variant mirrored` runs the fit() cases under MirroredStrategy on two
-logical CPUs and prints them as JSON, in a process of its own).
+after a warm-up; the implementations take turns in rounds. Prints a line per
+case and the goals, and writes bench/results/fit.json and fit.md. Run by
+bench/bench.py (`make bench`) in a process of its own, or alone: `python
+bench/fit_steps.py` (`--variant mirrored` runs the fit() cases under
+MirroredStrategy on two logical CPUs and prints them as JSON, in a process
+of its own).
 """
 
 import argparse
 import gc
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +37,7 @@ import tensorflow as tf  # noqa: E402
 import tf_adagrad  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(REPO, "bench", "results")
 LR = 0.05
 TABLE_ROWS = (10_000, 1_000_000, 10_000_000)
 EMBEDDING_DIM, BATCH_SIZE = 32, 1024
@@ -41,6 +45,14 @@ ROUNDS, STEPS_PER_ROUND, WARMUP_STEPS = 3, 8, 3
 # keras.optimizers.Adagrad takes about half a second per step at 10M rows
 # here; fewer of its steps are timed there.
 SLOW_STEPS_PER_ROUND = 3
+# Untimed steps at the start of each turn: one pass over the batches that
+# the timed steps then take. After Keras' Adagrad has run at 10M rows
+# (gigabytes allocated and freed per step, the caches flushed), tf_adagrad's
+# step took about ten steps to settle back to its steady time on a 2-core VM
+# (19.7 ms at the first, 5.3 at the eighth, ~3.3 run alone); a training loop
+# runs in that steady state. The slow implementations' turns skip it: one of
+# their steps is hundreds of times the settling.
+TURN_WARMUP_STEPS = STEPS_PER_ROUND + 1
 OPTIMIZERS = {
     "tf_adagrad": lambda: tf_adagrad.Adagrad(LR),
     "keras": lambda: keras.optimizers.Adagrad(LR),
@@ -93,13 +105,17 @@ def median_ms(times):
 
 def time_fits(fits, steps_per_round):
     """fits: name -> callable(num_steps, callback) running fit() on that
-    many batches. Warms each up, then runs them in turns; median ms."""
+    many batches. Warms each up, then runs them in turns, each turn after
+    TURN_WARMUP_STEPS untimed steps (none for the slow ones named in
+    `steps_per_round`); median ms."""
     for fit in fits.values():
         fit(WARMUP_STEPS, StepTimes())
     timers = {name: StepTimes() for name in fits}
     gc.collect()
     for _ in range(ROUNDS):
         for name, fit in fits.items():
+            if name not in steps_per_round:
+                fit(TURN_WARMUP_STEPS, StepTimes())
             fit(steps_per_round.get(name, STEPS_PER_ROUND) + 1, timers[name])
     return {name: median_ms(timer.times) for name, timer in timers.items()}
 
@@ -281,9 +297,32 @@ def main():
         results = fit_cases(strategy=strategy, label="fit() mirrored x2")
         print(json.dumps(results))
         return
+    header = (
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    )
+    print(f"{header}; whole training steps, median ms per step", flush=True)
     record = run_all()
     for description, measured, bound, met in goals(record):
         print(f"goal: {description}: {measured:.2f} ({bound}) {'met' if met else 'MISSED'}")
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    with open(os.path.join(RESULTS_DIR, "fit.json"), "w") as f:
+        json.dump(
+            {
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "cpus": os.cpu_count(),
+                "machine": platform.machine(),
+                "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                **record,
+            },
+            f,
+            indent=2,
+        )
+    with open(os.path.join(RESULTS_DIR, "fit.md"), "w") as f:
+        f.write(f"{header}. {__doc__.splitlines()[0]}\n\n")
+        f.write(markdown(record))
+    print(f"wrote {RESULTS_DIR}/fit.json, fit.md", flush=True)
 
 
 def run_all():
