@@ -26,24 +26,30 @@ copied from a run by hand, a separate and deliberate step.
 """
 
 import gc
-import json
 import os
-import platform
 import subprocess
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from timing import REPEATS, WARMUP, call_floor_step, graph_step, median_ms  # noqa: E402
+from timing import (  # noqa: E402
+    REPEATS,
+    RESULTS_DIR,
+    WARMUP,
+    call_floor_step,
+    graph_step,
+    machine_header,
+    median_ms,
+    run_info,
+    write_results,
+)
 
 import tf_adagrad  # noqa: E402
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 LR, EPSILON = 0.01, 1e-7
 IMPLEMENTATIONS = ("tf_adagrad", "keras", "tf_raw")
 LABELS = {
@@ -216,10 +222,7 @@ def bar_chart(results, path, title):
 
 
 def main():
-    header = (
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs"
-    )
+    header = machine_header("Keras", keras.__version__)
     print(header + "; median ms per step", flush=True)
     probe = BandwidthProbe()
     results = []
@@ -256,30 +259,24 @@ def main():
         del steps, runnable
         gc.collect()
 
-    os.makedirs(RESULTS_DIR, exist_ok=True)
     record = {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        **run_info(keras=keras.__version__),
         "repeats": REPEATS,
         "warmup": WARMUP,
         "cases": results,
     }
-    with open(os.path.join(RESULTS_DIR, "bench.json"), "w") as f:
-        json.dump(record, f, indent=2)
-    with open(os.path.join(RESULTS_DIR, "bench.md"), "w") as f:
-        f.write(
-            f"{header}; median ms per step of {REPEATS}, after {WARMUP} warm-up steps; in "
-            f"brackets, the time divided by tf_adagrad's; the roofline at the memory "
-            f"bandwidth measured with each case "
-            f"({min(r['bandwidth_bytes_per_s'] for r in results) / 1e9:.0f} to "
-            f"{max(r['bandwidth_bytes_per_s'] for r in results) / 1e9:.0f} GB/s).\n\n"
-        )
-        f.write(markdown_table(results))
+    write_results(
+        "bench",
+        record,
+        f"{header}; median ms per step of {REPEATS}, after {WARMUP} warm-up steps; in "
+        f"brackets, the time divided by tf_adagrad's; the roofline at the memory "
+        f"bandwidth measured with each case "
+        f"({min(r['bandwidth_bytes_per_s'] for r in results) / 1e9:.0f} to "
+        f"{max(r['bandwidth_bytes_per_s'] for r in results) / 1e9:.0f} GB/s).\n\n"
+        + markdown_table(results),
+    )
     bar_chart(results, os.path.join(RESULTS_DIR, "bench.png"), header)
-    print(f"wrote {RESULTS_DIR}/bench.json, bench.md, bench.png", flush=True)
+    print(f"wrote {RESULTS_DIR}/bench.png", flush=True)
 
     del probe
     print(flush=True)

@@ -22,7 +22,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,11 +32,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from timing import machine_header, run_info, write_results  # noqa: E402  (bench/, beside this file)
 
 import tf_adagrad  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS_DIR = os.path.join(REPO, "bench", "results")
 LR = 0.05
 TABLE_ROWS = (10_000, 1_000_000, 10_000_000)
 EMBEDDING_DIM, BATCH_SIZE = 32, 1024
@@ -297,32 +296,16 @@ def main():
         results = fit_cases(strategy=strategy, label="fit() mirrored x2")
         print(json.dumps(results))
         return
-    header = (
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-    )
+    header = machine_header("Keras", keras.__version__)
     print(f"{header}; whole training steps, median ms per step", flush=True)
     record = run_all()
     for description, measured, bound, met in goals(record):
         print(f"goal: {description}: {measured:.2f} ({bound}) {'met' if met else 'MISSED'}")
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    with open(os.path.join(RESULTS_DIR, "fit.json"), "w") as f:
-        json.dump(
-            {
-                "tensorflow": tf.__version__,
-                "keras": keras.__version__,
-                "cpus": os.cpu_count(),
-                "machine": platform.machine(),
-                "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                **record,
-            },
-            f,
-            indent=2,
-        )
-    with open(os.path.join(RESULTS_DIR, "fit.md"), "w") as f:
-        f.write(f"{header}. {__doc__.splitlines()[0]}\n\n")
-        f.write(markdown(record))
-    print(f"wrote {RESULTS_DIR}/fit.json, fit.md", flush=True)
+    write_results(
+        "fit",
+        {**run_info(keras=keras.__version__), **record},
+        f"{header}. {__doc__.splitlines()[0]}\n\n" + markdown(record),
+    )
 
 
 def run_all():

@@ -27,20 +27,24 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import gc  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
-from timing import call_floor_step, graph_step, median_ms  # noqa: E402  (bench/, beside this file)
+from timing import (  # noqa: E402  (bench/, beside this file)
+    call_floor_step,
+    graph_step,
+    machine_header,
+    median_ms,
+    run_info,
+    write_results,
+)
 
 import tf_adagrad.keras2  # noqa: E402
 from tf_adagrad import ops  # noqa: E402
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TABLE_ROWS, EMBEDDING_DIM, BATCH_SIZE = 1_000_000, 64, 1024
 SPARSE_IDS = 8192
 DENSE_VARIABLES, DENSE_SHAPE = 200, (64, 64)
@@ -289,33 +293,24 @@ def main():
             "tf.keras is not tf_keras: TF_USE_LEGACY_KERAS=1 must be set before TensorFlow is "
             f"imported (tf.keras is {tf.keras.__name__})."
         )
-    header = (
-        f"TensorFlow {tf.__version__}, tf_keras {tf_keras.__version__}, "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-    )
+    header = machine_header("tf_keras", tf_keras.__version__)
     print(f"{header}; tf_keras optimizers, median ms per step", flush=True)
     results = run_all()
     for description, measured, bound, met in goals(results):
         print(f"goal: {description}: {measured:.2f} ({bound}) {'met' if met else 'MISSED'}")
-    os.makedirs(RESULTS_DIR, exist_ok=True)
     record = {
-        "tensorflow": tf.__version__,
-        "tf_keras": tf_keras.__version__,
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        **run_info(tf_keras=tf_keras.__version__),
         "cases": results,
         "goals": [
             {"goal": description, "measured": measured, "bound": bound, "met": met}
             for description, measured, bound, met in goals(results)
         ],
     }
-    with open(os.path.join(RESULTS_DIR, "keras2.json"), "w") as f:
-        json.dump(record, f, indent=2)
-    with open(os.path.join(RESULTS_DIR, "keras2.md"), "w") as f:
-        f.write(f"{header}. {__doc__.splitlines()[0]} Median ms per step.\n\n")
-        f.write(markdown(results))
-    print(f"wrote {RESULTS_DIR}/keras2.json, keras2.md", flush=True)
+    write_results(
+        "keras2",
+        record,
+        f"{header}. {__doc__.splitlines()[0]} Median ms per step.\n\n" + markdown(results),
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ writes bench/results/rowwise.json and rowwise.md.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -34,11 +33,10 @@ import fit_steps  # noqa: E402  (bench/, beside this file)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from timing import graph_step, median_ms  # noqa: E402
+from timing import graph_step, machine_header, median_ms, run_info, write_results  # noqa: E402
 
 import tf_adagrad  # noqa: E402
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TABLE_ROWS = (1_000_000, 10_000_000)
 WIDTH, SPARSE_IDS, BATCH_SIZE = 64, 8192, 1024
 ID_BATCHES = 64
@@ -246,21 +244,17 @@ def markdown(record):
 
 
 def main():
-    header = (
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-    )
+    header = machine_header("Keras", keras.__version__)
     print(f"{header}; rowwise against elementwise Adagrad, median ms per step", flush=True)
-    record = {"header": header, **run_all()}
+    record = {**run_info(keras=keras.__version__), **run_all()}
     for description, measured, bound, met in goals(record):
         print(f"goal: {description}: {measured:.5f} ({bound}) {'met' if met else 'MISSED'}")
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    with open(os.path.join(RESULTS_DIR, "rowwise.json"), "w") as f:
-        json.dump(record, f, indent=2)
-    with open(os.path.join(RESULTS_DIR, "rowwise.md"), "w") as f:
-        f.write(f"{header}. Rowwise against elementwise Adagrad, median ms per step.\n\n")
-        f.write(markdown(record))
-    print(f"wrote {RESULTS_DIR}/rowwise.json, rowwise.md", flush=True)
+    write_results(
+        "rowwise",
+        record,
+        f"{header}. Rowwise against elementwise Adagrad, median ms per step.\n\n"
+        + markdown(record),
+    )
 
 
 if __name__ == "__main__":

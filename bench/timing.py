@@ -1,13 +1,48 @@
-"""How bench.py and keras2_steps.py time a step (in turns, median ms), and
-the cost of calling one that does nothing (the call floor)."""
+"""How the bench sections time a step (in turns, median ms), the cost of
+calling one that does nothing (the call floor), and how each section names
+its machine and writes its results."""
 
 import gc
+import json
+import os
+import platform
 import statistics
 import time
 
 import tensorflow as tf
 
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
 REPEATS, ROUNDS, WARMUP = 50, 5, 5
+
+
+def machine_header(keras_name, keras_version):
+    """The line a section's output and files begin with."""
+    return (
+        f"TensorFlow {tf.__version__}, {keras_name} {keras_version}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    )
+
+
+def run_info(**keras_version):
+    """What a results file records of the run besides its figures."""
+    return {
+        "tensorflow": tf.__version__,
+        **keras_version,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+
+
+def write_results(name, record, markdown):
+    """bench/results/NAME.json (every number) and NAME.md (the tables)."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    with open(os.path.join(RESULTS_DIR, f"{name}.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    with open(os.path.join(RESULTS_DIR, f"{name}.md"), "w") as f:
+        f.write(markdown)
+    print(f"wrote {RESULTS_DIR}/{name}.json, {name}.md", flush=True)
 
 
 def graph_step(update):
