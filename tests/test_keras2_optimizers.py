@@ -379,5 +379,5 @@ def test_integer_variable_is_rejected_by_name(train_results, kind):
     assert outcomes[f"{kind}/integer_variable"] == (
         "TypeError",
         f"{class_name}'s variable (step_counter:0) must have one of the dtypes "
-        "float16, bfloat16, float32, float64; got int32.",
+        "float16, bfloat16, float32, float64, complex64, complex128; got int32.",
     )

@@ -321,7 +321,7 @@ INTEGER_VARIABLES = {
 }
 INTEGER_VARIABLE_MESSAGE = (
     r"^tf_adagrad.Adagrad's variable \(counts(:0)?\) must have one of the dtypes "
-    r"float16, bfloat16, float32, float64; got int32.$"
+    r"float16, bfloat16, float32, float64, complex64, complex128; got int32.$"
 )
 
 
@@ -385,13 +385,13 @@ def test_fit_goes_through_the_backend_update_step_override(monkeypatch):
     calls = {"multi": [], "sparse": []}
     multi, sparse = tf_adagrad.ops.multi_apply_adagrad, tf_adagrad.ops.sparse_apply_adagrad
 
-    def spy_multi(variables, *args):
+    def spy_multi(variables, *args, **kwargs):
         calls["multi"].append(sorted(v.name.removesuffix(":0") for v in variables))
-        return multi(variables, *args)
+        return multi(variables, *args, **kwargs)
 
-    def spy_sparse(var, *args):
+    def spy_sparse(var, *args, **kwargs):
         calls["sparse"].append(var.name.removesuffix(":0"))
-        return sparse(var, *args)
+        return sparse(var, *args, **kwargs)
 
     monkeypatch.setattr(tf_adagrad.ops, "multi_apply_adagrad", spy_multi)
     monkeypatch.setattr(tf_adagrad.ops, "sparse_apply_adagrad", spy_sparse)

@@ -52,7 +52,7 @@ class CallCounter:
 
 
 def test_fit_is_bit_identical_to_keras_on_the_densified_gradient(monkeypatch):
-    fused_sparse = CallCounter(monkeypatch, tf_adagrad.optimizer.ops, "sparse_apply_adagrad")
+    fused_sparse = CallCounter(monkeypatch, tf_adagrad.ops, "sparse_apply_adagrad")
     with exact_graph_math():
         ours, ours_loss = fit(tf_adagrad.Adagrad(learning_rate=0.1))
         theirs, theirs_loss = fit(DensifyingKerasAdagrad(learning_rate=0.1))
@@ -76,8 +76,8 @@ def test_fit_loss_matches_keras_with_default_graph_rewrites():
 
 
 def test_fit_with_jit_compile_uses_plain_ops_and_matches(monkeypatch):
-    fused_sparse = CallCounter(monkeypatch, tf_adagrad.optimizer.ops, "sparse_apply_adagrad")
-    fused_dense = CallCounter(monkeypatch, tf_adagrad.optimizer.ops, "apply_adagrad")
+    fused_sparse = CallCounter(monkeypatch, tf_adagrad.ops, "sparse_apply_adagrad")
+    fused_dense = CallCounter(monkeypatch, tf_adagrad.ops, "apply_adagrad")
     xla_sparse = CallCounter(monkeypatch, tf_adagrad._xla_fallback, "sparse_update")
     xla_dense = CallCounter(monkeypatch, tf_adagrad._xla_fallback, "dense_update")
     xla_model, xla_loss = fit(tf_adagrad.Adagrad(learning_rate=0.1), jit_compile=True)

@@ -36,13 +36,14 @@ def as_tf_variable(variable, arg_name):
 FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 
-def require_float_dtype(variable, description):
-    """Raises TypeError unless `variable` has a dtype the ops accept;
-    `description` names it in the message (e.g. "`var`")."""
+def require_dtype(variable, description, dtypes=FLOAT_DTYPES):
+    """Raises TypeError unless `variable` has one of `dtypes` (by default
+    those the ops accept); `description` names it in the message (e.g.
+    "`var`")."""
     dtype = tf.as_dtype(variable.dtype)
-    if dtype not in FLOAT_DTYPES:
+    if dtype not in dtypes:
         name = variable.path if isinstance(variable, keras.Variable) else variable.name
-        accepted = ", ".join(d.name for d in FLOAT_DTYPES)
+        accepted = ", ".join(d.name for d in dtypes)
         raise TypeError(
             f"{description} ({name}) must have one of the dtypes {accepted}; got {dtype.name}."
         )

@@ -1,8 +1,12 @@
-"""The fused kernels' math as plain TensorFlow ops, for XLA, which cannot
-compile custom ops. 16-bit types compute in float32, as the kernels do."""
+"""The fused kernels' math as plain TensorFlow ops: for XLA, which cannot
+compile custom ops, and for the dtypes the kernels lack (complex). 16-bit
+types compute in float32, as the kernels do. lr and epsilon convert as the
+op wrappers convert them."""
 
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
+
+from tf_adagrad._arguments import scalar_as
 
 
 def in_xla():
@@ -14,40 +18,54 @@ def _compute_dtype(dtype):
     return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
 
 
-def _updated_rows(var_rows, accum_rows, lr, epsilon, grad_rows, epsilon_placement):
+def elementwise_rows(var_rows, accum_rows, lr, epsilon, grad_rows, epsilon_placement):
+    """Rows of var and accum after an elementwise step, in their dtype."""
     dtype = var_rows.dtype
     compute = _compute_dtype(dtype)
-    lr, epsilon, grad_rows = (tf.cast(x, compute) for x in (lr, epsilon, grad_rows))
+    # Rounded to the variable's dtype first, as the op wrappers round them.
+    lr, epsilon = (tf.cast(scalar_as(x, dtype), compute) for x in (lr, epsilon))
+    grad_rows = tf.cast(grad_rows, compute)
     accum_rows = tf.cast(accum_rows, compute) + grad_rows * grad_rows
     if epsilon_placement == "inside_sqrt":
         denominator = tf.sqrt(accum_rows + epsilon)
     else:
         denominator = tf.sqrt(accum_rows) + epsilon
-    var_rows = tf.cast(var_rows, compute) - lr * grad_rows / denominator
-    return tf.cast(var_rows, dtype), tf.cast(accum_rows, dtype)
+    new_var_rows = tf.cast(var_rows, compute) - lr * grad_rows / denominator
+    return tf.cast(new_var_rows, dtype), tf.cast(accum_rows, dtype)
 
 
-def dense_update(variable, accumulator, lr, epsilon, gradient, epsilon_placement="inside_sqrt"):
-    """The dense op's update; `epsilon_placement` as in `ops.apply_adagrad`."""
-    new_var, new_accum = _updated_rows(
-        variable.read_value(),
-        accumulator.read_value(),
-        lr,
-        epsilon,
-        gradient,
-        epsilon_placement,
+def rowwise_rows(var_rows, accum_rows, lr, epsilon, grad_rows):
+    """Rows of var ([rows, ...]) and their accumulators ([rows]) after a
+    rowwise step, computed in the accumulator's dtype (NumPy's summation
+    order, not the kernels')."""
+    compute = accum_rows.dtype
+    lr, epsilon = scalar_as(lr, compute), scalar_as(epsilon, compute)
+    grad_rows = tf.cast(grad_rows, compute)
+    row_axes = list(range(1, grad_rows.shape.rank))
+    square = grad_rows * grad_rows
+    mean_square = tf.reduce_mean(square, axis=row_axes) if row_axes else square
+    accum_rows = accum_rows + mean_square
+    multiplier = lr / (tf.sqrt(accum_rows) + epsilon)
+    # One multiplier per row, broadcast over the row's elements.
+    multiplier = tf.reshape(multiplier, tf.concat([tf.shape(multiplier), [1] * len(row_axes)], 0))
+    new_var_rows = tf.cast(var_rows, compute) - multiplier * grad_rows
+    return tf.cast(new_var_rows, var_rows.dtype), accum_rows
+
+
+def dense_update(updated_rows, variable, accumulator, lr, epsilon, gradient):
+    """The dense op's update, with `updated_rows` one of the functions above."""
+    new_var, new_accum = updated_rows(
+        variable.read_value(), accumulator.read_value(), lr, epsilon, gradient
     )
     accumulator.assign(new_accum)
     variable.assign(new_var)
 
 
-def sparse_update(
-    variable, accumulator, lr, epsilon, values, indices, epsilon_placement="inside_sqrt"
-):
+def sparse_update(updated_rows, variable, accumulator, lr, epsilon, values, indices):
     """Dense-equivalent sparse update with static shapes (XLA has no tf.unique).
 
     Rows are sorted stably by index and each run of equal indices is summed
-    in position order, like the kernel. Every position then computes its
+    in position order, like the kernels. Every position then computes its
     row's new value from the run's sum, so positions that share an index
     scatter identical rows and the result does not depend on write order.
     Only the named rows are read and written.
@@ -58,67 +76,13 @@ def sparse_update(
     starts_run = tf.concat([[True], sorted_indices[1:] != sorted_indices[:-1]], axis=0)
     starts_run = starts_run[:num_positions]  # no positions, no runs
     run_ids = tf.cumsum(tf.cast(starts_run, tf.int32)) - 1
-    # Summed in the compute type, as the kernel does (16-bit sums would round).
+    # Summed in the compute type, as the kernels do (16-bit sums would round).
     summed = tf.math.unsorted_segment_sum(
         tf.cast(tf.gather(values, order), _compute_dtype(values.dtype)),
         run_ids,
         num_segments=num_positions,
     )
-    grad_rows = tf.gather(summed, run_ids)
-    new_var, new_accum = _updated_rows(
-        tf.gather(variable, sorted_indices),
-        tf.gather(accumulator, sorted_indices),
-        lr,
-        epsilon,
-        grad_rows,
-        epsilon_placement,
-    )
-    accumulator.scatter_update(tf.IndexedSlices(new_accum, sorted_indices))
-    variable.scatter_update(tf.IndexedSlices(new_var, sorted_indices))
-
-
-def _rowwise_updated_rows(var_rows, accum_rows, lr, epsilon, grad_rows):
-    """Rows of var ([rows, ...]) and their accumulators ([rows]) after a
-    rowwise step, in the accumulator's dtype (NumPy's summation order, not
-    the kernels')."""
-    compute = accum_rows.dtype
-    grad_rows = tf.cast(grad_rows, compute)
-    row_axes = list(range(1, grad_rows.shape.rank))
-    square = grad_rows * grad_rows
-    mean_square = tf.reduce_mean(square, axis=row_axes) if row_axes else square
-    accum_rows = accum_rows + mean_square
-    multiplier = tf.cast(lr, compute) / (tf.sqrt(accum_rows) + tf.cast(epsilon, compute))
-    # One multiplier per row, broadcast over the row's elements.
-    multiplier = tf.reshape(multiplier, tf.concat([tf.shape(multiplier), [1] * len(row_axes)], 0))
-    var_rows = tf.cast(var_rows, compute) - multiplier * grad_rows
-    return var_rows, accum_rows
-
-
-def rowwise_dense_update(variable, accumulator, lr, epsilon, gradient):
-    """The dense rowwise op's update."""
-    new_var, new_accum = _rowwise_updated_rows(
-        variable.read_value(), accumulator.read_value(), lr, epsilon, gradient
-    )
-    accumulator.assign(new_accum)
-    variable.assign(tf.cast(new_var, variable.dtype))
-
-
-def rowwise_sparse_update(variable, accumulator, lr, epsilon, values, indices):
-    """The sparse rowwise op's update with static shapes: as `sparse_update`,
-    each position computes its row's new values from its run's sum, so
-    positions sharing an index scatter identical rows."""
-    order = tf.argsort(indices, stable=True)
-    sorted_indices = tf.gather(indices, order)
-    num_positions = tf.shape(indices)[0]
-    starts_run = tf.concat([[True], sorted_indices[1:] != sorted_indices[:-1]], axis=0)
-    starts_run = starts_run[:num_positions]
-    run_ids = tf.cumsum(tf.cast(starts_run, tf.int32)) - 1
-    summed = tf.math.unsorted_segment_sum(
-        tf.cast(tf.gather(values, order), accumulator.dtype),
-        run_ids,
-        num_segments=num_positions,
-    )
-    new_var, new_accum = _rowwise_updated_rows(
+    new_var, new_accum = updated_rows(
         tf.gather(variable, sorted_indices),
         tf.gather(accumulator, sorted_indices),
         lr,
@@ -126,4 +90,4 @@ def rowwise_sparse_update(variable, accumulator, lr, epsilon, values, indices):
         tf.gather(summed, run_ids),
     )
     accumulator.scatter_update(tf.IndexedSlices(new_accum, sorted_indices))
-    variable.scatter_update(tf.IndexedSlices(tf.cast(new_var, variable.dtype), sorted_indices))
+    variable.scatter_update(tf.IndexedSlices(new_var, sorted_indices))

@@ -23,8 +23,9 @@ with `accum` and the row's arithmetic in `rowwise_accumulator_dtype(var.dtype)`.
 import tensorflow as tf
 
 from tf_adagrad import _loader
+from tf_adagrad._arguments import scalar_as
 from tf_adagrad._loader import OpLibraryError
-from tf_adagrad._variables import as_tf_variable, require_float_dtype
+from tf_adagrad._variables import as_tf_variable, require_dtype
 
 __all__ = [
     "EPSILON_PLACEMENTS",
@@ -69,21 +70,28 @@ def _check_epsilon_placement(epsilon_placement):
         )
 
 
-def _prepare(var, accum, lr, epsilon, grad):
+def _prepare(var, accum, lr, epsilon, grad, coefficient_dtype_of=None):
+    """The ops' inputs: the variables' handles, lr and epsilon as tensors of
+    `coefficient_dtype_of(var.dtype)` (by default `var`'s dtype, as in
+    Keras), and `grad`, which must have `var`'s dtype."""
     var = as_tf_variable(var, "var")
     accum = as_tf_variable(accum, "accum")
-    require_float_dtype(var, "`var`")
-    dtype = var.dtype
+    require_dtype(var, "`var`")
     grad = tf.convert_to_tensor(grad)
-    if grad.dtype != dtype:
+    if grad.dtype != var.dtype:
         raise TypeError(
-            f"`grad` must have the dtype of `var` ({dtype.name}), got {grad.dtype.name}."
+            f"`grad` must have the dtype of `var` ({var.dtype.name}), got {grad.dtype.name}."
         )
-    # Hyperparameters follow the variable's dtype, as in Keras; Python
-    # numbers convert straight to it (not through float32).
-    lr = tf.cast(tf.convert_to_tensor(lr, dtype_hint=dtype), dtype)
-    epsilon = tf.cast(tf.convert_to_tensor(epsilon, dtype_hint=dtype), dtype)
+    coefficient_dtype = coefficient_dtype_of(var.dtype) if coefficient_dtype_of else var.dtype
+    lr, epsilon = scalar_as(lr, coefficient_dtype), scalar_as(epsilon, coefficient_dtype)
     return var.handle, accum.handle, lr, epsilon, grad
+
+
+def _check_indices(indices):
+    indices = tf.convert_to_tensor(indices)
+    if indices.dtype not in (tf.int32, tf.int64):
+        raise TypeError(f"`indices` must be int32 or int64, got {indices.dtype.name}.")
+    return indices
 
 
 # The wrappers have no tensor-dependent Python control flow, so AutoGraph
@@ -154,9 +162,7 @@ def sparse_apply_adagrad(
     """
     _check_epsilon_placement(epsilon_placement)
     var_handle, accum_handle, lr, epsilon, grad = _prepare(var, accum, lr, epsilon, grad)
-    indices = tf.convert_to_tensor(indices)
-    if indices.dtype not in (tf.int32, tf.int64):
-        raise TypeError(f"`indices` must be int32 or int64, got {indices.dtype.name}.")
+    indices = _check_indices(indices)
     _loader.load_library().tf_adagrad_apply_sparse(
         var=var_handle,
         accum=accum_handle,
@@ -209,7 +215,7 @@ def multi_apply_adagrad(
         )
     variables = [as_tf_variable(v, f"variables[{i}]") for i, v in enumerate(variables)]
     accumulators = [as_tf_variable(a, f"accumulators[{i}]") for i, a in enumerate(accumulators)]
-    require_float_dtype(variables[0], "`variables[0]`")
+    require_dtype(variables[0], "`variables[0]`")
     dtype = variables[0].dtype
     for i, variable in enumerate(variables):
         if variable.dtype != dtype:
@@ -225,13 +231,11 @@ def multi_apply_adagrad(
                 f"`grads[{i}]` must have the dtype of `variables[{i}]` ({dtype.name}), got {grad.dtype.name}."
             )
         converted.append(grad)
-    lr = tf.cast(tf.convert_to_tensor(lr, dtype_hint=dtype), dtype)
-    epsilon = tf.cast(tf.convert_to_tensor(epsilon, dtype_hint=dtype), dtype)
     _loader.load_library().tf_adagrad_multi_apply_dense(
         var=[v.handle for v in variables],
         accum=[a.handle for a in accumulators],
-        lr=lr,
-        epsilon=epsilon,
+        lr=scalar_as(lr, dtype),
+        epsilon=scalar_as(epsilon, dtype),
         grad=converted,
         epsilon_placement=epsilon_placement,
     )
@@ -241,23 +245,6 @@ def rowwise_accumulator_dtype(dtype):
     """The dtype of a rowwise accumulator for variables of `dtype`: float64
     for float64 variables, float32 for float16, bfloat16 and float32 ones."""
     return tf.float64 if tf.as_dtype(dtype) == tf.float64 else tf.float32
-
-
-def _prepare_rowwise(var, accum, lr, epsilon, grad):
-    var = as_tf_variable(var, "var")
-    accum = as_tf_variable(accum, "accum")
-    require_float_dtype(var, "`var`")
-    grad = tf.convert_to_tensor(grad)
-    if grad.dtype != var.dtype:
-        raise TypeError(
-            f"`grad` must have the dtype of `var` ({var.dtype.name}), got {grad.dtype.name}."
-        )
-    # The row's arithmetic runs in the accumulator's dtype, so the
-    # hyperparameters are cast to it, not to the variable's.
-    accum_dtype = rowwise_accumulator_dtype(var.dtype)
-    lr = tf.cast(tf.convert_to_tensor(lr, dtype_hint=accum_dtype), accum_dtype)
-    epsilon = tf.cast(tf.convert_to_tensor(epsilon, dtype_hint=accum_dtype), accum_dtype)
-    return var.handle, accum.handle, lr, epsilon, grad
 
 
 @tf.autograph.experimental.do_not_convert
@@ -278,7 +265,11 @@ def rowwise_apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False):
 
     Nothing is returned.
     """
-    var_handle, accum_handle, lr, epsilon, grad = _prepare_rowwise(var, accum, lr, epsilon, grad)
+    # The row's arithmetic runs in the accumulator's dtype, and so do lr and
+    # epsilon.
+    var_handle, accum_handle, lr, epsilon, grad = _prepare(
+        var, accum, lr, epsilon, grad, rowwise_accumulator_dtype
+    )
     _loader.load_library().tf_adagrad_rowwise_apply_dense(
         var=var_handle,
         accum=accum_handle,
@@ -312,10 +303,12 @@ def sparse_rowwise_apply_adagrad(var, accum, lr, epsilon, grad, indices, use_loc
 
     Nothing is returned.
     """
-    var_handle, accum_handle, lr, epsilon, grad = _prepare_rowwise(var, accum, lr, epsilon, grad)
-    indices = tf.convert_to_tensor(indices)
-    if indices.dtype not in (tf.int32, tf.int64):
-        raise TypeError(f"`indices` must be int32 or int64, got {indices.dtype.name}.")
+    # The row's arithmetic runs in the accumulator's dtype, and so do lr and
+    # epsilon.
+    var_handle, accum_handle, lr, epsilon, grad = _prepare(
+        var, accum, lr, epsilon, grad, rowwise_accumulator_dtype
+    )
+    indices = _check_indices(indices)
     _loader.load_library().tf_adagrad_rowwise_apply_sparse(
         var=var_handle,
         accum=accum_handle,

@@ -80,7 +80,7 @@ def shards(variable):
     return backing_variable(variable).variables
 
 
-def shards_beside(reference_variable, initializer, dtype=None, per_row=False):
+def shards_beside(reference_variable, initializer, dtype=None, shard_shape=None):
     """A variable creator scope in which the next variable is made as a
     `ShardedVariable` sharded like `reference_variable`, each shard
     initialized by `initializer` and placed beside its reference shard.
@@ -93,8 +93,9 @@ def shards_beside(reference_variable, initializer, dtype=None, per_row=False):
         reference_variable: The sharded variable (Keras or TF).
         initializer: A Keras initializer (or its name).
         dtype: The new shards' dtype; defaults to the reference's.
-        per_row: If True, each new shard holds one value per row of its
-            reference shard (a rowwise accumulator), not one per element.
+        shard_shape: A function from a reference shard's shape to the new
+            shard's (a rowwise accumulator holds one value per row); by
+            default the same shape.
     """
     initializer = keras.initializers.get(initializer)
     dtype = dtype or reference_variable.dtype
@@ -102,7 +103,7 @@ def shards_beside(reference_variable, initializer, dtype=None, per_row=False):
     def create_shards_beside_reference_shards(next_creator, **kwargs):
         created = []
         for i, reference_shard in enumerate(shards(reference_variable)):
-            shape = reference_shard.shape[:1] if per_row else reference_shard.shape
+            shape = shard_shape(reference_shard.shape) if shard_shape else reference_shard.shape
             shard_kwargs = dict(kwargs)
             shard_kwargs.update(
                 name=f"{kwargs['name']}/part_{i}",

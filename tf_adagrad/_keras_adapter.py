@@ -1,0 +1,141 @@
+"""Keras 3's optimizer hooks on an update rule (`tf_adagrad/_update_rules.py`)."""
+
+import keras
+import tensorflow as tf
+from keras.src.optimizers import base_optimizer
+
+from tf_adagrad import _docstrings, _update_rules, _xla_fallback, sharded
+from tf_adagrad._arguments import non_negative_real
+from tf_adagrad._variables import as_tf_variable, backing_variable, require_dtype
+
+
+class KerasOptimizer(sharded.ShardedUpdates, keras.optimizers.Optimizer):
+    """A Keras 3 optimizer that updates variables by `rule`; a public class
+    sets `rule` and passes its defaults to `__init__`."""
+
+    rule = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__doc__ = _docstrings.with_base_arguments(
+            cls.__doc__, base_optimizer.base_optimizer_keyword_args
+        )
+
+    def __init__(self, learning_rate, initial_accumulator_value, epsilon, **kwargs):
+        backend = keras.backend.backend()
+        if backend != "tensorflow":
+            raise RuntimeError(
+                f"{_docstrings.public_name(type(self))} runs TensorFlow ops, so it needs the "
+                f"TensorFlow Keras backend; the active backend is {backend!r}. Set "
+                "KERAS_BACKEND=tensorflow before importing keras, or use keras.optimizers.Adagrad."
+            )
+        initial_accumulator_value = non_negative_real(
+            "initial_accumulator_value", initial_accumulator_value
+        )
+        epsilon = non_negative_real("epsilon", epsilon)
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.initial_accumulator_value = initial_accumulator_value
+        self.epsilon = epsilon
+
+    def build(self, var_list):
+        if self.built:
+            return
+        for variable in var_list:
+            require_dtype(
+                variable, f"{_docstrings.public_name(type(self))}'s variable", self.rule.dtypes()
+            )
+        super().build(var_list)
+        # As Keras' Adagrad names and orders its accumulators, so that
+        # checkpoints and .keras files load into either optimizer.
+        slots = [
+            None
+            if getattr(variable, "overwrite_with_gradient", False)
+            else self._add_slot(variable)
+            for variable in var_list
+        ]
+        setattr(self, self.rule.slots_attribute, slots)
+
+    def _add_slot(self, variable):
+        """The slot of `variable`, named and placed as Keras'
+        `add_variable_from_reference` does it, which cannot give it another
+        shape or dtype."""
+        initializer = keras.initializers.Constant(self.initial_accumulator_value)
+        dtype = self.rule.slot_dtype(variable.dtype)
+        reference_name = variable.path if hasattr(variable, "path") else variable.name
+
+        def add():
+            return self.add_variable(
+                shape=tuple(self.rule.slot_shape(variable.shape)),
+                initializer=initializer,
+                dtype=dtype.name,
+                name=f"{reference_name.replace('/', '_').replace(':', '_')}_{self.rule.slot_name}",
+            )
+
+        if sharded.is_sharded(variable):
+            with sharded.shards_beside(variable, initializer, dtype, self.rule.slot_shape):
+                return add()
+        with self._distribution_strategy.extended.colocate_vars_with(backing_variable(variable)):
+            return add()
+
+    def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
+        # What Keras makes for a sharded variable (an EMA, an accumulated
+        # gradient) is sharded beside it too.
+        if not sharded.is_sharded(reference_variable):
+            return super().add_variable_from_reference(reference_variable, name, initializer)
+        with sharded.shards_beside(reference_variable, initializer):
+            return super().add_variable_from_reference(reference_variable, name, initializer)
+
+    def _slot(self, variable):
+        return getattr(self, self.rule.slots_attribute)[self._get_variable_index(variable)]
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        """All of a step's updates: the dense gradients of each device and
+        dtype together (elementwise: in one `TfAdagrad>MultiApplyDense`),
+        each sparse gradient and each sharded variable on its own.
+
+        Under a `tf.distribute` strategy, Keras' TensorFlow backend reduces
+        the gradients and updates each variable through the strategy; that
+        path, and XLA's, stay per variable.
+        """
+        if tf.distribute.has_strategy() or _xla_fallback.in_xla():
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        dense = []
+        for gradient, variable in zip(grads, trainable_variables):
+            if (
+                isinstance(gradient, tf.IndexedSlices)
+                or sharded.is_sharded(variable)
+                or not self.rule.is_fused(variable.dtype)
+            ):
+                self.update_step(gradient, variable, learning_rate)
+                continue
+            tf_variable = as_tf_variable(variable, "variable")
+            slot = as_tf_variable(self._slot(variable), self.rule.slot_name)
+            dense.append((tf_variable, slot, tf.cast(gradient, tf_variable.dtype)))
+        for group in _update_rules.group_by_device_and_dtype(dense).values():
+            self.rule.apply_many(*zip(*group), learning_rate, self.epsilon)
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Update step given gradient and the associated model variable."""
+        slot = self._slot(variable)
+        gradient = tf.cast(gradient, variable.dtype)
+        if sharded.is_sharded(variable):
+            for shard_gradient, shard, slot_shard in zip(
+                sharded.split_by_shard(gradient, backing_variable(variable)),
+                sharded.shards(variable),
+                sharded.shards(slot),
+            ):
+                self.rule.apply(shard, slot_shard, shard_gradient, learning_rate, self.epsilon)
+        else:
+            variable = as_tf_variable(variable, "variable")
+            slot = as_tf_variable(slot, self.rule.slot_name)
+            self.rule.apply(variable, slot, gradient, learning_rate, self.epsilon)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            initial_accumulator_value=self.initial_accumulator_value, epsilon=self.epsilon
+        )
+        return config
+
+    def __repr__(self):
+        return f"<{_docstrings.public_name(type(self))} name={self.name!r}: a Keras 3 optimizer>"

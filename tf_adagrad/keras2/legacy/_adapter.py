@@ -1,0 +1,190 @@
+"""tf_keras' legacy optimizer hooks (`OptimizerV2`) on an update rule
+(`tf_adagrad/_update_rules.py`)."""
+
+import tensorflow as tf
+import tf_keras
+from tf_keras.src import backend as tf_keras_backend
+from tf_keras.src.optimizers.legacy.optimizer_v2 import _var_key
+
+from tf_adagrad import _docstrings, _update_rules, _xla_fallback
+from tf_adagrad._arguments import non_negative_real
+from tf_adagrad._variables import FLOAT_DTYPES, require_dtype
+
+# OptimizerV2's shared arguments, for the docstrings (tf_keras has no text).
+_BASE_ARGUMENTS = """name: String, the prefix of the names of the ops the optimizer creates.
+        **kwargs: `clipvalue`, `clipnorm`, `global_clipnorm`, `decay`, as in
+            `tf_keras.optimizers.legacy.Optimizer`."""
+
+
+class LegacyOptimizer(tf_keras.optimizers.legacy.Optimizer):
+    """A tf_keras legacy optimizer (`OptimizerV2`) that updates variables by
+    `rule`; a public class sets `rule` and passes its defaults to
+    `__init__`.
+
+    Variables of a dtype the kernels lack (complex, which the elementwise
+    rule trains) go to the next base class's own update: tf_keras' legacy
+    Adagrad, TensorFlow's `ApplyAdagradV2`.
+    """
+
+    rule = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__doc__ = _docstrings.with_base_arguments(cls.__doc__, _BASE_ARGUMENTS)
+
+    def __init__(self, learning_rate, initial_accumulator_value, epsilon, name, **kwargs):
+        initial_accumulator_value = non_negative_real(
+            "initial_accumulator_value", initial_accumulator_value
+        )
+        epsilon = non_negative_real("epsilon", epsilon)
+        # tf_keras' legacy Adagrad (a base of `legacy.Adagrad`) sets the same
+        # hyperparameters after this base's __init__; here for every rule.
+        tf_keras.optimizers.legacy.Optimizer.__init__(self, name, **kwargs)
+        self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
+        self._set_hyper("decay", self._initial_decay)
+        self._initial_accumulator_value = initial_accumulator_value
+        self.epsilon = epsilon
+
+    def _create_slots(self, var_list):
+        for variable in var_list:
+            require_dtype(
+                variable, f"{_docstrings.public_name(type(self))}'s variable", self.rule.dtypes()
+            )
+        for variable in var_list:
+            self._add_slot(variable)
+
+    def _add_slot(self, variable):
+        """The slot of `variable`, placed, tracked and restored as `add_slot`
+        does it, which cannot give a 16-bit variable a float32 slot."""
+        name, dtype = self.rule.slot_name, self.rule.slot_dtype(variable.dtype)
+        shape = self.rule.slot_shape(variable.shape)
+        initializer = tf.compat.v1.constant_initializer(self._initial_accumulator_value, dtype)
+        if dtype == variable.dtype.base_dtype:
+            return self.add_slot(variable, name, initializer, shape=shape)
+        slots = self._slots.setdefault(_var_key(variable), {})
+        if name in slots:
+            return slots[name]
+        if name not in self._slot_names:
+            self._slot_names.append(name)
+        with self._distribution_strategy_scope():
+            strategy = tf.distribute.get_strategy()
+            with strategy.extended.colocate_vars_with(variable):
+                slot = tf.Variable(
+                    initial_value=lambda: initializer(shape, dtype),
+                    name=f"{variable._shared_name}/{name}",
+                    dtype=dtype,
+                    trainable=False,
+                )
+        tf_keras_backend.track_variable(slot)
+        slots[name] = slot
+        self._restore_slot_variable(slot_name=name, variable=variable, slot_variable=slot)
+        self._weights.append(slot)
+        return slot
+
+    def _prepare_local(self, var_device, var_dtype, apply_state):
+        super()._prepare_local(var_device, var_dtype, apply_state)
+        # The rule's learning rate, decayed in its own dtype.
+        apply_state[(var_device, var_dtype)]["rule_lr"] = self._decayed_lr(
+            self.rule.slot_dtype(var_dtype)
+        )
+
+    def _rule_lr(self, device, dtype, apply_state):
+        key = (device, dtype.base_dtype)
+        return ((apply_state or {}).get(key) or self._fallback_apply_state(*key))["rule_lr"]
+
+    def _distributed_apply(self, distribution, grads_and_vars, apply_state, name):
+        """Applies a step's dense gradients of each device and dtype together
+        (elementwise: in one `TfAdagrad>MultiApplyDense`), then lets the base
+        class apply the rest and count the iteration.
+
+        Under a strategy, or when the step is compiled by XLA, every variable
+        goes through the base class, one at a time.
+        """
+        if tf.distribute.has_strategy() or _xla_fallback.in_xla():
+            return super()._distributed_apply(distribution, grads_and_vars, apply_state, name)
+        dense, remaining = [], []
+        for gradient, variable in grads_and_vars:
+            # The base class applies a constraint after the variable's update.
+            together = (
+                isinstance(variable, tf.Variable)
+                and variable.constraint is None
+                and not isinstance(gradient, tf.IndexedSlices)
+                and self.rule.is_fused(variable.dtype)
+            )
+            if together:
+                dense.append((variable, self.get_slot(variable, self.rule.slot_name), gradient))
+            else:
+                remaining.append((gradient, variable))
+        updates = [
+            _update_op(
+                self.rule.apply_many,
+                *zip(*group),
+                self._rule_lr(*key, apply_state),
+                self.epsilon,
+                use_locking=self._use_locking,
+            )
+            for key, group in _update_rules.group_by_device_and_dtype(dense).items()
+        ]
+        with tf.control_dependencies(updates):
+            return super()._distributed_apply(distribution, remaining, apply_state, name)
+
+    def _resource_apply_dense(self, grad, var, apply_state=None):
+        if var.dtype.base_dtype not in FLOAT_DTYPES:
+            return super()._resource_apply_dense(grad, var, apply_state)
+        return self._apply(grad, var, apply_state)
+
+    def _resource_apply_sparse_duplicate_indices(self, grad, var, indices, **kwargs):
+        if var.dtype.base_dtype not in FLOAT_DTYPES:
+            return super()._resource_apply_sparse_duplicate_indices(grad, var, indices, **kwargs)
+        # The rule sums the rows of duplicate indices itself.
+        return self._resource_apply_sparse(grad, var, indices, **kwargs)
+
+    def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
+        if var.dtype.base_dtype not in FLOAT_DTYPES:
+            return super()._resource_apply_sparse(grad, var, indices, apply_state)
+        return self._apply(tf.IndexedSlices(grad, indices), var, apply_state)
+
+    def _apply(self, gradient, var, apply_state):
+        return _update_op(
+            self.rule.apply,
+            var,
+            self.get_slot(var, self.rule.slot_name),
+            gradient,
+            self._rule_lr(var.device, var.dtype, apply_state),
+            self.epsilon,
+            use_locking=self._use_locking,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            learning_rate=self._serialize_hyperparameter("learning_rate"),
+            decay=self._initial_decay,
+            initial_accumulator_value=self._initial_accumulator_value,
+            epsilon=self.epsilon,
+        )
+        return config
+
+    def __repr__(self):
+        return (
+            f"<{_docstrings.public_name(type(self))} name={self._name!r}: "
+            "a tf_keras (Keras 2) legacy optimizer, an OptimizerV2>"
+        )
+
+
+def _update_op(update, *args, **kwargs):
+    """Runs `update(*args, **kwargs)` (a rule's, which returns nothing) and
+    returns an op that runs it, or None when executing eagerly (the update
+    has run).
+
+    OptimizerV2 makes the step's train op depend on the ops its
+    `_resource_apply_*` methods return; in a graph, without that op a
+    session would never run the update.
+    """
+    if tf.executing_eagerly():
+        update(*args, **kwargs)
+        return None
+    graph = tf.compat.v1.get_default_graph()
+    num_ops_before = len(graph.get_operations())
+    update(*args, **kwargs)
+    return tf.group(*graph.get_operations()[num_ops_before:])
