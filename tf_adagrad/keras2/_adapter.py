@@ -78,10 +78,11 @@ class TfKerasOptimizer(tf_keras.optimizers.Optimizer):
     def _deduplicate_sparse_grad(self, grads):
         # The rule sums the rows of duplicate indices itself; what the
         # kernels lack goes to the base class, deduplicated by it.
+        deduplicate = super()._deduplicate_sparse_grad
         return [
-            grad
-            if not isinstance(grad, tf.IndexedSlices) or grad.values.dtype in FLOAT_DTYPES
-            else super()._deduplicate_sparse_grad([grad])[0]
+            deduplicate([grad])[0]
+            if isinstance(grad, tf.IndexedSlices) and grad.values.dtype not in FLOAT_DTYPES
+            else grad
             for grad in grads
         ]
 

@@ -128,29 +128,29 @@ class LegacyOptimizer(tf_keras.optimizers.legacy.Optimizer):
         with tf.control_dependencies(updates):
             return super()._distributed_apply(distribution, remaining, apply_state, name)
 
-    def _resource_apply_dense(self, grad, var, apply_state=None):
-        if var.dtype.base_dtype not in FLOAT_DTYPES:
-            return super()._resource_apply_dense(grad, var, apply_state)
-        return self._apply(grad, var, apply_state)
+    def _resource_apply_dense(self, grad, handle, apply_state=None):
+        if handle.dtype.base_dtype not in FLOAT_DTYPES:
+            return super()._resource_apply_dense(grad, handle, apply_state)
+        return self._apply(grad, handle, apply_state)
 
-    def _resource_apply_sparse_duplicate_indices(self, grad, var, indices, **kwargs):
-        if var.dtype.base_dtype not in FLOAT_DTYPES:
-            return super()._resource_apply_sparse_duplicate_indices(grad, var, indices, **kwargs)
+    def _resource_apply_sparse_duplicate_indices(self, grad, handle, indices, **kwargs):
+        if handle.dtype.base_dtype not in FLOAT_DTYPES:
+            return super()._resource_apply_sparse_duplicate_indices(grad, handle, indices, **kwargs)
         # The rule sums the rows of duplicate indices itself.
-        return self._resource_apply_sparse(grad, var, indices, **kwargs)
+        return self._resource_apply_sparse(grad, handle, indices, **kwargs)
 
-    def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
-        if var.dtype.base_dtype not in FLOAT_DTYPES:
-            return super()._resource_apply_sparse(grad, var, indices, apply_state)
-        return self._apply(tf.IndexedSlices(grad, indices), var, apply_state)
+    def _resource_apply_sparse(self, grad, handle, indices, apply_state=None):
+        if handle.dtype.base_dtype not in FLOAT_DTYPES:
+            return super()._resource_apply_sparse(grad, handle, indices, apply_state)
+        return self._apply(tf.IndexedSlices(grad, indices), handle, apply_state)
 
-    def _apply(self, gradient, var, apply_state):
+    def _apply(self, gradient, variable, apply_state):
         return _update_op(
             self.rule.apply,
-            var,
-            self.get_slot(var, self.rule.slot_name),
+            variable,
+            self.get_slot(variable, self.rule.slot_name),
             gradient,
-            self._rule_lr(var.device, var.dtype, apply_state),
+            self._rule_lr(variable.device, variable.dtype, apply_state),
             self.epsilon,
             use_locking=self._use_locking,
         )
