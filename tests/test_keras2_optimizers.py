@@ -106,18 +106,23 @@ def assert_same_state(ours, theirs):
 
 
 def test_import_error_without_tf_keras():
-    """Without tf_keras, `import tf_adagrad` works and `import
-    tf_adagrad.keras2` says what to install and set."""
+    """Without tf_keras, `import tf_adagrad` works, and `import
+    tf_adagrad.keras2` or `tf_adagrad.keras2.Adagrad` says what to install
+    and set."""
     code = textwrap.dedent(
         """
         import json, sys
         sys.modules["tf_keras"] = None  # as if tf-keras were not installed
         import tf_adagrad
-        outcome = {"has_keras2": hasattr(tf_adagrad, "keras2")}
+        outcome = {"has_keras2": "keras2" in vars(tf_adagrad)}
         try:
             import tf_adagrad.keras2
         except ImportError as e:
             outcome["error"] = [type(e).__name__, str(e)]
+        try:
+            tf_adagrad.keras2.Adagrad
+        except ImportError as e:
+            outcome["attribute_error"] = [type(e).__name__, str(e)]
         print(json.dumps(outcome))
         """
     )
@@ -133,6 +138,8 @@ def test_import_error_without_tf_keras():
     assert "pip install tf-keras==2.21.*" in message
     assert "pip install tf_adagrad[keras2]" in message
     assert "TF_USE_LEGACY_KERAS=1 before TensorFlow is imported" in message
+    # `tf_adagrad.keras2.Adagrad` after `import tf_adagrad` says the same.
+    assert outcome["attribute_error"] == outcome["error"]
 
 
 def test_child_tf_keras_is_tf_keras(train_results):

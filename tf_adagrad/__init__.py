@@ -26,6 +26,15 @@ from tf_adagrad.sharded import sharded_gradients  # noqa: E402
 if importlib.util.find_spec("tf_keras") is not None:
     from tf_adagrad import keras2  # noqa: E402, F401
 
+
+def __getattr__(name):
+    # Without tf_keras, `tf_adagrad.keras2` imports it here, to raise the
+    # ImportError that says what to install rather than an AttributeError.
+    if name == "keras2":
+        return importlib.import_module("tf_adagrad.keras2")
+    raise AttributeError(f"module 'tf_adagrad' has no attribute {name!r}")
+
+
 __all__ = [
     "Adagrad",
     "OpLibraryError",

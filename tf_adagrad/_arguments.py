@@ -37,3 +37,12 @@ def scalar_as(value, dtype):
     `dtype`. Python numbers convert straight to `dtype`, not through float32,
     as Keras' and TensorFlow's own optimizers convert them."""
     return tf.cast(tf.convert_to_tensor(value, dtype_hint=dtype), dtype)
+
+
+def passed_on(init_locals):
+    """An `__init__`'s arguments, from its `locals()` before it makes any
+    other local: its named parameters and its `**kwargs`, to pass on whole
+    to the base class (the public classes spell out their signatures and
+    defaults; their adapter takes them all)."""
+    named = {k: v for k, v in init_locals.items() if k not in ("self", "__class__", "kwargs")}
+    return {**named, **init_locals.get("kwargs", {})}

@@ -4,35 +4,26 @@ import keras
 import tensorflow as tf
 from keras.src.optimizers import base_optimizer
 
-from tf_adagrad import _docstrings, _update_rules, _xla_fallback, sharded
-from tf_adagrad._arguments import non_negative_real
-from tf_adagrad._variables import as_tf_variable, backing_variable, require_dtype
+from tf_adagrad import _update_rules, _xla_fallback, sharded
+from tf_adagrad._rule_optimizer import RuleOptimizer, public_name
+from tf_adagrad._variables import as_tf_variable, backing_variable
 
 
-class KerasOptimizer(sharded.ShardedUpdates, keras.optimizers.Optimizer):
-    """A Keras 3 optimizer that updates variables by `rule`; a public class
-    sets `rule` and passes its defaults to `__init__`."""
+class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Optimizer):
+    """A Keras 3 optimizer that updates variables by its `rule`: fused ops,
+    or plain TensorFlow ops under XLA and for the dtypes the kernels lack."""
 
-    rule = None
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        cls.__doc__ = _docstrings.with_base_arguments(
-            cls.__doc__, base_optimizer.base_optimizer_keyword_args
-        )
+    framework = "a Keras 3 optimizer"
+    base_arguments = base_optimizer.base_optimizer_keyword_args
 
     def __init__(self, learning_rate, initial_accumulator_value, epsilon, **kwargs):
-        backend = keras.backend.backend()
-        if backend != "tensorflow":
+        if keras.backend.backend() != "tensorflow":
             raise RuntimeError(
-                f"{_docstrings.public_name(type(self))} runs TensorFlow ops, so it needs the "
-                f"TensorFlow Keras backend; the active backend is {backend!r}. Set "
+                f"{public_name(type(self))} runs TensorFlow ops, so it needs the TensorFlow "
+                f"Keras backend; the active backend is {keras.backend.backend()!r}. Set "
                 "KERAS_BACKEND=tensorflow before importing keras, or use keras.optimizers.Adagrad."
             )
-        initial_accumulator_value = non_negative_real(
-            "initial_accumulator_value", initial_accumulator_value
-        )
-        epsilon = non_negative_real("epsilon", epsilon)
+        initial_accumulator_value, epsilon = self._checked(initial_accumulator_value, epsilon)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.initial_accumulator_value = initial_accumulator_value
         self.epsilon = epsilon
@@ -40,35 +31,29 @@ class KerasOptimizer(sharded.ShardedUpdates, keras.optimizers.Optimizer):
     def build(self, var_list):
         if self.built:
             return
-        for variable in var_list:
-            require_dtype(
-                variable, f"{_docstrings.public_name(type(self))}'s variable", self.rule.dtypes()
-            )
+        self._check_dtypes(var_list)
         super().build(var_list)
-        # As Keras' Adagrad names and orders its accumulators, so that
+        # Named and ordered as Keras' Adagrad's accumulators, so that
         # checkpoints and .keras files load into either optimizer.
         slots = [
-            None
-            if getattr(variable, "overwrite_with_gradient", False)
-            else self._add_slot(variable)
-            for variable in var_list
+            None if getattr(v, "overwrite_with_gradient", False) else self._add_slot(v)
+            for v in var_list
         ]
         setattr(self, self.rule.slots_attribute, slots)
 
     def _add_slot(self, variable):
-        """The slot of `variable`, named and placed as Keras'
-        `add_variable_from_reference` does it, which cannot give it another
-        shape or dtype."""
+        """Named and placed as `add_variable_from_reference` would, which
+        cannot give the slot another shape or dtype."""
         initializer = keras.initializers.Constant(self.initial_accumulator_value)
         dtype = self.rule.slot_dtype(variable.dtype)
-        reference_name = variable.path if hasattr(variable, "path") else variable.name
+        reference = getattr(variable, "path", variable.name).replace("/", "_").replace(":", "_")
 
         def add():
             return self.add_variable(
                 shape=tuple(self.rule.slot_shape(variable.shape)),
                 initializer=initializer,
                 dtype=dtype.name,
-                name=f"{reference_name.replace('/', '_').replace(':', '_')}_{self.rule.slot_name}",
+                name=f"{reference}_{self.rule.slot_name}",
             )
 
         if sharded.is_sharded(variable):
@@ -78,7 +63,7 @@ class KerasOptimizer(sharded.ShardedUpdates, keras.optimizers.Optimizer):
             return add()
 
     def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
-        # What Keras makes for a sharded variable (an EMA, an accumulated
+        # What Keras adds for a sharded variable (an EMA, an accumulated
         # gradient) is sharded beside it too.
         if not sharded.is_sharded(reference_variable):
             return super().add_variable_from_reference(reference_variable, name, initializer)
@@ -90,8 +75,8 @@ class KerasOptimizer(sharded.ShardedUpdates, keras.optimizers.Optimizer):
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         """All of a step's updates: the dense gradients of each device and
-        dtype together (elementwise: in one `TfAdagrad>MultiApplyDense`),
-        each sparse gradient and each sharded variable on its own.
+        dtype together (elementwise: one `TfAdagrad>MultiApplyDense`), each
+        sparse gradient and each sharded variable on its own.
 
         Under a `tf.distribute` strategy, Keras' TensorFlow backend reduces
         the gradients and updates each variable through the strategy; that
@@ -108,9 +93,9 @@ class KerasOptimizer(sharded.ShardedUpdates, keras.optimizers.Optimizer):
             ):
                 self.update_step(gradient, variable, learning_rate)
                 continue
-            tf_variable = as_tf_variable(variable, "variable")
             slot = as_tf_variable(self._slot(variable), self.rule.slot_name)
-            dense.append((tf_variable, slot, tf.cast(gradient, tf_variable.dtype)))
+            variable = as_tf_variable(variable, "variable")
+            dense.append((variable, slot, tf.cast(gradient, variable.dtype)))
         for group in _update_rules.group_by_device_and_dtype(dense).values():
             self.rule.apply_many(*zip(*group), learning_rate, self.epsilon)
 
@@ -118,17 +103,17 @@ class KerasOptimizer(sharded.ShardedUpdates, keras.optimizers.Optimizer):
         """Update step given gradient and the associated model variable."""
         slot = self._slot(variable)
         gradient = tf.cast(gradient, variable.dtype)
-        if sharded.is_sharded(variable):
-            for shard_gradient, shard, slot_shard in zip(
-                sharded.split_by_shard(gradient, backing_variable(variable)),
-                sharded.shards(variable),
-                sharded.shards(slot),
-            ):
-                self.rule.apply(shard, slot_shard, shard_gradient, learning_rate, self.epsilon)
-        else:
+        if not sharded.is_sharded(variable):
             variable = as_tf_variable(variable, "variable")
             slot = as_tf_variable(slot, self.rule.slot_name)
             self.rule.apply(variable, slot, gradient, learning_rate, self.epsilon)
+            return
+        for shard_gradient, shard, slot_shard in zip(
+            sharded.split_by_shard(gradient, backing_variable(variable)),
+            sharded.shards(variable),
+            sharded.shards(slot),
+        ):
+            self.rule.apply(shard, slot_shard, shard_gradient, learning_rate, self.epsilon)
 
     def get_config(self):
         config = super().get_config()
@@ -136,6 +121,3 @@ class KerasOptimizer(sharded.ShardedUpdates, keras.optimizers.Optimizer):
             initial_accumulator_value=self.initial_accumulator_value, epsilon=self.epsilon
         )
         return config
-
-    def __repr__(self):
-        return f"<{_docstrings.public_name(type(self))} name={self.name!r}: a Keras 3 optimizer>"

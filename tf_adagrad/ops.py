@@ -70,10 +70,11 @@ def _check_epsilon_placement(epsilon_placement):
         )
 
 
-def _prepare(var, accum, lr, epsilon, grad, coefficient_dtype_of=None):
-    """The ops' inputs: the variables' handles, lr and epsilon as tensors of
-    `coefficient_dtype_of(var.dtype)` (by default `var`'s dtype, as in
-    Keras), and `grad`, which must have `var`'s dtype."""
+def _run(op, var, accum, lr, epsilon, grad, coefficient_dtype_of=None, **more):
+    """Checks the inputs of a single-variable op and runs it: `op` names its
+    generated wrapper, `more` holds its other inputs and attributes. lr and
+    epsilon take the dtype `coefficient_dtype_of(var.dtype)` (by default
+    `var`'s, as in Keras); `grad` must have `var`'s dtype."""
     var = as_tf_variable(var, "var")
     accum = as_tf_variable(accum, "accum")
     require_dtype(var, "`var`")
@@ -82,9 +83,17 @@ def _prepare(var, accum, lr, epsilon, grad, coefficient_dtype_of=None):
         raise TypeError(
             f"`grad` must have the dtype of `var` ({var.dtype.name}), got {grad.dtype.name}."
         )
+    if "indices" in more:
+        more["indices"] = _check_indices(more["indices"])
     coefficient_dtype = coefficient_dtype_of(var.dtype) if coefficient_dtype_of else var.dtype
-    lr, epsilon = scalar_as(lr, coefficient_dtype), scalar_as(epsilon, coefficient_dtype)
-    return var.handle, accum.handle, lr, epsilon, grad
+    getattr(_loader.load_library(), op)(
+        var=var.handle,
+        accum=accum.handle,
+        lr=scalar_as(lr, coefficient_dtype),
+        epsilon=scalar_as(epsilon, coefficient_dtype),
+        grad=grad,
+        **more,
+    )
 
 
 def _check_indices(indices):
@@ -120,13 +129,9 @@ def apply_adagrad(
     with the function's other uses of the variables; nothing is returned.
     """
     _check_epsilon_placement(epsilon_placement)
-    var_handle, accum_handle, lr, epsilon, grad = _prepare(var, accum, lr, epsilon, grad)
-    _loader.load_library().tf_adagrad_apply_dense(
-        var=var_handle,
-        accum=accum_handle,
-        lr=lr,
-        epsilon=epsilon,
-        grad=grad,
+    _run(
+        "tf_adagrad_apply_dense",
+        *(var, accum, lr, epsilon, grad),
         use_locking=use_locking,
         epsilon_placement=epsilon_placement,
     )
@@ -161,14 +166,9 @@ def sparse_apply_adagrad(
     Nothing is returned.
     """
     _check_epsilon_placement(epsilon_placement)
-    var_handle, accum_handle, lr, epsilon, grad = _prepare(var, accum, lr, epsilon, grad)
-    indices = _check_indices(indices)
-    _loader.load_library().tf_adagrad_apply_sparse(
-        var=var_handle,
-        accum=accum_handle,
-        lr=lr,
-        epsilon=epsilon,
-        grad=grad,
+    _run(
+        "tf_adagrad_apply_sparse",
+        *(var, accum, lr, epsilon, grad),
         indices=indices,
         use_locking=use_locking,
         epsilon_placement=epsilon_placement,
@@ -182,10 +182,10 @@ def multi_apply_adagrad(
     """Applies one dense Adagrad step to several variables in one op.
 
     The same update as `apply_adagrad(variables[i], accumulators[i], lr,
-    epsilon, grads[i], epsilon_placement=epsilon_placement)` for every `i`, in one op call whose work is split
-    across threads by elements, not by variable (on a GPU: one kernel launch
-    per 64 variables), so many small variables cost about as much as one
-    large one. Every input is checked before any variable is written. All
+    epsilon, grads[i], epsilon_placement=epsilon_placement)` for every `i`,
+    in one op call whose work is split across threads by elements, not by
+    variable (on a GPU: one kernel launch per 64 variables), so many small
+    variables cost about as much as one large one. Every input is checked before any variable is written. All
     variables must be on one device.
 
     Args:
@@ -265,17 +265,11 @@ def rowwise_apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False):
 
     Nothing is returned.
     """
-    # The row's arithmetic runs in the accumulator's dtype, and so do lr and
-    # epsilon.
-    var_handle, accum_handle, lr, epsilon, grad = _prepare(
-        var, accum, lr, epsilon, grad, rowwise_accumulator_dtype
-    )
-    _loader.load_library().tf_adagrad_rowwise_apply_dense(
-        var=var_handle,
-        accum=accum_handle,
-        lr=lr,
-        epsilon=epsilon,
-        grad=grad,
+    # The row's arithmetic, lr and epsilon are in the accumulator's dtype.
+    _run(
+        "tf_adagrad_rowwise_apply_dense",
+        *(var, accum, lr, epsilon, grad),
+        coefficient_dtype_of=rowwise_accumulator_dtype,
         use_locking=use_locking,
     )
 
@@ -294,27 +288,14 @@ def sparse_rowwise_apply_adagrad(var, accum, lr, epsilon, grad, indices, use_loc
         accum: The rowwise accumulator, as in `rowwise_apply_adagrad`.
         lr: The learning rate; a scalar, cast to the accumulator's dtype.
         epsilon: A scalar added to the square root of the accumulator.
-        grad: A tensor of shape `[len(indices)] + var.shape[1:]`.
-        indices: A 1-D int32 or int64 tensor of row numbers in
-            `[0, var.shape[0])`; an index out of range raises
-            `InvalidArgumentError` and nothing is updated.
-        use_locking: If `True`, the update holds the variables' locks
-            exclusively; otherwise concurrent sparse updates may interleave.
+        grad, indices, use_locking: As in `sparse_apply_adagrad`.
 
     Nothing is returned.
     """
-    # The row's arithmetic runs in the accumulator's dtype, and so do lr and
-    # epsilon.
-    var_handle, accum_handle, lr, epsilon, grad = _prepare(
-        var, accum, lr, epsilon, grad, rowwise_accumulator_dtype
-    )
-    indices = _check_indices(indices)
-    _loader.load_library().tf_adagrad_rowwise_apply_sparse(
-        var=var_handle,
-        accum=accum_handle,
-        lr=lr,
-        epsilon=epsilon,
-        grad=grad,
+    _run(
+        "tf_adagrad_rowwise_apply_sparse",
+        *(var, accum, lr, epsilon, grad),
+        coefficient_dtype_of=rowwise_accumulator_dtype,
         indices=indices,
         use_locking=use_locking,
     )

@@ -3,6 +3,7 @@
 import keras
 
 from tf_adagrad import _update_rules
+from tf_adagrad._arguments import passed_on
 from tf_adagrad._keras_adapter import KerasOptimizer
 
 
@@ -69,19 +70,4 @@ class Adagrad(KerasOptimizer):
         name=None,
         **kwargs,
     ):
-        super().__init__(
-            learning_rate=learning_rate,
-            initial_accumulator_value=initial_accumulator_value,
-            epsilon=epsilon,
-            weight_decay=weight_decay,
-            clipnorm=clipnorm,
-            clipvalue=clipvalue,
-            global_clipnorm=global_clipnorm,
-            use_ema=use_ema,
-            ema_momentum=ema_momentum,
-            ema_overwrite_frequency=ema_overwrite_frequency,
-            loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            name=name,
-            **kwargs,
-        )
+        super().__init__(**passed_on(locals()))

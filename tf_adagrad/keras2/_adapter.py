@@ -5,34 +5,26 @@ import tensorflow as tf
 import tf_keras
 from tf_keras.src.optimizers import optimizer as tf_keras_optimizer
 
-from tf_adagrad import _docstrings, _update_rules, _xla_fallback
-from tf_adagrad._arguments import non_negative_real
-from tf_adagrad._variables import FLOAT_DTYPES, require_dtype
+from tf_adagrad import _update_rules, _xla_fallback
+from tf_adagrad._rule_optimizer import RuleOptimizer
+from tf_adagrad._variables import FLOAT_DTYPES
 
 
-class TfKerasOptimizer(tf_keras.optimizers.Optimizer):
-    """A tf_keras optimizer that updates variables by `rule`; a public class
-    sets `rule` and passes its defaults to `__init__`.
+class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
+    """A tf_keras optimizer that updates variables by its `rule`. Variables
+    of a dtype the kernels lack (complex, which the elementwise rule trains)
+    go to the next base class's own update: tf_keras' Adagrad's.
 
-    Variables of a dtype the kernels lack (complex, which the elementwise
-    rule trains) go to the next base class's own update: tf_keras' Adagrad.
+    tf_keras' Adagrad, a base of `keras2.Adagrad`, would set the same
+    attributes in `__init__` and make the same accumulators in `build`:
+    here both are done for every rule, on tf_keras' base class.
     """
 
-    rule = None
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        cls.__doc__ = _docstrings.with_base_arguments(
-            cls.__doc__, tf_keras_optimizer.base_optimizer_keyword_args
-        )
+    framework = "a tf_keras (Keras 2) optimizer"
+    base_arguments = tf_keras_optimizer.base_optimizer_keyword_args
 
     def __init__(self, learning_rate, initial_accumulator_value, epsilon, **kwargs):
-        initial_accumulator_value = non_negative_real(
-            "initial_accumulator_value", initial_accumulator_value
-        )
-        epsilon = non_negative_real("epsilon", epsilon)
-        # tf_keras' Adagrad (a base of `keras2.Adagrad`) sets the same three
-        # attributes after this base's __init__; here for every rule.
+        initial_accumulator_value, epsilon = self._checked(initial_accumulator_value, epsilon)
         tf_keras.optimizers.Optimizer.__init__(self, **kwargs)
         self._learning_rate = self._build_learning_rate(learning_rate)
         self.initial_accumulator_value = initial_accumulator_value
@@ -41,32 +33,26 @@ class TfKerasOptimizer(tf_keras.optimizers.Optimizer):
     def build(self, var_list):
         if getattr(self, "_built", False):
             return
-        for variable in var_list:
-            require_dtype(
-                variable, f"{_docstrings.public_name(type(self))}'s variable", self.rule.dtypes()
-            )
-        # As for __init__: tf_keras' Adagrad's build would make the same
-        # accumulators; the rule makes its slots for every class.
+        self._check_dtypes(var_list)
         tf_keras.optimizers.Optimizer.build(self, var_list)
         self._built = True
         setattr(self, self.rule.slots_attribute, [self._add_slot(v) for v in var_list])
 
     def _add_slot(self, variable):
-        """The slot of `variable`, named, placed and sharded as
-        `add_variable_from_reference` does it, which cannot give a 16-bit
-        variable a float32 slot."""
+        """Named, placed and sharded by `add_variable_from_reference`, but
+        for a slot of another dtype than the variable's, which it cannot
+        make (a 16-bit variable's rowwise accumulator)."""
         dtype = self.rule.slot_dtype(variable.dtype)
         shape = self.rule.slot_shape(variable.shape)
         initial_value = tf_keras.initializers.Constant(self.initial_accumulator_value)(shape, dtype)
-        if dtype == getattr(variable, "true_dtype", variable.dtype):
+        if dtype == variable.dtype:
             return self.add_variable_from_reference(
                 variable, self.rule.slot_name, shape, initial_value
             )
         with tf.distribute.get_strategy().extended.colocate_vars_with(variable):
             slot = tf.Variable(
-                initial_value=initial_value,
+                initial_value,
                 name=f"{self.rule.slot_name}/{variable._shared_name}",
-                dtype=dtype,
                 trainable=False,
             )
         self._variables.append(slot)
@@ -76,8 +62,8 @@ class TfKerasOptimizer(tf_keras.optimizers.Optimizer):
         return getattr(self, self.rule.slots_attribute)[self._index_dict[self._var_key(variable)]]
 
     def _deduplicate_sparse_grad(self, grads):
-        # The rule sums the rows of duplicate indices itself; what the
-        # kernels lack goes to the base class, deduplicated by it.
+        # The rule sums the rows of duplicate indices itself; the base class
+        # deduplicates what it updates itself.
         deduplicate = super()._deduplicate_sparse_grad
         return [
             deduplicate([grad])[0]
@@ -88,13 +74,10 @@ class TfKerasOptimizer(tf_keras.optimizers.Optimizer):
 
     def _distributed_apply_gradients_fn(self, distribution, grads_and_vars, **kwargs):
         """Applies a step's dense gradients of each device and dtype together
-        (elementwise: in one `TfAdagrad>MultiApplyDense`), then lets the base
+        (elementwise: one `TfAdagrad>MultiApplyDense`), then lets the base
         class apply the rest and keep the moving averages and the iteration
-        count.
-
-        Under a strategy, or when the update is compiled by XLA, every
-        variable goes through the base class, one at a time.
-        """
+        count. Under a strategy, or when the update is compiled by XLA, every
+        variable goes through the base class, one at a time."""
         if tf.distribute.has_strategy() or self.jit_compile or _xla_fallback.in_xla():
             return super()._distributed_apply_gradients_fn(distribution, grads_and_vars, **kwargs)
         together = {
@@ -117,10 +100,12 @@ class TfKerasOptimizer(tf_keras.optimizers.Optimizer):
     def update_step(self, gradient, variable):
         """Update step given gradient and the associated model variable."""
         if gradient is None:  # applied with the step's other dense gradients
-            return
+            return None
         if variable.dtype not in FLOAT_DTYPES:
             return super().update_step(gradient, variable)
-        self.rule.apply(variable, self._slot(variable), gradient, self.learning_rate, self.epsilon)
+        return self.rule.apply(
+            variable, self._slot(variable), gradient, self.learning_rate, self.epsilon
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -130,9 +115,3 @@ class TfKerasOptimizer(tf_keras.optimizers.Optimizer):
             epsilon=self.epsilon,
         )
         return config
-
-    def __repr__(self):
-        return (
-            f"<{_docstrings.public_name(type(self))} name={self.name!r}: "
-            "a tf_keras (Keras 2) optimizer>"
-        )

@@ -3,6 +3,7 @@
 import tf_keras
 
 from tf_adagrad import _update_rules
+from tf_adagrad._arguments import passed_on
 from tf_adagrad.keras2._adapter import TfKerasOptimizer
 
 
@@ -62,18 +63,4 @@ class Adagrad(TfKerasOptimizer, tf_keras.optimizers.Adagrad):
         name="Adagrad",
         **kwargs,
     ):
-        super().__init__(
-            learning_rate=learning_rate,
-            initial_accumulator_value=initial_accumulator_value,
-            epsilon=epsilon,
-            weight_decay=weight_decay,
-            clipnorm=clipnorm,
-            clipvalue=clipvalue,
-            global_clipnorm=global_clipnorm,
-            use_ema=use_ema,
-            ema_momentum=ema_momentum,
-            ema_overwrite_frequency=ema_overwrite_frequency,
-            jit_compile=jit_compile,
-            name=name,
-            **kwargs,
-        )
+        super().__init__(**passed_on(locals()))

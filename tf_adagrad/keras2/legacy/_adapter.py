@@ -6,39 +6,29 @@ import tf_keras
 from tf_keras.src import backend as tf_keras_backend
 from tf_keras.src.optimizers.legacy.optimizer_v2 import _var_key
 
-from tf_adagrad import _docstrings, _update_rules, _xla_fallback
-from tf_adagrad._arguments import non_negative_real
-from tf_adagrad._variables import FLOAT_DTYPES, require_dtype
+from tf_adagrad import _update_rules, _xla_fallback
+from tf_adagrad._rule_optimizer import RuleOptimizer
+from tf_adagrad._variables import FLOAT_DTYPES
 
-# OptimizerV2's shared arguments, for the docstrings (tf_keras has no text).
-_BASE_ARGUMENTS = """name: String, the prefix of the names of the ops the optimizer creates.
+
+class LegacyOptimizer(RuleOptimizer, tf_keras.optimizers.legacy.Optimizer):
+    """A tf_keras legacy optimizer (`OptimizerV2`) that updates variables by
+    its `rule`. Variables of a dtype the kernels lack (complex, which the
+    elementwise rule trains) go to the next base class's own update: tf_keras'
+    legacy Adagrad's, TensorFlow's `ApplyAdagradV2`.
+
+    tf_keras' legacy Adagrad, a base of `legacy.Adagrad`, would set the same
+    hyperparameters in `__init__`: here that is done for every rule.
+    """
+
+    framework = "a tf_keras (Keras 2) legacy optimizer, an OptimizerV2"
+    # tf_keras has no text of OptimizerV2's shared arguments.
+    base_arguments = """name: String, the prefix of the names of the ops it creates.
         **kwargs: `clipvalue`, `clipnorm`, `global_clipnorm`, `decay`, as in
             `tf_keras.optimizers.legacy.Optimizer`."""
 
-
-class LegacyOptimizer(tf_keras.optimizers.legacy.Optimizer):
-    """A tf_keras legacy optimizer (`OptimizerV2`) that updates variables by
-    `rule`; a public class sets `rule` and passes its defaults to
-    `__init__`.
-
-    Variables of a dtype the kernels lack (complex, which the elementwise
-    rule trains) go to the next base class's own update: tf_keras' legacy
-    Adagrad, TensorFlow's `ApplyAdagradV2`.
-    """
-
-    rule = None
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        cls.__doc__ = _docstrings.with_base_arguments(cls.__doc__, _BASE_ARGUMENTS)
-
     def __init__(self, learning_rate, initial_accumulator_value, epsilon, name, **kwargs):
-        initial_accumulator_value = non_negative_real(
-            "initial_accumulator_value", initial_accumulator_value
-        )
-        epsilon = non_negative_real("epsilon", epsilon)
-        # tf_keras' legacy Adagrad (a base of `legacy.Adagrad`) sets the same
-        # hyperparameters after this base's __init__; here for every rule.
+        initial_accumulator_value, epsilon = self._checked(initial_accumulator_value, epsilon)
         tf_keras.optimizers.legacy.Optimizer.__init__(self, name, **kwargs)
         self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
         self._set_hyper("decay", self._initial_decay)
@@ -46,16 +36,14 @@ class LegacyOptimizer(tf_keras.optimizers.legacy.Optimizer):
         self.epsilon = epsilon
 
     def _create_slots(self, var_list):
-        for variable in var_list:
-            require_dtype(
-                variable, f"{_docstrings.public_name(type(self))}'s variable", self.rule.dtypes()
-            )
+        self._check_dtypes(var_list)
         for variable in var_list:
             self._add_slot(variable)
 
     def _add_slot(self, variable):
-        """The slot of `variable`, placed, tracked and restored as `add_slot`
-        does it, which cannot give a 16-bit variable a float32 slot."""
+        """Placed, tracked and restored by `add_slot`, but for a slot of
+        another dtype than the variable's, which it cannot make (a 16-bit
+        variable's rowwise accumulator)."""
         name, dtype = self.rule.slot_name, self.rule.slot_dtype(variable.dtype)
         shape = self.rule.slot_shape(variable.shape)
         initializer = tf.compat.v1.constant_initializer(self._initial_accumulator_value, dtype)
@@ -67,26 +55,24 @@ class LegacyOptimizer(tf_keras.optimizers.legacy.Optimizer):
         if name not in self._slot_names:
             self._slot_names.append(name)
         with self._distribution_strategy_scope():
-            strategy = tf.distribute.get_strategy()
-            with strategy.extended.colocate_vars_with(variable):
+            with tf.distribute.get_strategy().extended.colocate_vars_with(variable):
                 slot = tf.Variable(
-                    initial_value=lambda: initializer(shape, dtype),
+                    lambda: initializer(shape, dtype),
                     name=f"{variable._shared_name}/{name}",
                     dtype=dtype,
                     trainable=False,
                 )
         tf_keras_backend.track_variable(slot)
         slots[name] = slot
-        self._restore_slot_variable(slot_name=name, variable=variable, slot_variable=slot)
+        self._restore_slot_variable(name, variable, slot)
         self._weights.append(slot)
         return slot
 
     def _prepare_local(self, var_device, var_dtype, apply_state):
         super()._prepare_local(var_device, var_dtype, apply_state)
         # The rule's learning rate, decayed in its own dtype.
-        apply_state[(var_device, var_dtype)]["rule_lr"] = self._decayed_lr(
-            self.rule.slot_dtype(var_dtype)
-        )
+        rule_dtype = self.rule.slot_dtype(var_dtype)
+        apply_state[(var_device, var_dtype)]["rule_lr"] = self._decayed_lr(rule_dtype)
 
     def _rule_lr(self, device, dtype, apply_state):
         key = (device, dtype.base_dtype)
@@ -94,24 +80,21 @@ class LegacyOptimizer(tf_keras.optimizers.legacy.Optimizer):
 
     def _distributed_apply(self, distribution, grads_and_vars, apply_state, name):
         """Applies a step's dense gradients of each device and dtype together
-        (elementwise: in one `TfAdagrad>MultiApplyDense`), then lets the base
-        class apply the rest and count the iteration.
-
-        Under a strategy, or when the step is compiled by XLA, every variable
-        goes through the base class, one at a time.
-        """
+        (elementwise: one `TfAdagrad>MultiApplyDense`), then lets the base
+        class apply the rest and count the iteration. Under a strategy, or
+        when the step is compiled by XLA, every variable goes through the
+        base class, one at a time."""
         if tf.distribute.has_strategy() or _xla_fallback.in_xla():
             return super()._distributed_apply(distribution, grads_and_vars, apply_state, name)
         dense, remaining = [], []
         for gradient, variable in grads_and_vars:
             # The base class applies a constraint after the variable's update.
-            together = (
+            if (
                 isinstance(variable, tf.Variable)
                 and variable.constraint is None
                 and not isinstance(gradient, tf.IndexedSlices)
                 and self.rule.is_fused(variable.dtype)
-            )
-            if together:
+            ):
                 dense.append((variable, self.get_slot(variable, self.rule.slot_name), gradient))
             else:
                 remaining.append((gradient, variable))
@@ -145,12 +128,14 @@ class LegacyOptimizer(tf_keras.optimizers.legacy.Optimizer):
         return self._apply(tf.IndexedSlices(grad, indices), handle, apply_state)
 
     def _apply(self, gradient, variable, apply_state):
+        slot = self.get_slot(variable, self.rule.slot_name)
+        lr = self._rule_lr(variable.device, variable.dtype, apply_state)
         return _update_op(
             self.rule.apply,
             variable,
-            self.get_slot(variable, self.rule.slot_name),
+            slot,
             gradient,
-            self._rule_lr(variable.device, variable.dtype, apply_state),
+            lr,
             self.epsilon,
             use_locking=self._use_locking,
         )
@@ -165,22 +150,12 @@ class LegacyOptimizer(tf_keras.optimizers.legacy.Optimizer):
         )
         return config
 
-    def __repr__(self):
-        return (
-            f"<{_docstrings.public_name(type(self))} name={self._name!r}: "
-            "a tf_keras (Keras 2) legacy optimizer, an OptimizerV2>"
-        )
-
 
 def _update_op(update, *args, **kwargs):
     """Runs `update(*args, **kwargs)` (a rule's, which returns nothing) and
-    returns an op that runs it, or None when executing eagerly (the update
-    has run).
-
-    OptimizerV2 makes the step's train op depend on the ops its
-    `_resource_apply_*` methods return; in a graph, without that op a
-    session would never run the update.
-    """
+    returns an op that runs it, or None when executing eagerly. OptimizerV2
+    makes the train op depend on what `_resource_apply_*` return: in a
+    graph, without that op a session would never run the update."""
     if tf.executing_eagerly():
         update(*args, **kwargs)
         return None

@@ -4,6 +4,7 @@ Adagrad on the fused ops."""
 import tf_keras
 
 from tf_adagrad import _update_rules
+from tf_adagrad._arguments import passed_on
 from tf_adagrad.keras2.legacy._adapter import LegacyOptimizer
 
 
@@ -59,10 +60,6 @@ class Adagrad(LegacyOptimizer, tf_keras.optimizers.legacy.Adagrad):
         name="Adagrad",
         **kwargs,
     ):
-        super().__init__(
-            learning_rate=learning_rate,
-            initial_accumulator_value=initial_accumulator_value,
-            epsilon=epsilon or tf_keras.backend.epsilon(),
-            name=name,
-            **kwargs,
-        )
+        # As the base class: None or 0 mean tf_keras' default epsilon.
+        epsilon = epsilon or tf_keras.backend.epsilon()
+        super().__init__(**passed_on(locals()))

@@ -4,6 +4,7 @@ legacy optimizer (`OptimizerV2`)."""
 import tf_keras
 
 from tf_adagrad import _update_rules
+from tf_adagrad._arguments import passed_on
 from tf_adagrad.keras2.legacy._adapter import LegacyOptimizer
 
 
@@ -43,10 +44,4 @@ class RowwiseAdagrad(LegacyOptimizer):
         name="RowwiseAdagrad",
         **kwargs,
     ):
-        super().__init__(
-            learning_rate=learning_rate,
-            initial_accumulator_value=initial_accumulator_value,
-            epsilon=epsilon,
-            name=name,
-            **kwargs,
-        )
+        super().__init__(**passed_on(locals()))
