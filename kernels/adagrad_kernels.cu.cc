@@ -101,22 +101,4 @@ TF_CALL_FLOAT_TYPES(INSTANTIATE_GPU_FUNCTORS)
 }  // namespace functor
 }  // namespace tf_adagrad
 
-namespace tensorflow {
-namespace functor {
-
-template <typename T>
-void DenseUpdate<Eigen::GpuDevice, T, ASSIGN>::operator()(
-    const Eigen::GpuDevice& device, typename TTypes<T>::Flat params,
-    typename TTypes<T>::ConstFlat update) {
-  device.memcpy(params.data(), update.data(), params.size() * sizeof(T));
-}
-
-#define INSTANTIATE_DENSE_UPDATE(T) \
-  template struct DenseUpdate<Eigen::GpuDevice, T, ASSIGN>;
-TF_CALL_FLOAT_TYPES(INSTANTIATE_DENSE_UPDATE)
-#undef INSTANTIATE_DENSE_UPDATE
-
-}  // namespace functor
-}  // namespace tensorflow
-
 #endif  // GOOGLE_CUDA
