@@ -166,8 +166,7 @@ def _python_wheel_impl(ctx):
     for extra, requirements in ctx.attr.extras.items():
         for requirement in requirements:
             args.add("--extra", "%s=%s" % (extra, requirement))
-    args.add("--python_tag", _required_define(ctx, "python_tag"))
-    args.add("--abi_tag", _required_define(ctx, "abi_tag"))
+    args.add_all(ctx.attr.python_versions, before_each = "--python_version")
     args.add("--platform_tag", _required_define(ctx, "platform_tag"))
     package_files = ctx.files.package_files
     for f in package_files:
@@ -204,9 +203,10 @@ python_wheel = rule(
     source tree (generated files: in the package's folder); nothing else of
     the package does. The version comes from `version_file`'s `__version__`,
     the TensorFlow requirement from `build_record`'s `TF_VERSION` (with the
-    other requirements of `requires`, and the optional ones of `extras`), and
-    the tags from the defines that configure.py writes (python_tag, abi_tag,
-    platform_tag).
+    other requirements of `requires`, and the optional ones of `extras`),
+    `Requires-Python` and the Python classifiers from `python_versions`, and
+    the tag, `py3-none-<platform>`, from the define that configure.py writes
+    (platform_tag).
     """,
     attrs = {
         "distribution": attr.string(mandatory = True),
@@ -219,6 +219,7 @@ python_wheel = rule(
         "license_file": attr.label(allow_single_file = True, mandatory = True),
         "description_file": attr.label(allow_single_file = True, mandatory = True),
         "requires": attr.string_list(),
+        "python_versions": attr.string_list(mandatory = True),
         "extras": attr.string_list_dict(),
         "out_dir": attr.string(default = "dist"),
         "_builder": attr.label(default = "//build_tools:build_wheel.py", allow_single_file = True),

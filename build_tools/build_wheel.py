@@ -13,13 +13,15 @@ reproducible: entries in a fixed order with a fixed date.
   pip keeps them together; every `--requires` adds one more `Requires-Dist`,
   and every `--extra NAME=REQUIREMENT` one that pip installs only for
   `tf_adagrad[NAME]` (with `Provides-Extra: NAME`).
-- The tag (`--python_tag`, `--platform_tag`, which configure.py takes from
-  the Python that builds) names the interpreter and platform the library was
-  built and tested with, for example `cp311-cp311-linux_x86_64`. The op
-  library does not call Python's C API, but it is bound to one TensorFlow
-  build, and TensorFlow ships one build per CPython version. The platform is
-  plain `linux_x86_64`, not `manylinux`: the library is compiled by the
-  local toolchain and not audited for older Linux systems.
+- The tag is `py3-none-<platform>` (`--platform_tag`, which configure.py
+  takes from the Python that builds, such as `linux_x86_64`): the op library
+  does not call Python's C API, so one wheel serves every Python 3 that
+  TensorFlow ships for; the `Requires-Dist` pin keeps it with the TensorFlow
+  minor version it was built against. `--python_version` (repeated) names
+  the Python versions it is tested with: one classifier each, and
+  `Requires-Python` from the lowest. The platform is plain `linux_x86_64`,
+  not `manylinux`: the library is compiled by the local toolchain and not
+  audited for older Linux systems.
 """
 
 import argparse
@@ -75,10 +77,18 @@ def extra_lines(specs):
     return lines
 
 
+def version_key(version):
+    """(3, 11) for "3.11"; versions sort by number, not by text."""
+    parts = version.split(".")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise SystemExit(f"build_wheel.py: --python_version {version!r}, expected X.Y")
+    return tuple(int(p) for p in parts)
+
+
 def metadata(args, version):
     with open(args.description, encoding="utf-8") as f:
         description = f.read()
-    python = args.python_tag[2:]
+    python_versions = sorted(set(args.python_version), key=version_key)
     lines = [
         "Metadata-Version: 2.1",
         f"Name: {args.name}",
@@ -87,8 +97,9 @@ def metadata(args, version):
         f"License: {args.license_name}",
         "Classifier: License :: OSI Approved :: Apache Software License",
         "Classifier: Operating System :: POSIX :: Linux",
-        f"Classifier: Programming Language :: Python :: {python[0]}.{python[1:]}",
-        f"Requires-Python: >={python[0]}.{python[1:]}",
+        "Classifier: Programming Language :: Python :: 3",
+        *(f"Classifier: Programming Language :: Python :: {v}" for v in python_versions),
+        f"Requires-Python: >={python_versions[0]}",
         f"Requires-Dist: {tensorflow_requirement(args.build_record)}",
         *(f"Requires-Dist: {requirement}" for requirement in args.requires),
         *extra_lines(args.extra),
@@ -149,8 +160,12 @@ def main():
         metavar="NAME=REQUIREMENT",
         help="a requirement of an extra, such as keras2=tf-keras==2.21.*",
     )
-    parser.add_argument("--python_tag", required=True, help="such as cp311")
-    parser.add_argument("--abi_tag", required=True, help="such as cp311")
+    parser.add_argument(
+        "--python_version",
+        action="append",
+        required=True,
+        help="a Python version the wheel is tested with, such as 3.11",
+    )
     parser.add_argument("--platform_tag", required=True, help="such as linux_x86_64")
     parser.add_argument(
         "--file",
@@ -163,7 +178,9 @@ def main():
 
     version = module_string(args.version_file, "__version__")
     distribution = args.name.replace("-", "_")
-    tag = f"{args.python_tag}-{args.abi_tag}-{args.platform_tag}"
+    # Any Python 3, no Python ABI: the op library links TensorFlow's
+    # framework library only.
+    tag = f"py3-none-{args.platform_tag}"
     dist_info = f"{distribution}-{version}.dist-info"
 
     entries = []  # (path in the wheel, bytes, executable)

@@ -5,9 +5,10 @@ Every compiler and linker flag comes from ``tf.sysconfig``; nothing is
 hard-coded. Run it with the Python whose TensorFlow the ops must match
 (``make build`` uses ``.venv/bin/python``).
 
-It also records the tags of the wheel (``//:wheel``): this Python's
-interpreter and ABI and the platform, for example ``cp311-cp311-linux_x86_64``,
-and this Python, which runs the wheel builder.
+It also records, for the wheel (``//:wheel``), this machine's platform tag,
+for example ``linux_x86_64`` (the wheel is ``py3-none-linux_x86_64``: the op
+library does not use Python's ABI), and this Python, which runs the wheel
+builder.
 
 It also looks for the CUDA toolchain: clang (``CUDA_CLANG``, Debian's
 clang-16) and the CUDA 12 wheels of requirements-dev.txt in this Python's
@@ -52,15 +53,8 @@ def tf_build_settings():
 
 
 def wheel_settings():
-    """The wheel's tags for this Python (PEP 425), and this Python."""
-    if sys.implementation.name != "cpython":
-        raise SystemExit(
-            f"configure.py: the wheel needs CPython (TensorFlow's), not {sys.implementation.name}"
-        )
-    python_tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    """The wheel's platform tag (PEP 425) for this machine, and this Python."""
     return {
-        "python_tag": python_tag,
-        "abi_tag": python_tag + sys.abiflags,
         "platform_tag": sysconfig.get_platform().replace("-", "_").replace(".", "_"),
         "build_python": sys.executable,
     }
@@ -129,9 +123,7 @@ def main():
     with open(OUTPUT, "w") as f:
         f.write("\n".join(bazelrc_lines(settings, wheel, cuda)) + "\n")
     print(f"configure.py: TensorFlow {settings['version']} at {settings['include_dir']}")
-    print(
-        f"configure.py: wheel tag {wheel['python_tag']}-{wheel['abi_tag']}-{wheel['platform_tag']}"
-    )
+    print(f"configure.py: wheel tag py3-none-{wheel['platform_tag']}")
     if cuda:
         print(
             f"configure.py: CUDA kernels on: {cuda['clang']} with the CUDA 12 wheels in {cuda['nvidia_dir']}"

@@ -16,7 +16,6 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor_types.h"
-#include "tensorflow/core/kernels/dense_update_functor.h"
 
 namespace tf_adagrad {
 
@@ -128,24 +127,5 @@ TF_CALL_FLOAT_TYPES(TF_ADAGRAD_DECLARE_GPU_FUNCTORS)
 
 }  // namespace functor
 }  // namespace tf_adagrad
-
-#if GOOGLE_CUDA
-namespace tensorflow {
-namespace functor {
-// training_op_helpers.h copies a variable's buffer with this functor when
-// the buffer is shared (copy-on-write, and the switch to copy-on-read that
-// sparse updates make). TensorFlow's GPU version is compiled into
-// libtensorflow_cc, which op libraries do not link against, so this library
-// brings its own: a device-to-device copy on the op's stream, defined in
-// adagrad_kernels.cu.cc.
-template <typename T>
-struct DenseUpdate<Eigen::GpuDevice, T, ASSIGN> {
-  void operator()(const Eigen::GpuDevice& device,
-                  typename TTypes<T>::Flat params,
-                  typename TTypes<T>::ConstFlat update);
-};
-}  // namespace functor
-}  // namespace tensorflow
-#endif  // GOOGLE_CUDA
 
 #endif  // TF_ADAGRAD_KERNELS_ADAGRAD_FUNCTORS_H_

@@ -31,6 +31,8 @@ namespace gpu {
 constexpr int kThreadsPerBlock = 256;
 constexpr int kWarpSize = 32;
 constexpr int kWarpsPerBlock = kThreadsPerBlock / kWarpSize;
+// The lanes of a whole warp, for the *_sync intrinsics.
+constexpr unsigned kAllLanes = 0xffffffffu;
 
 // Blocks for a grid-stride kernel over `work_items` items (one per thread):
 // as many as the current device keeps resident at once, or fewer if the work
@@ -272,6 +274,43 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   }
 }
 
+// Whether the warp of sorted position `run_start` owns a row: it does when
+// run_start < nnz is the first position of a run of equal indices (the
+// warps of the run's other positions return), and then gets the row and
+// run_end (one past the run's last position). Every lane of the warp calls
+// it with the same run_start.
+template <typename Key>
+__device__ __forceinline__ bool OwnsRun(const Key* __restrict__ sorted_indices,
+                                        int64_t nnz, int64_t run_start,
+                                        Key* row, int64_t* run_end) {
+  if (run_start >= nnz) return false;
+  const Key index = sorted_indices[run_start];
+  if (run_start > 0 && sorted_indices[run_start - 1] == index) return false;
+  *row = index;
+  // The run ends at the first different index. Most runs are short: the
+  // warp checks the next kWarpSize positions at once, and bisects the rest.
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t next = run_start + 1 + lane;
+  const unsigned different =
+      __ballot_sync(kAllLanes, next >= nnz || sorted_indices[next] != index);
+  if (different != 0) {
+    *run_end = run_start + __ffs(different);
+    return true;
+  }
+  int64_t low = run_start + kWarpSize + 1,
+          high = nnz;  // sorted[low - 1] == index
+  while (low < high) {
+    const int64_t middle = low + (high - low) / 2;
+    if (sorted_indices[middle] == index) {
+      low = middle + 1;
+    } else {
+      high = middle;
+    }
+  }
+  *run_end = low;
+  return true;
+}
+
 // Columns of a row that one warp sums and updates: one per lane.
 constexpr int64_t kTileColumns = kWarpSize;
 
@@ -295,36 +334,14 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
                             Step step) {
   using A = GpuArithmetic<T>;
   using C = ComputeType<T>;
-  constexpr unsigned kAllLanes = 0xffffffffu;
   const int64_t warp =
       (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const int64_t run_start = warp / num_tiles;
   const int64_t column = warp % num_tiles * kTileColumns + lane;
-  if (run_start >= nnz) return;
-  const Key row = sorted_indices[run_start];
-  if (run_start > 0 && sorted_indices[run_start - 1] == row) return;
-  // The run ends at the first different index. Most runs are short: the
-  // warp checks the next kWarpSize positions at once, and bisects the rest.
+  Key row;
   int64_t run_end;
-  const int64_t next = run_start + 1 + lane;
-  const unsigned different =
-      __ballot_sync(kAllLanes, next >= nnz || sorted_indices[next] != row);
-  if (different != 0) {
-    run_end = run_start + __ffs(different);
-  } else {
-    int64_t low = run_start + kWarpSize + 1,
-            high = nnz;  // sorted[low - 1] == row
-    while (low < high) {
-      const int64_t middle = low + (high - low) / 2;
-      if (sorted_indices[middle] == row) {
-        low = middle + 1;
-      } else {
-        high = middle;
-      }
-    }
-    run_end = low;
-  }
+  if (!OwnsRun(sorted_indices, nnz, run_start, &row, &run_end)) return;
   const bool in_row = column < row_size;
   // -0 + x == x for every x, so the sum starts exactly as the CPU's, which
   // starts from the first row itself; -0 also pads the last chunk.

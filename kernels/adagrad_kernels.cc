@@ -6,7 +6,6 @@
 // loops in adagrad_cpu.h (CPU) or adagrad_gpu.cuh (GPU).
 #define EIGEN_USE_THREADS
 
-#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -18,23 +17,16 @@
 #include "ops/adagrad_errors.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
-#include "tensorflow/core/framework/resource_mgr.h"
-#include "tensorflow/core/framework/resource_var.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "unsupported/Eigen/CXX11/Tensor"
 
 namespace tf_adagrad {
 
-using ::tensorflow::DataTypeString;
-using ::tensorflow::DataTypeToEnum;
-using ::tensorflow::OpKernel;
 using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
-using ::tensorflow::TensorShapeUtils;
 using ::tensorflow::TTypes;
-using ::tensorflow::Var;
 using CPUDevice = Eigen::ThreadPoolDevice;
 using GPUDevice = Eigen::GpuDevice;
 
@@ -109,48 +101,30 @@ struct ApplyAdagradSparse<CPUDevice, T, Index> {
                           typename TTypes<T>::ConstMatrix grad,
                           typename TTypes<Index>::ConstVec indices) {
     const int64_t nnz = indices.size();
-    const int64_t num_rows = var.dimension(0);
     const int64_t row_size = var.dimension(1);
-    const int64_t bad = FindOutOfRangeIndex(indices.data(), nnz, num_rows);
-    if (bad >= 0) {
-      return absl::InvalidArgumentError(op_errors::IndexOutOfRange(
-          ctx->op_kernel().type_string(), bad,
-          static_cast<int64_t>(indices(bad)), num_rows));
-    }
-    if (nnz == 0 || row_size == 0) return absl::OkStatus();
-
-    // The sort runs on all threads when nnz is large (the math header
-    // decides when a split pays).
-    const CPUDevice& device = ctx->eigen_device<CPUDevice>();
-    const auto run_tasks = [&device](int64_t num_tasks, const auto& task) {
-      if (num_tasks == 1) return task(0);
-      device.parallelFor(num_tasks, Eigen::TensorOpCost(0, 0, 1e9),
-                         [&task](Eigen::Index begin, Eigen::Index end) {
-                           for (Eigen::Index c = begin; c < end; ++c) task(c);
-                         });
+    const auto update_rows = [&](const RowGroups& groups) {
+      using M = typename MathType<T>::type;
+      auto* var_data = MathPointer(var.data());
+      auto* accum_data = MathPointer(accum.data());
+      const auto* grad_data = MathPointer(grad.data());
+      const double row_bytes = static_cast<double>(row_size) * sizeof(T);
+      const Eigen::TensorOpCost cost_per_row(
+          row_bytes * 3.0 * nnz / groups.num_unique(), row_bytes * 2.0,
+          20.0 * row_size);
+      WithAdagradStep(
+          placement, ToCompute(lr), ToCompute(epsilon), [&](const auto& step) {
+            ctx->eigen_device<CPUDevice>().parallelFor(
+                groups.num_unique(), cost_per_row,
+                [&](Eigen::Index begin, Eigen::Index end) {
+                  std::vector<ComputeType<M>> scratch(row_size);
+                  AdagradSparseRows(var_data, accum_data, grad_data,
+                                    indices.data(), groups, row_size, step,
+                                    begin, end, scratch.data());
+                });
+          });
     };
-    const RowGroups groups = GroupRowsByIndex(indices.data(), nnz, num_rows,
-                                              device.numThreads(), run_tasks);
-    using M = typename MathType<T>::type;
-    auto* var_data = MathPointer(var.data());
-    auto* accum_data = MathPointer(accum.data());
-    const auto* grad_data = MathPointer(grad.data());
-    const double row_bytes = static_cast<double>(row_size) * sizeof(T);
-    const Eigen::TensorOpCost cost_per_row(
-        row_bytes * 3.0 * nnz / groups.num_unique(), row_bytes * 2.0,
-        20.0 * row_size);
-    WithAdagradStep(
-        placement, ToCompute(lr), ToCompute(epsilon), [&](const auto& step) {
-          device.parallelFor(groups.num_unique(), cost_per_row,
-                             [&](Eigen::Index begin, Eigen::Index end) {
-                               std::vector<ComputeType<M>> scratch(row_size);
-                               AdagradSparseRows(var_data, accum_data,
-                                                 grad_data, indices.data(),
-                                                 groups, row_size, step, begin,
-                                                 end, scratch.data());
-                             });
-        });
-    return absl::OkStatus();
+    return op_base::UpdateSparseRowsOnCpu(
+        ctx, indices.data(), nnz, var.dimension(0), row_size, update_rows);
   }
 };
 
@@ -160,6 +134,7 @@ namespace {
 
 using op_base::AdagradOpBase;
 using op_base::ExpectSameShape;
+using op_base::SingleVariableOpBase;
 
 // The elementwise ops' `epsilon_placement` attribute, which the op
 // definition restricts to these two values.
@@ -171,95 +146,56 @@ EpsilonPlacement ReadEpsilonPlacement(OpKernelConstruction* context) {
                                      : EpsilonPlacement::kInsideSqrt;
 }
 
-// The single-variable ops: inputs var, accum, lr, epsilon, grad (and
-// indices).
-template <typename Device, typename T>
-class SingleVariableOpBase : public AdagradOpBase<Device, T> {
- public:
-  SingleVariableOpBase(OpKernelConstruction* context, UpdateKind kind)
-      : AdagradOpBase<Device, T>(context, 2, kind,
-                                 op_base::ReadUseLocking(context)),
-        epsilon_placement_(ReadEpsilonPlacement(context)) {}
-
- protected:
-  std::string VariableName(int input) const override {
-    return input == 0 ? "var" : "accum";
-  }
-
-  std::string SameVariableMessage(int, int) const override {
-    return op_errors::SameVariableTwice(this->name());
-  }
-
-  absl::Status ValidateShapes(OpKernelContext* ctx,
-                              const LockedVariables& locked) override {
-    const TensorShape& var_shape = locked.tensor(0)->shape();
-    TF_RETURN_IF_ERROR(ExpectSameShape(
-        this->name(), "accum", locked.tensor(1)->shape(), "var", var_shape));
-    return ValidateGradient(ctx, var_shape);
-  }
-
-  // Checks grad (and indices) against var's shape.
-  virtual absl::Status ValidateGradient(OpKernelContext* ctx,
-                                        const TensorShape& var_shape) = 0;
-
-  const EpsilonPlacement epsilon_placement_;
-};
-
 template <typename Device, typename T>
 class ApplyDenseOp : public SingleVariableOpBase<Device, T> {
  public:
   explicit ApplyDenseOp(OpKernelConstruction* context)
-      : SingleVariableOpBase<Device, T>(context, UpdateKind::kDense) {}
+      : SingleVariableOpBase<Device, T>(context, UpdateKind::kDense),
+        epsilon_placement_(ReadEpsilonPlacement(context)) {}
 
  protected:
-  absl::Status ValidateGradient(OpKernelContext* ctx,
-                                const TensorShape& var_shape) override {
-    return ExpectSameShape(this->name(), "grad", ctx->input(4).shape(), "var",
-                           var_shape);
-  }
-
   void Update(OpKernelContext* ctx, const LockedVariables& locked, T lr,
               T epsilon) override {
     Tensor* var = locked.tensor(0);
     if (var->NumElements() == 0) return;
-    OP_REQUIRES_OK(
-        ctx, functor::ApplyAdagradDense<Device, T>()(
-                 ctx, var->flat<T>(), locked.tensor(1)->flat<T>(), lr, epsilon,
-                 this->epsilon_placement_, ctx->input(4).flat<T>()));
+    const Tensor& grad = ctx->input(this->kGradInput);
+    OP_REQUIRES_OK(ctx, functor::ApplyAdagradDense<Device, T>()(
+                            ctx, var->flat<T>(), locked.tensor(1)->flat<T>(),
+                            lr, epsilon, epsilon_placement_, grad.flat<T>()));
   }
+
+ private:
+  const EpsilonPlacement epsilon_placement_;
 };
 
 template <typename Device, typename T, typename Index>
 class ApplySparseOp : public SingleVariableOpBase<Device, T> {
  public:
   explicit ApplySparseOp(OpKernelConstruction* context)
-      : SingleVariableOpBase<Device, T>(context, UpdateKind::kSparse) {}
+      : SingleVariableOpBase<Device, T>(context, UpdateKind::kSparse),
+        epsilon_placement_(ReadEpsilonPlacement(context)) {}
 
  protected:
-  absl::Status ValidateGradient(OpKernelContext* ctx,
-                                const TensorShape& var_shape) override {
-    return op_base::ValidateSparseGradient(
-        this->name(), var_shape, ctx->input(4).shape(), ctx->input(5).shape());
-  }
-
   void Update(OpKernelContext* ctx, const LockedVariables& locked, T lr,
               T epsilon) override {
     Tensor* var = locked.tensor(0);
     Tensor* accum = locked.tensor(1);
-    const Tensor& grad = ctx->input(4);
-    const Tensor& indices = ctx->input(5);
+    const Tensor& grad = ctx->input(this->kGradInput);
+    const Tensor& indices = ctx->input(this->kIndicesInput);
     // Flattening to [rows, row_size] must not divide by a zero row count.
     const int64_t num_rows = var->dim_size(0);
-    int64_t row_size = 1;
-    for (int d = 1; d < var->dims(); ++d) row_size *= var->dim_size(d);
+    const int64_t row_size = this->RowSize(*var);
     OP_REQUIRES_OK(ctx,
                    (functor::ApplyAdagradSparse<Device, T, Index>()(
                        ctx, var->shaped<T, 2>({num_rows, row_size}),
                        accum->shaped<T, 2>({num_rows, row_size}), lr, epsilon,
-                       this->epsilon_placement_,
+                       epsilon_placement_,
                        grad.shaped<T, 2>({indices.NumElements(), row_size}),
                        indices.vec<Index>())));
   }
+
+ private:
+  const EpsilonPlacement epsilon_placement_;
 };
 
 // TfAdagrad>MultiApplyDense: inputs var[0..N), accum[0..N), lr, epsilon,
@@ -335,32 +271,29 @@ class MultiApplyDenseOp : public AdagradOpBase<Device, T> {
 
 // lr and epsilon are read on the host (they are kernel arguments on the GPU);
 // indices stay on the device, where the GPU kernels read them.
-#define REGISTER_KERNELS(DEVICE, DeviceType, T)                     \
-  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplyDense")              \
-                              .Device(DEVICE)                       \
-                              .HostMemory("lr")                     \
-                              .HostMemory("epsilon")                \
-                              .TypeConstraint<T>("T"),              \
-                          ApplyDenseOp<DeviceType, T>);             \
-  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplySparse")             \
-                              .Device(DEVICE)                       \
-                              .HostMemory("lr")                     \
-                              .HostMemory("epsilon")                \
-                              .TypeConstraint<T>("T")               \
-                              .TypeConstraint<int32_t>("Tindices"), \
-                          ApplySparseOp<DeviceType, T, int32_t>);   \
-  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplySparse")             \
-                              .Device(DEVICE)                       \
-                              .HostMemory("lr")                     \
-                              .HostMemory("epsilon")                \
-                              .TypeConstraint<T>("T")               \
-                              .TypeConstraint<int64_t>("Tindices"), \
-                          ApplySparseOp<DeviceType, T, int64_t>);   \
-  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>MultiApplyDense")         \
-                              .Device(DEVICE)                       \
-                              .HostMemory("lr")                     \
-                              .HostMemory("epsilon")                \
-                              .TypeConstraint<T>("T"),              \
+#define REGISTER_SPARSE_KERNEL(DEVICE, DeviceType, T, Index)      \
+  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplySparse")           \
+                              .Device(DEVICE)                     \
+                              .HostMemory("lr")                   \
+                              .HostMemory("epsilon")              \
+                              .TypeConstraint<T>("T")             \
+                              .TypeConstraint<Index>("Tindices"), \
+                          ApplySparseOp<DeviceType, T, Index>);
+
+#define REGISTER_KERNELS(DEVICE, DeviceType, T)             \
+  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplyDense")      \
+                              .Device(DEVICE)               \
+                              .HostMemory("lr")             \
+                              .HostMemory("epsilon")        \
+                              .TypeConstraint<T>("T"),      \
+                          ApplyDenseOp<DeviceType, T>);     \
+  REGISTER_SPARSE_KERNEL(DEVICE, DeviceType, T, int32_t)    \
+  REGISTER_SPARSE_KERNEL(DEVICE, DeviceType, T, int64_t)    \
+  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>MultiApplyDense") \
+                              .Device(DEVICE)               \
+                              .HostMemory("lr")             \
+                              .HostMemory("epsilon")        \
+                              .TypeConstraint<T>("T"),      \
                           MultiApplyDenseOp<DeviceType, T>);
 
 #define REGISTER_CPU_KERNELS(T) \
@@ -375,6 +308,7 @@ TF_CALL_FLOAT_TYPES(REGISTER_GPU_KERNELS)
 #undef REGISTER_GPU_KERNELS
 #endif  // GOOGLE_CUDA
 #undef REGISTER_KERNELS
+#undef REGISTER_SPARSE_KERNEL
 
 }  // namespace
 }  // namespace tf_adagrad

@@ -5,27 +5,20 @@
 #define EIGEN_USE_GPU
 
 #include <cstdint>
-#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
 #include "kernels/adagrad_functors.h"
 #include "kernels/adagrad_gpu.cuh"
 #include "kernels/gpu_op_helpers.h"
-#include "ops/adagrad_errors.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
-#include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/framework/tensor_shape.h"
 #include "unsupported/Eigen/CXX11/Tensor"
 
 namespace tf_adagrad {
 namespace functor {
 
 using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
 using ::tensorflow::TTypes;
 using GPUDevice = Eigen::GpuDevice;
 
@@ -67,27 +60,19 @@ absl::Status ApplyAdagradSparse<GPUDevice, T, Index>::operator()(
     EpsilonPlacement placement, typename TTypes<T>::ConstMatrix grad,
     typename TTypes<Index>::ConstVec indices) {
   const int64_t nnz = indices.size();
-  const int64_t num_rows = var.dimension(0);
   const int64_t row_size = var.dimension(1);
-  if (nnz == 0) return absl::OkStatus();
-  const cudaStream_t stream = Stream(ctx);
-
-  TF_RETURN_IF_ERROR(
-      gpu_op::CheckIndicesInRange(ctx, indices.data(), nnz, num_rows));
-  if (row_size == 0) return absl::OkStatus();
-
-  gpu::SparseWorkspace plan;
-  Tensor workspace;
-  TF_RETURN_IF_ERROR(gpu_op::AllocateSparseWorkspace<Index>(ctx, nnz, num_rows,
-                                                            &plan, &workspace));
-  const cudaError_t err = WithAdagradStep(
-      placement, ToCompute(lr), ToCompute(epsilon), [&](const auto& step) {
-        return gpu::LaunchAdagradSparse(
-            MathPointer(var.data()), MathPointer(accum.data()),
-            MathPointer(grad.data()), indices.data(), nnz, row_size, step, plan,
-            workspace.flat<int8_t>().data(), stream);
-      });
-  return CudaStatus(ctx, "the sparse update", err);
+  const auto launch = [&](const gpu::SparseWorkspace& plan, void* workspace,
+                          cudaStream_t stream) {
+    return WithAdagradStep(
+        placement, ToCompute(lr), ToCompute(epsilon), [&](const auto& step) {
+          return gpu::LaunchAdagradSparse(
+              MathPointer(var.data()), MathPointer(accum.data()),
+              MathPointer(grad.data()), indices.data(), nnz, row_size, step,
+              plan, workspace, stream);
+        });
+  };
+  return gpu_op::UpdateSparseRowsOnGpu(ctx, "the sparse update", indices.data(),
+                                       nnz, var.dimension(0), row_size, launch);
 }
 
 #define INSTANTIATE_GPU_FUNCTORS(T)                          \
@@ -100,23 +85,5 @@ TF_CALL_FLOAT_TYPES(INSTANTIATE_GPU_FUNCTORS)
 
 }  // namespace functor
 }  // namespace tf_adagrad
-
-namespace tensorflow {
-namespace functor {
-
-template <typename T>
-void DenseUpdate<Eigen::GpuDevice, T, ASSIGN>::operator()(
-    const Eigen::GpuDevice& device, typename TTypes<T>::Flat params,
-    typename TTypes<T>::ConstFlat update) {
-  device.memcpy(params.data(), update.data(), params.size() * sizeof(T));
-}
-
-#define INSTANTIATE_DENSE_UPDATE(T) \
-  template struct DenseUpdate<Eigen::GpuDevice, T, ASSIGN>;
-TF_CALL_FLOAT_TYPES(INSTANTIATE_DENSE_UPDATE)
-#undef INSTANTIATE_DENSE_UPDATE
-
-}  // namespace functor
-}  // namespace tensorflow
 
 #endif  // GOOGLE_CUDA

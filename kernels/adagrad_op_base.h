@@ -1,22 +1,30 @@
 // What every OpKernel of this library shares: looking up, validating and
-// locking its resource variables before any write (AdagradOpBase), and the
-// checks it builds on. Included by adagrad_kernels.cc and
+// locking its resource variables before any write (AdagradOpBase), the
+// inputs and checks of the single-variable ops of both families
+// (SingleVariableOpBase), the checks they build on, and the CPU sparse
+// update's set-up (UpdateSparseRowsOnCpu). Included by adagrad_kernels.cc and
 // rowwise_kernels.cc.
 #ifndef TF_ADAGRAD_KERNELS_ADAGRAD_OP_BASE_H_
 #define TF_ADAGRAD_KERNELS_ADAGRAD_OP_BASE_H_
 
+// The CPU sparse set-up runs on Eigen's ThreadPoolDevice.
+#define EIGEN_USE_THREADS
+
 #include <algorithm>
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/row_grouping.h"
 #include "kernels/variable_access.h"
 #include "ops/adagrad_errors.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/resource_mgr.h"
 #include "tensorflow/core/framework/resource_var.h"
 #include "tensorflow/core/framework/tensor_shape.h"
+#include "unsupported/Eigen/CXX11/Tensor"
 
 namespace tf_adagrad {
 namespace op_base {
@@ -30,6 +38,7 @@ using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 using ::tensorflow::TensorShapeUtils;
 using ::tensorflow::Var;
+using CPUDevice = Eigen::ThreadPoolDevice;
 
 // Looks up the resource variable of input `input` (`input_name` in messages)
 // and checks that it is initialized and of dtype `want`; `want_reason` says
@@ -205,6 +214,8 @@ class AdagradOpBase : public OpKernel {
         op_errors::Expected(name(), expected, got));
   }
 
+  UpdateKind kind() const { return kind_; }
+
  private:
   // Sorted by address, a variable given twice shows as two neighbours; the
   // first such pair is reported.
@@ -229,6 +240,91 @@ class AdagradOpBase : public OpKernel {
   const UpdateKind kind_;
   const bool use_locking_;
 };
+
+// The single-variable ops of both families: inputs var, accum, lr, epsilon,
+// grad and, for a sparse update, indices. grad has var's shape (dense) or
+// [len(indices)] + var.shape[1:] (sparse); accum has var's shape unless the
+// family says otherwise (ValidateAccumulatorShape).
+template <typename Device, typename T, typename H = T>
+class SingleVariableOpBase : public AdagradOpBase<Device, T, H> {
+ public:
+  SingleVariableOpBase(OpKernelConstruction* context, UpdateKind kind)
+      : AdagradOpBase<Device, T, H>(context, /*num_variables=*/2, kind,
+                                    ReadUseLocking(context)) {}
+
+ protected:
+  static constexpr int kGradInput = 4;
+  static constexpr int kIndicesInput = 5;
+
+  std::string VariableName(int input) const override {
+    return input == 0 ? "var" : "accum";
+  }
+
+  std::string SameVariableMessage(int, int) const override {
+    return op_errors::SameVariableTwice(this->name());
+  }
+
+  virtual absl::Status ValidateAccumulatorShape(
+      const TensorShape& var_shape, const TensorShape& accum_shape) {
+    return ExpectSameShape(this->name(), "accum", accum_shape, "var",
+                           var_shape);
+  }
+
+  absl::Status ValidateShapes(OpKernelContext* ctx,
+                              const LockedVariables& locked) override {
+    const TensorShape& var_shape = locked.tensor(0)->shape();
+    TF_RETURN_IF_ERROR(
+        ValidateAccumulatorShape(var_shape, locked.tensor(1)->shape()));
+    const TensorShape& grad_shape = ctx->input(kGradInput).shape();
+    if (this->kind() == UpdateKind::kDense) {
+      return ExpectSameShape(this->name(), "grad", grad_shape, "var",
+                             var_shape);
+    }
+    return ValidateSparseGradient(this->name(), var_shape, grad_shape,
+                                  ctx->input(kIndicesInput).shape());
+  }
+
+  // The elements of one row of var: the product of its dimensions after
+  // the first (1 for a scalar or a vector).
+  static int64_t RowSize(const Tensor& var) {
+    int64_t row_size = 1;
+    for (int d = 1; d < var.dims(); ++d) row_size *= var.dim_size(d);
+    return row_size;
+  }
+};
+
+// The CPU sparse update of both families up to the update of the rows: every
+// one of the nnz indices is checked against [0, num_rows) first, so that
+// nothing is written when one is out of range (InvalidArgument naming the
+// first); then, unless there is nothing to update (no indices, or rows of
+// no elements), the gradient rows are grouped by index on the op's threads
+// and update_rows(groups) writes them.
+template <typename Index, typename UpdateRows>
+absl::Status UpdateSparseRowsOnCpu(OpKernelContext* ctx, const Index* indices,
+                                   int64_t nnz, int64_t num_rows,
+                                   int64_t row_size,
+                                   const UpdateRows& update_rows) {
+  const int64_t bad = FindOutOfRangeIndex(indices, nnz, num_rows);
+  if (bad >= 0) {
+    return absl::InvalidArgumentError(op_errors::IndexOutOfRange(
+        ctx->op_kernel().type_string(), bad, static_cast<int64_t>(indices[bad]),
+        num_rows));
+  }
+  if (nnz == 0 || row_size == 0) return absl::OkStatus();
+  // The sort runs on all threads when nnz is large (row_grouping.h decides
+  // when a split pays).
+  const CPUDevice& device = ctx->eigen_device<CPUDevice>();
+  const auto run_tasks = [&device](int64_t num_tasks, const auto& task) {
+    if (num_tasks == 1) return task(0);
+    device.parallelFor(num_tasks, Eigen::TensorOpCost(0, 0, 1e9),
+                       [&task](Eigen::Index begin, Eigen::Index end) {
+                         for (Eigen::Index c = begin; c < end; ++c) task(c);
+                       });
+  };
+  update_rows(
+      GroupRowsByIndex(indices, nnz, num_rows, device.numThreads(), run_tasks));
+  return absl::OkStatus();
+}
 
 }  // namespace op_base
 }  // namespace tf_adagrad

@@ -1,6 +1,7 @@
 // What the GPU functors of both op families (adagrad_kernels.cu.cc,
 // rowwise_kernels.cu.cc) share: CUDA errors as statuses, the op's stream,
-// and the index check that runs before a sparse update writes anything.
+// and the sparse update's set-up (the index check that runs before anything
+// is written, and the sort's workspace).
 #ifndef TF_ADAGRAD_KERNELS_GPU_OP_HELPERS_H_
 #define TF_ADAGRAD_KERNELS_GPU_OP_HELPERS_H_
 
@@ -59,20 +60,32 @@ absl::Status CheckIndicesInRange(tensorflow::OpKernelContext* ctx,
   return absl::OkStatus();
 }
 
-// Temporary device memory for a sparse update's sort of nnz > 0 indices in
-// [0, num_rows): fills `plan` and allocates `workspace` to its size.
-template <typename Index>
-absl::Status AllocateSparseWorkspace(tensorflow::OpKernelContext* ctx,
-                                     int64_t nnz, int64_t num_rows,
-                                     gpu::SparseWorkspace* plan,
-                                     tensorflow::Tensor* workspace) {
+// The GPU sparse update of both families up to the launch: every one of the
+// nnz indices is checked on the device against [0, num_rows) first, so that
+// nothing is written when one is out of range; then, unless there is nothing
+// to update (no indices, or rows of no elements), the sort's workspace is
+// planned and allocated from the op's allocator, and
+// launch(plan, workspace, stream) queues the update (`step` names it in a
+// CUDA error).
+template <typename Index, typename Launch>
+absl::Status UpdateSparseRowsOnGpu(tensorflow::OpKernelContext* ctx,
+                                   const char* step, const Index* indices,
+                                   int64_t nnz, int64_t num_rows,
+                                   int64_t row_size, const Launch& launch) {
+  if (nnz == 0) return absl::OkStatus();
+  TF_RETURN_IF_ERROR(CheckIndicesInRange(ctx, indices, nnz, num_rows));
+  if (row_size == 0) return absl::OkStatus();
+  gpu::SparseWorkspace plan;
   TF_RETURN_IF_ERROR(
       CudaStatus(ctx, "planning the sort",
-                 gpu::PlanSparseWorkspace<Index>(nnz, num_rows, plan)));
-  return ctx->allocate_temp(
+                 gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &plan)));
+  tensorflow::Tensor workspace;
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(
       tensorflow::DT_INT8,
-      tensorflow::TensorShape({static_cast<int64_t>(plan->total_bytes)}),
-      workspace);
+      tensorflow::TensorShape({static_cast<int64_t>(plan.total_bytes)}),
+      &workspace));
+  return CudaStatus(ctx, step,
+                    launch(plan, workspace.flat<int8_t>().data(), Stream(ctx)));
 }
 
 }  // namespace gpu_op

@@ -5,8 +5,9 @@
 // every lane updates its columns with the row's multiplier. The results are
 // the CPU path's bit for bit.
 //
-// The sparse update reuses the elementwise one's index check and sort
-// (adagrad_gpu.cuh). Every function returns the first CUDA error it meets.
+// The sparse update reuses the elementwise one's index check, sort and
+// search for each row's run (adagrad_gpu.cuh). Every function returns the
+// first CUDA error it meets.
 #ifndef TF_ADAGRAD_KERNELS_ROWWISE_GPU_CUH_
 #define TF_ADAGRAD_KERNELS_ROWWISE_GPU_CUH_
 
@@ -29,7 +30,6 @@ template <typename C>
 __device__ __forceinline__ C RowwiseMultiplier(C partial, C* accum,
                                                int64_t row_size,
                                                const RowwiseStep<C>& step) {
-  constexpr unsigned kAllLanes = 0xffffffffu;
   for (int s = kWarpSize / 2; s > 0; s /= 2) {
     partial += __shfl_down_sync(kAllLanes, partial, s);
   }
@@ -118,11 +118,9 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   const int64_t run_start =
       (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  if (run_start >= nnz) return;
-  const Key row = sorted_indices[run_start];
-  if (run_start > 0 && sorted_indices[run_start - 1] == row) return;
-  int64_t run_end = run_start + 1;
-  while (run_end < nnz && sorted_indices[run_end] == row) ++run_end;
+  Key row;
+  int64_t run_end;
+  if (!OwnsRun(sorted_indices, nnz, run_start, &row, &run_end)) return;
   C partial = 0;
   for (int64_t j = lane; j < row_size; j += kWarpSize) {
     const C g = SummedGradient<T, C>(grad, sorted_positions, run_start, run_end,

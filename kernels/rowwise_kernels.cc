@@ -57,35 +57,22 @@ struct ApplyRowwiseAdagradSparse<CPUDevice, T, Index> {
                           const Index* indices, int64_t nnz, int64_t num_rows,
                           int64_t row_size,
                           const RowwiseStep<RowwiseAccumulator<T>>& step) {
-    const int64_t bad = FindOutOfRangeIndex(indices, nnz, num_rows);
-    if (bad >= 0) {
-      return absl::InvalidArgumentError(op_errors::IndexOutOfRange(
-          ctx->op_kernel().type_string(), bad,
-          static_cast<int64_t>(indices[bad]), num_rows));
-    }
-    if (nnz == 0 || row_size == 0) return absl::OkStatus();
-    const CPUDevice& device = ctx->eigen_device<CPUDevice>();
-    const auto run_tasks = [&device](int64_t num_tasks, const auto& task) {
-      if (num_tasks == 1) return task(0);
-      device.parallelFor(num_tasks, Eigen::TensorOpCost(0, 0, 1e9),
-                         [&task](Eigen::Index begin, Eigen::Index end) {
-                           for (Eigen::Index c = begin; c < end; ++c) task(c);
-                         });
+    const auto update_rows = [&](const RowGroups& groups) {
+      const double row_bytes = static_cast<double>(row_size) * sizeof(T);
+      const Eigen::TensorOpCost cost_per_row(
+          row_bytes * 2.0 * nnz / groups.num_unique(), row_bytes,
+          10.0 * row_size);
+      ctx->eigen_device<CPUDevice>().parallelFor(
+          groups.num_unique(), cost_per_row,
+          [&](Eigen::Index begin, Eigen::Index end) {
+            std::vector<RowwiseAccumulator<T>> scratch(row_size);
+            RowwiseSparseRows(MathPointer(var), accum, MathPointer(grad),
+                              indices, groups, row_size, step, begin, end,
+                              scratch.data());
+          });
     };
-    const RowGroups groups = GroupRowsByIndex(indices, nnz, num_rows,
-                                              device.numThreads(), run_tasks);
-    const double row_bytes = static_cast<double>(row_size) * sizeof(T);
-    const Eigen::TensorOpCost cost_per_row(
-        row_bytes * 2.0 * nnz / groups.num_unique(), row_bytes,
-        10.0 * row_size);
-    device.parallelFor(
-        groups.num_unique(), cost_per_row,
-        [&](Eigen::Index begin, Eigen::Index end) {
-          std::vector<RowwiseAccumulator<T>> scratch(row_size);
-          RowwiseSparseRows(MathPointer(var), accum, MathPointer(grad), indices,
-                            groups, row_size, step, begin, end, scratch.data());
-        });
-    return absl::OkStatus();
+    return op_base::UpdateSparseRowsOnCpu(ctx, indices, nnz, num_rows, row_size,
+                                          update_rows);
   }
 };
 
@@ -97,13 +84,12 @@ namespace {
 // var.shape[:1] and dtype RowwiseAccumulator<T>, whose dtype lr and
 // epsilon (of attribute type H) must have too.
 template <typename Device, typename T, typename H>
-class RowwiseOpBase : public op_base::AdagradOpBase<Device, T, H> {
+class RowwiseOpBase : public op_base::SingleVariableOpBase<Device, T, H> {
  public:
   using Accumulator = RowwiseAccumulator<T>;
 
   RowwiseOpBase(OpKernelConstruction* context, UpdateKind kind)
-      : op_base::AdagradOpBase<Device, T, H>(context, 2, kind,
-                                             op_base::ReadUseLocking(context)) {
+      : op_base::SingleVariableOpBase<Device, T, H>(context, kind) {
     // Kernels are registered for every (T, H), so that a wrong H gets this
     // message rather than a missing-kernel error.
     OP_REQUIRES(
@@ -117,10 +103,6 @@ class RowwiseOpBase : public op_base::AdagradOpBase<Device, T, H> {
   }
 
  protected:
-  std::string VariableName(int input) const override {
-    return input == 0 ? "var" : "accum";
-  }
-
   tensorflow::DataType VariableDtype(int input) const override {
     return input == 0 ? DataTypeToEnum<T>::value
                       : DataTypeToEnum<Accumulator>::value;
@@ -130,47 +112,35 @@ class RowwiseOpBase : public op_base::AdagradOpBase<Device, T, H> {
     return input == 0 ? "the dtype of `grad`" : AccumulatorReason();
   }
 
-  std::string SameVariableMessage(int, int) const override {
-    return op_errors::SameVariableTwice(this->name());
-  }
-
   absl::Status PrepareToWrite(OpKernelContext* ctx,
                               LockedVariables& locked) override {
     TF_RETURN_IF_ERROR((locked.PrepareToWrite<Device, T>(ctx, 0)));
     return locked.PrepareToWrite<Device, Accumulator>(ctx, 1);
   }
 
-  absl::Status ValidateShapes(OpKernelContext* ctx,
-                              const LockedVariables& locked) override {
-    const TensorShape& var_shape = locked.tensor(0)->shape();
+  absl::Status ValidateAccumulatorShape(
+      const TensorShape& var_shape, const TensorShape& accum_shape) override {
     TensorShape var_rows;
     if (var_shape.dims() > 0) var_rows.AddDim(var_shape.dim_size(0));
-    const TensorShape& accum_shape = locked.tensor(1)->shape();
-    if (accum_shape != var_rows) {
-      return this->Error(
-          absl::StrCat(
-              op_errors::RowwiseAccumulatorShape(var_rows.DebugString()),
-              " (`var` shape ", var_shape.DebugString(), ")"),
-          absl::StrCat("`accum` shape ", accum_shape.DebugString()));
-    }
-    return ValidateGradient(ctx, var_shape);
+    if (accum_shape == var_rows) return absl::OkStatus();
+    return this->Error(
+        absl::StrCat(op_errors::RowwiseAccumulatorShape(var_rows.DebugString()),
+                     " (`var` shape ", var_shape.DebugString(), ")"),
+        absl::StrCat("`accum` shape ", accum_shape.DebugString()));
   }
-
-  // Checks grad (and indices) against var's shape.
-  virtual absl::Status ValidateGradient(OpKernelContext* ctx,
-                                        const TensorShape& var_shape) = 0;
 
   // A scalar var is one row of one element.
   static int64_t NumRows(const Tensor& var) {
     return var.dims() == 0 ? 1 : var.dim_size(0);
   }
-  static int64_t RowSize(const Tensor& var) {
-    int64_t row_size = 1;
-    for (int d = 1; d < var.dims(); ++d) row_size *= var.dim_size(d);
-    return row_size;
-  }
   static Accumulator* AccumulatorData(const LockedVariables& locked) {
     return locked.tensor(1)->template flat<Accumulator>().data();
+  }
+  // lr and epsilon as the accumulator's type, which the constructor checked
+  // H is.
+  static RowwiseStep<Accumulator> Step(H lr, H epsilon) {
+    return RowwiseStep<Accumulator>{static_cast<Accumulator>(lr),
+                                    static_cast<Accumulator>(epsilon)};
   }
 
  private:
@@ -187,24 +157,16 @@ class RowwiseApplyDenseOp : public RowwiseOpBase<Device, T, H> {
       : RowwiseOpBase<Device, T, H>(context, UpdateKind::kDense) {}
 
  protected:
-  absl::Status ValidateGradient(OpKernelContext* ctx,
-                                const TensorShape& var_shape) override {
-    return op_base::ExpectSameShape(this->name(), "grad", ctx->input(4).shape(),
-                                    "var", var_shape);
-  }
-
   void Update(OpKernelContext* ctx, const LockedVariables& locked, H lr,
               H epsilon) override {
     Tensor* var = locked.tensor(0);
     if (var->NumElements() == 0) return;  // no rows, or rows of nothing
-    using Accumulator = RowwiseAccumulator<T>;
+    const Tensor& grad = ctx->input(this->kGradInput);
     OP_REQUIRES_OK(
         ctx, (functor::ApplyRowwiseAdagradDense<Device, T>()(
                  ctx, var->flat<T>().data(), this->AccumulatorData(locked),
-                 ctx->input(4).flat<T>().data(), this->NumRows(*var),
-                 this->RowSize(*var),
-                 RowwiseStep<Accumulator>{static_cast<Accumulator>(lr),
-                                          static_cast<Accumulator>(epsilon)})));
+                 grad.flat<T>().data(), this->NumRows(*var),
+                 this->RowSize(*var), this->Step(lr, epsilon))));
   }
 };
 
@@ -215,55 +177,43 @@ class RowwiseApplySparseOp : public RowwiseOpBase<Device, T, H> {
       : RowwiseOpBase<Device, T, H>(context, UpdateKind::kSparse) {}
 
  protected:
-  absl::Status ValidateGradient(OpKernelContext* ctx,
-                                const TensorShape& var_shape) override {
-    return op_base::ValidateSparseGradient(
-        this->name(), var_shape, ctx->input(4).shape(), ctx->input(5).shape());
-  }
-
   void Update(OpKernelContext* ctx, const LockedVariables& locked, H lr,
               H epsilon) override {
     Tensor* var = locked.tensor(0);
-    const Tensor& indices = ctx->input(5);
-    using Accumulator = RowwiseAccumulator<T>;
-    const int64_t row_size = this->RowSize(*var);
+    const Tensor& grad = ctx->input(this->kGradInput);
+    const Tensor& indices = ctx->input(this->kIndicesInput);
     // Indices are checked even when the rows hold nothing to update.
     OP_REQUIRES_OK(
         ctx, (functor::ApplyRowwiseAdagradSparse<Device, T, Index>()(
                  ctx, var->flat<T>().data(), this->AccumulatorData(locked),
-                 ctx->input(4).flat<T>().data(), indices.flat<Index>().data(),
-                 indices.NumElements(), var->dim_size(0), row_size,
-                 RowwiseStep<Accumulator>{static_cast<Accumulator>(lr),
-                                          static_cast<Accumulator>(epsilon)})));
+                 grad.flat<T>().data(), indices.flat<Index>().data(),
+                 indices.NumElements(), var->dim_size(0), this->RowSize(*var),
+                 this->Step(lr, epsilon))));
   }
 };
 
 // lr and epsilon are read on the host (they are kernel arguments on the
 // GPU); indices stay on the device, where the GPU kernels read them.
-#define REGISTER_ROWWISE_KERNELS_WITH(DEVICE, DeviceType, T, H)             \
-  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>RowwiseApplyDense")               \
-                              .Device(DEVICE)                               \
-                              .HostMemory("lr")                             \
-                              .HostMemory("epsilon")                        \
-                              .TypeConstraint<T>("T")                       \
-                              .TypeConstraint<H>("Taccum"),                 \
-                          RowwiseApplyDenseOp<DeviceType, T, H>);           \
-  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>RowwiseApplySparse")              \
-                              .Device(DEVICE)                               \
-                              .HostMemory("lr")                             \
-                              .HostMemory("epsilon")                        \
-                              .TypeConstraint<T>("T")                       \
-                              .TypeConstraint<H>("Taccum")                  \
-                              .TypeConstraint<int32_t>("Tindices"),         \
-                          RowwiseApplySparseOp<DeviceType, T, H, int32_t>); \
-  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>RowwiseApplySparse")              \
-                              .Device(DEVICE)                               \
-                              .HostMemory("lr")                             \
-                              .HostMemory("epsilon")                        \
-                              .TypeConstraint<T>("T")                       \
-                              .TypeConstraint<H>("Taccum")                  \
-                              .TypeConstraint<int64_t>("Tindices"),         \
-                          RowwiseApplySparseOp<DeviceType, T, H, int64_t>);
+#define REGISTER_ROWWISE_SPARSE_KERNEL(DEVICE, DeviceType, T, H, Index) \
+  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>RowwiseApplySparse")          \
+                              .Device(DEVICE)                           \
+                              .HostMemory("lr")                         \
+                              .HostMemory("epsilon")                    \
+                              .TypeConstraint<T>("T")                   \
+                              .TypeConstraint<H>("Taccum")              \
+                              .TypeConstraint<Index>("Tindices"),       \
+                          RowwiseApplySparseOp<DeviceType, T, H, Index>);
+
+#define REGISTER_ROWWISE_KERNELS_WITH(DEVICE, DeviceType, T, H)     \
+  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>RowwiseApplyDense")       \
+                              .Device(DEVICE)                       \
+                              .HostMemory("lr")                     \
+                              .HostMemory("epsilon")                \
+                              .TypeConstraint<T>("T")               \
+                              .TypeConstraint<H>("Taccum"),         \
+                          RowwiseApplyDenseOp<DeviceType, T, H>);   \
+  REGISTER_ROWWISE_SPARSE_KERNEL(DEVICE, DeviceType, T, H, int32_t) \
+  REGISTER_ROWWISE_SPARSE_KERNEL(DEVICE, DeviceType, T, H, int64_t)
 
 #define REGISTER_ROWWISE_KERNELS(DEVICE, DeviceType, T)       \
   REGISTER_ROWWISE_KERNELS_WITH(DEVICE, DeviceType, T, float) \
@@ -282,6 +232,7 @@ TF_CALL_FLOAT_TYPES(REGISTER_GPU_KERNELS)
 #endif  // GOOGLE_CUDA
 #undef REGISTER_ROWWISE_KERNELS
 #undef REGISTER_ROWWISE_KERNELS_WITH
+#undef REGISTER_ROWWISE_SPARSE_KERNEL
 
 }  // namespace
 }  // namespace tf_adagrad

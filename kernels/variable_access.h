@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/resource_var.h"
+#include "tensorflow/core/kernels/dense_update_functor.h"
 #include "tensorflow/core/kernels/training_op_helpers.h"
 
 namespace tf_adagrad {
@@ -102,5 +103,23 @@ class LockedVariables {
 };
 
 }  // namespace tf_adagrad
+
+#if GOOGLE_CUDA
+namespace tensorflow {
+namespace functor {
+// PrepareToUpdateVariable copies a variable's buffer with this functor when
+// another tensor aliases it (copy-on-write). TensorFlow's GPU version is
+// compiled into libtensorflow_cc, which op libraries do not link against,
+// so this library brings its own: a device-to-device copy on the op's
+// stream, defined in variable_access.cu.cc.
+template <typename T>
+struct DenseUpdate<Eigen::GpuDevice, T, ASSIGN> {
+  void operator()(const Eigen::GpuDevice& device,
+                  typename TTypes<T>::Flat params,
+                  typename TTypes<T>::ConstFlat update);
+};
+}  // namespace functor
+}  // namespace tensorflow
+#endif  // GOOGLE_CUDA
 
 #endif  // TF_ADAGRAD_KERNELS_VARIABLE_ACCESS_H_

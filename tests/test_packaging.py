@@ -15,8 +15,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import zipfile
 
+import keras
 import pytest
 import tensorflow as tf
 from packaging.requirements import Requirement
@@ -32,6 +34,8 @@ REQUIREMENTS = sorted([f"tensorflow=={TF_MAJOR_MINOR}.*", "keras>=3.15,<3.16"])
 # `tf_adagrad[keras2]` adds the tf_keras that tf_adagrad.keras2 subclasses:
 # the release that goes with this TensorFlow.
 KERAS2_REQUIREMENT = f'tf-keras=={TF_MAJOR_MINOR}.*; extra == "keras2"'
+# The Pythons the wheel is installed into below (BUILD's python_versions).
+PYTHON_VERSIONS = ["3.11", "3.12"]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +47,8 @@ def wheel_path(repo_root):
     return wheels[0]
 
 
-def run(args, **kwargs):
-    out = subprocess.run(args, capture_output=True, text=True, timeout=300, **kwargs)
+def run(args, timeout=300, **kwargs):
+    out = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
     assert out.returncode == 0, f"{args} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out.stdout
 
@@ -61,9 +65,9 @@ def python_env():
 
 
 def test_wheel_name_and_tags_describe_this_build(wheel_path):
-    python = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    # Any Python 3, no Python ABI (see the next test), this platform.
     platform = sysconfig.get_platform().replace("-", "_").replace(".", "_")
-    tag = f"{python}-{python}-{platform}"
+    tag = f"py3-none-{platform}"
     assert os.path.basename(wheel_path) == f"tf_adagrad-{tf_adagrad.__version__}-{tag}.whl"
     with zipfile.ZipFile(wheel_path) as wheel:
         fields = (
@@ -73,6 +77,20 @@ def test_wheel_name_and_tags_describe_this_build(wheel_path):
     assert "Root-Is-Purelib: false" in fields
     assert f"Tag: {tag}" in fields
     assert "manylinux" not in tag  # not audited for other Linux systems
+
+
+def test_op_library_does_not_use_pythons_abi(repo_root):
+    """What the wheel's `py3-none` tag claims: the op library neither links
+    libpython nor needs a symbol of Python's C API."""
+    library = os.path.join(repo_root, "bazel-bin", "tf_adagrad", "_tf_adagrad_ops.so")
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", run(["readelf", "-d", library]))
+    assert "libtensorflow_framework.so.2" in needed
+    assert not [name for name in needed if "python" in name], needed
+    undefined = [
+        line.split()[-1] for line in run(["nm", "-D", "--undefined-only", library]).splitlines()
+    ]
+    assert any(symbol.startswith("_ZN10tensorflow") for symbol in undefined)
+    assert not [s for s in undefined if s.startswith(("Py", "_Py"))], undefined
 
 
 def test_wheel_holds_the_package_its_library_and_metadata_only(wheel_path, repo_root):
@@ -126,6 +144,11 @@ def test_wheel_metadata_pins_tensorflow_keras_and_the_keras2_extra(wheel_path):
     assert ["Name", "tf-adagrad"] in fields
     assert ["Version", tf_adagrad.__version__] in fields
     assert ["License", "Apache-2.0"] in fields
+    assert ["Requires-Python", f">={PYTHON_VERSIONS[0]}"] in fields
+    assert [value for key, value in fields if key == "Classifier" and "Python ::" in value] == [
+        "Programming Language :: Python :: 3",
+        *(f"Programming Language :: Python :: {version}" for version in PYTHON_VERSIONS),
+    ]
     requirements = [value for key, value in fields if key == "Requires-Dist"]
     assert sorted(r for r in requirements if "extra ==" not in r) == REQUIREMENTS
     assert [value for key, value in fields if key == "Provides-Extra"] == ["keras2"]
@@ -211,6 +234,7 @@ def one_step(optimizer):
 before, ours = one_step(tf_adagrad.Adagrad(learning_rate=0.1))
 _, theirs = one_step(keras.optimizers.Adagrad(learning_rate=0.1))
 print(json.dumps({
+    "python": "%d.%d" % sys.version_info[:2],
     "tf_adagrad_file": tf_adagrad.__file__,
     "library_path": tf_adagrad._loader.LIBRARY_PATH,
     "library_loaded": tf_adagrad._loader._library is not None,
@@ -223,17 +247,18 @@ print(json.dumps({
 """
 
 
-def test_wheel_installs_into_a_new_venv_with_only_tensorflow_and_fits(wheel_path, tmp_path):
+def check_wheel_installs_and_fits(python, tensorflow_site, wheel_path, tmp_path):
+    """Installs the wheel, with no index, into a new venv of `python` that
+    sees nothing but the distributions in `tensorflow_site`, and trains a
+    step there with tf_adagrad.Adagrad and with Keras' Adagrad."""
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
-    python = str(venv / "bin" / "python")
+    run([python, "-m", "venv", "--without-pip", str(venv)])
+    venv_python = str(venv / "bin" / "python")
     site_packages = run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
+        [venv_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
     ).strip()
-    distributions = tensorflow_only_view(str(tmp_path / "tensorflow_only"))
-    assert "tensorflow" in distributions and "pytest" not in distributions
     with open(os.path.join(site_packages, "tensorflow_only.pth"), "w") as f:
-        f.write(str(tmp_path / "tensorflow_only") + "\n")
+        f.write(str(tensorflow_site) + "\n")
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     env = python_env()
@@ -241,7 +266,7 @@ def test_wheel_installs_into_a_new_venv_with_only_tensorflow_and_fits(wheel_path
     # Before the install: TensorFlow is there, tf_adagrad and the test tools are not.
     found = run(
         [
-            python,
+            venv_python,
             "-c",
             "import importlib.util as u; print([u.find_spec(m) is not None for m in "
             "('tensorflow', 'tf_adagrad', 'pytest', 'hypothesis')])",
@@ -254,11 +279,13 @@ def test_wheel_installs_into_a_new_venv_with_only_tensorflow_and_fits(wheel_path
     # pip of this venv installs into the new one; no index and no user or
     # environment settings (such as extra find-links), so nothing can be
     # fetched: the TensorFlow requirement must be met by what is there.
-    pip = [sys.executable, "-m", "pip", "--isolated", "--python", python]
+    pip = [sys.executable, "-m", "pip", "--isolated", "--python", venv_python]
     run([*pip, "install", "--no-index", wheel_path], cwd=outside, env=env)
     assert "No broken requirements found" in run([*pip, "check"], cwd=outside, env=env)
 
-    result = json.loads(run([python, "-c", _FIT_ONE_STEP], cwd=outside, env=env).splitlines()[-1])
+    result = json.loads(
+        run([venv_python, "-c", _FIT_ONE_STEP], cwd=outside, env=env).splitlines()[-1]
+    )
     installed_package = os.path.join(site_packages, "tf_adagrad")
     assert result["tf_adagrad_file"] == os.path.join(installed_package, "__init__.py")
     assert result["library_path"] == os.path.join(installed_package, "_tf_adagrad_ops.so")
@@ -270,6 +297,87 @@ def test_wheel_installs_into_a_new_venv_with_only_tensorflow_and_fits(wheel_path
     # Keras' Adagrad on the same step agrees (distinct ids, so its sparse
     # path is the same math; Grappler may move Keras' result by an ulp).
     assert result["max_gap_to_keras"] < 1e-6
+    return result
+
+
+def test_wheel_installs_into_a_new_venv_with_only_tensorflow_and_fits(wheel_path, tmp_path):
+    distributions = tensorflow_only_view(str(tmp_path / "tensorflow_only"))
+    assert "tensorflow" in distributions and "pytest" not in distributions
+    result = check_wheel_installs_and_fits(
+        sys.executable, tmp_path / "tensorflow_only", wheel_path, tmp_path
+    )
+    assert result["python"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def find_python(version):
+    """A Python `version` (such as "3.12") that runs: pyenv's (under `pyenv
+    root`, $PYENV_ROOT or ~/.pyenv), else pythonX.Y on PATH; None if there
+    is none."""
+    roots = [os.environ.get("PYENV_ROOT"), os.path.expanduser("~/.pyenv")]
+    if shutil.which("pyenv"):
+        roots.insert(0, subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout)
+    candidates = []
+    for root in filter(None, (root.strip() for root in roots if root)):
+        pattern = os.path.join(root, "versions", f"{version}.*", "bin", f"python{version}")
+        candidates += sorted(glob.glob(pattern), reverse=True)
+    candidates.append(shutil.which(f"python{version}"))  # may be a shim of no Python
+    for python in filter(None, candidates):
+        out = subprocess.run(
+            [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if out.returncode == 0 and out.stdout.strip() == version:
+            return python
+    return None
+
+
+@pytest.fixture(scope="module")
+def python_3_12():
+    python = find_python("3.12")
+    if python is None:
+        pytest.skip("no Python 3.12 here (pyenv's or python3.12 on PATH) to install the wheel into")
+    return python
+
+
+@pytest.fixture(scope="module")
+def tensorflow_site_for_python_3_12(python_3_12, pytestconfig, tmp_path_factory):
+    """This TensorFlow and Keras, built for Python 3.12, installed (with their
+    requirements) into a folder of their own: downloaded from the package
+    index once (through pip's cache), then kept in pytest's cache, so later
+    runs need no network."""
+    cache = getattr(pytestconfig, "cache", None)  # None under -p no:cacheprovider
+    root = cache.mkdir("packaging") if cache else tmp_path_factory.mktemp("packaging")
+    site = root / f"cp312-tensorflow-{tf.__version__}-keras-{keras.__version__}"
+    if not site.exists():
+        partial = tempfile.mkdtemp(dir=root, prefix=f"{site.name}.partial-")
+        run(
+            [
+                *(sys.executable, "-m", "pip", "--python", python_3_12, "install", "--quiet"),
+                *("--only-binary=:all:", "--target", partial),
+                f"tensorflow=={tf.__version__}",
+                f"keras=={keras.__version__}",
+            ],
+            timeout=1800,
+            env=python_env(),
+        )
+        try:
+            os.rename(partial, site)
+        except OSError:  # another run put it there first
+            shutil.rmtree(partial)
+    return site
+
+
+def test_wheel_installs_under_python_3_12_and_fits(
+    wheel_path, python_3_12, tensorflow_site_for_python_3_12, tmp_path
+):
+    """One wheel for every Python 3: Python 3.12 installs the wheel built with
+    this Python, loads its op library into TensorFlow for 3.12, and fits."""
+    result = check_wheel_installs_and_fits(
+        python_3_12, tensorflow_site_for_python_3_12, wheel_path, tmp_path
+    )
+    assert result["python"] == "3.12"
 
 
 # The version guard at import.
