@@ -1,25 +1,32 @@
 """The docs stay true: every ```python block of README.md and docs/*.md runs.
 
-Each block runs in a fresh Python process, with the repository root first on
-PYTHONPATH (so the source tree's tf_adagrad is imported) and a new temporary
-directory as its working directory. Shell blocks (```sh, ```bash) and blocks
-without a language are not run.
+The blocks of one page run in order in one child process
+(tests/support/doc_blocks_runner.py), each as a script would: in a fresh
+`__main__` namespace, in a new temporary directory of its own, with the
+repository root first on PYTHONPATH (so the source tree's tf_adagrad is
+imported); Keras' global state is cleared between blocks. Each block is
+still a test of its own, with its own output in its failure message. A
+crash or a timeout stops the child: that block fails, and the page's other
+blocks run in a new child. Shell blocks (```sh, ```bash) and blocks without
+a language are not run.
 
 An HTML comment on the line right before a block's opening fence tells how
 to run it:
 
   <!-- fixture: NAME -->          the code of fixture NAME runs first, in the
-                                  same process (a block defined with
+                                  same namespace (a block defined with
                                   "defines fixture: NAME" earlier in the same
                                   file, or an entry of FIXTURES below); the
                                   doc's prose says what the fixture defines
   <!-- defines fixture: NAME -->  the block runs as usual, and later blocks of
                                   the file may use it as fixture NAME
   <!-- in a new process after the previous block -->
-                                  the previous ```python block of the file runs
-                                  first in its own process, in the same
-                                  directory (for example to save a file that
-                                  this block loads in a fresh process)
+                                  the block runs in a fresh process of its
+                                  own, after the previous ```python block of
+                                  the file, in that block's directory (for
+                                  example to load a file the previous block
+                                  saved, in a process that has imported
+                                  nothing)
   <!-- not run: REASON -->        not run (a cluster of processes, a GPU); the
                                   block must still compile, and NOT_RUN below
                                   lists every such block, so none is dropped
@@ -30,8 +37,10 @@ change how a block runs.
 """
 
 import collections
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +103,8 @@ class Block:
                 self.previous = previous
             else:
                 raise ValueError(f"{self.id}: unknown directive <!-- {directive} -->")
+        if self.previous is not None and self.previous.not_run is not None:
+            raise ValueError(f"{self.id}: runs after {self.previous.id}, which is not run")
         missing = [n for n in self.fixtures if n not in defined and n not in FIXTURES]
         if missing:
             raise ValueError(f"{self.id}: unknown fixture(s) {missing}")
@@ -137,17 +148,25 @@ RUN_BLOCKS = [block for block in ALL_BLOCKS if block.not_run is None]
 NOT_RUN_BLOCKS = [block for block in ALL_BLOCKS if block.not_run is not None]
 
 
-def run_python(source, cwd, name):
-    script = Path(cwd) / f"{name}.py"
-    script.write_text(source, encoding="utf-8")
+RUNNER = ROOT / "tests" / "support" / "doc_blocks_runner.py"
+
+
+def child_environment():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH")] if p)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env["KERAS_BACKEND"] = "tensorflow"
+    return env
+
+
+def run_python(source, cwd, name, env=None):
+    """`source` as a script in a fresh process, in `cwd`."""
+    script = Path(cwd) / f"{name}.py"
+    script.write_text(source, encoding="utf-8")
     return subprocess.run(
         [sys.executable, str(script)],
         cwd=cwd,
-        env=env,
+        env=env or child_environment(),
         capture_output=True,
         text=True,
         timeout=BLOCK_TIMEOUT_S,
@@ -155,6 +174,7 @@ def run_python(source, cwd, name):
 
 
 def run_block(block, cwd):
+    """One block in a process of its own (after the blocks it runs after)."""
     if block.previous is not None:
         run_block(block.previous, cwd)
     result = run_python(block.source(), cwd, f"block_{block.line}")
@@ -165,9 +185,153 @@ def run_block(block, cwd):
     return result
 
 
+def output_tails(stdout, stderr):
+    return f"--- stdout ---\n{stdout[-3000:]}\n--- stderr ---\n{stderr[-5000:]}"
+
+
+def read_text(path):
+    return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+
+def block_output(logs, block):
+    """What a block run by the page's child wrote."""
+    return output_tails(
+        read_text(logs / f"block_{block.line}.stdout"),
+        read_text(logs / f"block_{block.line}.stderr"),
+    )
+
+
+class DocPages:
+    """Runs the blocks of a page, once, when the first of them is tested:
+    those with no "in a new process after the previous block" in one child
+    process, in order, then the others each in a process of its own, in the
+    directory of the block they run after. Only the blocks this pytest run
+    selected run, with the blocks they run after."""
+
+    def __init__(self, tmp_path_factory, selected_ids):
+        self.tmp_path_factory = tmp_path_factory
+        self.selected_ids = selected_ids
+        self.failures = {}  # block id -> why it failed, or None when it passed
+        self.pages_run = set()
+
+    def failure(self, block):
+        if block.path not in self.pages_run:
+            self.pages_run.add(block.path)
+            self.run_page(block.path)
+        return self.failures[block.id]
+
+    def mktemp(self, name):
+        return self.tmp_path_factory.mktemp(re.sub(r"[^\w-]+", "-", name))
+
+    def run_page(self, path):
+        page = [b for b in RUN_BLOCKS if b.path == path]
+        needed = set()
+        for block in page:
+            if block.id in self.selected_ids:
+                while block is not None:
+                    needed.add(block.id)
+                    block = block.previous
+        page = [b for b in page if b.id in needed]
+        cwd = {}
+        for block in page:
+            cwd[block.id] = cwd[block.previous.id] if block.previous else self.mktemp(block.id)
+        self.run_in_one_process([b for b in page if b.previous is None], cwd)
+        for block in page:
+            if block.previous is None:
+                continue
+            if self.failures[block.previous.id] is not None:
+                self.failures[block.id] = (
+                    f"{block.id} did not run: {block.previous.id}, which it runs after, failed"
+                )
+                continue
+            result = run_python(block.source(), cwd[block.id], f"block_{block.line}")
+            self.failures[block.id] = (
+                None
+                if result.returncode == 0
+                else f"{block.id} failed (exit {result.returncode}):\n"
+                + output_tails(result.stdout, result.stderr)
+            )
+
+    def run_in_one_process(self, blocks, cwd):
+        """The blocks in order in one child; after a crash or a timeout, the
+        block that was running fails and the rest go on in a new child."""
+        logs = self.mktemp(f"{blocks[0].path.name}-logs") if blocks else None
+        pending, attempt = list(blocks), 0
+        while pending:
+            attempt += 1
+            plan = [
+                {
+                    "id": b.id,
+                    "source": b.source(),
+                    "script": str(cwd[b.id] / f"block_{b.line}.py"),
+                    "cwd": str(cwd[b.id]),
+                    "stdout": str(logs / f"block_{b.line}.stdout"),
+                    "stderr": str(logs / f"block_{b.line}.stderr"),
+                    "timeout_s": BLOCK_TIMEOUT_S,
+                }
+                for b in pending
+            ]
+            plan_path = logs / f"plan-{attempt}.json"
+            results_path = logs / f"results-{attempt}.jsonl"
+            plan_path.write_text(json.dumps(plan), encoding="utf-8")
+            try:
+                child = subprocess.run(
+                    [sys.executable, str(RUNNER), str(plan_path), str(results_path)],
+                    env=child_environment(),
+                    capture_output=True,
+                    text=True,
+                    timeout=BLOCK_TIMEOUT_S * len(pending) + 60,
+                )
+                how = (
+                    f"killed by {signal.Signals(-child.returncode).name}"
+                    if child.returncode < 0
+                    else f"exit {child.returncode}"
+                )
+                child_output = (
+                    f"\n--- the process ---\n{output_tails(child.stdout, child.stderr)}"
+                    if child.stdout.strip() or child.stderr.strip()
+                    else ""
+                )
+            except subprocess.TimeoutExpired:
+                how, child_output = "stopped after its timeout", ""
+            by_id = {b.id: b for b in pending}
+            done = set()
+            for line in read_text(results_path).splitlines():
+                entry = json.loads(line)
+                if "id" in entry:
+                    done.add(entry["id"])
+                    self.failures[entry["id"]] = (
+                        None
+                        if entry["ok"]
+                        else f"{entry['id']} failed:\n{entry['error']}\n"
+                        + block_output(logs, by_id[entry["id"]])
+                    )
+            stopped = next((b for b in pending if b.id not in done), None)
+            if stopped is not None:
+                self.failures[stopped.id] = (
+                    f"{stopped.id} stopped the process running its page ({how}; a block "
+                    f"running past {BLOCK_TIMEOUT_S} s stops it with a traceback in its stderr):\n"
+                    + block_output(logs, stopped)
+                    + child_output
+                )
+            pending = [b for b in pending if b.id not in done and b is not stopped]
+
+
+@pytest.fixture(scope="session")
+def doc_pages(request, tmp_path_factory):
+    selected = {
+        item.callspec.params["block"].id
+        for item in request.session.items
+        if getattr(item, "function", None) is test_python_block_runs
+    }
+    return DocPages(tmp_path_factory, selected)
+
+
 @pytest.mark.parametrize("block", RUN_BLOCKS, ids=[b.id for b in RUN_BLOCKS])
-def test_python_block_runs(block, tmp_path):
-    run_block(block, tmp_path)
+def test_python_block_runs(block, doc_pages):
+    failure = doc_pages.failure(block)
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
 
 
 @pytest.mark.parametrize("block", NOT_RUN_BLOCKS, ids=[b.id for b in NOT_RUN_BLOCKS])
