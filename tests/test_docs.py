@@ -73,6 +73,7 @@ NOT_RUN = {
         "needs a cluster of worker and parameter server processes (tests/test_sharded.py starts one)",
     ): 2,
     ("docs/ops.md", "signatures only; the examples below call each op"): 1,
+    ("docs/gpu.md", "needs a GPU"): 1,
 }
 
 # Phrases about how the project is made, not about the project.

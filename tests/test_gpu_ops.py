@@ -611,7 +611,7 @@ def fit_on(device, jit_compile=False, strategy=None, epochs=2):
 def cublas_problem():
     """Why a matrix product cannot run on the GPU here, or None. The Dense
     layers need cuBLAS; a payload that ships stubs for it (see
-    tests/gpu/tf_on_device.py) leaves fit() unable to run there."""
+    build_tools/gpu_check.py) leaves fit() unable to run there."""
     try:
         with tf.device(GPU):
             tf.linalg.matmul(tf.ones((2, 2)), tf.ones((2, 2))).numpy()
