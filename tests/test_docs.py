@@ -76,8 +76,27 @@ NOT_RUN = {
     ("docs/gpu.md", "needs a GPU"): 1,
 }
 
-# Phrases about how the project is made, not about the project.
-FORBIDDEN_PHRASES = ("the issue", "done when", "development machine")
+# Phrases about how the project is made, or about tools its users do not
+# have, not about the project: regular expressions, matched as whole words
+# in lowercased text.
+FORBIDDEN_PHRASES = (
+    "the issues?",
+    "done when",
+    "development machine",
+    "(at most )?64 mib a call",
+    "carry list",
+    "carry=",
+    '"carry"',
+    "device time",
+    "device minutes",
+    "stays warm",
+    "still warm",
+    "give_back",
+)
+# Where they are looked for: the docs, and the comments, docstrings and
+# messages of the source tree (this file, which lists them, aside).
+SOURCE_DIRS = ["tf_adagrad", "tests", "bench", "examples", "build_tools", "kernels", "ops"]
+SOURCE_SUFFIXES = {".py", ".h", ".cc", ".cu", ".cuh", ".sh", ".bzl"}
 
 FENCE = re.compile(r"^```\s*([\w+-]*)\s*$")
 DIRECTIVE = re.compile(r"^<!--\s*(.*?)\s*-->$")
@@ -361,15 +380,58 @@ def test_readme_is_a_front_page():
     assert size <= README_MAX_BYTES, f"README.md is {size} bytes, more than {README_MAX_BYTES}"
 
 
-@pytest.mark.parametrize("phrase", FORBIDDEN_PHRASES)
-def test_docs_speak_of_the_project_only(phrase):
-    found = [
-        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
-        for path in [*DOC_FILES, ROOT / "CHANGELOG.md"]
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-        if phrase in line.lower()
+def checked_for_phrases():
+    sources = [
+        path
+        for folder in SOURCE_DIRS
+        for path in sorted((ROOT / folder).rglob("*"))
+        if path.is_file()
+        and (path.suffix in SOURCE_SUFFIXES or path.name == "BUILD")
+        and "__pycache__" not in path.parts
+        and path != Path(__file__).resolve()
     ]
-    assert not found, "\n".join(found)
+    return [*DOC_FILES, ROOT / "CHANGELOG.md", ROOT / "Makefile", *sources]
+
+
+COMMENT_MARK = re.compile(r"^\s*(#+|//+|/?\*+|>)?\s*")
+
+
+def phrase_hits(phrase, paths):
+    """`file:line: text` where `phrase` occurs, also across a line break
+    (prose and comments wrap; a line's comment marker is left out)."""
+    pattern = re.compile(rf"(?<!\w){phrase}(?!\w)")
+    hits = []
+    for path in paths:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        text = [COMMENT_MARK.sub("", line).strip().lower() for line in lines]
+        for i, line in enumerate(text):
+            following = text[i + 1] if i + 1 < len(text) else ""
+            if pattern.search(line) or (
+                pattern.search(f"{line} {following}") and not pattern.search(following)
+            ):
+                name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+                hits.append(f"{name}:{i + 1}: {lines[i].strip()}")
+    return hits
+
+
+@pytest.mark.parametrize("phrase", FORBIDDEN_PHRASES)
+def test_docs_and_sources_speak_of_the_project_only(phrase):
+    hits = phrase_hits(phrase, checked_for_phrases())
+    assert not hits, "\n".join(hits)
+
+
+def test_phrase_check_finds_phrases_in_prose_and_comments(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "# The payload is sent in parts, at most 64 MiB\n"
+        "# a call.\n"
+        'LOG = "see the carry list"\n'
+        "# carries the data; the device timings\n",
+        encoding="utf-8",
+    )
+    hits = {phrase: phrase_hits(phrase, [sample]) for phrase in FORBIDDEN_PHRASES}
+    assert [len(hits["(at most )?64 mib a call"]), len(hits["carry list"])] == [1, 1]
+    assert sum(len(found) for found in hits.values()) == 2, hits
 
 
 def test_relative_links_point_to_files():
