@@ -466,3 +466,59 @@ def test_troubleshooting_quotes_keras_error_for_a_keras_file_loaded_without_tf_a
     )
     assert result.returncode != 0
     assert f"TypeError: {KERAS_MISSING_CLASS}" in result.stderr, result.stderr[-3000:]
+
+
+# An optimizer given to the Keras it is not for: for the model's Keras, the
+# environment and import that give it, and the optimizers of the other one.
+WRONG_KERAS = {
+    "keras": (
+        {},
+        "import keras as framework",
+        [
+            "tf_adagrad.keras2.Adagrad",
+            "tf_adagrad.keras2.RowwiseAdagrad",
+            "tf_adagrad.keras2.legacy.Adagrad",
+            "tf_adagrad.keras2.legacy.RowwiseAdagrad",
+        ],
+    ),
+    "tf_keras": (
+        {"TF_USE_LEGACY_KERAS": "1"},
+        "import tensorflow as tf\nframework = tf.keras",
+        ["tf_adagrad.Adagrad", "tf_adagrad.RowwiseAdagrad"],
+    ),
+}
+UNKNOWN_OPTIMIZER = "ValueError: Could not interpret optimizer identifier: "
+
+
+@pytest.mark.parametrize("framework", sorted(WRONG_KERAS))
+def test_troubleshooting_quotes_the_error_for_an_optimizer_of_the_other_keras(framework, tmp_path):
+    """Each Keras refuses the other one's optimizers with the message that
+    docs/troubleshooting.md quotes."""
+    environment, import_framework, optimizers = WRONG_KERAS[framework]
+    source = f"""\
+{import_framework}
+import tf_adagrad
+import tf_adagrad.keras2
+
+assert framework.Sequential.__module__.startswith("{framework}."), framework.Sequential
+for optimizer in [{", ".join(f"{name}()" for name in optimizers)}]:
+    model = framework.Sequential([framework.Input((3,)), framework.layers.Dense(1)])
+    try:
+        model.compile(optimizer=optimizer, loss="mse")
+        print("compiled with", type(optimizer))
+    except ValueError as error:
+        print(f"{{type(optimizer).__module__}}.{{type(optimizer).__name__}} ValueError: {{error}}")
+"""
+    result = run_python(source, tmp_path, "compile", env={**child_environment(), **environment})
+    assert result.returncode == 0, result.stderr[-3000:]
+    messages = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert len(messages) == len(optimizers), result.stdout
+    for name, message in messages.items():
+        assert message.startswith(f"{UNKNOWN_OPTIMIZER}<{name} object at 0x"), message
+    troubleshooting = " ".join(
+        (ROOT / "docs" / "troubleshooting.md").read_text(encoding="utf-8").split()
+    )
+    quoted = re.search(re.escape(UNKNOWN_OPTIMIZER) + r"<([\w.]+) object at 0x", troubleshooting)
+    assert quoted, "docs/troubleshooting.md quotes no such message"
+    if framework == "keras":
+        assert quoted.group(1) in messages, (quoted.group(0), messages)
