@@ -62,14 +62,14 @@ demo: build
 bench: build
 	$(PY) bench/bench.py
 
-# The procedure that runs tests/test_gpu_ops.py on a remote GPU machine
-# without TensorFlow (docs/gpu.md), carried out here on the CPU: downloads
-# TensorFlow for Python 3.12 once (into .device_payload/), packs and splits
-# it, unpacks it as the GPU machine would, and runs the tests' CPU side with
-# Python 3.12. Not part of `make test`: the first run packs for minutes.
-# Builds the op library first.
+# The procedure that runs the GPU tests on a CUDA host without TensorFlow
+# (build_tools/gpu_check.py, docs/gpu.md), carried out here on the CPU:
+# downloads TensorFlow for Python 3.12 once (into .device_payload/), packs
+# and splits it, takes the parts in and unpacks them as the GPU host would,
+# and runs the tests' CPU side with Python 3.12. Not part of `make test`:
+# the first run packs for minutes. Builds the op library first.
 gpu-dry-run: build
-	python3 tests/gpu/tf_on_device.py --dry-run
+	python3 build_tools/gpu_check.py --dry-run
 
 clean:
 	$(BAZEL) clean

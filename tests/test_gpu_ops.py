@@ -611,7 +611,7 @@ def fit_on(device, jit_compile=False, strategy=None, epochs=2):
 def cublas_problem():
     """Why a matrix product cannot run on the GPU here, or None. The Dense
     layers need cuBLAS; a payload that ships stubs for it (see
-    tests/gpu/tf_on_device.py) leaves fit() unable to run there."""
+    build_tools/gpu_check.py) leaves fit() unable to run there."""
     try:
         with tf.device(GPU):
             tf.linalg.matmul(tf.ones((2, 2)), tf.ones((2, 2))).numpy()
@@ -658,8 +658,8 @@ def test_mirrored_strategy_on_one_gpu_equals_one_device(gpu_with_cublas):
     """MirroredStrategy over the one GPU: Keras' strategy path (one
     TfAdagrad>ApplyDense per variable, ApplySparse for the Embedding) against
     the multi-tensor path without a strategy. With one replica there is
-    nothing to all-reduce; naming ReductionToOneDevice keeps NCCL (which the
-    remote payload stubs) out of it."""
+    nothing to all-reduce; naming ReductionToOneDevice keeps NCCL, which the
+    payload of build_tools/gpu_check.py does not hold, out of it."""
     strategy = tf.distribute.MirroredStrategy(
         devices=[GPU], cross_device_ops=tf.distribute.ReductionToOneDevice()
     )

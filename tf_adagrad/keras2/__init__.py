@@ -1,13 +1,19 @@
-"""Adagrad for tf_keras (Keras 2) on the fused ops.
+"""Adagrad for tf_keras (Keras 2) on the fused ops: four optimizers.
 
-`tf_adagrad.keras2.Adagrad` replaces `tf_keras.optimizers.Adagrad` (epsilon
-inside the square root) and `tf_adagrad.keras2.legacy.Adagrad` replaces
-`tf_keras.optimizers.legacy.Adagrad` (TensorFlow's `ApplyAdagradV2` math,
-epsilon outside the square root). `RowwiseAdagrad` (in both) keeps one
-accumulator per row, as `tf_adagrad.RowwiseAdagrad`. For `tf.keras` to be tf_keras, set
-`TF_USE_LEGACY_KERAS=1` before TensorFlow is imported.
+- `tf_adagrad.keras2.Adagrad` replaces `tf_keras.optimizers.Adagrad`
+  (epsilon inside the square root), on tf_keras' `Optimizer`;
+- `tf_adagrad.keras2.legacy.Adagrad` replaces
+  `tf_keras.optimizers.legacy.Adagrad` (TensorFlow's `ApplyAdagradV2` math,
+  epsilon outside the square root), on `OptimizerV2`;
+- `tf_adagrad.keras2.RowwiseAdagrad` and
+  `tf_adagrad.keras2.legacy.RowwiseAdagrad` keep one accumulator per row,
+  as `tf_adagrad.RowwiseAdagrad` does for Keras 3, on the same two base
+  classes.
 
-Both classes are registered with tf_keras' serialization, so models compiled
+For `tf.keras` to be tf_keras, set `TF_USE_LEGACY_KERAS=1` before
+TensorFlow is imported.
+
+All four are registered with tf_keras' serialization, so models compiled
 with them load with `tf_keras.models.load_model` once `tf_adagrad` is
 imported (which imports this package when tf_keras is installed).
 """

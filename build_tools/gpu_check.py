@@ -1,34 +1,44 @@
 #!/usr/bin/env python3
-"""Runs tests/test_gpu_ops.py with TensorFlow on a remote GPU machine that has
-Python 3.12 but no TensorFlow, and that can be reached only through a tool
-which copies this working tree (at most 64 MiB a call, plus ignored paths
-named to it, "carry") and runs one command in it.
+"""Runs tf_adagrad's GPU tests with TensorFlow on a CUDA host that has
+Python 3.12 but no TensorFlow and no network.
 
-TensorFlow 2.21 and what it needs travel as a payload: one xz-compressed tar,
-split into parts small enough for one call each. Python's standard library
-only, so that the machine's `python3` runs it as it is.
+TensorFlow 2.21 and what it needs travel as a payload, made on the build
+host (the one that ran `make build`): one xz-compressed tar, split into
+parts for hosts that take copies of limited size. Python's standard library
+only, so that the GPU host's `python3` runs it as it is.
 
-    python3 tests/gpu/tf_on_device.py --prepare    # here: download, strip, stub, pack, split
-    python3 tests/gpu/tf_on_device.py --plan       # here: the calls to make, in order
-    python3 tests/gpu/tf_on_device.py --device-step K [--device-run]   # there, one call per part
-    python3 tests/gpu/tf_on_device.py --dry-run    # here: all of it, on the CPU, with Python 3.12
+On the build host:
+
+    python3 build_tools/gpu_check.py --prepare   # download, strip, stub, pack, split; prints the steps
+    python3 build_tools/gpu_check.py --steps     # the steps again, for the op library built now
+    python3 build_tools/gpu_check.py --dry-run   # all of it on this host's CPU, with Python 3.12
+
+On the GPU host, in a copy of the tree with .device_payload/ (the manifest
+and the parts) and the op library:
+
+    python3 build_tools/gpu_check.py --run       # unpack, check, probe the GPU, run the tests
+
+Where the tree can only be copied a part at a time, copy it with the
+manifest and one part, run `--store-part K` (which checks the part and keeps
+it outside the tree), and so on; with the last part, copy the op library
+too and run `--store-part K --run`.
 
 The payload holds (under one root): `site/`, the Python packages TensorFlow
-imports that the machine lacks or has in versions TensorFlow's requirements
-exclude (every one of TensorFlow's and Keras' runtime requirements but numpy,
-which the machine has in an allowed version), at the versions `make build`
-installed into .venv; `lib/`, the CUDA 12 runtime and stub libraries (below);
-`cuda_nvcc/`, ptxas and libdevice for XLA. The op library is not in it: it
-travels as itself, named in the last call's carry list, so rebuilding it does
-not mean re-sending the payload.
+imports that the host lacks or has in versions TensorFlow's requirements
+exclude (every one of TensorFlow's and Keras' runtime requirements but
+numpy, which the host must have in an allowed version), at the versions
+`make build` installed into .venv; `lib/`, the CUDA 12 runtime and stub
+libraries (below); `cuda_nvcc/`, ptxas and libdevice for XLA. The op library
+is not in it: it is copied as itself, so rebuilding it does not mean making
+or copying the payload again.
 
 TensorFlow registers a GPU only if it can dlopen the CUDA runtime, cuBLAS,
 cuBLASLt, cuFFT, cuSOLVER, cuSPARSE and cuDNN. The fused ops need only the
-runtime (the real one travels); the others are stubs with the right sonames,
-so the payload is about 300 MiB in 6 parts. A matrix product on the GPU then
-fails, so the Keras fit() tests, whose Dense layers need cuBLAS, skip with
-that reason; `--with-cublas` carries the real cuBLAS instead (about 230 MiB
-more: 10 parts in all).
+runtime (the real one is in the payload); the others are stubs with the
+right sonames, so the payload is about 300 MiB. A matrix product on the GPU
+then fails, so the Keras fit() tests, whose Dense layers need cuBLAS, skip
+with that reason; `--with-cublas` puts the real cuBLAS in instead (about
+230 MiB more).
 """
 
 import argparse
@@ -49,27 +59,30 @@ import threading
 import time
 import zipfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.relpath(os.path.abspath(__file__), REPO)
 VENV = os.path.join(REPO, ".venv")
 PAYLOAD_DIR = os.path.join(REPO, ".device_payload")
-# Downloads and the simulated device's Python: kept across runs.
+# Downloads and the dry run's stand-in for the GPU host's Python: kept
+# across runs.
 CACHE_DIR = os.path.join(PAYLOAD_DIR, "cache")
 WHEEL_DIR = os.path.join(CACHE_DIR, "wheels")
-SIM_VENV = os.path.join(CACHE_DIR, "device-python")
+SIM_VENV = os.path.join(CACHE_DIR, "host-python")
 STAGING_DIR = os.path.join(PAYLOAD_DIR, "staging")
 MANIFEST = os.path.join(PAYLOAD_DIR, "manifest.json")
 OP_LIBRARY_FILES = ["tf_adagrad/_tf_adagrad_ops.so", "tf_adagrad/_build_info.py"]
-DEVICE_ROOT = "/tmp/tf_payload"
+# Where the GPU host keeps the parts that --store-part took in, and the
+# unpacked payload.
+HOLD_DIR = "/tmp/tf_adagrad_gpu_check"
 
 # Bump when the payload's layout or contents change for the same inputs.
-PAYLOAD_FORMAT = 1
-# A call may bring 64 MiB: the last part, the op library (~4 MiB), the
-# manifest and the working tree (~1 MiB) must fit together.
-PART_BYTES = 56 * 2**20
+PAYLOAD_FORMAT = 2
+# The parts' size: a part, the op library (~8 MiB), the manifest and the
+# source tree (~1 MiB) fit in one copy of 64 MiB.
+PART_MIB = 48
 XZ_PRESET = 6
 
-PYTHON_TAG = "3.12"  # the machine's python3 (3.12.3)
+PYTHON_TAG = "3.12"  # the GPU host's python3
 PLATFORM_ARGS = [
     "--only-binary=:all:",
     "--python-version",
@@ -89,13 +102,13 @@ PLATFORM_ARGS = [
     for arg in ("--platform", tag)
 ]
 
-# What the machine's Python has that TensorFlow needs (read there in
-# 2026-11: /opt/torch/.venv, Python 3.12.3). Only these are taken from it;
-# `--device-run` checks their versions against TensorFlow's requirements.
-DEVICE_PROVIDES = {"numpy": "2.5.2"}
+# What the GPU host's Python must have of TensorFlow's requirements (`--run`
+# checks its version against them); the dry run's stand-in host gets this
+# version.
+HOST_PROVIDES = {"numpy": "2.5.2"}
 # TensorFlow's and Keras' requirements that importing TensorFlow and running
 # the tests do not need, and why.
-NOT_CARRIED = {
+NOT_IN_PAYLOAD = {
     "libclang": "used by TensorFlow's code generators at build time, never imported",
     "setuptools": "an install-time requirement; TensorFlow's runtime does not import it",
     "wheel": "astunparse's install-time requirement",
@@ -130,24 +143,26 @@ STRIPPED = [
 # imports but the tests never call: path in site/ -> source.
 STUB_MODULES = {
     "tensorflow/python/profiler/internal/_pywrap_profiler_plugin.py": (
-        f'"""Left out of the device payload by {os.path.basename(__file__)}: the remote profiler client\n'
+        f'"""Left out of the GPU check\'s payload by {os.path.basename(__file__)}: the remote profiler client\n'
         '(tf.profiler.experimental.client), which `import tensorflow` imports and the tests never use."""\n\n\n'
         "def __getattr__(name):\n"
         '    raise ImportError(f"the profiler plugin was left out of this payload, so it has no {name}")\n'
     ),
 }
 
-# The op tests run on the machine after tests/test_gpu_ops.py: with a GPU
+# The op tests run on the GPU host after tests/test_gpu_ops.py: with a GPU
 # there, their variables are created on it (TensorFlow's default device), so
-# they check the GPU kernels against the NumPy reference too. (On a 2-core
-# CPU the four files take under 10 s.)
-DEVICE_TESTS = [
+# they check the GPU kernels, elementwise and rowwise, against the NumPy
+# reference too.
+HOST_TESTS = [
     "tests/test_gpu_ops.py",
     "tests/test_ops.py",
     "tests/test_ops_multi.py",
     "tests/test_ops_errors.py",
+    "tests/test_rowwise_ops.py",
 ]
-TEST_TIMEOUT_S = 240
+# Time limits, so that a hung GPU or driver cannot hold the host.
+TEST_TIMEOUT_S = 900
 PROBE_TIMEOUT_S = 120
 
 
@@ -156,7 +171,7 @@ class Failure(Exception):
 
 
 def log(message):
-    print(f"[tf_on_device] {message}", flush=True)
+    print(f"[gpu_check] {message}", flush=True)
 
 
 def mib(n):
@@ -239,7 +254,7 @@ MARKER_ENVIRONMENT = {
 
 
 def marker_holds(marker):
-    """Evaluates an environment marker for the machine's Python; a marker
+    """Evaluates an environment marker for the GPU host's Python; a marker
     naming an extra is false (no extras are installed)."""
 
     def compare(match):
@@ -303,13 +318,13 @@ def venv_distributions():
 
 
 def runtime_closure(distributions):
-    """TensorFlow's runtime requirements and theirs, for the machine's
-    Python: {name: version from .venv}, less what the machine provides and
+    """TensorFlow's runtime requirements and theirs, for the GPU host's
+    Python: {name: version from .venv}, less what the host provides and
     what is not needed."""
     wanted, queue = {}, ["tensorflow"]
     while queue:
         name = queue.pop()
-        if name in wanted or name in DEVICE_PROVIDES or name in NOT_CARRIED:
+        if name in wanted or name in HOST_PROVIDES or name in NOT_IN_PAYLOAD:
             continue
         if name not in distributions:
             raise Failure(
@@ -431,7 +446,7 @@ def make_stub(soname, directory, reason):
     source = os.path.join(directory, soname + ".c")
     with open(source, "w") as f:
         text = f"stub made by {SCRIPT}: {reason}".replace('"', "'")
-        f.write(f'const char tf_on_device_stub[] = "{text}";\n')
+        f.write(f'const char gpu_check_stub[] = "{text}";\n')
     run(
         [
             "gcc",
@@ -454,7 +469,7 @@ def payload_key(wheels, options):
         "stripped": STRIPPED,
         "stub_modules": STUB_MODULES,
         "stubs": sorted(options["stubs"]),
-        "part_bytes": PART_BYTES,
+        "part_bytes": options["part_bytes"],
         "xz_preset": XZ_PRESET,
     }
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
@@ -512,8 +527,8 @@ def stage(wheels, site_wheels, options):
         "tensorflow": site_wheels_version(site_wheels, "tensorflow"),
         "python": PYTHON_TAG,
         "site_packages": {r.split("==")[0]: r.split("==")[1] for r in site_wheels},
-        "device_provides": DEVICE_PROVIDES,
-        "not_carried": NOT_CARRIED,
+        "host_provides": HOST_PROVIDES,
+        "not_in_payload": NOT_IN_PAYLOAD,
         "stripped": STRIPPED,
         "stub_modules": sorted(STUB_MODULES),
         "stubs": {s: STUB_LIBRARIES[s] for s in options["stubs"]},
@@ -535,8 +550,8 @@ def tree_bytes(root):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
 
 
-def pack_and_split(source_dir, out_dir):
-    """tar | xz of `source_dir`, written as parts of PART_BYTES into
+def pack_and_split(source_dir, out_dir, part_bytes):
+    """tar | xz of `source_dir`, written as parts of `part_bytes` into
     `out_dir`; returns (parts, whole sha256, compressed bytes)."""
     xz = shutil.which("xz")
     threads = str(os.cpu_count() or 1)
@@ -581,12 +596,12 @@ def pack_and_split(source_dir, out_dir):
                     0,
                 )
                 parts.append({"name": name})
-            take = chunk[: PART_BYTES - written]
+            take = chunk[: part_bytes - written]
             part.write(take)
             part_digest.update(take)
             written += len(take)
             chunk = chunk[len(take) :]
-            if written == PART_BYTES:
+            if written == part_bytes:
                 part.close()
                 parts[-1].update(bytes=written, sha256=part_digest.hexdigest())
                 part = None
@@ -635,7 +650,7 @@ def write_manifest(manifest, path=MANIFEST):
     os.replace(path + ".new", path)
 
 
-def prepare(with_cublas=False):
+def prepare(with_cublas=False, part_mib=PART_MIB):
     """Downloads, stages, packs and splits the payload (unless the one in
     .device_payload is already made of the same inputs); returns the manifest."""
     started = time.monotonic()
@@ -650,6 +665,7 @@ def prepare(with_cublas=False):
     options = {
         "with_cublas": with_cublas,
         "stubs": [s for s in STUB_LIBRARIES if not (with_cublas and s in CUBLAS_LIBRARIES)],
+        "part_bytes": part_mib * 2**20,
     }
     key = payload_key(wheels, options)
     manifest = read_manifest() if os.path.exists(MANIFEST) else {}
@@ -668,10 +684,12 @@ def prepare(with_cublas=False):
         info = stage(wheels, site_wheels, options)
         unpacked = tree_bytes(STAGING_DIR)
         log(
-            f"packing {mib(unpacked)} with xz -{XZ_PRESET} into parts of {mib(PART_BYTES)} (minutes)"
+            f"packing {mib(unpacked)} with xz -{XZ_PRESET} into parts of {mib(options['part_bytes'])} (minutes)"
         )
         pack_started = time.monotonic()
-        parts, whole_sha, compressed = pack_and_split(STAGING_DIR, PAYLOAD_DIR)
+        parts, whole_sha, compressed = pack_and_split(
+            STAGING_DIR, PAYLOAD_DIR, options["part_bytes"]
+        )
         shutil.rmtree(STAGING_DIR)
         manifest = {
             "key": key,
@@ -695,12 +713,13 @@ def prepare(with_cublas=False):
 
 
 # ---------------------------------------------------------------------------
-# On the machine: --device-step and --device-run
+# On the GPU host: --store-part and --run
 
 
-def device_step(index, device_root, keep_source=False):
-    """Checks that part `index` arrived whole and moves it to `device_root`,
-    which outlives the call while the machine stays warm."""
+def store_part(index, hold_dir, keep_source=False):
+    """Checks that part `index` came whole with this copy of the tree and
+    moves it into `hold_dir`, where `--run` finds it after later copies
+    (which may hold other parts, or none)."""
     manifest = read_manifest()
     if not 0 <= index < len(manifest["parts"]):
         raise Failure(f"expected a part number in [0, {len(manifest['parts'])}), got {index}")
@@ -708,33 +727,60 @@ def device_step(index, device_root, keep_source=False):
     source = os.path.join(PAYLOAD_DIR, part["name"])
     if not os.path.exists(source):
         raise Failure(
-            f"expected {os.path.relpath(source, REPO)} to have arrived: name it in this call's carry list"
+            f"expected {os.path.relpath(source, REPO)} in this copy of the tree: copy it with the manifest"
         )
     got = sha256_of(source)
     if got != part["sha256"]:
         raise Failure(
             f"expected {part['name']} with sha256 {part['sha256']}, got {got} ({os.path.getsize(source)} bytes)"
         )
-    os.makedirs(device_root, exist_ok=True)
-    held = os.path.join(device_root, "manifest.json")
+    os.makedirs(hold_dir, exist_ok=True)
+    held = os.path.join(hold_dir, "manifest.json")
     if os.path.exists(held) and read_manifest(held)["payload_sha256"] != manifest["payload_sha256"]:
-        log("the parts held here belong to another payload: dropping them")
-        for old in glob.glob(os.path.join(device_root, "part-*")):
+        log(f"the parts held in {hold_dir} belong to another payload: dropping them")
+        for old in glob.glob(os.path.join(hold_dir, "part-*")):
             os.remove(old)
-    (shutil.copyfile if keep_source else shutil.move)(
-        source, os.path.join(device_root, part["name"])
-    )
+    (shutil.copyfile if keep_source else shutil.move)(source, os.path.join(hold_dir, part["name"]))
     write_manifest(manifest, held)
     present = [
         i
         for i, p in enumerate(manifest["parts"])
-        if os.path.exists(os.path.join(device_root, p["name"]))
+        if os.path.exists(os.path.join(hold_dir, p["name"]))
     ]
     missing = [i for i in range(len(manifest["parts"])) if i not in present]
     log(
         f"part {index} of 0..{len(manifest['parts']) - 1} ({part['bytes']} bytes) arrived, sha256 ok; "
-        f"held in {device_root}: {present}; still to send: {missing or 'none'}"
+        f"held in {hold_dir}: {present}; still to copy: {missing or 'none'}"
     )
+
+
+def part_paths(manifest, hold_dir):
+    """Where each part is: in `hold_dir` (taken in by --store-part for this
+    payload) or in this tree's .device_payload/."""
+    held = os.path.join(hold_dir, "manifest.json")
+    places = [PAYLOAD_DIR]
+    if os.path.exists(held) and read_manifest(held)["payload_sha256"] == manifest["payload_sha256"]:
+        places.insert(0, hold_dir)
+    paths, missing = [], []
+    for i, part in enumerate(manifest["parts"]):
+        found = [
+            os.path.join(place, part["name"])
+            for place in places
+            if os.path.exists(os.path.join(place, part["name"]))
+        ]
+        if found:
+            paths.append(found[0])
+        else:
+            missing.append(i)
+    if missing:
+        raise Failure(
+            f"expected all {len(manifest['parts'])} parts in {os.path.relpath(PAYLOAD_DIR, REPO)}/ or in "
+            f"{hold_dir}, parts {missing} are missing: copy them (see --steps)"
+        )
+    for path, part in zip(paths, manifest["parts"]):
+        if os.path.getsize(path) != part["bytes"]:
+            raise Failure(f"expected {path} of {part['bytes']} bytes, got {os.path.getsize(path)}")
+    return paths
 
 
 class PartsReader(io.RawIOBase):
@@ -760,24 +806,15 @@ class PartsReader(io.RawIOBase):
             self.current = None
 
 
-def unpack_payload(manifest, device_root):
-    """Reassembles, checks and unpacks the payload into device_root/root
-    (once per payload: a rerun on a warm machine reuses it)."""
-    root = os.path.join(device_root, "root")
+def unpack_payload(manifest, hold_dir):
+    """Reassembles, checks and unpacks the payload into hold_dir/root (once
+    per payload: a second --run reuses it)."""
+    root = os.path.join(hold_dir, "root")
     done = os.path.join(root, ".unpacked")
     if os.path.exists(done) and read_text(done) == manifest["payload_sha256"]:
         log(f"payload {manifest['payload_sha256'][:12]} already unpacked in {root}")
         return root
-    paths = [os.path.join(device_root, p["name"]) for p in manifest["parts"]]
-    missing = [i for i, p in enumerate(paths) if not os.path.exists(p)]
-    if missing:
-        raise Failure(
-            f"expected all {len(paths)} parts in {device_root}, parts {missing} are missing (the machine was "
-            f"given back between calls?): send them with --device-step first (see --plan)"
-        )
-    for path, part in zip(paths, manifest["parts"]):
-        if os.path.getsize(path) != part["bytes"]:
-            raise Failure(f"expected {path} of {part['bytes']} bytes, got {os.path.getsize(path)}")
+    paths = part_paths(manifest, hold_dir)
     started = time.monotonic()
     shutil.rmtree(root, ignore_errors=True)
     reader = PartsReader(paths)
@@ -807,7 +844,7 @@ def unpack_payload(manifest, device_root):
     return root
 
 
-def device_test_environment(root):
+def host_test_environment(root):
     env = dict(os.environ)
     nvcc = os.path.join(root, "cuda_nvcc")
 
@@ -815,22 +852,22 @@ def device_test_environment(root):
         env[name] = value + (os.pathsep + env[name] if env.get(name) else "")
 
     # The payload's packages first, then the op library's source tree, then
-    # the machine's own packages (numpy, pytest).
+    # the host's own packages (numpy, pytest).
     prepend("PYTHONPATH", os.path.join(root, "site") + os.pathsep + REPO)
     prepend("LD_LIBRARY_PATH", os.path.join(root, "lib"))
     prepend("PATH", os.path.join(nvcc, "bin"))  # XLA's ptxas: CUDA 12.5's, before any other
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_gpu_cuda_data_dir={nvcc}").strip()
     env["PYTHONNOUSERSITE"] = "1"
-    # Memory as needed, not 90% of the GPU's 141 GB up front.
+    # Memory as needed, not most of the GPU's up front.
     env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-def check_requirements(root, report):
-    """The machine's versions of what TensorFlow needs against TensorFlow's
-    and Keras' requirements: what is taken from the machine must satisfy
-    them; what is carried shadows the machine's, which is shown."""
+def check_requirements(root, manifest, report):
+    """The host's versions of what TensorFlow needs against TensorFlow's and
+    Keras' requirements: what is taken from the host must satisfy them; what
+    the payload holds shadows the host's, which is shown."""
     from importlib import metadata
 
     requirements = {}
@@ -841,9 +878,9 @@ def check_requirements(root, report):
                 requirement, specifier, marker = parse_requirement(line)
                 if not marker or marker_holds(marker):
                     requirements.setdefault(requirement, []).append(f"{name}: {specifier or 'any'}")
-    carried = read_manifest(os.path.join(root, "..", "manifest.json"))["info"]["site_packages"]
+    in_payload = manifest["info"]["site_packages"]
     problems = []
-    report(f"{'package':18} {'this machine':13} {'carried':11} required by")
+    report(f"{'package':18} {'this host':13} {'payload':11} required by")
     for name in sorted(requirements):
         try:
             have = metadata.version(name)
@@ -851,16 +888,16 @@ def check_requirements(root, report):
             have = None
         specifiers = [s.split(": ")[1] for s in requirements[name] if s.split(": ")[1] != "any"]
         fits = have is not None and all(satisfies(have, s) for s in specifiers)
-        carried_version = carried.get(name)
-        if carried_version is None and name in DEVICE_PROVIDES and not fits:
+        payload_version = in_payload.get(name)
+        if payload_version is None and name in HOST_PROVIDES and not fits:
             problems.append(
-                f"{name}: expected a version meeting {', '.join(specifiers)}, the machine has {have}"
+                f"{name}: expected a version meeting {', '.join(specifiers)}, this host has {have}"
             )
-        note = "" if carried_version or fits or name in NOT_CARRIED else "  MISSING"
-        if carried_version and have and not fits:
-            note = "  (the machine's is outside the requirement: the carried one is used)"
+        note = "" if payload_version or fits or name in NOT_IN_PAYLOAD else "  MISSING"
+        if payload_version and have and not fits:
+            note = "  (this host's is outside the requirement: the payload's is used)"
         report(
-            f"{name:16} {have or '-':13} {carried_version or '-':11} {'; '.join(requirements[name])}{note}"
+            f"{name:16} {have or '-':13} {payload_version or '-':11} {'; '.join(requirements[name])}{note}"
         )
     if problems:
         raise Failure("; ".join(problems))
@@ -869,10 +906,10 @@ def check_requirements(root, report):
 PROBE = r"""
 import ctypes, os, subprocess, time
 # What TensorFlow dlopens before it registers a GPU, as it will find it.
-lib = os.path.join(os.environ["TF_ON_DEVICE_ROOT"], "lib")
+lib = os.path.join(os.environ["GPU_CHECK_ROOT"], "lib")
 for name in sorted(os.listdir(lib)):
     handle = ctypes.CDLL(name)
-    kind = "stub" if hasattr(handle, "tf_on_device_stub") else "real"
+    kind = "stub" if hasattr(handle, "gpu_check_stub") else "real"
     print(f"dlopen {name}: ok ({kind}, {os.path.getsize(os.path.join(lib, name))} bytes)")
 print("ptxas:", subprocess.run(["ptxas", "--version"], capture_output=True, text=True).stdout.splitlines()[-1])
 started = time.monotonic()
@@ -890,15 +927,19 @@ print("numpy", numpy.__version__, "from", numpy.__file__, "| keras", keras.__ver
 tf_adagrad.ops.load_library()
 print("op library loaded:", tf_adagrad._loader.LIBRARY_PATH)
 from tensorflow.python.framework import kernels
-for op in ("TfAdagrad>ApplyDense", "TfAdagrad>ApplySparse", "TfAdagrad>MultiApplyDense"):
-    devices = [k.device_type for k in kernels.get_registered_kernels_for_op(op).kernel]
-    print(f"  {op}: {devices.count('CPU')} CPU kernels, {devices.count('GPU')} GPU kernels")
+for op in ("ApplyDense", "ApplySparse", "MultiApplyDense", "RowwiseApplyDense", "RowwiseApplySparse"):
+    devices = [k.device_type for k in kernels.get_registered_kernels_for_op("TfAdagrad>" + op).kernel]
+    print(f"  TfAdagrad>{op}: {devices.count('CPU')} CPU kernels, {devices.count('GPU')} GPU kernels")
 if gpus:
     with tf.device("/GPU:0"):
         v = tf.Variable([1.0, 2.0, 3.0])
         a = tf.Variable([0.1, 0.1, 0.1])
         tf_adagrad.ops.apply_adagrad(v, a, 0.1, 1e-7, tf.constant([1.0, 1.0, 1.0]))
+        rows = tf.Variable([[1.0, 2.0], [3.0, 4.0]])
+        row_accum = tf.Variable([0.1, 0.1])
+        tf_adagrad.ops.rowwise_apply_adagrad(rows, row_accum, 0.1, 1e-7, tf.ones((2, 2)))
     print("a dense step on", v.device, "->", v.numpy().tolist())
+    print("a rowwise dense step on", rows.device, "->", rows.numpy().tolist())
 xla_step = tf.function(lambda x: tf.math.rsqrt(x + 1.0) * x, jit_compile=True)
 with tf.device("/CPU:0"):
     print("XLA on the CPU:", xla_step(tf.constant([1.0, 3.0])).numpy().tolist())
@@ -917,13 +958,12 @@ if gpus:
 """
 
 
-def device_run(device_root, require_gpu=True, test_timeout=TEST_TIMEOUT_S):
+def host_run(hold_dir, log_dir, require_gpu=True, test_timeout=TEST_TIMEOUT_S):
     """Unpacks the payload and runs the GPU tests with it; returns pytest's
-    exit status. The log goes to $OUT (the tool brings it back) or beside
-    the payload, a failure's reason included."""
-    out_dir = os.environ.get("OUT") or device_root
-    os.makedirs(out_dir, exist_ok=True)
-    log_path = os.path.join(out_dir, "tf_on_device.log")
+    exit status. The log (a failure's reason included) and a JUnit report
+    go to `log_dir`."""
+    os.makedirs(log_dir, exist_ok=True)
+    log_path = os.path.join(log_dir, "gpu_check.log")
     with open(log_path, "w") as log_file:
 
         def report(line):
@@ -932,29 +972,33 @@ def device_run(device_root, require_gpu=True, test_timeout=TEST_TIMEOUT_S):
             log_file.flush()
 
         try:
-            return run_tests_with_payload(device_root, require_gpu, test_timeout, out_dir, report)
+            status = run_tests_with_payload(hold_dir, require_gpu, test_timeout, log_dir, report)
         except (Failure, subprocess.TimeoutExpired) as e:
-            report(f"device run FAILED: {e}")
+            report(f"GPU check FAILED: {e}")
             raise
+        finally:
+            log(f"the log: {log_path}")
+        return status
 
 
-def run_tests_with_payload(device_root, require_gpu, test_timeout, out_dir, report):
+def run_tests_with_payload(hold_dir, require_gpu, test_timeout, log_dir, report):
     started = time.monotonic()
     report(f"python {sys.version.split()[0]} at {sys.executable}; repository {REPO}")
     if sys.version_info[:2] != tuple(int(x) for x in PYTHON_TAG.split(".")):
         raise Failure(
             f"expected Python {PYTHON_TAG} (the payload is cp312), got {sys.version.split()[0]}"
         )
-    manifest = read_manifest(os.path.join(device_root, "manifest.json"))
-    for relative, want in read_manifest()["op_library"].items():
+    manifest = read_manifest()
+    for relative, want in manifest["op_library"].items():
         path = os.path.join(REPO, relative)
         if not os.path.exists(path):
             raise Failure(
-                f"expected the op library's {relative}: name it in this call's carry list"
+                f"expected the op library's {relative} in this copy of the tree (it is git-ignored: copy it too)"
             )
         if sha256_of(path) != want:
             raise Failure(
-                f"expected {relative} with sha256 {want} (as the manifest says), got {sha256_of(path)}"
+                f"expected {relative} with sha256 {want} (as the manifest says), got {sha256_of(path)}: "
+                f"run `python3 {SCRIPT} --steps` on the build host after a rebuild, and copy both again"
             )
     if shutil.which("nvidia-smi"):
         smi = subprocess.run(
@@ -969,15 +1013,15 @@ def run_tests_with_payload(device_root, require_gpu, test_timeout, out_dir, repo
         report(f"nvidia-smi: {(smi.stdout or smi.stderr).strip()}")
     else:
         report("nvidia-smi: not found")
-    root = unpack_payload(manifest, device_root)
+    root = unpack_payload(manifest, hold_dir)
     report(
         f"payload {manifest['payload_sha256'][:12]}: stubs {', '.join(manifest['info']['stubs'])}"
     )
-    check_requirements(root, report)
-    env = device_test_environment(root)
+    check_requirements(root, manifest, report)
+    env = host_test_environment(root)
     # dso_loader=1 logs every library TensorFlow opens, and every one it cannot.
     probe_env = dict(
-        env, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="dso_loader=1", TF_ON_DEVICE_ROOT=root
+        env, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="dso_loader=1", GPU_CHECK_ROOT=root
     )
     probe = subprocess.run(
         [sys.executable, "-c", PROBE],
@@ -1006,9 +1050,8 @@ def run_tests_with_payload(device_root, require_gpu, test_timeout, out_dir, repo
         "-p",
         "no:cacheprovider",
         "--durations=10",
-    ] + DEVICE_TESTS
-    if os.environ.get("OUT"):
-        command.append(f"--junitxml={os.path.join(out_dir, 'tf_on_device.xml')}")
+        f"--junitxml={os.path.join(log_dir, 'gpu_check.xml')}",
+    ] + HOST_TESTS
     report("$ " + " ".join(command))
     tests = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -1022,84 +1065,66 @@ def run_tests_with_payload(device_root, require_gpu, test_timeout, out_dir, repo
     if status < 0:
         report(f"the tests were stopped after {test_timeout} s")
         status = 1
-    report(f"device run: pytest exited {status}; {time.monotonic() - started:.0f} s in all")
+    report(f"GPU check: pytest exited {status}; {time.monotonic() - started:.0f} s in all")
     return status
 
 
 # ---------------------------------------------------------------------------
-# --plan and --dry-run (here)
+# --steps and --dry-run (on the build host)
 
 
-# Device time, in seconds, from what a call costs (assumed: the tool's
-# figures for a start, ~20 s to send 60 MiB) and what the dry run measured
-# (unpacking ~20 s on 2 cores; the tests' run on an H200 is a guess).
-START_S, TRANSFER_S, UNPACK_S, PROBE_S, TESTS_S = 90, 20, 30, 30, 120
-# The last call: its part, unpacking, the probe and the tests, each bounded.
-LAST_CALL_TIMEOUT_S = 30 + 2 * UNPACK_S + PROBE_TIMEOUT_S + TEST_TIMEOUT_S
-RERUN_TIMEOUT_S = 30 + PROBE_TIMEOUT_S + TEST_TIMEOUT_S
-
-
-def estimate(part_count):
-    first = START_S + part_count * TRANSFER_S + UNPACK_S + PROBE_S + TESTS_S
-    rerun = TRANSFER_S + PROBE_S + TESTS_S
-    verdict = (
-        "fits in 10 min"
-        if first + rerun <= 600
-        else "would pass 10 min: rerun only if the time is there"
-    )
-    return (
-        f"Device time: a fresh machine's start (~{START_S} s), {part_count} transfers of up to "
-        f"{mib(PART_BYTES + 5 * 2**20)} (~{TRANSFER_S} s each), unpacking (~{UNPACK_S} s), the probe "
-        f"(~{PROBE_S} s) and the tests (~{TESTS_S} s; stopped at {TEST_TIMEOUT_S} s): about {first / 60:.1f} min. "
-        f"With one rerun of the tests (~{rerun / 60:.1f} min) that {verdict}. The timeouts stop a hung run "
-        f"(probe {PROBE_TIMEOUT_S} s, tests {TEST_TIMEOUT_S} s) inside the last call's {LAST_CALL_TIMEOUT_S} s."
-    )
-
-
-def plan(manifest):
+def steps(manifest):
+    """What to copy to the GPU host and what to run there."""
     parts = manifest["parts"]
     last = len(parts) - 1
-    carry_base = [".device_payload/manifest.json"]
-    lines = [
-        f"Device plan: payload {manifest['payload_sha256'][:12]}, {mib(manifest['payload_bytes'])} in {len(parts)} "
-        f"parts ({mib(manifest['unpacked_bytes'])} unpacked); stubs: {', '.join(manifest['info']['stubs'])}.",
-        "Issue these `run` calls back to back: the machine keeps /tmp/tf_payload only while it stays warm "
-        "(30 s after a call). Check each call's output before the next.",
-        "",
-    ]
-    for i, part in enumerate(parts):
-        carry = carry_base + [f".device_payload/{part['name']}"]
-        command = f"python3 {SCRIPT} --device-step {i}"
-        timeout = 120
-        if i == last:
-            carry += OP_LIBRARY_FILES
-            command += " --device-run"
-            timeout = LAST_CALL_TIMEOUT_S
-        lines += [
-            f"call {i + 1}: carry={json.dumps(carry)}",
-            f"        command={command!r}  timeout_s={timeout}",
+    part_size = max(p["bytes"] for p in parts)
+    op_library = ", ".join(OP_LIBRARY_FILES)
+    op_library_bytes = sum(
+        os.path.getsize(os.path.join(REPO, f))
+        for f in OP_LIBRARY_FILES
+        if os.path.exists(os.path.join(REPO, f))
+    )
+    return "\n".join(
+        [
+            f"Payload {manifest['payload_sha256'][:12]}: {mib(manifest['payload_bytes'])} in {len(parts)} parts "
+            f"of at most {mib(part_size)} ({mib(manifest['unpacked_bytes'])} unpacked); "
+            f"stubs: {', '.join(manifest['info']['stubs'])}.",
+            "",
+            f"The GPU host needs Linux x86-64, an NVIDIA driver for CUDA 12.5 or newer, and Python {PYTHON_TAG} "
+            "with numpy and pytest.",
+            "",
+            "Copy this tree to the GPU host with .device_payload/manifest.json, the parts "
+            f"(.device_payload/part-*) and the op library ({op_library}), which git ignores; "
+            "then, in the copy:",
+            "",
+            f"    python3 {SCRIPT} --run",
+            "",
+            f"Where a copy must be small (a part is {mib(part_size)}, the op library {mib(op_library_bytes)}, "
+            "the tree about 1 MiB), copy the tree with .device_payload/manifest.json and one part at a time, "
+            "and after each copy run, in it:",
+            "",
+            f"    python3 {SCRIPT} --store-part K       # K = 0 .. {last - 1}: checks part K, keeps it in "
+            f"{HOLD_DIR}",
+            "",
+            "and with the last part copy the op library too and run:",
+            "",
+            f"    python3 {SCRIPT} --store-part {last} --run",
+            "",
+            f"--run unpacks the payload into {HOLD_DIR}/root (once; a second --run reuses it), prints what "
+            "TensorFlow finds (libraries, GPUs, the op library's kernels, one step on the GPU), then runs "
+            f"{', '.join(HOST_TESTS)}. It writes .device_payload/gpu_check.log and gpu_check.xml (a JUnit "
+            "report), and exits non-zero if TensorFlow sees no GPU or a test fails.",
         ]
-    lines += [
-        "",
-        "If the last call fails or runs out of time while the machine is still warm, rerun the tests alone (the "
-        "parts and the unpacked payload are still there):",
-        f"        carry={json.dumps(carry_base + OP_LIBRARY_FILES)}",
-        f"        command='python3 {SCRIPT} --device-run'  timeout_s={RERUN_TIMEOUT_S}",
-        "If a call says parts are missing (the machine went back between calls), send those parts again.",
-        "The log comes back as $OUT/tf_on_device.log (and the JUnit report as tf_on_device.xml). Then give_back.",
-        "",
-        estimate(len(parts)),
-    ]
-    return "\n".join(lines)
+    )
 
 
-def device_python():
-    """A Python 3.12 standing in for the machine's: a venv with the
-    machine's versions of numpy (and the newest h5py, outside TensorFlow's
-    requirement, as the machine's may be) plus pytest."""
+def host_python():
+    """A Python 3.12 standing in for the GPU host's: a venv with numpy at
+    HOST_PROVIDES' version (and the newest h5py, outside TensorFlow's
+    requirement, so that the payload's must shadow it) plus pytest."""
     python = os.path.join(SIM_VENV, "bin", "python")
     ready = os.path.join(SIM_VENV, ".ready")
-    packages = [f"numpy=={DEVICE_PROVIDES['numpy']}", "h5py==3.16.0", "pytest"]
+    packages = [f"numpy=={HOST_PROVIDES['numpy']}", "h5py==3.16.0", "pytest"]
     if os.path.exists(ready) and read_text(ready) == " ".join(packages):
         return python
     candidates = sorted(glob.glob("/root/.pyenv/versions/3.12*/bin/python3.12")) + [
@@ -1108,7 +1133,7 @@ def device_python():
     base = next((c for c in candidates if c and os.path.exists(c)), None)
     if base is None:
         raise Failure(
-            "expected a Python 3.12 (pyenv's, or python3.12 on PATH) to stand in for the machine's, found none"
+            "expected a Python 3.12 (pyenv's, or python3.12 on PATH) to stand in for the GPU host's, found none"
         )
     shutil.rmtree(SIM_VENV, ignore_errors=True)
     run([base, "-m", "venv", SIM_VENV])
@@ -1118,43 +1143,41 @@ def device_python():
     return python
 
 
-def dry_run(with_cublas=False, keep=False):
-    """Everything here: prepare, then the device calls in order with a
-    Python 3.12 standing in for the machine's, on the CPU."""
+def dry_run(with_cublas=False, part_mib=PART_MIB, keep=False):
+    """Everything on this host: prepare, then the GPU host's steps, a part at
+    a time, with a Python 3.12 standing in for the host's, on the CPU."""
     times = {}
     started = time.monotonic()
-    manifest = prepare(with_cublas)
+    manifest = prepare(with_cublas, part_mib)
     times["prepare"] = time.monotonic() - started
-    python = device_python()
-    device_root = tempfile.mkdtemp(prefix="tf_on_device_dry_run_")
+    python = host_python()
+    hold_dir = tempfile.mkdtemp(prefix="gpu_check_dry_run_")
     try:
         step_started = time.monotonic()
         for i in range(len(manifest["parts"])):
             run(
-                [
-                    python,
-                    SCRIPT,
-                    "--device-step",
-                    str(i),
-                    "--device-root",
-                    device_root,
-                    "--keep-source",
-                ],
+                [python, SCRIPT, "--store-part", str(i), "--hold-dir", hold_dir, "--keep-source"],
                 cwd=REPO,
             )
-        times["device steps"] = time.monotonic() - step_started
+        times["parts"] = time.monotonic() - step_started
         run_started = time.monotonic()
-        env = dict(os.environ)
-        env.pop("OUT", None)
         run(
-            [python, SCRIPT, "--device-run", "--device-root", device_root, "--allow-no-gpu"],
+            [
+                python,
+                SCRIPT,
+                "--run",
+                "--hold-dir",
+                hold_dir,
+                "--log-dir",
+                hold_dir,
+                "--allow-no-gpu",
+            ],
             cwd=REPO,
-            env=env,
         )
-        times["device run"] = time.monotonic() - run_started
+        times["run"] = time.monotonic() - run_started
         kept_log = os.path.join(PAYLOAD_DIR, "dry-run.log")
-        shutil.copyfile(os.path.join(device_root, "tf_on_device.log"), kept_log)
-        log(f"the device run's log: {os.path.relpath(kept_log, REPO)}")
+        shutil.copyfile(os.path.join(hold_dir, "gpu_check.log"), kept_log)
+        log(f"the run's log: {os.path.relpath(kept_log, REPO)}")
         summary = [
             line
             for line in read_text(kept_log).splitlines()
@@ -1162,18 +1185,14 @@ def dry_run(with_cublas=False, keep=False):
         ]
     finally:
         if keep:
-            log(f"kept {device_root}")
+            log(f"kept {hold_dir}")
         else:
-            shutil.rmtree(device_root, ignore_errors=True)
+            shutil.rmtree(hold_dir, ignore_errors=True)
     log(
         f"DRY RUN PASSED in {time.monotonic() - started:.0f} s "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in times.items())}); tests: {summary[-1] if summary else '?'}"
     )
-    log(
-        f"payload {mib(manifest['payload_bytes'])} in {len(manifest['parts'])} parts of at most {mib(PART_BYTES)}; "
-        f"stubs: {', '.join(manifest['info']['stubs'])}"
-    )
-    print(plan(manifest))
+    print(steps(manifest))
 
 
 def main():
@@ -1181,61 +1200,78 @@ def main():
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "--prepare", action="store_true", help="download, strip, stub, pack and split the payload"
+        "--prepare",
+        action="store_true",
+        help="build host: download, strip, stub, pack and split the payload",
     )
     parser.add_argument(
-        "--plan", action="store_true", help="print the device calls to make, in order"
+        "--steps",
+        action="store_true",
+        help="build host: print what to copy and run, for the op library built now",
     )
     parser.add_argument(
-        "--device-step", type=int, metavar="K", help="on the machine: take in part K"
+        "--dry-run",
+        action="store_true",
+        help="build host: all of it on the CPU, with Python 3.12",
     )
     parser.add_argument(
-        "--device-run", action="store_true", help="on the machine: unpack and run the tests"
+        "--store-part",
+        type=int,
+        metavar="K",
+        help="GPU host: check part K of this copy and keep it in --hold-dir",
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="all of it here, on the CPU, with Python 3.12"
+        "--run", action="store_true", help="GPU host: unpack the payload and run the tests"
     )
     parser.add_argument(
-        "--with-cublas", action="store_true", help="carry the real cuBLAS instead of stubs"
+        "--with-cublas",
+        action="store_true",
+        help="--prepare: put the real cuBLAS in the payload instead of stubs",
     )
     parser.add_argument(
-        "--device-root",
-        default=DEVICE_ROOT,
-        help=f"where the machine keeps parts (default {DEVICE_ROOT})",
+        "--part-mib",
+        type=int,
+        default=PART_MIB,
+        help=f"--prepare: the parts' size in MiB (default {PART_MIB})",
+    )
+    parser.add_argument(
+        "--hold-dir",
+        default=HOLD_DIR,
+        help=f"GPU host: where parts are kept and the payload unpacked (default {HOLD_DIR})",
+    )
+    parser.add_argument(
+        "--log-dir",
+        default=PAYLOAD_DIR,
+        help="GPU host: where --run writes gpu_check.log and gpu_check.xml (default .device_payload/)",
     )
     parser.add_argument(
         "--keep-source", action="store_true", help=argparse.SUPPRESS
-    )  # the dry run keeps its parts
+    )  # the dry run keeps the tree's parts
     parser.add_argument(
         "--allow-no-gpu", action="store_true", help=argparse.SUPPRESS
     )  # the dry run has none
     parser.add_argument("--keep", action="store_true", help="keep the dry run's unpacked payload")
     args = parser.parse_args()
-    actions = [args.prepare, args.plan, args.device_step is not None, args.device_run, args.dry_run]
-    # `--device-step K --device-run` is one call: the last part, then the tests.
-    if sum(actions) != 1 and not (
-        sum(actions) == 2 and args.device_step is not None and args.device_run
-    ):
-        parser.error(
-            "expected one of --prepare, --plan, --device-step K [--device-run], --device-run, --dry-run"
-        )
+    actions = [args.prepare, args.steps, args.store_part is not None, args.run, args.dry_run]
+    # `--store-part K --run` takes in the last part, then runs the tests.
+    if sum(actions) != 1 and not (sum(actions) == 2 and args.store_part is not None and args.run):
+        parser.error("expected one of --prepare, --steps, --dry-run, --store-part K [--run], --run")
     try:
         if args.prepare:
-            prepare(args.with_cublas)
-            print(plan(read_manifest()))
-        elif args.plan:
+            prepare(args.with_cublas, args.part_mib)
+            print(steps(read_manifest()))
+        elif args.steps:
             manifest = read_manifest()
             manifest["op_library"] = op_library_record()
             write_manifest(manifest)
-            print(plan(manifest))
-        elif args.device_step is not None:
-            device_step(args.device_step, args.device_root, args.keep_source)
-            if args.device_run:
-                return device_run(args.device_root, require_gpu=not args.allow_no_gpu)
-        elif args.device_run:
-            return device_run(args.device_root, require_gpu=not args.allow_no_gpu)
+            print(steps(manifest))
         elif args.dry_run:
-            dry_run(args.with_cublas, args.keep)
+            dry_run(args.with_cublas, args.part_mib, args.keep)
+        else:
+            if args.store_part is not None:
+                store_part(args.store_part, args.hold_dir, args.keep_source)
+            if args.run:
+                return host_run(args.hold_dir, args.log_dir, require_gpu=not args.allow_no_gpu)
     except (Failure, subprocess.TimeoutExpired) as e:
         log(f"FAILED: {e}")
         return 1
