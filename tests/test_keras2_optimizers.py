@@ -136,7 +136,7 @@ def test_import_error_without_tf_keras():
     assert error_class == "ImportError"
     assert "tf_adagrad.keras2 needs tf-keras" in message
     assert "pip install tf-keras==2.21.*" in message
-    assert "pip install tf_adagrad[keras2]" in message
+    assert 'pip install "<path to tf_adagrad-*.whl>[keras2]"' in message
     assert "TF_USE_LEGACY_KERAS=1 before TensorFlow is imported" in message
     # `tf_adagrad.keras2.Adagrad` after `import tf_adagrad` says the same.
     assert outcome["attribute_error"] == outcome["error"]

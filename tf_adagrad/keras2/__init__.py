@@ -25,8 +25,9 @@ except ModuleNotFoundError as error:
         raise
     raise ImportError(
         "tf_adagrad.keras2 needs tf-keras (Keras 2), which is not installed. Install it with "
-        "`pip install tf-keras==2.21.*` (or `pip install tf_adagrad[keras2]`), and set "
-        "TF_USE_LEGACY_KERAS=1 before TensorFlow is imported for `tf.keras` to be tf_keras."
+        "`pip install tf-keras==2.21.*`, or install tf_adagrad's wheel with its keras2 extra: "
+        '`pip install "<path to tf_adagrad-*.whl>[keras2]"`; then set TF_USE_LEGACY_KERAS=1 '
+        "before TensorFlow is imported for `tf.keras` to be tf_keras."
     ) from error
 
 from tf_adagrad.keras2 import legacy  # noqa: E402
