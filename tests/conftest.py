@@ -50,3 +50,16 @@ def build_settings():
 def cuda_build(build_settings):
     """Whether configure.py turned the CUDA kernels on for the build."""
     return "build --config=cuda" in build_settings
+
+
+@pytest.fixture(scope="session")
+def parameter_server_cluster(tmp_path_factory):
+    """A ParameterServerStrategy cluster on 127.0.0.1 (2 workers, 2
+    parameter servers, all with the op library loaded), started once and
+    shared by the coordinators of tests/test_distribute.py and
+    tests/test_keras2_distribute.py, which it serves one after the other;
+    its cluster spec as JSON. Its processes are killed at the session's end."""
+    from support.processes import processes, start_parameter_server_cluster
+
+    with processes(tmp_path_factory.mktemp("parameter_server_cluster")) as run:
+        yield start_parameter_server_cluster(run)

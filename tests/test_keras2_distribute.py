@@ -8,26 +8,24 @@ from the same initial weights on the same global batches, and with the
 tf_keras optimizer it replaces in the same strategy. The traced train
 function shows which ops updated the variables, and on which devices.
 
-Every process a test starts is killed when the test ends, pass or fail.
+The ParameterServerStrategy cluster is the session's (the
+`parameter_server_cluster` fixture of conftest.py, which
+tests/test_distribute.py's coordinator uses too). Every process is killed
+when the fixture that started it ends, pass or fail.
 """
 
-import contextlib
 import json
 import os
 import pickle
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
+from support.processes import free_ports, processes
+
 SCRIPT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "support", "keras2_distributed.py"
 )
-TIMEOUT_S = 300
 # Float tolerance for distributed against one-device training: the replicas'
 # gradients are summed in another order.
 RTOL, ATOL = 1e-5, 1e-7
@@ -38,80 +36,6 @@ OPTIMIZERS = ",".join([*PEERS, *PEERS.values()])
 # AssignAddVariableOp counts the iterations.
 FUSED_OP_TYPES = {"TfAdagrad>ApplyDense", "TfAdagrad>ApplySparse"}
 ALLOWED_OP_TYPES = FUSED_OP_TYPES | {"AssignAddVariableOp"}
-
-
-class Processes:
-    """Starts scenario processes; logs go to files under `log_dir`."""
-
-    def __init__(self, log_dir):
-        self.log_dir = log_dir
-        self.started = []
-
-    def start(self, name, *args):
-        log_path = os.path.join(self.log_dir, f"{name}.log")
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(
-                [sys.executable, SCRIPT, *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, killed as one
-            )
-        process.name, process.log_path = name, log_path
-        self.started.append(process)
-        return process
-
-    def wait(self, processes):
-        deadline = time.monotonic() + TIMEOUT_S
-        for process in processes:
-            try:
-                process.wait(timeout=max(1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"{process.name} ran over {TIMEOUT_S} s:\n{self.log(process)}")
-            if process.returncode != 0:
-                pytest.fail(
-                    f"{process.name} exited with {process.returncode}:\n{self.log(process)}"
-                )
-
-    def wait_for_line(self, process, text):
-        deadline = time.monotonic() + TIMEOUT_S
-        while text not in self.log(process):
-            if process.poll() is not None:
-                pytest.fail(
-                    f"{process.name} exited with {process.returncode}:\n{self.log(process)}"
-                )
-            if time.monotonic() > deadline:
-                pytest.fail(f"{process.name} did not print {text!r} in {TIMEOUT_S} s")
-            time.sleep(0.2)
-
-    @staticmethod
-    def log(process, tail=6000):
-        with open(process.log_path) as f:
-            return f.read()[-tail:]
-
-    def kill_all(self):
-        for process in self.started:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-@contextlib.contextmanager
-def processes(tmp_path):
-    started = Processes(str(tmp_path))
-    try:
-        yield started
-    finally:
-        started.kill_all()
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def load(out):
@@ -162,7 +86,19 @@ def mirrored_results(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("keras2_mirrored")
     out = tmp_path / "mirrored.pkl"
     with processes(tmp_path) as run:
-        run.wait([run.start("mirrored", "mirrored", "--optimizers", OPTIMIZERS, "--out", str(out))])
+        run.wait(
+            [
+                run.start(
+                    "mirrored",
+                    SCRIPT,
+                    "mirrored",
+                    "--optimizers",
+                    OPTIMIZERS,
+                    "--out",
+                    str(out),
+                )
+            ]
+        )
     return load(out)
 
 
@@ -188,6 +124,7 @@ def multi_worker_results(tmp_path_factory):
             [
                 run.start(
                     f"worker{task}",
+                    SCRIPT,
                     "multi-worker",
                     "--optimizers",
                     OPTIMIZERS,
@@ -216,48 +153,26 @@ def test_multi_worker_mirrored_strategy_fit_equals_one_process(multi_worker_resu
     own = case(worker0, name)["distributed"]
     for a, b in zip(copy["weights"] + copy["accumulators"], own["weights"] + own["accumulators"]):
         assert a.tobytes() == b.tobytes()
-    assert {device for _, device in copy["update_ops"] if _ in FUSED_OP_TYPES} == {
+    assert {device for op, device in copy["update_ops"] if op in FUSED_OP_TYPES} == {
         "/job:worker/replica:0/task:1/device:CPU:0"
     }
 
 
 @pytest.fixture(scope="module")
-def parameter_server_results(tmp_path_factory):
+def parameter_server_results(parameter_server_cluster, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("keras2_parameter_server")
-    worker_ports, ps_ports = free_ports(2), free_ports(2)
-    cluster = json.dumps(
-        {
-            "worker": [f"127.0.0.1:{port}" for port in worker_ports],
-            "ps": [f"127.0.0.1:{port}" for port in ps_ports],
-        }
-    )
     out = tmp_path / "coordinator.pkl"
     with processes(tmp_path) as run:
-        servers = [
-            run.start(
-                f"{job}{task}",
-                "server",
-                "--cluster",
-                cluster,
-                "--job",
-                job,
-                "--task",
-                str(task),
-            )
-            for job in ("worker", "ps")
-            for task in range(2)
-        ]
-        for server in servers:
-            run.wait_for_line(server, "serving")
         run.wait(
             [
                 run.start(
                     "coordinator",
+                    SCRIPT,
                     "coordinator",
                     "--optimizers",
                     OPTIMIZERS,
                     "--cluster",
-                    cluster,
+                    parameter_server_cluster,
                     "--out",
                     str(out),
                 )

@@ -2,7 +2,8 @@
 per subcommand, each run in processes of its own by
 tests/test_keras2_distribute.py with `TF_USE_LEGACY_KERAS=1` (set here,
 before TensorFlow is imported; a strategy's devices and cluster are fixed
-when TensorFlow starts).
+when TensorFlow starts). The coordinator's parameter servers and workers
+are tests/support/cluster_server.py's.
 
 Every scenario fits the same small recommender-style model (an Embedding
 table, whose gradient is a `tf.IndexedSlices`, and Dense layers) from the
@@ -51,7 +52,6 @@ def main():
     parser.add_argument("--out")
     parser.add_argument("--optimizers", help="comma-separated names from OPTIMIZERS")
     parser.add_argument("--cluster", help="JSON cluster spec")
-    parser.add_argument("--job")
     parser.add_argument("--task", type=int, default=0)
     args = parser.parse_args()
     SCENARIOS[args.scenario](args)
@@ -291,25 +291,6 @@ def multi_worker(args):
     run_cases(args.out, args.optimizers.split(","), fit_multi_worker, with_reference=args.task == 0)
 
 
-def server(args):
-    """A worker or parameter server task of a ParameterServerStrategy
-    cluster. `import tf_adagrad` loads the op library first, so that the
-    TfAdagrad ops can run here."""
-    import tensorflow as tf
-
-    import tf_adagrad  # noqa: F401
-
-    server = tf.distribute.Server(
-        tf.train.ClusterSpec(json.loads(args.cluster)),
-        job_name=args.job,
-        task_index=args.task,
-        protocol="grpc",
-        start=True,
-    )
-    print(f"{args.job}:{args.task} serving", flush=True)
-    server.join()
-
-
 def coordinator(args):
     """The coordinator of a ParameterServerStrategy cluster of 2 workers and
     2 parameter servers; every variable with 2 rows or more, the Embedding
@@ -384,7 +365,6 @@ def coordinator(args):
 SCENARIOS = {
     "mirrored": mirrored,
     "multi-worker": multi_worker,
-    "server": server,
     "coordinator": coordinator,
 }
 
