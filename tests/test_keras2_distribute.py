@@ -1,12 +1,14 @@
 """tf_adagrad's tf_keras optimizers (`tf_adagrad.keras2.Adagrad`,
-`tf_adagrad.keras2.legacy.Adagrad`) in tf_keras' `fit()` under tf.distribute,
-each cluster on 127.0.0.1 in processes of its own with `TF_USE_LEGACY_KERAS=1`
-(tests/support/keras2_distributed.py).
+`tf_adagrad.keras2.legacy.Adagrad`, and under MirroredStrategy and
+ParameterServerStrategy their `RowwiseAdagrad`s) in tf_keras' `fit()` under
+tf.distribute, each cluster on 127.0.0.1 in processes of its own with
+`TF_USE_LEGACY_KERAS=1` (tests/support/keras2_distributed.py).
 
 Each strategy's fit() is compared with fit() in one process on one device,
-from the same initial weights on the same global batches, and with the
-tf_keras optimizer it replaces in the same strategy. The traced train
-function shows which ops updated the variables, and on which devices.
+from the same initial weights on the same global batches, and, for the
+Adagrads, with the tf_keras optimizer each replaces in the same strategy
+(rowwise Adagrad has none in tf_keras). The traced train function shows
+which ops updated the variables, and on which devices.
 
 The ParameterServerStrategy cluster is the session's (the
 `parameter_server_cluster` fixture of conftest.py, which
@@ -29,13 +31,20 @@ SCRIPT = os.path.join(
 # Float tolerance for distributed against one-device training: the replicas'
 # gradients are summed in another order.
 RTOL, ATOL = 1e-5, 1e-7
-# tf_adagrad's classes, each with the tf_keras class it replaces.
+# tf_adagrad's Adagrad classes, each with the tf_keras class it replaces.
 PEERS = {"tf_adagrad.keras2": "tf_keras", "tf_adagrad.keras2.legacy": "tf_keras.legacy"}
+ROWWISE = ["tf_adagrad.keras2.RowwiseAdagrad", "tf_adagrad.keras2.legacy.RowwiseAdagrad"]
+# The classes each scenario trains with (the multi-worker one without the
+# rowwise classes).
 OPTIMIZERS = ",".join([*PEERS, *PEERS.values()])
-# The update ops a step of tf_adagrad's optimizers may trace; the
-# AssignAddVariableOp counts the iterations.
-FUSED_OP_TYPES = {"TfAdagrad>ApplyDense", "TfAdagrad>ApplySparse"}
-ALLOWED_OP_TYPES = FUSED_OP_TYPES | {"AssignAddVariableOp"}
+OPTIMIZERS_WITH_ROWWISE = ",".join([*PEERS, *ROWWISE, *PEERS.values()])
+# The fused ops that update the variables in a step of each of tf_adagrad's
+# classes; besides them, a step may trace an AssignAddVariableOp, which
+# counts the iterations.
+FUSED_OP_TYPES = {
+    **{name: {"TfAdagrad>ApplyDense", "TfAdagrad>ApplySparse"} for name in PEERS},
+    **{name: {"TfAdagrad>RowwiseApplyDense", "TfAdagrad>RowwiseApplySparse"} for name in ROWWISE},
+}
 
 
 def load(out):
@@ -59,23 +68,33 @@ def assert_close(actual, expected):
 
 def assert_fit_matches(results, name, update_devices):
     """tf_adagrad's `name` trained in the strategy as in one process on one
-    device and as its tf_keras peer in the same strategy, with the fused ops
-    alone updating the variables, on each of `update_devices`."""
+    device and as its tf_keras peer, if it has one, in the same strategy,
+    with its fused ops alone updating the variables, on each of
+    `update_devices`."""
     result = case(results, name)
     distributed = result["distributed"]
     # The Embedding table moved: the run did train.
     assert np.max(np.abs(distributed["weights"][0] - result["initial"][0])) > 1e-3
     assert_close(distributed["weights"], result["one_device"]["weights"])
     assert_close(distributed["accumulators"], result["one_device"]["accumulators"])
-    peer = case(results, PEERS[name])["distributed"]
-    assert_close(distributed["weights"], peer["weights"])
-    assert_close(distributed["accumulators"], peer["accumulators"])
+    if name in PEERS:
+        peer = case(results, PEERS[name])["distributed"]
+        assert_close(distributed["weights"], peer["weights"])
+        assert_close(distributed["accumulators"], peer["accumulators"])
+    else:
+        # One accumulator value per row of each weight (a bias is one row
+        # per element), each shard's rows together.
+        assert [a.shape for a in distributed["accumulators"]] == [
+            w.shape[:1] for w in distributed["weights"]
+        ]
 
     update_ops = distributed["update_ops"]
-    assert {op for op, _ in update_ops} <= ALLOWED_OP_TYPES, update_ops
+    assert {op for op, _ in update_ops} <= FUSED_OP_TYPES[name] | {"AssignAddVariableOp"}, (
+        update_ops
+    )
     # The Embedding's gradient reached the sparse op, the Dense layers' the
     # dense one, on every device that holds a copy or a shard.
-    for op_type in FUSED_OP_TYPES:
+    for op_type in FUSED_OP_TYPES[name]:
         assert {device for op, device in update_ops if op == op_type} == set(update_devices), (
             update_ops
         )
@@ -93,7 +112,7 @@ def mirrored_results(tmp_path_factory):
                     SCRIPT,
                     "mirrored",
                     "--optimizers",
-                    OPTIMIZERS,
+                    OPTIMIZERS_WITH_ROWWISE,
                     "--out",
                     str(out),
                 )
@@ -102,7 +121,7 @@ def mirrored_results(tmp_path_factory):
     return load(out)
 
 
-@pytest.mark.parametrize("name", sorted(PEERS))
+@pytest.mark.parametrize("name", sorted(PEERS) + ROWWISE)
 def test_mirrored_strategy_fit_equals_one_device(mirrored_results, name):
     """MirroredStrategy over 2 logical CPUs, each global batch split between
     the replicas; each replica's copy updated by the fused ops."""
@@ -153,7 +172,7 @@ def test_multi_worker_mirrored_strategy_fit_equals_one_process(multi_worker_resu
     own = case(worker0, name)["distributed"]
     for a, b in zip(copy["weights"] + copy["accumulators"], own["weights"] + own["accumulators"]):
         assert a.tobytes() == b.tobytes()
-    assert {device for op, device in copy["update_ops"] if op in FUSED_OP_TYPES} == {
+    assert {device for op, device in copy["update_ops"] if op in FUSED_OP_TYPES[name]} == {
         "/job:worker/replica:0/task:1/device:CPU:0"
     }
 
@@ -170,7 +189,7 @@ def parameter_server_results(parameter_server_cluster, tmp_path_factory):
                     SCRIPT,
                     "coordinator",
                     "--optimizers",
-                    OPTIMIZERS,
+                    OPTIMIZERS_WITH_ROWWISE,
                     "--cluster",
                     parameter_server_cluster,
                     "--out",
@@ -184,7 +203,7 @@ def parameter_server_results(parameter_server_cluster, tmp_path_factory):
 PARAMETER_SERVERS = [f"/job:ps/replica:0/task:{task}/device:CPU:0" for task in range(2)]
 
 
-@pytest.mark.parametrize("name", sorted(PEERS))
+@pytest.mark.parametrize("name", sorted(PEERS) + ROWWISE)
 def test_parameter_server_strategy_fit_equals_one_process(parameter_server_results, name):
     """ParameterServerStrategy, 2 workers and 2 parameter servers, the
     variables split in 2 shards: the fused ops ran on both parameter
@@ -193,7 +212,7 @@ def test_parameter_server_strategy_fit_equals_one_process(parameter_server_resul
     assert_fit_matches(parameter_server_results, name, PARAMETER_SERVERS)
 
 
-@pytest.mark.parametrize("name", sorted(PEERS))
+@pytest.mark.parametrize("name", sorted(PEERS) + ROWWISE)
 def test_parameter_server_strategy_accumulator_shards_beside_variable_shards(
     parameter_server_results, name
 ):

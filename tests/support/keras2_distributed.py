@@ -35,6 +35,8 @@ UPDATE_OP_TYPES = (
     "TfAdagrad>ApplyDense",
     "TfAdagrad>ApplySparse",
     "TfAdagrad>MultiApplyDense",
+    "TfAdagrad>RowwiseApplyDense",
+    "TfAdagrad>RowwiseApplySparse",
     "ResourceApplyAdagradV2",
     "ResourceSparseApplyAdagradV2",
     "AssignAddVariableOp",
@@ -62,7 +64,9 @@ def main():
 
 
 def optimizer_classes():
-    """{name: class}: tf_adagrad's tf_keras optimizers and their peers."""
+    """{name: class}: tf_adagrad's tf_keras optimizers, and the tf_keras
+    Adagrads that the first two replace (rowwise Adagrad has no peer in
+    tf_keras)."""
     import tf_keras
 
     import tf_adagrad
@@ -70,6 +74,8 @@ def optimizer_classes():
     return {
         "tf_adagrad.keras2": tf_adagrad.keras2.Adagrad,
         "tf_adagrad.keras2.legacy": tf_adagrad.keras2.legacy.Adagrad,
+        "tf_adagrad.keras2.RowwiseAdagrad": tf_adagrad.keras2.RowwiseAdagrad,
+        "tf_adagrad.keras2.legacy.RowwiseAdagrad": tf_adagrad.keras2.legacy.RowwiseAdagrad,
         "tf_keras": tf_keras.optimizers.Adagrad,
         "tf_keras.legacy": tf_keras.optimizers.legacy.Adagrad,
     }
@@ -146,13 +152,20 @@ def shards(weight):
 
 
 def accumulator(optimizer, variable):
-    """The optimizer's accumulator of one (unsharded) variable."""
+    """The optimizer's accumulator of one (unsharded) variable: an element's
+    for Adagrad, a row's for RowwiseAdagrad."""
     import tf_keras
 
+    import tf_adagrad
+
+    rowwise = isinstance(
+        optimizer, (tf_adagrad.keras2.RowwiseAdagrad, tf_adagrad.keras2.legacy.RowwiseAdagrad)
+    )
     if isinstance(optimizer, tf_keras.optimizers.legacy.Optimizer):
-        return optimizer.get_slot(variable, "accumulator")
+        return optimizer.get_slot(variable, "rowwise_accumulator" if rowwise else "accumulator")
     # The new optimizer keeps them in variable order; no public accessor.
-    return optimizer._accumulators[optimizer._index_dict[optimizer._var_key(variable)]]
+    accumulators = optimizer._rowwise_accumulators if rowwise else optimizer._accumulators
+    return accumulators[optimizer._index_dict[optimizer._var_key(variable)]]
 
 
 def trained_state(model):
