@@ -8,10 +8,14 @@ PYTHONPATH.
 """
 
 import os
+import pickle
+import subprocess
+import sys
 
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUPPORT_DIR = os.path.join(REPO_ROOT, "tests", "support")
 # Written by configure.py (`make build`): the build's Bazel settings.
 BUILD_SETTINGS = os.path.join(REPO_ROOT, ".tf_configure.bazelrc")
 
@@ -63,3 +67,39 @@ def parameter_server_cluster(tmp_path_factory):
 
     with processes(tmp_path_factory.mktemp("parameter_server_cluster")) as run:
         yield start_parameter_server_cluster(run)
+
+
+def run_keras2_cases(group, work_dir):
+    """Runs a group of tests/support/keras2_cases.py in a tf_keras child
+    process; {case name: result}."""
+    out = os.path.join(work_dir, f"{group}.pkl")
+    completed = subprocess.run(
+        [sys.executable, os.path.join(SUPPORT_DIR, "keras2_cases.py"), group, str(work_dir), out],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr[-6000:]
+    with open(out, "rb") as f:
+        return pickle.load(f)
+
+
+@pytest.fixture(scope="session")
+def keras2_work_dir(tmp_path_factory):
+    """Where the tf_keras child of keras2_train_results saves its models."""
+    return tmp_path_factory.mktemp("keras2")
+
+
+@pytest.fixture(scope="session")
+def keras2_train_results(keras2_work_dir):
+    """The results of the "train" cases of tests/support/keras2_cases.py,
+    which tests/test_keras2_optimizers.py and tests/test_keras2_rowwise.py
+    check: one tf_keras child process for both."""
+    return run_keras2_cases("train", keras2_work_dir)
+
+
+@pytest.fixture(scope="session")
+def keras2_load_results(keras2_train_results, keras2_work_dir):
+    """The "load" cases, in a fresh process that sees only the files the
+    "train" cases saved."""
+    return run_keras2_cases("load", keras2_work_dir)

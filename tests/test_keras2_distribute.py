@@ -23,7 +23,7 @@ import pickle
 import numpy as np
 import pytest
 
-from support.processes import free_ports, processes
+from support.processes import case_result, free_ports, processes
 
 SCRIPT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "support", "keras2_distributed.py"
@@ -52,14 +52,6 @@ def load(out):
         return pickle.load(f)
 
 
-def case(results, name):
-    """One optimizer's result; fails the test with the traceback if it raised."""
-    result = results[name]
-    if "error" in result:
-        pytest.fail(f"{name} raised in the scenario process:\n{result['error']}")
-    return result
-
-
 def assert_close(actual, expected):
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected):
@@ -71,14 +63,14 @@ def assert_fit_matches(results, name, update_devices):
     device and as its tf_keras peer, if it has one, in the same strategy,
     with its fused ops alone updating the variables, on each of
     `update_devices`."""
-    result = case(results, name)
+    result = case_result(results, name)
     distributed = result["distributed"]
     # The Embedding table moved: the run did train.
     assert np.max(np.abs(distributed["weights"][0] - result["initial"][0])) > 1e-3
     assert_close(distributed["weights"], result["one_device"]["weights"])
     assert_close(distributed["accumulators"], result["one_device"]["accumulators"])
     if name in PEERS:
-        peer = case(results, PEERS[name])["distributed"]
+        peer = case_result(results, PEERS[name])["distributed"]
         assert_close(distributed["weights"], peer["weights"])
         assert_close(distributed["accumulators"], peer["accumulators"])
     else:
@@ -125,7 +117,7 @@ def mirrored_results(tmp_path_factory):
 def test_mirrored_strategy_fit_equals_one_device(mirrored_results, name):
     """MirroredStrategy over 2 logical CPUs, each global batch split between
     the replicas; each replica's copy updated by the fused ops."""
-    assert case(mirrored_results, name)["distributed"]["replicas"] == 2
+    assert case_result(mirrored_results, name)["distributed"]["replicas"] == 2
     assert_fit_matches(
         mirrored_results,
         name,
@@ -165,11 +157,11 @@ def test_multi_worker_mirrored_strategy_fit_equals_one_process(multi_worker_resu
     """MultiWorkerMirroredStrategy over 2 worker processes, each feeding its
     half of every global batch; worker 0 also trained the reference."""
     worker0, worker1 = multi_worker_results
-    assert case(worker0, name)["distributed"]["replicas"] == 2
+    assert case_result(worker0, name)["distributed"]["replicas"] == 2
     assert_fit_matches(worker0, name, ["/job:worker/replica:0/task:0/device:CPU:0"])
     # Worker 1 updated its own copy, to the same values, bit for bit.
-    copy = case(worker1, name)["distributed"]
-    own = case(worker0, name)["distributed"]
+    copy = case_result(worker1, name)["distributed"]
+    own = case_result(worker0, name)["distributed"]
     for a, b in zip(copy["weights"] + copy["accumulators"], own["weights"] + own["accumulators"]):
         assert a.tobytes() == b.tobytes()
     assert {device for op, device in copy["update_ops"] if op in FUSED_OP_TYPES[name]} == {
@@ -216,7 +208,7 @@ def test_parameter_server_strategy_fit_equals_one_process(parameter_server_resul
 def test_parameter_server_strategy_accumulator_shards_beside_variable_shards(
     parameter_server_results, name
 ):
-    placement = case(parameter_server_results, name)["distributed"]["placement"]
+    placement = case_result(parameter_server_results, name)["distributed"]["placement"]
     table = placement[0]
     # One shard of the Embedding table per parameter server.
     assert sorted(shard["variable"] for shard in table) == PARAMETER_SERVERS

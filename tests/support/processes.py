@@ -134,6 +134,16 @@ def processes(log_dir):
         started.kill_all()
 
 
+def case_result(results, name):
+    """The result of case `name` from a child process' {case name: result},
+    where a case that raised left {"error": its traceback}; fails the test
+    with that traceback."""
+    result = results[name]
+    if isinstance(result, dict) and "error" in result:
+        pytest.fail(f"case {name} raised in its child process:\n{result['error']}")
+    return result
+
+
 def free_ports(count):
     """`count` TCP ports on 127.0.0.1 that were free a moment ago."""
     sockets = [socket.socket() for _ in range(count)]
