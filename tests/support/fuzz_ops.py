@@ -106,6 +106,29 @@ class Variable:
         return self.variable.numpy() if self.initialized else None
 
 
+def expected_gradient_error(case):
+    """(error class, reason) that the documented rules predict for the
+    gradient (and a sparse call's indices) once the variables and
+    hyperparameters passed their checks, or None; the same for the
+    elementwise and the rowwise ops."""
+    invalid = tf.errors.InvalidArgumentError
+    var_shape, grad_shape = case["var_shape"], case["grad"].shape
+    if not case["sparse"]:
+        return None if grad_shape == var_shape else (invalid, "grad shape")
+    indices = case["indices"]
+    if len(var_shape) < 1:
+        return invalid, "var rank 0"
+    if indices.ndim != 1:
+        return invalid, "indices rank"
+    if len(grad_shape) < 1 or grad_shape[0] != indices.shape[0] or grad_shape[1:] != var_shape[1:]:
+        return invalid, "grad shape"
+    if np.any(indices.astype(np.int64) < 0):
+        return invalid, "negative index"
+    if np.any(indices.astype(np.int64) >= var_shape[0]):
+        return invalid, "index too large"
+    return None
+
+
 def expected_error(case):
     """(error class, reason) that the documented rules predict, or None."""
     invalid, failed = tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError
@@ -122,23 +145,9 @@ def expected_error(case):
         return invalid, "var is accum"
     if case["lr"].shape != () or case["epsilon"].shape != ():
         return invalid, "lr or epsilon not a scalar"
-    var_shape, accum_shape, grad_shape = case["var_shape"], case["accum_shape"], case["grad"].shape
-    if accum_shape != var_shape:
+    if case["accum_shape"] != case["var_shape"]:
         return invalid, "accum shape"
-    if not case["sparse"]:
-        return None if grad_shape == var_shape else (invalid, "grad shape")
-    indices = case["indices"]
-    if len(var_shape) < 1:
-        return invalid, "var rank 0"
-    if indices.ndim != 1:
-        return invalid, "indices rank"
-    if len(grad_shape) < 1 or grad_shape[0] != indices.shape[0] or grad_shape[1:] != var_shape[1:]:
-        return invalid, "grad shape"
-    if np.any(indices.astype(np.int64) < 0):
-        return invalid, "negative index"
-    if np.any(indices.astype(np.int64) >= var_shape[0]):
-        return invalid, "index too large"
-    return None
+    return expected_gradient_error(case)
 
 
 def expected_multi_error(case):
@@ -209,23 +218,9 @@ def expected_rowwise_error(case):
         return invalid, "var is accum"
     if case["lr"].shape != () or case["epsilon"].shape != ():
         return invalid, "lr or epsilon not a scalar"
-    var_shape, accum_shape, grad_shape = case["var_shape"], case["accum_shape"], case["grad"].shape
-    if accum_shape != var_shape[:1]:
+    if case["accum_shape"] != case["var_shape"][:1]:
         return invalid, "accum shape"
-    if not case["sparse"]:
-        return None if grad_shape == var_shape else (invalid, "grad shape")
-    indices = case["indices"]
-    if len(var_shape) < 1:
-        return invalid, "var rank 0"
-    if indices.ndim != 1:
-        return invalid, "indices rank"
-    if len(grad_shape) < 1 or grad_shape[0] != indices.shape[0] or grad_shape[1:] != var_shape[1:]:
-        return invalid, "grad shape"
-    if np.any(indices.astype(np.int64) < 0):
-        return invalid, "negative index"
-    if np.any(indices.astype(np.int64) >= var_shape[0]):
-        return invalid, "index too large"
-    return None
+    return expected_gradient_error(case)
 
 
 @st.composite
