@@ -385,8 +385,12 @@ def run_multi_case(case):
     counts[f"matched with epsilon {case['epsilon_placement']}"] += 1
 
 
-def run_rowwise_case(case):
-    library = tf_adagrad.ops.load_library()
+def call_op(case, dense_op, sparse_op, want_error, **attributes):
+    """Calls `sparse_op` (with the case's indices) or `dense_op` on the
+    case's var, accum, lr, epsilon and grad, with use_locking on every other
+    call. If the op rejects the call, checks the rejection against
+    `want_error` (check_rejection) and returns None; otherwise asserts that
+    `want_error` is None, and returns (var, accum) as they were before."""
     var, accum = case["var"], case["accum"]
     before = (var.read(), accum.read())
     arguments = dict(
@@ -396,18 +400,32 @@ def run_rowwise_case(case):
         epsilon=case["epsilon"],
         grad=case["grad"],
         use_locking=bool(counts["calls"] % 2),
+        **attributes,
     )
-    want_error = expected_rowwise_error(case)
     counts["calls"] += 1
     try:
         if case["sparse"]:
-            library.tf_adagrad_rowwise_apply_sparse(indices=case["indices"], **arguments)
+            sparse_op(indices=case["indices"], **arguments)
         else:
-            library.tf_adagrad_rowwise_apply_dense(**arguments)
+            dense_op(**arguments)
     except (tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError) as e:
         check_rejection(e, want_error, (var, accum), before)
-        return
+        return None
     assert want_error is None, f"invalid input accepted; expected {want_error}"
+    return before
+
+
+def run_rowwise_case(case):
+    library = tf_adagrad.ops.load_library()
+    var, accum = case["var"], case["accum"]
+    before = call_op(
+        case,
+        library.tf_adagrad_rowwise_apply_dense,
+        library.tf_adagrad_rowwise_apply_sparse,
+        expected_rowwise_error(case),
+    )
+    if before is None:
+        return
     lr, epsilon = case["lr"][()], case["epsilon"][()]
     if case["sparse"]:
         want_var, want_accum = rowwise_sparse_step(
@@ -431,27 +449,15 @@ def run_case(case):
         return run_rowwise_case(case)
     library = tf_adagrad.ops.load_library()
     var, accum = case["var"], case["accum"]
-    before = (var.read(), accum.read())
-    arguments = dict(
-        var=var.handle,
-        accum=accum.handle,
-        lr=case["lr"],
-        epsilon=case["epsilon"],
-        grad=case["grad"],
-        use_locking=bool(counts["calls"] % 2),
+    before = call_op(
+        case,
+        library.tf_adagrad_apply_dense,
+        library.tf_adagrad_apply_sparse,
+        expected_error(case),
         epsilon_placement=case["epsilon_placement"],
     )
-    want_error = expected_error(case)
-    counts["calls"] += 1
-    try:
-        if case["sparse"]:
-            library.tf_adagrad_apply_sparse(indices=case["indices"], **arguments)
-        else:
-            library.tf_adagrad_apply_dense(**arguments)
-    except (tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError) as e:
-        check_rejection(e, want_error, (var, accum), before)
+    if before is None:
         return
-    assert want_error is None, f"invalid input accepted; expected {want_error}"
     lr, epsilon = case["lr"][()], case["epsilon"][()]
     if case["sparse"]:
         want_var, want_accum = sparse_step_exact(
