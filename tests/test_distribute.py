@@ -16,7 +16,12 @@ import os
 import numpy as np
 import pytest
 
-from support.processes import free_ports, processes, start_parameter_server_cluster
+from support.processes import (
+    processes,
+    run_multi_worker_cluster,
+    run_to_completion,
+    start_parameter_server_cluster,
+)
 
 SCRIPT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "support", "distributed_training.py"
@@ -62,20 +67,16 @@ def assert_trained(weights, initial):
 def mirrored_results(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("mirrored")
     out = tmp_path / "mirrored.npz"
-    with processes(tmp_path) as run:
-        run.wait(
-            [
-                run.start(
-                    "mirrored",
-                    SCRIPT,
-                    "mirrored",
-                    "--out",
-                    str(out),
-                    "--checkpoint-dir",
-                    str(tmp_path / "ckpt"),
-                )
-            ]
-        )
+    run_to_completion(
+        tmp_path,
+        "mirrored",
+        SCRIPT,
+        "mirrored",
+        "--out",
+        str(out),
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+    )
     return groups(np.load(out))
 
 
@@ -103,24 +104,8 @@ def test_mirrored_strategy_checkpoint_manager_resumes_exactly(mirrored_results):
 @pytest.fixture(scope="module")
 def multi_worker_results(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("multi_worker")
-    cluster = json.dumps({"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]})
     outs = [tmp_path / f"worker{task}.npz" for task in range(2)]
-    with processes(tmp_path) as run:
-        workers = [
-            run.start(
-                f"worker{task}",
-                SCRIPT,
-                "multi-worker",
-                "--cluster",
-                cluster,
-                "--task",
-                str(task),
-                "--out",
-                str(out),
-            )
-            for task, out in enumerate(outs)
-        ]
-        run.wait(workers)
+    run_multi_worker_cluster(tmp_path, SCRIPT, outs)
     return [groups(np.load(out)) for out in outs]
 
 

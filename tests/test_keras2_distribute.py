@@ -16,14 +16,13 @@ tests/test_distribute.py's coordinator uses too). Every process is killed
 when the fixture that started it ends, pass or fail.
 """
 
-import json
 import os
 import pickle
 
 import numpy as np
 import pytest
 
-from support.processes import case_result, free_ports, processes
+from support.processes import case_result, run_multi_worker_cluster, run_to_completion
 
 SCRIPT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "support", "keras2_distributed.py"
@@ -96,20 +95,16 @@ def assert_fit_matches(results, name, update_devices):
 def mirrored_results(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("keras2_mirrored")
     out = tmp_path / "mirrored.pkl"
-    with processes(tmp_path) as run:
-        run.wait(
-            [
-                run.start(
-                    "mirrored",
-                    SCRIPT,
-                    "mirrored",
-                    "--optimizers",
-                    OPTIMIZERS_WITH_ROWWISE,
-                    "--out",
-                    str(out),
-                )
-            ]
-        )
+    run_to_completion(
+        tmp_path,
+        "mirrored",
+        SCRIPT,
+        "mirrored",
+        "--optimizers",
+        OPTIMIZERS_WITH_ROWWISE,
+        "--out",
+        str(out),
+    )
     return load(out)
 
 
@@ -128,27 +123,8 @@ def test_mirrored_strategy_fit_equals_one_device(mirrored_results, name):
 @pytest.fixture(scope="module")
 def multi_worker_results(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("keras2_multi_worker")
-    cluster = json.dumps({"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]})
     outs = [tmp_path / f"worker{task}.pkl" for task in range(2)]
-    with processes(tmp_path) as run:
-        run.wait(
-            [
-                run.start(
-                    f"worker{task}",
-                    SCRIPT,
-                    "multi-worker",
-                    "--optimizers",
-                    OPTIMIZERS,
-                    "--cluster",
-                    cluster,
-                    "--task",
-                    str(task),
-                    "--out",
-                    str(out),
-                )
-                for task, out in enumerate(outs)
-            ]
-        )
+    run_multi_worker_cluster(tmp_path, SCRIPT, outs, "--optimizers", OPTIMIZERS)
     return [load(out) for out in outs]
 
 
@@ -173,22 +149,18 @@ def test_multi_worker_mirrored_strategy_fit_equals_one_process(multi_worker_resu
 def parameter_server_results(parameter_server_cluster, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("keras2_parameter_server")
     out = tmp_path / "coordinator.pkl"
-    with processes(tmp_path) as run:
-        run.wait(
-            [
-                run.start(
-                    "coordinator",
-                    SCRIPT,
-                    "coordinator",
-                    "--optimizers",
-                    OPTIMIZERS_WITH_ROWWISE,
-                    "--cluster",
-                    parameter_server_cluster,
-                    "--out",
-                    str(out),
-                )
-            ]
-        )
+    run_to_completion(
+        tmp_path,
+        "coordinator",
+        SCRIPT,
+        "coordinator",
+        "--optimizers",
+        OPTIMIZERS_WITH_ROWWISE,
+        "--cluster",
+        parameter_server_cluster,
+        "--out",
+        str(out),
+    )
     return load(out)
 
 

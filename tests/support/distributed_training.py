@@ -14,6 +14,8 @@ import json
 import os
 import sys
 
+import scenario_model  # tests/support/, beside this file
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 NUM_ROWS, FIELDS, DIM, GLOBAL_BATCH, STEPS = 2000, 4, 8, 32, 6
@@ -68,22 +70,13 @@ def batches():
 def build_model():
     import keras
 
-    return keras.Sequential(
-        [
-            keras.Input((FIELDS,), dtype="int32"),
-            keras.layers.Embedding(NUM_ROWS, DIM, name="item_embedding"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
+    return scenario_model.build_model(keras, NUM_ROWS, FIELDS, DIM, hidden=16)
 
 
 def initial_weights():
     import keras
 
-    keras.utils.set_random_seed(1)
-    return build_model().get_weights()
+    return scenario_model.initial_weights(keras, build_model)
 
 
 # Each optimizer's calls of its sparse op (at trace time), by optimizer name,

@@ -23,6 +23,8 @@ import pickle
 import sys
 import traceback
 
+import scenario_model  # tests/support/, beside this file
+
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -95,22 +97,13 @@ def batches():
 def build_model():
     import tf_keras
 
-    return tf_keras.Sequential(
-        [
-            tf_keras.Input((FIELDS,), dtype="int32"),
-            tf_keras.layers.Embedding(NUM_ROWS, DIM, name="item_embedding"),
-            tf_keras.layers.Flatten(),
-            tf_keras.layers.Dense(8, activation="relu"),
-            tf_keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
+    return scenario_model.build_model(tf_keras, NUM_ROWS, FIELDS, DIM, hidden=8)
 
 
 def initial_weights():
     import tf_keras
 
-    tf_keras.utils.set_random_seed(1)
-    return build_model().get_weights()
+    return scenario_model.initial_weights(tf_keras, build_model)
 
 
 def compiled_model(weights, optimizer_class, **compile_kwargs):

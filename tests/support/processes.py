@@ -134,6 +134,37 @@ def processes(log_dir):
         started.kill_all()
 
 
+def run_to_completion(log_dir, name, script, *args):
+    """Runs `python script *args` as `name` to its end (TIMEOUT_S at most),
+    its log in `log_dir`; fails the test if it fails."""
+    with processes(log_dir) as run:
+        run.wait([run.start(name, script, *args)])
+
+
+def run_multi_worker_cluster(log_dir, script, outs, *args):
+    """Runs a MultiWorkerMirroredStrategy cluster on 127.0.0.1 to its end:
+    worker i is `python script multi-worker *args --cluster CLUSTER --task i
+    --out outs[i]`, one worker per path of `outs`."""
+    cluster = json.dumps({"worker": [f"127.0.0.1:{port}" for port in free_ports(len(outs))]})
+    with processes(log_dir) as run:
+        workers = [
+            run.start(
+                f"worker{task}",
+                script,
+                "multi-worker",
+                *args,
+                "--cluster",
+                cluster,
+                "--task",
+                str(task),
+                "--out",
+                str(out),
+            )
+            for task, out in enumerate(outs)
+        ]
+        run.wait(workers)
+
+
 def case_result(results, name):
     """The result of case `name` from a child process' {case name: result},
     where a case that raised left {"error": its traceback}; fails the test
