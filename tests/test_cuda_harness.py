@@ -4,6 +4,8 @@ Two builds of the same program: the one `make build` makes with the op
 library's own CUDA toolchain (clang-16 and the CUDA 12 wheels), and one made
 here with nvcc when nvcc is on PATH. Each is run when the machine has a GPU;
 without one the program exits 77, and the run is skipped with its message.
+The nvcc build takes about 40 s, so its tests are marked slow (`make test`
+runs them, `make test-fast` does not).
 """
 
 import os
@@ -48,9 +50,11 @@ def nvcc_binary(repo_root, tmp_path_factory):
     return str(out_dir / "adagrad_cuda_test")
 
 
+@pytest.mark.slow
 def test_harness_compiles_with_nvcc(nvcc_binary):
     assert os.access(nvcc_binary, os.X_OK)
 
 
+@pytest.mark.slow
 def test_harness_built_with_nvcc_runs(nvcc_binary):
     run_harness(nvcc_binary)

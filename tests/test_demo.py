@@ -23,6 +23,7 @@ TABLE_ROWS = (
 )
 
 
+@pytest.mark.slow  # each run trains on a 1M-row table 2 or 3 times: about 25 s
 @pytest.mark.parametrize(
     "flags", [[], ["--mirrored", "2"], ["--rowwise"]], ids=["default", "mirrored", "rowwise"]
 )

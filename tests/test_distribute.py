@@ -7,7 +7,8 @@ The ParameterServerStrategy cluster with the op library on every task is
 the session's (the `parameter_server_cluster` fixture of conftest.py, which
 tests/test_keras2_distribute.py's coordinator uses too); one coordinator
 runs every optimizer's case on it. Every process is killed when the fixture
-that started it ends, pass or fail.
+that started it ends, pass or fail. The clusters' tests are marked slow
+(`make test-fast` runs the MirroredStrategy ones only).
 """
 
 import json
@@ -109,6 +110,7 @@ def multi_worker_results(tmp_path_factory):
     return [groups(np.load(out)) for out in outs]
 
 
+@pytest.mark.slow
 def test_multi_worker_mirrored_custom_loop_equals_one_process(multi_worker_results):
     worker0, worker1 = multi_worker_results
     assert int(worker0["replicas"]["n"]) == 2
@@ -118,6 +120,7 @@ def test_multi_worker_mirrored_custom_loop_equals_one_process(multi_worker_resul
     assert_close(worker0["worker"], worker0["single"])
 
 
+@pytest.mark.slow
 def test_multi_worker_fit_fails_inside_keras_for_keras_own_optimizer_too(multi_worker_results):
     """Keras 3's fit() cannot run under MultiWorkerMirroredStrategy
     (keras-team/keras#20585): it fails in the trainer's symbolic build,
@@ -184,6 +187,7 @@ def trained(results, optimizer):
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", sorted(PARAMETER_SERVER_OPTIMIZERS))
 def test_parameter_server_strategy_sharded_table_equals_one_process(
     parameter_server_results, optimizer
@@ -220,6 +224,7 @@ def results_without_ops_on_parameter_servers(tmp_path_factory):
         return run_coordinator(run, cluster, tmp_path, tmp_path / "ckpt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", sorted(PARAMETER_SERVER_OPTIMIZERS))
 def test_parameter_server_strategy_updates_run_on_the_parameter_servers(
     results_without_ops_on_parameter_servers, optimizer

@@ -13,7 +13,8 @@ which ops updated the variables, and on which devices.
 The ParameterServerStrategy cluster is the session's (the
 `parameter_server_cluster` fixture of conftest.py, which
 tests/test_distribute.py's coordinator uses too). Every process is killed
-when the fixture that started it ends, pass or fail.
+when the fixture that started it ends, pass or fail. The clusters' tests are
+marked slow (`make test-fast` runs the MirroredStrategy ones only).
 """
 
 import os
@@ -128,6 +129,7 @@ def multi_worker_results(tmp_path_factory):
     return [load(out) for out in outs]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PEERS))
 def test_multi_worker_mirrored_strategy_fit_equals_one_process(multi_worker_results, name):
     """MultiWorkerMirroredStrategy over 2 worker processes, each feeding its
@@ -167,6 +169,7 @@ def parameter_server_results(parameter_server_cluster, tmp_path_factory):
 PARAMETER_SERVERS = [f"/job:ps/replica:0/task:{task}/device:CPU:0" for task in range(2)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PEERS) + ROWWISE)
 def test_parameter_server_strategy_fit_equals_one_process(parameter_server_results, name):
     """ParameterServerStrategy, 2 workers and 2 parameter servers, the
@@ -176,6 +179,7 @@ def test_parameter_server_strategy_fit_equals_one_process(parameter_server_resul
     assert_fit_matches(parameter_server_results, name, PARAMETER_SERVERS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PEERS) + ROWWISE)
 def test_parameter_server_strategy_accumulator_shards_beside_variable_shards(
     parameter_server_results, name
