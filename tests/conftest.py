@@ -69,12 +69,15 @@ def parameter_server_cluster(tmp_path_factory):
         yield start_parameter_server_cluster(run)
 
 
-def run_keras2_cases(group, work_dir):
+def run_keras2_cases(group, work_dir, prefixes=None):
     """Runs a group of tests/support/keras2_cases.py in a tf_keras child
-    process; {case name: result}."""
+    process, all its cases or those whose names begin with one of
+    `prefixes`; {case name: result}."""
     out = os.path.join(work_dir, f"{group}.pkl")
+    script = os.path.join(SUPPORT_DIR, "keras2_cases.py")
+    selection = [] if prefixes is None else [",".join(sorted(prefixes))]
     completed = subprocess.run(
-        [sys.executable, os.path.join(SUPPORT_DIR, "keras2_cases.py"), group, str(work_dir), out],
+        [sys.executable, script, group, str(work_dir), out, *selection],
         capture_output=True,
         text=True,
         timeout=900,
@@ -84,6 +87,21 @@ def run_keras2_cases(group, work_dir):
         return pickle.load(f)
 
 
+def keras2_cases_read(session):
+    """The case-name prefixes that the session's selected tests read from
+    keras2_train_results, as their `keras2_cases` markers name them; None
+    (every case) if one of those tests has no such marker."""
+    prefixes = set()
+    for item in session.items:
+        if "keras2_train_results" not in getattr(item, "fixturenames", ()):
+            continue
+        marker = item.get_closest_marker("keras2_cases")
+        if marker is None:
+            return None
+        prefixes.update(marker.args)
+    return prefixes
+
+
 @pytest.fixture(scope="session")
 def keras2_work_dir(tmp_path_factory):
     """Where the tf_keras child of keras2_train_results saves its models."""
@@ -91,11 +109,13 @@ def keras2_work_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def keras2_train_results(keras2_work_dir):
+def keras2_train_results(request, keras2_work_dir):
     """The results of the "train" cases of tests/support/keras2_cases.py,
     which tests/test_keras2_optimizers.py and tests/test_keras2_rowwise.py
-    check: one tf_keras child process for both."""
-    return run_keras2_cases("train", keras2_work_dir)
+    check: one tf_keras child process for both, running the cases that the
+    selected tests read (all of them in a whole run; the fast lane leaves
+    the slow ones out)."""
+    return run_keras2_cases("train", keras2_work_dir, keras2_cases_read(request.session))
 
 
 @pytest.fixture(scope="session")

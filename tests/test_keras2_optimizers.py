@@ -96,6 +96,7 @@ def test_import_error_without_tf_keras():
     assert "TF_USE_LEGACY_KERAS=1 before TensorFlow is imported" in message
 
 
+@pytest.mark.keras2_cases("tf_keras_is_tf_keras")
 def test_child_tf_keras_is_tf_keras(keras2_train_results):
     result = case_result(keras2_train_results, "tf_keras_is_tf_keras")
     assert result["tf.keras"].startswith("tf_keras"), result
@@ -104,6 +105,7 @@ def test_child_tf_keras_is_tf_keras(keras2_train_results):
 # -- Parity with the counterparts (float32) ---------------------------------
 
 
+@pytest.mark.keras2_cases("parity/")
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_bit_identical_to_counterpart_eagerly(keras2_train_results, kind, gradient):
@@ -112,6 +114,7 @@ def test_bit_identical_to_counterpart_eagerly(keras2_train_results, kind, gradie
     assert_same_state(result["ours"], result["theirs"])
 
 
+@pytest.mark.keras2_cases("parity_graph/")
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_bit_identical_to_counterpart_in_tf_function(keras2_train_results, kind, gradient):
@@ -123,6 +126,7 @@ def test_bit_identical_to_counterpart_in_tf_function(keras2_train_results, kind,
     assert_same_state(result["ours"], result["theirs"])
 
 
+@pytest.mark.keras2_cases("features/")
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_base_class_features_are_kept(keras2_train_results, kind, gradient):
@@ -132,6 +136,8 @@ def test_base_class_features_are_kept(keras2_train_results, kind, gradient):
     assert_same_state(result["ours"], result["theirs"])
 
 
+@pytest.mark.slow
+@pytest.mark.keras2_cases("fit/")
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_fit_through_tf_keras_compile(keras2_train_results, kind, gradient):
@@ -144,6 +150,8 @@ def test_fit_through_tf_keras_compile(keras2_train_results, kind, gradient):
     assert_same_state(ours, theirs)
 
 
+@pytest.mark.slow
+@pytest.mark.keras2_cases("fit_default_grappler/")
 def test_keras2_default_graph_fit_differs_by_grappler_rewrite_only(keras2_train_results):
     """With Grappler's default rewrites, tf_keras' Adagrad computes `lr * g
     * rsqrt(a + eps)` in fit(), tf_adagrad the formula as written: single
@@ -198,6 +206,7 @@ def reference_steps(kind, gradient, dtype, initial, gradients):
     return variables, accumulators
 
 
+@pytest.mark.keras2_cases("dtype/")
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("kind", KINDS)
@@ -219,6 +228,7 @@ def test_dtype_matches_numpy_reference(keras2_train_results, kind, gradient, dty
 # -- One fused op per device and dtype --------------------------------------
 
 
+@pytest.mark.keras2_cases("op_counts/")
 @pytest.mark.parametrize("kind", KINDS)
 def test_step_runs_fused_ops(keras2_train_results, kind):
     """5 float32 and 2 float64 dense variables and a sparse gradient with a
@@ -241,6 +251,8 @@ def test_step_runs_fused_ops(keras2_train_results, kind):
 # -- XLA ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.keras2_cases("xla_step/")
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_xla_fallback_matches_fused_ops(keras2_train_results, kind, gradient):
@@ -255,6 +267,8 @@ def test_xla_fallback_matches_fused_ops(keras2_train_results, kind, gradient):
             np.testing.assert_allclose(xla, fused, rtol=0, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
+@pytest.mark.keras2_cases("xla_fit/")
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_fit_with_jit_compile(keras2_train_results, kind, gradient):
@@ -272,6 +286,7 @@ def test_fit_with_jit_compile(keras2_train_results, kind, gradient):
 # -- Configuration and serialization ----------------------------------------
 
 
+@pytest.mark.keras2_cases("configs")
 @pytest.mark.parametrize("label", ["plain", "schedule"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_config_round_trip(keras2_train_results, kind, label):
@@ -284,6 +299,8 @@ def test_config_round_trip(keras2_train_results, kind, label):
     assert result["deserialized_config"] == result["config"]
 
 
+@pytest.mark.slow
+@pytest.mark.keras2_cases("save_models")
 @pytest.mark.parametrize("save_format", ["keras", "tf"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_saved_model_loads_after_import_tf_adagrad(
@@ -306,6 +323,8 @@ def test_saved_model_loads_after_import_tf_adagrad(
     assert_bit_identical(loaded["accumulators"], saved["accumulators"], "accumulators")
 
 
+@pytest.mark.slow
+@pytest.mark.keras2_cases("checkpoint/")
 @pytest.mark.parametrize("writer", ["ours", "theirs"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_checkpoint_restores_into_the_other_class(keras2_train_results, kind, writer):
@@ -321,6 +340,7 @@ def test_checkpoint_restores_into_the_other_class(keras2_train_results, kind, wr
 # -- Bad input ---------------------------------------------------------------
 
 
+@pytest.mark.keras2_cases("bad_input")
 @pytest.mark.parametrize("argument", ["epsilon", "initial_accumulator_value"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_negative_hyperparameter_is_rejected(keras2_train_results, kind, argument):
@@ -333,6 +353,7 @@ def test_negative_hyperparameter_is_rejected(keras2_train_results, kind, argumen
     )
 
 
+@pytest.mark.keras2_cases("bad_input")
 @pytest.mark.parametrize("kind", KINDS)
 def test_integer_variable_is_rejected_by_name(keras2_train_results, kind):
     outcomes = case_result(keras2_train_results, "bad_input")

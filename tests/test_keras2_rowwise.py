@@ -23,6 +23,7 @@ LR, EPSILON, INITIAL = 0.5, 1e-8, 0.25
 ROWS = 30
 
 
+@pytest.mark.keras2_cases("rowwise/steps/")
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
@@ -47,12 +48,16 @@ def test_steps_are_bit_exact_with_the_reference(keras2_train_results, kind, dtyp
     np.testing.assert_array_equal(run["table"][12:], run["table0"][12:])  # not named
 
 
+@pytest.mark.slow
+@pytest.mark.keras2_cases("rowwise/fit/")
 @pytest.mark.parametrize("kind", KINDS)
 def test_fit_trains(keras2_train_results, kind):
     losses = case_result(keras2_train_results, f"rowwise/fit/{kind}")["loss"]["fused"]
     assert losses[-1] < 0.9 * losses[0]
 
 
+@pytest.mark.slow
+@pytest.mark.keras2_cases("rowwise/fit/")
 @pytest.mark.parametrize("kind", KINDS)
 def test_xla_fallback_matches_the_kernels(keras2_train_results, kind):
     result = case_result(keras2_train_results, f"rowwise/fit/{kind}")
@@ -62,6 +67,8 @@ def test_xla_fallback_matches_the_kernels(keras2_train_results, kind):
     assert not np.array_equal(fused[0], initial[0])
 
 
+@pytest.mark.slow
+@pytest.mark.keras2_cases("rowwise/resume/")
 @pytest.mark.parametrize("kind", KINDS)
 def test_keras_file_loads_and_resumes_exactly(keras2_train_results, kind):
     result = case_result(keras2_train_results, f"rowwise/resume/{kind}")
@@ -81,6 +88,8 @@ def test_keras_file_loads_and_resumes_exactly(keras2_train_results, kind):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
+@pytest.mark.keras2_cases("rowwise/resume/")
 @pytest.mark.parametrize("kind", KINDS)
 def test_checkpoint_restores_and_resumes_exactly(keras2_train_results, kind):
     result = case_result(keras2_train_results, f"rowwise/resume/{kind}")
@@ -89,6 +98,7 @@ def test_checkpoint_restores_and_resumes_exactly(keras2_train_results, kind):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.keras2_cases("rowwise/config/")
 @pytest.mark.parametrize("kind", KINDS)
 def test_config_round_trip(keras2_train_results, kind):
     result = case_result(keras2_train_results, f"rowwise/config/{kind}")

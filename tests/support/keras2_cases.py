@@ -3,9 +3,10 @@ keras2_rowwise_cases.py) tests/test_keras2_rowwise.py, run in a child
 process with `TF_USE_LEGACY_KERAS=1` (set here, before TensorFlow is
 imported), once for both modules (conftest.py's session fixtures).
 
-`python keras2_cases.py GROUP WORK_DIR OUT` runs every case of GROUP
-("train"; then "load", in a fresh process that sees only the files "train"
-saved in WORK_DIR) and pickles {case name: result} to OUT. A result is a
+`python keras2_cases.py GROUP WORK_DIR OUT [PREFIXES]` runs every case of
+GROUP ("train"; then "load", in a fresh process that sees only the files
+"train" saved in WORK_DIR), or those whose names begin with one of the
+comma-separated PREFIXES, and pickles {case name: result} to OUT. A result is a
 dict of plain values and NumPy arrays, or {"error": traceback} if the case
 raised, so that a broken case fails its own test only. The assertions, and
 the NumPy references, are in the test module.
@@ -411,11 +412,14 @@ def train_cases(work_dir):
     return cases
 
 
-def main(group, work_dir, out_path):
+def main(group, work_dir, out_path, prefixes=None):
     if group == "train":
         cases = train_cases(work_dir)
     else:
         cases = {"load_models": partial(case_load_models, work_dir)}
+    if prefixes is not None:
+        wanted = prefixes.split(",")
+        cases = {name: case for name, case in cases.items() if name.startswith(tuple(wanted))}
     results = {}
     for name, case in cases.items():
         try:

@@ -169,6 +169,8 @@ def case_result(results, name):
     """The result of case `name` from a child process' {case name: result},
     where a case that raised left {"error": its traceback}; fails the test
     with that traceback."""
+    if name not in results:
+        pytest.fail(f"case {name} was not run in the child process")
     result = results[name]
     if isinstance(result, dict) and "error" in result:
         pytest.fail(f"case {name} raised in its child process:\n{result['error']}")
