@@ -34,10 +34,11 @@ RTOL, ATOL = 1e-5, 1e-7
 # tf_adagrad's Adagrad classes, each with the tf_keras class it replaces.
 PEERS = {"tf_adagrad.keras2": "tf_keras", "tf_adagrad.keras2.legacy": "tf_keras.legacy"}
 ROWWISE = ["tf_adagrad.keras2.RowwiseAdagrad", "tf_adagrad.keras2.legacy.RowwiseAdagrad"]
-# The classes each scenario trains with (the multi-worker one without the
-# rowwise classes).
-OPTIMIZERS = ",".join([*PEERS, *PEERS.values()])
-OPTIMIZERS_WITH_ROWWISE = ",".join([*PEERS, *ROWWISE, *PEERS.values()])
+# The classes a scenario can train with, in the order it trains them (the
+# multi-worker scenario's tests leave the rowwise ones out).
+ALL_OPTIMIZERS = [*PEERS, *ROWWISE, *PEERS.values()]
+# The MirroredStrategy cases of the fast lane (the others are marked slow).
+MIRRORED_IN_FAST_LANE = {"tf_adagrad.keras2", "tf_adagrad.keras2.legacy.RowwiseAdagrad"}
 # The fused ops that update the variables in a step of each of tf_adagrad's
 # classes; besides them, a step may trace an AssignAddVariableOp, which
 # counts the iterations.
@@ -45,6 +46,19 @@ FUSED_OP_TYPES = {
     **{name: {"TfAdagrad>ApplyDense", "TfAdagrad>ApplySparse"} for name in PEERS},
     **{name: {"TfAdagrad>RowwiseApplyDense", "TfAdagrad>RowwiseApplySparse"} for name in ROWWISE},
 }
+
+
+def optimizers_to_train(request, results_fixture):
+    """--optimizers for the scenario behind `results_fixture`: the classes
+    that the session's selected tests of this module that read it are
+    parametrized with, and the tf_keras peers they are compared with."""
+    names = {
+        item.callspec.params["name"]
+        for item in request.session.items
+        if item.path == request.path and results_fixture in getattr(item, "fixturenames", ())
+    }
+    names |= {PEERS[name] for name in names if name in PEERS}
+    return ",".join(name for name in ALL_OPTIMIZERS if name in names)
 
 
 def load(out):
@@ -93,7 +107,7 @@ def assert_fit_matches(results, name, update_devices):
 
 
 @pytest.fixture(scope="module")
-def mirrored_results(tmp_path_factory):
+def mirrored_results(request, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("keras2_mirrored")
     out = tmp_path / "mirrored.pkl"
     run_to_completion(
@@ -102,14 +116,20 @@ def mirrored_results(tmp_path_factory):
         SCRIPT,
         "mirrored",
         "--optimizers",
-        OPTIMIZERS_WITH_ROWWISE,
+        optimizers_to_train(request, "mirrored_results"),
         "--out",
         str(out),
     )
     return load(out)
 
 
-@pytest.mark.parametrize("name", sorted(PEERS) + ROWWISE)
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=[] if name in MIRRORED_IN_FAST_LANE else [pytest.mark.slow])
+        for name in sorted(PEERS) + ROWWISE
+    ],
+)
 def test_mirrored_strategy_fit_equals_one_device(mirrored_results, name):
     """MirroredStrategy over 2 logical CPUs, each global batch split between
     the replicas; each replica's copy updated by the fused ops."""
@@ -122,10 +142,11 @@ def test_mirrored_strategy_fit_equals_one_device(mirrored_results, name):
 
 
 @pytest.fixture(scope="module")
-def multi_worker_results(tmp_path_factory):
+def multi_worker_results(request, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("keras2_multi_worker")
     outs = [tmp_path / f"worker{task}.pkl" for task in range(2)]
-    run_multi_worker_cluster(tmp_path, SCRIPT, outs, "--optimizers", OPTIMIZERS)
+    optimizers = optimizers_to_train(request, "multi_worker_results")
+    run_multi_worker_cluster(tmp_path, SCRIPT, outs, "--optimizers", optimizers)
     return [load(out) for out in outs]
 
 
@@ -148,7 +169,7 @@ def test_multi_worker_mirrored_strategy_fit_equals_one_process(multi_worker_resu
 
 
 @pytest.fixture(scope="module")
-def parameter_server_results(parameter_server_cluster, tmp_path_factory):
+def parameter_server_results(request, parameter_server_cluster, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("keras2_parameter_server")
     out = tmp_path / "coordinator.pkl"
     run_to_completion(
@@ -157,7 +178,7 @@ def parameter_server_results(parameter_server_cluster, tmp_path_factory):
         SCRIPT,
         "coordinator",
         "--optimizers",
-        OPTIMIZERS_WITH_ROWWISE,
+        optimizers_to_train(request, "parameter_server_results"),
         "--cluster",
         parameter_server_cluster,
         "--out",
