@@ -1,7 +1,9 @@
 """SavedModel export, each side in a fresh process (tests/support/export_model.py),
 which handles both optimizers: a training step exported with tf_adagrad.Adagrad
 or RowwiseAdagrad reloads, after `import tf_adagrad`, with `tf.saved_model.load`
-and trains the same, bit for bit; an inference export needs no tf_adagrad."""
+and trains the same, bit for bit; an inference export needs no tf_adagrad.
+The fast lane runs the save and reload sides; the other checks, a process
+each, are marked slow."""
 
 import os
 import subprocess
@@ -104,6 +106,7 @@ def test_train_step_reloads_in_a_fresh_process_and_trains_the_same(loaded_dir, o
     assert int(after["v005"]) == int(before["v005"]) + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", sorted(OPS))
 def test_import_tf_adagrad_is_all_loading_a_train_step_needs(
     signatures_after_import_tf_adagrad, optimizer
@@ -113,6 +116,7 @@ def test_import_tf_adagrad_is_all_loading_a_train_step_needs(
     assert signatures_after_import_tf_adagrad[optimizer] == "['state', 'train_step']"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", sorted(OPS))
 def test_loading_a_train_step_without_tf_adagrad_names_the_missing_op(plain_load_output, optimizer):
     """No code of ours runs in a process that has not imported tf_adagrad,
@@ -125,6 +129,7 @@ def test_loading_a_train_step_without_tf_adagrad_names_the_missing_op(plain_load
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", sorted(OPS))
 def test_inference_export_has_no_custom_op_and_serves_without_tf_adagrad(served_dir, optimizer):
     directory = served_dir / optimizer
