@@ -69,6 +69,28 @@ def parameter_server_cluster(tmp_path_factory):
         yield start_parameter_server_cluster(run)
 
 
+@pytest.fixture(scope="session")
+def mirrored_scenario_results(tmp_path_factory):
+    """The MirroredStrategy scenario of tests/support/distributed_training.py
+    (Keras 3, 2 logical CPUs), run once for tests/test_distribute.py and
+    tests/test_rowwise_optimizer.py; its results by group."""
+    from support.processes import load_groups, run_to_completion
+
+    tmp_path = tmp_path_factory.mktemp("mirrored")
+    out = tmp_path / "mirrored.npz"
+    run_to_completion(
+        tmp_path,
+        "mirrored",
+        os.path.join(SUPPORT_DIR, "distributed_training.py"),
+        "mirrored",
+        "--out",
+        str(out),
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+    )
+    return load_groups(out)
+
+
 def run_keras2_cases(group, work_dir, prefixes=None):
     """Runs a group of tests/support/keras2_cases.py in a tf_keras child
     process, all its cases or those whose names begin with one of

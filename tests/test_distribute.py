@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from support.processes import (
+    load_groups,
     processes,
     run_multi_worker_cluster,
-    run_to_completion,
     start_parameter_server_cluster,
 )
 
@@ -30,21 +30,6 @@ SCRIPT = os.path.join(
 # Float tolerance for distributed against one-device training: the replicas'
 # gradients are summed in another order.
 RTOL, ATOL = 1e-5, 1e-7
-
-
-def groups(npz):
-    """The .npz the scenario script wrote, by group: a list of arrays where
-    the keys are "group:0", "group:1", ..., else a dict by name."""
-    result = {}
-    for key in npz.files:
-        group, name = key.split(":", 1)
-        result.setdefault(group, {})[name] = npz[key]
-    return {
-        group: [named[str(i)] for i in range(len(named))]
-        if all(k.isdigit() for k in named)
-        else named
-        for group, named in result.items()
-    }
 
 
 def assert_close(actual, expected):
@@ -64,25 +49,8 @@ def assert_trained(weights, initial):
     assert np.max(np.abs(weights[0] - initial[0])) > 1e-3
 
 
-@pytest.fixture(scope="module")
-def mirrored_results(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("mirrored")
-    out = tmp_path / "mirrored.npz"
-    run_to_completion(
-        tmp_path,
-        "mirrored",
-        SCRIPT,
-        "mirrored",
-        "--out",
-        str(out),
-        "--checkpoint-dir",
-        str(tmp_path / "ckpt"),
-    )
-    return groups(np.load(out))
-
-
-def test_mirrored_strategy_fit_and_custom_loop_equal_one_device(mirrored_results):
-    result = mirrored_results
+def test_mirrored_strategy_fit_and_custom_loop_equal_one_device(mirrored_scenario_results):
+    result = mirrored_scenario_results
     assert int(result["replicas"]["n"]) == 2
     # The Embedding's gradient reached the sparse op in both loops.
     assert int(result["counts"]["fit_sparse_calls"]) >= 1
@@ -92,10 +60,10 @@ def test_mirrored_strategy_fit_and_custom_loop_equal_one_device(mirrored_results
     assert_close(result["custom_mirrored"], result["custom_single"])
 
 
-def test_mirrored_strategy_checkpoint_manager_resumes_exactly(mirrored_results):
+def test_mirrored_strategy_checkpoint_manager_resumes_exactly(mirrored_scenario_results):
     """Save halfway through distributed training, restore into new objects
     in the strategy, finish: the same weights and accumulators, bit for bit."""
-    result = mirrored_results
+    result = mirrored_scenario_results
     assert (
         len(result["custom_straight"]) == 2 * len(result["initial"]) + 2
     )  # + iterations, learning rate
@@ -107,7 +75,7 @@ def multi_worker_results(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("multi_worker")
     outs = [tmp_path / f"worker{task}.npz" for task in range(2)]
     run_multi_worker_cluster(tmp_path, SCRIPT, outs)
-    return [groups(np.load(out)) for out in outs]
+    return [load_groups(out) for out in outs]
 
 
 @pytest.mark.slow
@@ -167,7 +135,7 @@ def run_coordinator(run, cluster, out_dir, checkpoint_dir):
         ]
     )
     return {
-        name: groups(np.load(os.path.join(out_dir, f"{name}.npz")))
+        name: load_groups(os.path.join(out_dir, f"{name}.npz"))
         for name in PARAMETER_SERVER_OPTIMIZERS
     }
 

@@ -175,7 +175,9 @@ def save(out, **groups):
 
 def mirrored(args):
     """MirroredStrategy over 2 logical CPUs: fit(), a custom loop, and a
-    CheckpointManager save and restore halfway through the custom loop."""
+    CheckpointManager save and restore halfway through the custom loop; and
+    tests/test_rowwise_optimizer.py's fit() with RowwiseAdagrad, mirrored
+    and on one device."""
     import tensorflow as tf
 
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -222,6 +224,8 @@ def mirrored(args):
     resumed = custom_loop(STEPS // 2, STEPS, os.path.join(args.checkpoint_dir, "split"))
     save(
         args.out,
+        rowwise_fit_mirrored=rowwise_fit(strategy),
+        rowwise_fit_one_device=rowwise_fit(tf.distribute.OneDeviceStrategy("/cpu:0")),
         initial=weights,
         fit_single=fit_single,
         fit_mirrored=fit_mirrored,
@@ -232,6 +236,34 @@ def mirrored(args):
         counts={"fit_sparse_calls": fit_sparse_calls, "custom_sparse_calls": custom_sparse_calls},
         replicas={"n": strategy.num_replicas_in_sync},
     )
+
+
+def rowwise_fit(strategy):
+    """tests/test_rowwise_optimizer.py's case: fit() of a small Embedding
+    model with tf_adagrad.RowwiseAdagrad in `strategy`, 2 epochs of 8
+    batches of 64 over a 300-row table; the weights, then the rowwise
+    accumulators."""
+    import keras
+    import numpy as np
+
+    import tf_adagrad
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 300, (512, 2)).astype("int32")
+    labels = rng.random((512, 1)).astype("float32")
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input((2,), dtype="int32"),
+                keras.layers.Embedding(300, 8),
+                keras.layers.Flatten(),
+                keras.layers.Dense(1),
+            ]
+        )
+        model.compile(optimizer=tf_adagrad.RowwiseAdagrad(0.1), loss="mse")
+    model.fit(ids, labels, batch_size=64, epochs=2, shuffle=False, verbose=0)
+    return model.get_weights() + [a.numpy() for a in model.optimizer._rowwise_accumulators]
 
 
 def multi_worker(args):

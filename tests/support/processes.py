@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 TIMEOUT_S = 300
@@ -163,6 +164,23 @@ def run_multi_worker_cluster(log_dir, script, outs, *args):
             for task, out in enumerate(outs)
         ]
         run.wait(workers)
+
+
+def load_groups(path):
+    """The .npz that a scenario script wrote (its save()), by group: a list
+    of arrays where the keys are "group:0", "group:1", ..., else a dict by
+    name."""
+    npz = np.load(path)
+    result = {}
+    for key in npz.files:
+        group, name = key.split(":", 1)
+        result.setdefault(group, {})[name] = npz[key]
+    return {
+        group: [named[str(i)] for i in range(len(named))]
+        if all(k.isdigit() for k in named)
+        else named
+        for group, named in result.items()
+    }
 
 
 def case_result(results, name):
