@@ -91,6 +91,17 @@ def mirrored_scenario_results(tmp_path_factory):
     return load_groups(out)
 
 
+@pytest.fixture(scope="session")
+def out_of_range_outcomes():
+    """{case: outcome} of every case of tests/support/out_of_range_cases.py
+    (sparse updates with an index outside the table), run in a child
+    process once for tests/test_ops_errors.py and
+    tests/test_optimizer_model.py."""
+    from support.out_of_range_cases import CASES, run_cases
+
+    return run_cases(list(CASES))
+
+
 def run_keras2_cases(group, work_dir, prefixes=None):
     """Runs a group of tests/support/keras2_cases.py in a tf_keras child
     process, all its cases or those whose names begin with one of
