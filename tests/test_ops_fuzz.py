@@ -1,8 +1,8 @@
 """Runs tests/support/fuzz_ops.py (generated calls of the five ops) in a child
 process, so that a crash fails this test instead of killing pytest.
 
-The 10,000 calls of a run are split in two: 1,000 in the fast lane (`make
-test-fast`), 9,000 more in a run marked slow, with a seed of its own; `make
+The 10,000 calls of a run are split in two: 500 in the fast lane (`make
+test-fast`), 9,500 more in a run marked slow, with a seed of its own; `make
 test` runs both. The assertions scale with the number of calls.
 
 The seed is random unless TF_ADAGRAD_FUZZ_SEED is set, and is printed (and
@@ -17,15 +17,15 @@ import sys
 import pytest
 
 EXAMPLES = 10_000
-FAST_EXAMPLES = 1_000
+FAST_EXAMPLES = 500
 FUZZ_OPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "fuzz_ops.py")
 
 
 @pytest.mark.parametrize(
     "examples",
     [
-        pytest.param(FAST_EXAMPLES, id="1000-calls"),
-        pytest.param(EXAMPLES - FAST_EXAMPLES, id="9000-calls", marks=pytest.mark.slow),
+        pytest.param(FAST_EXAMPLES, id="500-calls"),
+        pytest.param(EXAMPLES - FAST_EXAMPLES, id="9500-calls", marks=pytest.mark.slow),
     ],
 )
 def test_fuzzed_calls_match_the_reference_or_are_rejected_cleanly(examples):
