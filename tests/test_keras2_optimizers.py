@@ -66,6 +66,7 @@ def assert_same_state(ours, theirs):
 # -- Importing ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # a fresh process of its own
 def test_import_error_without_tf_keras():
     """Without tf_keras, `import tf_adagrad` works and `import
     tf_adagrad.keras2` says what to install and set."""

@@ -230,6 +230,7 @@ def test_library_built_for_other_tf_version_is_refused(fresh_loader):
     assert "make build" in message
 
 
+@pytest.mark.slow  # a fresh process of its own
 def test_import_loads_the_library_and_registers_the_ops():
     """`import tf_adagrad` registers the ops with TensorFlow (so that
     `tf.saved_model.load` finds them); `ops.load_library()` afterwards
