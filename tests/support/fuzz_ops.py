@@ -129,8 +129,11 @@ def expected_gradient_error(case):
     return None
 
 
-def expected_error(case):
-    """(error class, reason) that the documented rules predict, or None."""
+def expected_variables_error(case, accum_dtype, accum_shape):
+    """(error class, reason) that the documented rules predict for a
+    single-variable op whose accumulator must have `accum_dtype` and
+    `accum_shape`: the variables, the scalars and the shapes in the
+    kernels' order, then the gradient; or None."""
     invalid, failed = tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError
     var, accum, T = case["var"], case["accum"], case["T"]
     if not var.initialized:
@@ -139,15 +142,21 @@ def expected_error(case):
         return invalid, "var dtype"
     if not accum.initialized:
         return failed, "uninitialized accum"
-    if accum.dtype != T:
+    if accum.dtype != accum_dtype:
         return invalid, "accum dtype"
     if case["same_variable"]:
         return invalid, "var is accum"
     if case["lr"].shape != () or case["epsilon"].shape != ():
         return invalid, "lr or epsilon not a scalar"
-    if case["accum_shape"] != case["var_shape"]:
+    if case["accum_shape"] != accum_shape:
         return invalid, "accum shape"
     return expected_gradient_error(case)
+
+
+def expected_error(case):
+    """The prediction for the elementwise ops: an accumulator of the
+    variable's dtype and shape."""
+    return expected_variables_error(case, case["T"], case["var_shape"])
 
 
 def expected_multi_error(case):
@@ -199,28 +208,13 @@ def any_cases(draw):
 
 
 def expected_rowwise_error(case):
-    """(error class, reason) that the documented rules predict for the
-    rowwise ops, or None."""
-    invalid, failed = tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError
-    var, accum, T = case["var"], case["accum"], case["T"]
-    accum_dtype = tf.as_dtype(accumulator_dtype(T))
-    if tf.as_dtype(case["lr"].dtype) != accum_dtype:  # checked when the kernel is built
-        return invalid, "lr dtype"
-    if not var.initialized:
-        return failed, "uninitialized var"
-    if var.dtype != T:
-        return invalid, "var dtype"
-    if not accum.initialized:
-        return failed, "uninitialized accum"
-    if accum.dtype != accum_dtype:
-        return invalid, "accum dtype"
-    if case["same_variable"]:
-        return invalid, "var is accum"
-    if case["lr"].shape != () or case["epsilon"].shape != ():
-        return invalid, "lr or epsilon not a scalar"
-    if case["accum_shape"] != case["var_shape"][:1]:
-        return invalid, "accum shape"
-    return expected_gradient_error(case)
+    """The prediction for the rowwise ops: lr of the accumulator dtype (checked
+    when the kernel is built, first), and an accumulator of one value per
+    row in the accumulator dtype."""
+    accum_dtype = tf.as_dtype(accumulator_dtype(case["T"]))
+    if tf.as_dtype(case["lr"].dtype) != accum_dtype:
+        return tf.errors.InvalidArgumentError, "lr dtype"
+    return expected_variables_error(case, accum_dtype, case["var_shape"][:1])
 
 
 @st.composite
