@@ -33,7 +33,15 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import timing  # noqa: E402  (bench/, beside this file)
-from timing import fit_on_batches, machine_header, run_info, write_results, zipf_ids  # noqa: E402
+from timing import (  # noqa: E402
+    fit_on_batches,
+    goal_table,
+    machine_header,
+    print_goals,
+    run_info,
+    write_results,
+    zipf_ids,
+)
 
 import tf_adagrad  # noqa: E402
 
@@ -254,8 +262,7 @@ def main():
     header = machine_header("Keras", keras.__version__)
     print(f"{header}; whole training steps, median ms per step", flush=True)
     record = run_all()
-    for description, measured, bound, met in goals(record):
-        print(f"goal: {description}: {measured:.2f} ({bound}) {'met' if met else 'MISSED'}")
+    print_goals(goals(record))
     write_results(
         "fit",
         {**run_info(keras=keras.__version__), **record},
@@ -346,10 +353,7 @@ def markdown(record):
     lines.append("| " + " | ".join(f"{demo[n]:.2f}" for n in demo) + " |")
     lines.append("")
     lines.append("**Goals**\n")
-    lines.append("| goal | measured | bound | |")
-    lines.append("| --- | ---: | ---: | --- |")
-    for description, measured, bound, met in goals(record):
-        lines.append(f"| {description} | {measured:.2f} | {bound} | {'met' if met else 'MISSED'} |")
+    lines += goal_table(goals(record))
     return "\n".join(lines) + "\n"
 
 

@@ -35,9 +35,11 @@ import timing  # noqa: E402  (bench/, beside this file)
 from timing import (  # noqa: E402
     call_floor_step,
     fit_on_batches,
+    goal_table,
     graph_step,
     machine_header,
     median_ms,
+    print_goals,
     run_info,
     write_results,
     zipf_ids,
@@ -244,9 +246,7 @@ def markdown(results):
             f"`{result['counterpart']}` | {ms[result['counterpart']]:.3f} | "
             f"{speed_up(result):.2f}× | {floor} |"
         )
-    lines += ["", "| goal | measured | bound | |", "| --- | ---: | ---: | --- |"]
-    for description, measured, bound, met in goals(results):
-        lines.append(f"| {description} | {measured:.2f} | {bound} | {'met' if met else 'MISSED'} |")
+    lines += ["", *goal_table(goals(results))]
     return "\n".join(lines) + "\n"
 
 
@@ -259,8 +259,7 @@ def main():
     header = machine_header("tf_keras", tf_keras.__version__)
     print(f"{header}; tf_keras optimizers, median ms per step", flush=True)
     results = run_all()
-    for description, measured, bound, met in goals(results):
-        print(f"goal: {description}: {measured:.2f} ({bound}) {'met' if met else 'MISSED'}")
+    print_goals(goals(results))
     record = {
         **run_info(tf_keras=tf_keras.__version__),
         "cases": results,

@@ -35,9 +35,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from timing import (  # noqa: E402
     fit_on_batches,
+    goal_table,
     graph_step,
     machine_header,
     median_ms,
+    print_goals,
     run_info,
     write_results,
     zipf_ids,
@@ -232,9 +234,7 @@ def markdown(record):
             f"({ms[ELEMENTWISE] / ms[ROWWISE]:.2f}×) | {ms[KERAS]:.3f} "
             f"({ms[KERAS] / ms[ROWWISE]:.2f}×) | {memory_text} |"
         )
-    lines += ["", "| goal | measured | bound | |", "| --- | ---: | ---: | --- |"]
-    for description, measured, bound, met in goals(record):
-        lines.append(f"| {description} | {measured:.5f} | {bound} | {'met' if met else 'MISSED'} |")
+    lines += ["", *goal_table(goals(record), digits=5)]
     return "\n".join(lines) + "\n"
 
 
@@ -242,8 +242,7 @@ def main():
     header = machine_header("Keras", keras.__version__)
     print(f"{header}; rowwise against elementwise Adagrad, median ms per step", flush=True)
     record = {**run_info(keras=keras.__version__), **run_all()}
-    for description, measured, bound, met in goals(record):
-        print(f"goal: {description}: {measured:.5f} ({bound}) {'met' if met else 'MISSED'}")
+    print_goals(goals(record), digits=5)
     write_results(
         "rowwise",
         record,

@@ -100,6 +100,24 @@ def call_floor_step(variables, grads):
     return step
 
 
+def goal_table(goals, digits=2):
+    """The markdown lines of a section's goals table; `goals` holds
+    (description, measured, bound, met) tuples, `digits` the measured
+    figures' decimals."""
+    lines = ["| goal | measured | bound | |", "| --- | ---: | ---: | --- |"]
+    for description, measured, bound, met in goals:
+        lines.append(
+            f"| {description} | {measured:.{digits}f} | {bound} | {'met' if met else 'MISSED'} |"
+        )
+    return lines
+
+
+def print_goals(goals, digits=2):
+    """A line per goal: `goal: description: measured (bound) met|MISSED`."""
+    for description, measured, bound, met in goals:
+        print(f"goal: {description}: {measured:.{digits}f} ({bound}) {'met' if met else 'MISSED'}")
+
+
 def zipf_ids(rng, rows, count):
     """`count` int64 ids of a `rows`-row table drawn from a Zipf law (a few
     rows very often, many rarely, as in recommender data)."""
