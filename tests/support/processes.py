@@ -69,14 +69,13 @@ class Processes:
         self.log_dir = str(log_dir)
         self.started = []
 
-    def start(self, name, script, *args, env=None):
+    def start(self, name, script, *args):
         """`python script *args` as `name` (its log: `log_dir/name.log`)."""
         process = subprocess.Popen(
             [sys.executable, script, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=env,
             start_new_session=True,  # its own process group, killed as one
         )
         process.name = name
