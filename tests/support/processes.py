@@ -83,9 +83,9 @@ class Processes:
         self.started.append(process)
         return process
 
-    def wait(self, processes, expect_success=True):
+    def wait(self, processes):
         """Waits for all of `processes` to exit, TIMEOUT_S in all; fails the
-        test if one runs over, or exits with an error while `expect_success`."""
+        test if one runs over or exits with an error."""
         deadline = time.monotonic() + TIMEOUT_S
         for process in processes:
             try:
@@ -93,7 +93,7 @@ class Processes:
             except subprocess.TimeoutExpired:
                 pytest.fail(f"{process.name} ran over {TIMEOUT_S} s:\n{self.log(process)}")
             process.output.finish()
-            if expect_success and process.returncode != 0:
+            if process.returncode != 0:
                 pytest.fail(
                     f"{process.name} exited with {process.returncode}:\n{self.log(process)}"
                 )
