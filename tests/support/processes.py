@@ -1,5 +1,7 @@
 """Child processes for the tests that run scenario scripts and clusters on
-127.0.0.1 (tests/test_distribute.py, tests/test_keras2_distribute.py).
+127.0.0.1 (tests/test_distribute.py, tests/test_keras2_distribute.py and
+conftest.py's session fixtures), and readers of what the children wrote
+(load_groups, case_result).
 
 Each process runs in a process group of its own, so that killing the group
 ends everything it started; `processes()` kills every process it started
@@ -34,7 +36,7 @@ class Output:
         self.text = ""
         self.closed = False
         self.changed = threading.Condition()
-        self.log = open(log_path, "w")  # noqa: SIM115 - closed by the copying thread
+        self.log = open(log_path, "w")  # closed by the copying thread
         self.thread = threading.Thread(target=self._copy, args=(pipe,), daemon=True)
         self.thread.start()
 
