@@ -9,8 +9,11 @@ PYTHONPATH.
 
 import os
 import pickle
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -35,6 +38,71 @@ def pytest_configure(config):
             f"the tests must import the source tree's tf_adagrad ({REPO_ROOT}/tf_adagrad), "
             f"but `import tf_adagrad` found {package_dir}; is pytest.ini's `pythonpath = .` in effect?"
         )
+
+
+# The nvcc build of the CUDA harness (the nvcc_binary fixture of
+# tests/test_cuda_harness.py) keeps one core busy for about 35 s and needs
+# nothing from the other tests: when a selected test needs it, it starts as
+# soon as collection ends and runs beside the other tests, which run first;
+# the tests that need it run last. (process, output directory, log path).
+NVCC_BUILD = pytest.StashKey[tuple]()
+
+
+def needs_nvcc_build(item):
+    return "nvcc_binary" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items[:] = [i for i in items if not needs_nvcc_build(i)] + [
+        i for i in items if needs_nvcc_build(i)
+    ]
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly or shutil.which("nvcc") is None:
+        return
+    if not any(needs_nvcc_build(item) for item in session.items):
+        return
+    out_dir = tempfile.mkdtemp(prefix="tf_adagrad_nvcc_build_")
+    log_path = os.path.join(out_dir, "build.log")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [os.path.join(REPO_ROOT, "tests", "cuda", "run_on_gpu.sh"), "--compile-only", out_dir],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, killed as one
+        )
+    session.config.stash[NVCC_BUILD] = (process, out_dir, log_path)
+
+
+def pytest_sessionfinish(session):
+    """Ends the nvcc build if it still runs (the session stopped early) and
+    removes its files."""
+    build = session.config.stash.get(NVCC_BUILD, None)
+    if build is None:
+        return
+    process, out_dir, _ = build
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    shutil.rmtree(out_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def nvcc_build(request):
+    """The nvcc build started when collection ended: waits for it; its
+    output directory. Skips without nvcc on PATH."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("no nvcc on PATH")
+    process, out_dir, log_path = request.config.stash[NVCC_BUILD]
+    try:
+        process.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    with open(log_path) as f:
+        assert process.returncode == 0, f.read()
+    return out_dir
 
 
 @pytest.fixture(scope="session")
