@@ -20,7 +20,7 @@ CPP_SOURCES := $(wildcard kernels/*.h kernels/*.cuh kernels/*.cc ops/*.h ops/*.c
   tests/cc/*.h tests/cc/*.cc tests/cuda/*.cu)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: build test demo bench clean gpu-dry-run
+.PHONY: build lint test test-fast demo bench clean gpu-dry-run
 
 $(VENV)/.deps-installed: requirements-dev.txt
 	[ -x $(PY) ] || $(PYTHON_BOOTSTRAP) -m venv $(VENV) || { \
@@ -50,11 +50,19 @@ build: $(VENV)/.deps-installed
 	install -m 644 bazel-bin/tf_adagrad/_tf_adagrad_ops.so bazel-bin/tf_adagrad/_build_info.py tf_adagrad/
 	$(PY) -m pip install --quiet --no-deps --force-reinstall bazel-bin/dist/tf_adagrad-*.whl
 
-test: build
+# The linters, which `make test` and `make test-fast` run first.
+lint: build
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(CLANG_FORMAT) --dry-run --Werror $(CPP_SOURCES)
-	$(VENV)/bin/pytest -ra tests
+
+# The whole suite (CI runs this).
+test: build lint
+	$(VENV)/bin/pytest -ra --durations=15 tests
+
+# Every test module without the tests marked slow (pytest.ini): minutes.
+test-fast: build lint
+	$(VENV)/bin/pytest -ra --durations=15 -m "not slow" tests
 
 demo: build
 	$(PY) examples/recommender.py

@@ -45,6 +45,7 @@ from timing import (  # noqa: E402
     median_ms,
     run_info,
     write_results,
+    zipf_ids,
 )
 
 import tf_adagrad  # noqa: E402
@@ -122,7 +123,7 @@ def sparse_case(num_rows, row, nnz, zipf):
     rng = np.random.default_rng(0)
     initial = rng.standard_normal((num_rows, row)).astype(np.float32)
     if zipf:
-        indices = (rng.zipf(1.1, nnz) - 1) % num_rows
+        indices = zipf_ids(rng, num_rows, nnz)
     else:
         indices = rng.integers(0, num_rows, nnz)
     num_unique = len(np.unique(indices))

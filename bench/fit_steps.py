@@ -32,7 +32,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from timing import machine_header, run_info, write_results  # noqa: E402  (bench/, beside this file)
+import timing  # noqa: E402  (bench/, beside this file)
+from timing import (  # noqa: E402
+    fit_on_batches,
+    goal_table,
+    machine_header,
+    print_goals,
+    run_info,
+    write_results,
+    zipf_ids,
+)
 
 import tf_adagrad  # noqa: E402
 
@@ -65,25 +74,8 @@ LABELS = {
 }
 
 
-class StepTimes(keras.callbacks.Callback):
-    """Each batch's wall time, from its start to its end (defining both hooks
-    makes Keras call them in step), the first of each fit() call left out."""
-
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_train_begin(self, logs=None):
-        self._batches = 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        elapsed = time.perf_counter() - self._start
-        self._batches += 1
-        if self._batches > 1:
-            self.times.append(elapsed)
+class StepTimes(timing.StepTimer, keras.callbacks.Callback):
+    """timing.StepTimer as a Keras 3 callback."""
 
 
 class NoUpdate(keras.optimizers.Optimizer):
@@ -94,29 +86,23 @@ class NoUpdate(keras.optimizers.Optimizer):
         pass
 
 
-def zipf_ids(rng, rows, count):
-    return ((rng.zipf(1.1, count) - 1) % rows).astype(np.int64)
-
-
 def median_ms(times):
     return 1e3 * statistics.median(times)
 
 
-def time_fits(fits, steps_per_round):
-    """fits: name -> callable(num_steps, callback) running fit() on that
-    many batches. Warms each up, then runs them in turns, each turn after
-    TURN_WARMUP_STEPS untimed steps (none for the slow ones named in
-    `steps_per_round`); median ms."""
-    for fit in fits.values():
-        fit(WARMUP_STEPS, StepTimes())
-    timers = {name: StepTimes() for name in fits}
-    gc.collect()
-    for _ in range(ROUNDS):
-        for name, fit in fits.items():
-            if name not in steps_per_round:
-                fit(TURN_WARMUP_STEPS, StepTimes())
-            fit(steps_per_round.get(name, STEPS_PER_ROUND) + 1, timers[name])
-    return {name: median_ms(timer.times) for name, timer in timers.items()}
+def time_fits(fits, slow_steps_per_round):
+    """timing.time_fits with this section's rounds, steps and warm-ups:
+    fits is name -> callable(num_steps, timer) (timing.fit_on_batches), the
+    slow ones named in `slow_steps_per_round`; median ms by name."""
+    return timing.time_fits(
+        fits,
+        StepTimes,
+        ROUNDS,
+        STEPS_PER_ROUND,
+        WARMUP_STEPS,
+        TURN_WARMUP_STEPS,
+        slow_steps_per_round,
+    )
 
 
 def embedding_model(rows):
@@ -144,18 +130,7 @@ def fit_case(rows, jit_compile=False, strategy=None):
             model = embedding_model(rows)
             model.compile(optimizer=make_optimizer(), loss="mse", jit_compile=jit_compile)
 
-        def fit(num_steps, timer, model=model):
-            model.fit(
-                ids[: num_steps * BATCH_SIZE],
-                labels[: num_steps * BATCH_SIZE],
-                batch_size=BATCH_SIZE,
-                epochs=1,
-                shuffle=False,
-                verbose=0,
-                callbacks=[timer],
-            )
-
-        fits[name] = fit
+        fits[name] = fit_on_batches(model, ids, labels, BATCH_SIZE)
     slow = {"keras": SLOW_STEPS_PER_ROUND} if rows >= 10_000_000 else {}
     return time_fits(fits, slow)
 
@@ -226,19 +201,7 @@ def demo_case():
         model = recommender.build_model()
         model.compile(optimizer=make_optimizer(), loss="binary_crossentropy", jit_compile=False)
 
-        def fit(num_steps, timer, model=model):
-            count = num_steps * recommender.BATCH_SIZE
-            model.fit(
-                {k: v[:count] for k, v in features.items()},
-                clicks[:count],
-                batch_size=recommender.BATCH_SIZE,
-                epochs=1,
-                shuffle=False,
-                verbose=0,
-                callbacks=[timer],
-            )
-
-        fits[name] = fit
+        fits[name] = fit_on_batches(model, features, clicks, recommender.BATCH_SIZE)
     return time_fits(fits, {})
 
 
@@ -299,8 +262,7 @@ def main():
     header = machine_header("Keras", keras.__version__)
     print(f"{header}; whole training steps, median ms per step", flush=True)
     record = run_all()
-    for description, measured, bound, met in goals(record):
-        print(f"goal: {description}: {measured:.2f} ({bound}) {'met' if met else 'MISSED'}")
+    print_goals(goals(record))
     write_results(
         "fit",
         {**run_info(keras=keras.__version__), **record},
@@ -391,10 +353,7 @@ def markdown(record):
     lines.append("| " + " | ".join(f"{demo[n]:.2f}" for n in demo) + " |")
     lines.append("")
     lines.append("**Goals**\n")
-    lines.append("| goal | measured | bound | |")
-    lines.append("| --- | ---: | ---: | --- |")
-    for description, measured, bound, met in goals(record):
-        lines.append(f"| {description} | {measured:.2f} | {bound} | {'met' if met else 'MISSED'} |")
+    lines += goal_table(goals(record))
     return "\n".join(lines) + "\n"
 
 

@@ -27,19 +27,22 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import gc  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
-from timing import (  # noqa: E402  (bench/, beside this file)
+import timing  # noqa: E402  (bench/, beside this file)
+from timing import (  # noqa: E402
     call_floor_step,
+    fit_on_batches,
+    goal_table,
     graph_step,
     machine_header,
     median_ms,
+    print_goals,
     run_info,
     write_results,
+    zipf_ids,
 )
 
 import tf_adagrad.keras2  # noqa: E402
@@ -67,29 +70,8 @@ LEGACY_SPARSE = "tf.unique + unsorted_segment_sum + ResourceSparseApplyAdagradV2
 CALL_FLOOR = "call floor"
 
 
-def zipf_ids(rng, rows, count):
-    return ((rng.zipf(1.1, count) - 1) % rows).astype(np.int64)
-
-
-class StepTimes(tf_keras.callbacks.Callback):
-    """Each batch's wall time, from its start to its end, the first of each
-    fit() call left out."""
-
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_train_begin(self, logs=None):
-        self._batches = 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        elapsed = time.perf_counter() - self._start
-        self._batches += 1
-        if self._batches > 1:
-            self.times.append(elapsed)
+class StepTimes(timing.StepTimer, tf_keras.callbacks.Callback):
+    """timing.StepTimer as a tf_keras callback."""
 
 
 def fit_case(kind):
@@ -111,25 +93,8 @@ def fit_case(kind):
         )
         model.compile(optimizer=optimizer_class(LR), loss="mse", jit_compile=False)
 
-        def fit(num_steps, timer, model=model):
-            model.fit(
-                ids[: num_steps * BATCH_SIZE],
-                labels[: num_steps * BATCH_SIZE],
-                batch_size=BATCH_SIZE,
-                shuffle=False,
-                verbose=0,
-                callbacks=[timer],
-            )
-
-        fits[name] = fit
-    for fit in fits.values():
-        fit(FIT_WARMUP_STEPS, StepTimes())
-    timers = {name: StepTimes() for name in fits}
-    gc.collect()
-    for _ in range(FIT_ROUNDS):
-        for name, fit in fits.items():
-            fit(FIT_STEPS_PER_ROUND + 1, timers[name])
-    return {name: 1e3 * statistics.median(timer.times) for name, timer in timers.items()}
+        fits[name] = fit_on_batches(model, ids, labels, BATCH_SIZE)
+    return timing.time_fits(fits, StepTimes, FIT_ROUNDS, FIT_STEPS_PER_ROUND, FIT_WARMUP_STEPS)
 
 
 def sparse_update_case():
@@ -281,9 +246,7 @@ def markdown(results):
             f"`{result['counterpart']}` | {ms[result['counterpart']]:.3f} | "
             f"{speed_up(result):.2f}× | {floor} |"
         )
-    lines += ["", "| goal | measured | bound | |", "| --- | ---: | ---: | --- |"]
-    for description, measured, bound, met in goals(results):
-        lines.append(f"| {description} | {measured:.2f} | {bound} | {'met' if met else 'MISSED'} |")
+    lines += ["", *goal_table(goals(results))]
     return "\n".join(lines) + "\n"
 
 
@@ -296,8 +259,7 @@ def main():
     header = machine_header("tf_keras", tf_keras.__version__)
     print(f"{header}; tf_keras optimizers, median ms per step", flush=True)
     results = run_all()
-    for description, measured, bound, met in goals(results):
-        print(f"goal: {description}: {measured:.2f} ({bound}) {'met' if met else 'MISSED'}")
+    print_goals(goals(results))
     record = {
         **run_info(tf_keras=tf_keras.__version__),
         "cases": results,

@@ -33,7 +33,17 @@ import fit_steps  # noqa: E402  (bench/, beside this file)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from timing import graph_step, machine_header, median_ms, run_info, write_results  # noqa: E402
+from timing import (  # noqa: E402
+    fit_on_batches,
+    goal_table,
+    graph_step,
+    machine_header,
+    median_ms,
+    print_goals,
+    run_info,
+    write_results,
+    zipf_ids,
+)
 
 import tf_adagrad  # noqa: E402
 
@@ -61,9 +71,7 @@ def sparse_case(rows):
     do: with one batch over and over, the rows it names would stay in the
     caches and hide the memory traffic that rowwise Adagrad saves."""
     rng = np.random.default_rng(0)
-    id_batches = tf.constant(
-        np.stack([fit_steps.zipf_ids(rng, rows, SPARSE_IDS) for _ in range(ID_BATCHES)])
-    )
+    id_batches = tf.constant(np.stack([zipf_ids(rng, rows, SPARSE_IDS) for _ in range(ID_BATCHES)]))
     values = tf.constant(rng.standard_normal((SPARSE_IDS, WIDTH)).astype(np.float32))
     table = keras.Variable(tf.random.stateless_normal((rows, WIDTH), seed=[0, 0]), name="table")
     rowwise_accum = tf.Variable(tf.zeros((rows,)))
@@ -101,7 +109,7 @@ def fit_case(rows):
     """ms per fit() step and accumulator bytes, for each optimizer."""
     rng = np.random.default_rng(0)
     num_examples = BATCH_SIZE * (fit_steps.STEPS_PER_ROUND + 1)
-    ids = fit_steps.zipf_ids(rng, rows, num_examples).reshape(-1, 1)
+    ids = zipf_ids(rng, rows, num_examples).reshape(-1, 1)
     labels = rng.standard_normal((num_examples, 1)).astype(np.float32)
     fits, accumulator_bytes = {}, {}
     for name, make_optimizer in OPTIMIZERS.items():
@@ -123,18 +131,7 @@ def fit_case(rows):
             if "embeddings" in v.path and "accumulator" in v.path
         )
 
-        def fit(num_steps, timer, model=model):
-            model.fit(
-                ids[: num_steps * BATCH_SIZE],
-                labels[: num_steps * BATCH_SIZE],
-                batch_size=BATCH_SIZE,
-                epochs=1,
-                shuffle=False,
-                verbose=0,
-                callbacks=[timer],
-            )
-
-        fits[name] = fit
+        fits[name] = fit_on_batches(model, ids, labels, BATCH_SIZE)
     slow = {KERAS: fit_steps.SLOW_STEPS_PER_ROUND} if rows >= 10_000_000 else {}
     return fit_steps.time_fits(fits, slow), accumulator_bytes
 
@@ -237,9 +234,7 @@ def markdown(record):
             f"({ms[ELEMENTWISE] / ms[ROWWISE]:.2f}×) | {ms[KERAS]:.3f} "
             f"({ms[KERAS] / ms[ROWWISE]:.2f}×) | {memory_text} |"
         )
-    lines += ["", "| goal | measured | bound | |", "| --- | ---: | ---: | --- |"]
-    for description, measured, bound, met in goals(record):
-        lines.append(f"| {description} | {measured:.5f} | {bound} | {'met' if met else 'MISSED'} |")
+    lines += ["", *goal_table(goals(record), digits=5)]
     return "\n".join(lines) + "\n"
 
 
@@ -247,8 +242,7 @@ def main():
     header = machine_header("Keras", keras.__version__)
     print(f"{header}; rowwise against elementwise Adagrad, median ms per step", flush=True)
     record = {**run_info(keras=keras.__version__), **run_all()}
-    for description, measured, bound, met in goals(record):
-        print(f"goal: {description}: {measured:.5f} ({bound}) {'met' if met else 'MISSED'}")
+    print_goals(goals(record), digits=5)
     write_results(
         "rowwise",
         record,

@@ -1,6 +1,7 @@
-"""How the bench sections time a step (in turns, median ms), the cost of
-calling one that does nothing (the call floor), and how each section names
-its machine and writes its results."""
+"""How the bench sections time a step (in turns, median ms) and a fit()
+step (a callback's clock, fit() calls in turns), the cost of calling a step
+that does nothing (the call floor), the Zipf ids they train on, and how
+each section names its machine and writes its results."""
 
 import gc
 import json
@@ -9,6 +10,7 @@ import platform
 import statistics
 import time
 
+import numpy as np
 import tensorflow as tf
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -96,3 +98,100 @@ def call_floor_step(variables, grads):
         return tf.shape(inputs[-1])  # an output, so nothing is pruned
 
     return step
+
+
+def goal_table(goals, digits=2):
+    """The markdown lines of a section's goals table; `goals` holds
+    (description, measured, bound, met) tuples, `digits` the measured
+    figures' decimals."""
+    lines = ["| goal | measured | bound | |", "| --- | ---: | ---: | --- |"]
+    for description, measured, bound, met in goals:
+        lines.append(
+            f"| {description} | {measured:.{digits}f} | {bound} | {'met' if met else 'MISSED'} |"
+        )
+    return lines
+
+
+def print_goals(goals, digits=2):
+    """A line per goal: `goal: description: measured (bound) met|MISSED`."""
+    for description, measured, bound, met in goals:
+        print(f"goal: {description}: {measured:.{digits}f} ({bound}) {'met' if met else 'MISSED'}")
+
+
+def zipf_ids(rng, rows, count):
+    """`count` int64 ids of a `rows`-row table drawn from a Zipf law (a few
+    rows very often, many rarely, as in recommender data)."""
+    return ((rng.zipf(1.1, count) - 1) % rows).astype(np.int64)
+
+
+class StepTimer:
+    """Mixed into a Keras callback class (Keras 3's or tf_keras'): each
+    batch's wall time, from its start to its end, in `times` (defining both
+    hooks makes Keras call them in step), the first of each fit() call left
+    out."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_train_begin(self, logs=None):
+        self._batches = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        elapsed = time.perf_counter() - self._start
+        self._batches += 1
+        if self._batches > 1:
+            self.times.append(elapsed)
+
+
+def fit_on_batches(model, x, y, batch_size):
+    """callable(num_steps, timer): one epoch of `model.fit()` on the first
+    `num_steps` batches of (x, y) in order, `timer` its callback. `x` is an
+    array or a dict of arrays (a model with named inputs)."""
+
+    def fit(num_steps, timer):
+        count = num_steps * batch_size
+        model.fit(
+            {k: v[:count] for k, v in x.items()} if isinstance(x, dict) else x[:count],
+            y[:count],
+            batch_size=batch_size,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=[timer],
+        )
+
+    return fit
+
+
+def time_fits(
+    fits,
+    new_timer,
+    rounds,
+    steps_per_round,
+    warmup_steps,
+    turn_warmup_steps=0,
+    slow_steps_per_round=None,
+):
+    """Median ms per fit() step of each of `fits` (name -> callable(num_steps,
+    timer), as fit_on_batches returns), timed by `new_timer()` (a StepTimer
+    callback). Warms each up with `warmup_steps` steps, then runs them in
+    turns, `rounds` rounds; each turn times `steps_per_round` steps (the
+    first of a fit() call is left out, so it runs one more), after
+    `turn_warmup_steps` untimed ones. The slow ones, named in
+    `slow_steps_per_round` (name -> steps), time fewer steps a turn, with no
+    untimed ones."""
+    slow_steps_per_round = slow_steps_per_round or {}
+    for fit in fits.values():
+        fit(warmup_steps, new_timer())
+    timers = {name: new_timer() for name in fits}
+    gc.collect()
+    for _ in range(rounds):
+        for name, fit in fits.items():
+            if turn_warmup_steps and name not in slow_steps_per_round:
+                fit(turn_warmup_steps, new_timer())
+            fit(slow_steps_per_round.get(name, steps_per_round) + 1, timers[name])
+    return {name: 1e3 * statistics.median(timer.times) for name, timer in timers.items()}

@@ -4,10 +4,13 @@ Two builds of the same program: the one `make build` makes with the op
 library's own CUDA toolchain (clang-16 and the CUDA 12 wheels), and one made
 here with nvcc when nvcc is on PATH. Each is run when the machine has a GPU;
 without one the program exits 77, and the run is skipped with its message.
+The nvcc build takes about 35 s, so its tests are marked slow (`make test`
+runs them, `make test-fast` does not); conftest.py starts it when
+collection ends and runs its tests last, so that it builds while the other
+tests run.
 """
 
 import os
-import shutil
 import subprocess
 
 import pytest
@@ -34,23 +37,17 @@ def test_harness_built_with_project_toolchain_runs(repo_root, cuda_build):
 
 
 @pytest.fixture(scope="module")
-def nvcc_binary(repo_root, tmp_path_factory):
-    if shutil.which("nvcc") is None:
-        pytest.skip("no nvcc on PATH")
-    out_dir = tmp_path_factory.mktemp("nvcc_build")
-    build = subprocess.run(
-        [os.path.join(repo_root, "tests", "cuda", "run_on_gpu.sh"), "--compile-only", str(out_dir)],
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-    )
-    assert build.returncode == 0, build.stdout + build.stderr
-    return str(out_dir / "adagrad_cuda_test")
+def nvcc_binary(nvcc_build):
+    """The program built with nvcc (conftest.py's nvcc_build: started when
+    collection ended, beside the other tests, which run first)."""
+    return os.path.join(nvcc_build, "adagrad_cuda_test")
 
 
+@pytest.mark.slow
 def test_harness_compiles_with_nvcc(nvcc_binary):
     assert os.access(nvcc_binary, os.X_OK)
 
 
+@pytest.mark.slow
 def test_harness_built_with_nvcc_runs(nvcc_binary):
     run_harness(nvcc_binary)

@@ -23,18 +23,50 @@ TABLE_ROWS = (
 )
 
 
-@pytest.mark.parametrize(
-    "flags", [[], ["--mirrored", "2"], ["--rowwise"]], ids=["default", "mirrored", "rowwise"]
-)
-def test_quick_demo_prints_the_comparison_and_passes_its_check(flags):
-    out = subprocess.run(
-        [sys.executable, os.path.join(EXAMPLES, "recommender.py"), "--quick", *flags],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    lines = out.stdout.splitlines()
+# The quick runs, by test id: the demo's flags.
+QUICK_RUNS = {"default": [], "mirrored": ["--mirrored", "2"], "rowwise": ["--rowwise"]}
+
+
+@pytest.fixture(scope="module")
+def quick_run_outputs(request):
+    """{run: (exit status, stdout, stderr)} of the quick runs that the
+    session's selected tests check, started together and running side by
+    side (Keras' fit() keeps about one core busy; the machine has two)."""
+    selected = {
+        item.callspec.params["run"]
+        for item in request.session.items
+        if item.path == request.path and "quick_run_outputs" in getattr(item, "fixturenames", ())
+    }
+    children = {
+        run: subprocess.Popen(
+            [sys.executable, os.path.join(EXAMPLES, "recommender.py"), "--quick", *flags],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for run, flags in QUICK_RUNS.items()
+        if run in selected
+    }
+    outputs = {}
+    try:
+        for run, child in children.items():
+            stdout, stderr = child.communicate(timeout=600)
+            outputs[run] = (child.returncode, stdout, stderr)
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
+    return outputs
+
+
+@pytest.mark.slow  # each run trains on a 1M-row table 2 or 3 times: about 25 s
+@pytest.mark.parametrize("run", QUICK_RUNS)
+def test_quick_demo_prints_the_comparison_and_passes_its_check(quick_run_outputs, run):
+    flags = QUICK_RUNS[run]
+    returncode, stdout, stderr = quick_run_outputs[run]
+    assert returncode == 0, stdout[-3000:] + stderr[-3000:]
+    lines = stdout.splitlines()
     header = next(
         line for line in lines if "tf_adagrad" in line and "keras" in line and "Adagrad" not in line
     )
@@ -55,11 +87,11 @@ def test_quick_demo_prints_the_comparison_and_passes_its_check(flags):
         assert table["accumulator bytes"]["rowwise"] < table["accumulator bytes"]["tf_adagrad"] / 16
         assert table["held-out AUC"]["rowwise"] >= recommender.QUICK[2]
     assert any(line.startswith("speed-up: ") for line in lines)
-    assert "quality matches" in out.stdout
+    assert "quality matches" in stdout
     # Keras' progress bars were shown.
-    assert "/59" in out.stdout and "step - auc:" in out.stdout
+    assert "/59" in stdout and "step - auc:" in stdout
     if "--mirrored" in flags:
-        assert "MirroredStrategy over /cpu:0, /cpu:1" in out.stdout
+        assert "MirroredStrategy over /cpu:0, /cpu:1" in stdout
 
 
 def results(auc=0.8, loss=0.5, scores=(0.2, 0.7)):

@@ -1,118 +1,35 @@
-"""tf_adagrad.Adagrad under tf.distribute, each cluster on 127.0.0.1 in
-processes of its own (tests/support/distributed_training.py), compared with training
-on one device on the same global batches.
+"""tf_adagrad.Adagrad (and, on parameter servers, RowwiseAdagrad) under
+tf.distribute, each cluster on 127.0.0.1 in processes of its own
+(tests/support/distributed_training.py), compared with training on one
+device on the same global batches.
 
-Every process a test starts is killed when the test ends, pass or fail.
+The ParameterServerStrategy cluster with the op library on every task is
+the session's (the `parameter_server_cluster` fixture of conftest.py, which
+tests/test_keras2_distribute.py's coordinator uses too); one coordinator
+runs every optimizer's case on it. Every process is killed when the fixture
+that started it ends, pass or fail. The clusters' tests are marked slow
+(`make test-fast` runs the MirroredStrategy ones only).
 """
 
-import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
+from support.processes import (
+    load_groups,
+    processes,
+    run_multi_worker_cluster,
+    start_parameter_server_cluster,
+)
+
 SCRIPT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "support", "distributed_training.py"
 )
-TIMEOUT_S = 300
 # Float tolerance for distributed against one-device training: the replicas'
 # gradients are summed in another order.
 RTOL, ATOL = 1e-5, 1e-7
-
-
-class Processes:
-    """Starts scenario processes; logs go to files under `log_dir`."""
-
-    def __init__(self, log_dir):
-        self.log_dir = log_dir
-        self.started = []
-
-    def start(self, name, *args):
-        log_path = os.path.join(self.log_dir, f"{name}.log")
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(
-                [sys.executable, SCRIPT, *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, killed as one
-            )
-        process.name, process.log_path = name, log_path
-        self.started.append(process)
-        return process
-
-    def wait(self, processes, expect_success=True):
-        deadline = time.monotonic() + TIMEOUT_S
-        for process in processes:
-            try:
-                process.wait(timeout=max(1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"{process.name} ran over {TIMEOUT_S} s:\n{self.log(process)}")
-            if expect_success and process.returncode != 0:
-                pytest.fail(
-                    f"{process.name} exited with {process.returncode}:\n{self.log(process)}"
-                )
-
-    def wait_for_line(self, process, text):
-        deadline = time.monotonic() + TIMEOUT_S
-        while text not in self.log(process):
-            if process.poll() is not None:
-                pytest.fail(
-                    f"{process.name} exited with {process.returncode}:\n{self.log(process)}"
-                )
-            if time.monotonic() > deadline:
-                pytest.fail(f"{process.name} did not print {text!r} in {TIMEOUT_S} s")
-            time.sleep(0.2)
-
-    @staticmethod
-    def log(process, tail=6000):
-        with open(process.log_path) as f:
-            return f.read()[-tail:]
-
-    def kill_all(self):
-        for process in self.started:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-@contextlib.contextmanager
-def processes(tmp_path):
-    started = Processes(str(tmp_path))
-    try:
-        yield started
-    finally:
-        started.kill_all()
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def groups(npz):
-    """The .npz the scenario script wrote, by group: a list of arrays where
-    the keys are "group:0", "group:1", ..., else a dict by name."""
-    result = {}
-    for key in npz.files:
-        group, name = key.split(":", 1)
-        result.setdefault(group, {})[name] = npz[key]
-    return {
-        group: [named[str(i)] for i in range(len(named))]
-        if all(k.isdigit() for k in named)
-        else named
-        for group, named in result.items()
-    }
 
 
 def assert_close(actual, expected):
@@ -132,28 +49,8 @@ def assert_trained(weights, initial):
     assert np.max(np.abs(weights[0] - initial[0])) > 1e-3
 
 
-@pytest.fixture(scope="module")
-def mirrored_results(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("mirrored")
-    out = tmp_path / "mirrored.npz"
-    with processes(tmp_path) as run:
-        run.wait(
-            [
-                run.start(
-                    "mirrored",
-                    "mirrored",
-                    "--out",
-                    str(out),
-                    "--checkpoint-dir",
-                    str(tmp_path / "ckpt"),
-                )
-            ]
-        )
-    return groups(np.load(out))
-
-
-def test_mirrored_strategy_fit_and_custom_loop_equal_one_device(mirrored_results):
-    result = mirrored_results
+def test_mirrored_strategy_fit_and_custom_loop_equal_one_device(mirrored_scenario_results):
+    result = mirrored_scenario_results
     assert int(result["replicas"]["n"]) == 2
     # The Embedding's gradient reached the sparse op in both loops.
     assert int(result["counts"]["fit_sparse_calls"]) >= 1
@@ -163,10 +60,10 @@ def test_mirrored_strategy_fit_and_custom_loop_equal_one_device(mirrored_results
     assert_close(result["custom_mirrored"], result["custom_single"])
 
 
-def test_mirrored_strategy_checkpoint_manager_resumes_exactly(mirrored_results):
+def test_mirrored_strategy_checkpoint_manager_resumes_exactly(mirrored_scenario_results):
     """Save halfway through distributed training, restore into new objects
     in the strategy, finish: the same weights and accumulators, bit for bit."""
-    result = mirrored_results
+    result = mirrored_scenario_results
     assert (
         len(result["custom_straight"]) == 2 * len(result["initial"]) + 2
     )  # + iterations, learning rate
@@ -176,26 +73,12 @@ def test_mirrored_strategy_checkpoint_manager_resumes_exactly(mirrored_results):
 @pytest.fixture(scope="module")
 def multi_worker_results(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("multi_worker")
-    cluster = json.dumps({"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]})
     outs = [tmp_path / f"worker{task}.npz" for task in range(2)]
-    with processes(tmp_path) as run:
-        workers = [
-            run.start(
-                f"worker{task}",
-                "multi-worker",
-                "--cluster",
-                cluster,
-                "--task",
-                str(task),
-                "--out",
-                str(out),
-            )
-            for task, out in enumerate(outs)
-        ]
-        run.wait(workers)
-    return [groups(np.load(out)) for out in outs]
+    run_multi_worker_cluster(tmp_path, SCRIPT, outs)
+    return [load_groups(out) for out in outs]
 
 
+@pytest.mark.slow
 def test_multi_worker_mirrored_custom_loop_equals_one_process(multi_worker_results):
     worker0, worker1 = multi_worker_results
     assert int(worker0["replicas"]["n"]) == 2
@@ -205,6 +88,7 @@ def test_multi_worker_mirrored_custom_loop_equals_one_process(multi_worker_resul
     assert_close(worker0["worker"], worker0["single"])
 
 
+@pytest.mark.slow
 def test_multi_worker_fit_fails_inside_keras_for_keras_own_optimizer_too(multi_worker_results):
     """Keras 3's fit() cannot run under MultiWorkerMirroredStrategy
     (keras-team/keras#20585): it fails in the trainer's symbolic build,
@@ -222,58 +106,61 @@ def test_multi_worker_fit_fails_inside_keras_for_keras_own_optimizer_too(multi_w
     assert failures["keras"].splitlines()[-6:] == failures["tf_adagrad"].splitlines()[-6:]
 
 
-def start_parameter_server_cluster(run, ps_have_ops=True):
-    worker_ports, ps_ports = free_ports(2), free_ports(2)
-    cluster = json.dumps(
-        {
-            "worker": [f"127.0.0.1:{port}" for port in worker_ports],
-            "ps": [f"127.0.0.1:{port}" for port in ps_ports],
-        }
-    )
-    servers = []
-    for job in ("worker", "ps"):
-        for task in range(2):
-            flags = [] if job == "worker" or ps_have_ops else ["--without-ops"]
-            servers.append(
-                run.start(
-                    f"{job}{task}",
-                    "parameter-server",
-                    "--cluster",
-                    cluster,
-                    "--job",
-                    job,
-                    "--task",
-                    str(task),
-                    *flags,
-                )
+# tf_adagrad's optimizers on parameter servers, each with the prefix of the
+# ops it runs there.
+PARAMETER_SERVER_OPTIMIZERS = {
+    "Adagrad": "TfAdagrad>Apply",
+    "RowwiseAdagrad": "TfAdagrad>RowwiseApply",
+}
+
+
+def run_coordinator(run, cluster, out_dir, checkpoint_dir):
+    """Runs every optimizer's case in one coordinator on `cluster`; returns
+    {optimizer: its .npz by group}."""
+    run.wait(
+        [
+            run.start(
+                "coordinator",
+                SCRIPT,
+                "coordinator",
+                "--cluster",
+                cluster,
+                "--optimizers",
+                ",".join(PARAMETER_SERVER_OPTIMIZERS),
+                "--out-dir",
+                str(out_dir),
+                "--checkpoint-dir",
+                str(checkpoint_dir),
             )
-    for server in servers:
-        run.wait_for_line(server, "serving")
-    return cluster
+        ]
+    )
+    return {
+        name: load_groups(os.path.join(out_dir, f"{name}.npz"))
+        for name in PARAMETER_SERVER_OPTIMIZERS
+    }
 
 
-@pytest.mark.parametrize("optimizer", ["Adagrad", "RowwiseAdagrad"])
-def test_parameter_server_strategy_sharded_table_equals_one_process(tmp_path, optimizer):
-    out = tmp_path / "coordinator.npz"
+@pytest.fixture(scope="module")
+def parameter_server_results(parameter_server_cluster, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("parameter_server")
     with processes(tmp_path) as run:
-        cluster = start_parameter_server_cluster(run)
-        run.wait(
-            [
-                run.start(
-                    "coordinator",
-                    "coordinator",
-                    "--cluster",
-                    cluster,
-                    "--out",
-                    str(out),
-                    "--checkpoint-dir",
-                    str(tmp_path / "ckpt"),
-                    "--optimizer",
-                    optimizer,
-                )
-            ]
-        )
-    result = groups(np.load(out))
+        return run_coordinator(run, parameter_server_cluster, tmp_path, tmp_path / "ckpt")
+
+
+def trained(results, optimizer):
+    """One optimizer's results; fails the test with the traceback if it raised."""
+    result = results[optimizer]
+    if "error" in result:
+        pytest.fail(f"{optimizer} raised in the coordinator:\n{result['error']['traceback']}")
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", sorted(PARAMETER_SERVER_OPTIMIZERS))
+def test_parameter_server_strategy_sharded_table_equals_one_process(
+    parameter_server_results, optimizer
+):
+    result = trained(parameter_server_results, optimizer)
     placement = json.loads(str(result["placement"]["json"]))
     assert placement["table_is_sharded"] and placement["accumulator_is_sharded"]
     # One shard per parameter server; each accumulator shard beside its table shard.
@@ -294,29 +181,27 @@ def test_parameter_server_strategy_sharded_table_equals_one_process(tmp_path, op
     )
 
 
-@pytest.mark.parametrize(
-    "optimizer, op", [("Adagrad", "TfAdagrad>Apply"), ("RowwiseAdagrad", "TfAdagrad>RowwiseApply")]
-)
-def test_parameter_server_strategy_updates_run_on_the_parameter_servers(tmp_path, optimizer, op):
+@pytest.fixture(scope="module")
+def results_without_ops_on_parameter_servers(tmp_path_factory):
+    """A cluster of its own, whose parameter servers lack the op library
+    (the workers load it), and one coordinator running every optimizer's
+    case there."""
+    tmp_path = tmp_path_factory.mktemp("parameter_servers_without_ops")
+    with processes(tmp_path) as run:
+        cluster = start_parameter_server_cluster(run, ps_have_ops=False)
+        return run_coordinator(run, cluster, tmp_path, tmp_path / "ckpt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", sorted(PARAMETER_SERVER_OPTIMIZERS))
+def test_parameter_server_strategy_updates_run_on_the_parameter_servers(
+    results_without_ops_on_parameter_servers, optimizer
+):
     """With the op library loaded by the workers but not by the parameter
     servers, training fails on the missing op: the update runs where the
     shards live."""
-    with processes(tmp_path) as run:
-        cluster = start_parameter_server_cluster(run, ps_have_ops=False)
-        coordinator = run.start(
-            "coordinator",
-            "coordinator",
-            "--cluster",
-            cluster,
-            "--out",
-            str(tmp_path / "unused.npz"),
-            "--checkpoint-dir",
-            str(tmp_path / "ckpt"),
-            "--optimizer",
-            optimizer,
-        )
-        run.wait([coordinator], expect_success=False)
-        log = run.log(coordinator, tail=20000)
-    assert coordinator.returncode != 0
-    assert f"Op type not registered '{op}" in log, log
-    assert "from remote target /job:ps/" in log, log
+    result = results_without_ops_on_parameter_servers[optimizer]
+    assert "error" in result, "training ran on parameter servers without the op library"
+    failure = str(result["error"]["traceback"])
+    assert f"Op type not registered '{PARAMETER_SERVER_OPTIMIZERS[optimizer]}" in failure, failure
+    assert "from remote target /job:ps/" in failure, failure

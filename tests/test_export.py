@@ -1,7 +1,9 @@
-"""SavedModel export, each side in a fresh process (tests/support/export_model.py):
-a training step exported with tf_adagrad.Adagrad or RowwiseAdagrad reloads, after
-`import tf_adagrad`, with `tf.saved_model.load` and trains the same, bit for
-bit; an inference export needs no tf_adagrad."""
+"""SavedModel export, each side in a fresh process (tests/support/export_model.py),
+which handles both optimizers: a training step exported with tf_adagrad.Adagrad
+or RowwiseAdagrad reloads, after `import tf_adagrad`, with `tf.saved_model.load`
+and trains the same, bit for bit; an inference export needs no tf_adagrad.
+The fast lane runs the save and reload sides; the other checks, a process
+each, are marked slow."""
 
 import os
 import subprocess
@@ -27,30 +29,70 @@ def run(*args, expect_rc=0):
     return result.stdout
 
 
-@pytest.fixture(scope="module", params=sorted(OPS))
-def exported(request, tmp_path_factory):
-    """(directory, the save side's results, the optimizer's name)."""
+# Each scenario runs once, in one process for both optimizers, each in its
+# directory under the module's.
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    """The save side's directory; `export_dir / OPTIMIZER` holds each
+    optimizer's exports and expected.npz, its results."""
     directory = tmp_path_factory.mktemp("export")
-    run(
-        "save",
-        "--dir",
-        str(directory),
-        "--out",
-        str(directory / "expected.npz"),
-        "--optimizer",
-        request.param,
+    run("save", "--dir", str(directory), "--optimizers", ",".join(OPS))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def loaded_dir(export_dir):
+    """After the load side ran: each optimizer's loaded.npz."""
+    run("load", "--dir", str(export_dir), "--optimizers", ",".join(OPS))
+    return export_dir
+
+
+@pytest.fixture(scope="module")
+def plain_load_output(export_dir):
+    return run("load-plain", "--dir", str(export_dir), "--optimizers", ",".join(OPS), expect_rc=3)
+
+
+@pytest.fixture(scope="module")
+def served_dir(export_dir):
+    """After the inference exports served: each optimizer's served.npz."""
+    run("serve", "--dir", str(export_dir), "--optimizers", ",".join(OPS))
+    return export_dir
+
+
+@pytest.fixture(scope="module")
+def signatures_after_import_tf_adagrad(export_dir):
+    """{optimizer: its train module's signatures} as a fresh process that
+    imports tf_adagrad and nothing else of it sees them."""
+    script = (
+        "import sys\n"
+        "import tensorflow as tf\n"
+        "import tf_adagrad\n"
+        "for directory in sys.argv[1:]:\n"
+        "    loaded = tf.saved_model.load(directory)\n"
+        "    print(directory, sorted(loaded.signatures))\n"
     )
-    return directory, np.load(directory / "expected.npz"), request.param
+    directories = {name: str(export_dir / name / TRAIN_DIR) for name in OPS}
+    result = subprocess.run(
+        [sys.executable, "-c", script, *directories.values()],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
+    return {name: printed.get(directory) for name, directory in directories.items()}
 
 
 def by_prefix(npz, prefix):
     return {k.split(":", 1)[1]: npz[k] for k in npz.files if k.startswith(prefix + ":")}
 
 
-def test_train_step_reloads_in_a_fresh_process_and_trains_the_same(exported):
-    directory, expected, _ = exported
-    run("load", "--dir", str(directory), "--out", str(directory / "loaded.npz"))
-    loaded = np.load(directory / "loaded.npz")
+@pytest.mark.parametrize("optimizer", sorted(OPS))
+def test_train_step_reloads_in_a_fresh_process_and_trains_the_same(loaded_dir, optimizer):
+    expected = np.load(loaded_dir / optimizer / "expected.npz")
+    loaded = np.load(loaded_dir / optimizer / "loaded.npz")
     before, after = by_prefix(loaded, "before"), by_prefix(loaded, "after")
     # Model weights, iterations, learning rate and accumulators all travel.
     assert len(after) == 12 and after.keys() == by_prefix(expected, "after").keys()
@@ -64,44 +106,38 @@ def test_train_step_reloads_in_a_fresh_process_and_trains_the_same(exported):
     assert int(after["v005"]) == int(before["v005"]) + 1
 
 
-def test_import_tf_adagrad_is_all_loading_a_train_step_needs(exported):
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", sorted(OPS))
+def test_import_tf_adagrad_is_all_loading_a_train_step_needs(
+    signatures_after_import_tf_adagrad, optimizer
+):
     """A fresh process that imports tf_adagrad and nothing else of it: the
     import registers the ops, so plain `tf.saved_model.load` finds them."""
-    directory, _, _ = exported
-    script = (
-        "import sys\n"
-        "import tensorflow as tf\n"
-        "import tf_adagrad\n"
-        "loaded = tf.saved_model.load(sys.argv[1])\n"
-        "print(sorted(loaded.signatures))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(directory / TRAIN_DIR)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1] == "['state', 'train_step']"
+    assert signatures_after_import_tf_adagrad[optimizer] == "['state', 'train_step']"
 
 
-def test_loading_a_train_step_without_tf_adagrad_names_the_missing_op(exported):
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", sorted(OPS))
+def test_loading_a_train_step_without_tf_adagrad_names_the_missing_op(plain_load_output, optimizer):
     """No code of ours runs in a process that has not imported tf_adagrad,
     so the message is TensorFlow's; it names the op, and README's Export
     section gives this text with the fix (`import tf_adagrad` first)."""
-    directory, _, optimizer = exported
-    output = run("load-plain", "--dir", str(directory), expect_rc=3)
     op_prefix = OPS[optimizer][0]
-    assert f"LOAD FAILED: RuntimeError: Op type not registered '{op_prefix}" in output
+    assert (
+        f"{optimizer}: LOAD FAILED: RuntimeError: Op type not registered '{op_prefix}"
+        in plain_load_output
+    )
 
 
-def test_inference_export_has_no_custom_op_and_serves_without_tf_adagrad(exported):
-    directory, expected, optimizer = exported
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", sorted(OPS))
+def test_inference_export_has_no_custom_op_and_serves_without_tf_adagrad(served_dir, optimizer):
+    directory = served_dir / optimizer
+    expected = np.load(directory / "expected.npz")
     with open(directory / INFERENCE_DIR / "saved_model.pb", "rb") as f:
         assert b"TfAdagrad" not in f.read()
     with open(directory / TRAIN_DIR / "saved_model.pb", "rb") as f:
         assert OPS[optimizer][1].encode() in f.read()  # the check above can fail
-    run("serve", "--dir", str(directory), "--out", str(directory / "served.npz"))
     served = np.load(directory / "served.npz")
     assert not served["tf_adagrad_imported"]
     np.testing.assert_allclose(served["predictions"], expected["predictions"], rtol=1e-6, atol=1e-7)

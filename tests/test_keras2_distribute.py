@@ -1,130 +1,69 @@
 """tf_adagrad's tf_keras optimizers (`tf_adagrad.keras2.Adagrad`,
-`tf_adagrad.keras2.legacy.Adagrad`) in tf_keras' `fit()` under tf.distribute,
-each cluster on 127.0.0.1 in processes of its own with `TF_USE_LEGACY_KERAS=1`
-(tests/support/keras2_distributed.py).
+`tf_adagrad.keras2.legacy.Adagrad`, and under MirroredStrategy and
+ParameterServerStrategy their `RowwiseAdagrad`s) in tf_keras' `fit()` under
+tf.distribute, each cluster on 127.0.0.1 in processes of its own with
+`TF_USE_LEGACY_KERAS=1` (tests/support/keras2_distributed.py).
 
 Each strategy's fit() is compared with fit() in one process on one device,
-from the same initial weights on the same global batches, and with the
-tf_keras optimizer it replaces in the same strategy. The traced train
-function shows which ops updated the variables, and on which devices.
+from the same initial weights on the same global batches, and, for the
+Adagrads, with the tf_keras optimizer each replaces in the same strategy
+(rowwise Adagrad has none in tf_keras). The traced train function shows
+which ops updated the variables, and on which devices.
 
-Every process a test starts is killed when the test ends, pass or fail.
+The ParameterServerStrategy cluster is the session's (the
+`parameter_server_cluster` fixture of conftest.py, which
+tests/test_distribute.py's coordinator uses too). Every process is killed
+when the fixture that started it ends, pass or fail. The clusters' tests are
+marked slow (`make test-fast` runs the MirroredStrategy ones only).
 """
 
-import contextlib
-import json
 import os
 import pickle
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
+from support.processes import case_result, run_multi_worker_cluster, run_to_completion
+
 SCRIPT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "support", "keras2_distributed.py"
 )
-TIMEOUT_S = 300
 # Float tolerance for distributed against one-device training: the replicas'
 # gradients are summed in another order.
 RTOL, ATOL = 1e-5, 1e-7
-# tf_adagrad's classes, each with the tf_keras class it replaces.
+# tf_adagrad's Adagrad classes, each with the tf_keras class it replaces.
 PEERS = {"tf_adagrad.keras2": "tf_keras", "tf_adagrad.keras2.legacy": "tf_keras.legacy"}
-OPTIMIZERS = ",".join([*PEERS, *PEERS.values()])
-# The update ops a step of tf_adagrad's optimizers may trace; the
-# AssignAddVariableOp counts the iterations.
-FUSED_OP_TYPES = {"TfAdagrad>ApplyDense", "TfAdagrad>ApplySparse"}
-ALLOWED_OP_TYPES = FUSED_OP_TYPES | {"AssignAddVariableOp"}
+ROWWISE = ["tf_adagrad.keras2.RowwiseAdagrad", "tf_adagrad.keras2.legacy.RowwiseAdagrad"]
+# The classes a scenario can train with, in the order it trains them (the
+# multi-worker scenario's tests leave the rowwise ones out).
+ALL_OPTIMIZERS = [*PEERS, *ROWWISE, *PEERS.values()]
+# The MirroredStrategy cases of the fast lane (the others are marked slow).
+MIRRORED_IN_FAST_LANE = {"tf_adagrad.keras2", "tf_adagrad.keras2.legacy.RowwiseAdagrad"}
+# The fused ops that update the variables in a step of each of tf_adagrad's
+# classes; besides them, a step may trace an AssignAddVariableOp, which
+# counts the iterations.
+FUSED_OP_TYPES = {
+    **{name: {"TfAdagrad>ApplyDense", "TfAdagrad>ApplySparse"} for name in PEERS},
+    **{name: {"TfAdagrad>RowwiseApplyDense", "TfAdagrad>RowwiseApplySparse"} for name in ROWWISE},
+}
 
 
-class Processes:
-    """Starts scenario processes; logs go to files under `log_dir`."""
-
-    def __init__(self, log_dir):
-        self.log_dir = log_dir
-        self.started = []
-
-    def start(self, name, *args):
-        log_path = os.path.join(self.log_dir, f"{name}.log")
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(
-                [sys.executable, SCRIPT, *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, killed as one
-            )
-        process.name, process.log_path = name, log_path
-        self.started.append(process)
-        return process
-
-    def wait(self, processes):
-        deadline = time.monotonic() + TIMEOUT_S
-        for process in processes:
-            try:
-                process.wait(timeout=max(1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"{process.name} ran over {TIMEOUT_S} s:\n{self.log(process)}")
-            if process.returncode != 0:
-                pytest.fail(
-                    f"{process.name} exited with {process.returncode}:\n{self.log(process)}"
-                )
-
-    def wait_for_line(self, process, text):
-        deadline = time.monotonic() + TIMEOUT_S
-        while text not in self.log(process):
-            if process.poll() is not None:
-                pytest.fail(
-                    f"{process.name} exited with {process.returncode}:\n{self.log(process)}"
-                )
-            if time.monotonic() > deadline:
-                pytest.fail(f"{process.name} did not print {text!r} in {TIMEOUT_S} s")
-            time.sleep(0.2)
-
-    @staticmethod
-    def log(process, tail=6000):
-        with open(process.log_path) as f:
-            return f.read()[-tail:]
-
-    def kill_all(self):
-        for process in self.started:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-@contextlib.contextmanager
-def processes(tmp_path):
-    started = Processes(str(tmp_path))
-    try:
-        yield started
-    finally:
-        started.kill_all()
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+def optimizers_to_train(request, results_fixture):
+    """--optimizers for the scenario behind `results_fixture`: the classes
+    that the session's selected tests of this module that read it are
+    parametrized with, and the tf_keras peers they are compared with."""
+    names = {
+        item.callspec.params["name"]
+        for item in request.session.items
+        if item.path == request.path and results_fixture in getattr(item, "fixturenames", ())
+    }
+    names |= {PEERS[name] for name in names if name in PEERS}
+    return ",".join(name for name in ALL_OPTIMIZERS if name in names)
 
 
 def load(out):
     with open(out, "rb") as f:
         return pickle.load(f)
-
-
-def case(results, name):
-    """One optimizer's result; fails the test with the traceback if it raised."""
-    result = results[name]
-    if "error" in result:
-        pytest.fail(f"{name} raised in the scenario process:\n{result['error']}")
-    return result
 
 
 def assert_close(actual, expected):
@@ -135,42 +74,66 @@ def assert_close(actual, expected):
 
 def assert_fit_matches(results, name, update_devices):
     """tf_adagrad's `name` trained in the strategy as in one process on one
-    device and as its tf_keras peer in the same strategy, with the fused ops
-    alone updating the variables, on each of `update_devices`."""
-    result = case(results, name)
+    device and as its tf_keras peer, if it has one, in the same strategy,
+    with its fused ops alone updating the variables, on each of
+    `update_devices`."""
+    result = case_result(results, name)
     distributed = result["distributed"]
     # The Embedding table moved: the run did train.
     assert np.max(np.abs(distributed["weights"][0] - result["initial"][0])) > 1e-3
     assert_close(distributed["weights"], result["one_device"]["weights"])
     assert_close(distributed["accumulators"], result["one_device"]["accumulators"])
-    peer = case(results, PEERS[name])["distributed"]
-    assert_close(distributed["weights"], peer["weights"])
-    assert_close(distributed["accumulators"], peer["accumulators"])
+    if name in PEERS:
+        peer = case_result(results, PEERS[name])["distributed"]
+        assert_close(distributed["weights"], peer["weights"])
+        assert_close(distributed["accumulators"], peer["accumulators"])
+    else:
+        # One accumulator value per row of each weight (a bias is one row
+        # per element), each shard's rows together.
+        assert [a.shape for a in distributed["accumulators"]] == [
+            w.shape[:1] for w in distributed["weights"]
+        ]
 
     update_ops = distributed["update_ops"]
-    assert {op for op, _ in update_ops} <= ALLOWED_OP_TYPES, update_ops
+    assert {op for op, _ in update_ops} <= FUSED_OP_TYPES[name] | {"AssignAddVariableOp"}, (
+        update_ops
+    )
     # The Embedding's gradient reached the sparse op, the Dense layers' the
     # dense one, on every device that holds a copy or a shard.
-    for op_type in FUSED_OP_TYPES:
+    for op_type in FUSED_OP_TYPES[name]:
         assert {device for op, device in update_ops if op == op_type} == set(update_devices), (
             update_ops
         )
 
 
 @pytest.fixture(scope="module")
-def mirrored_results(tmp_path_factory):
+def mirrored_results(request, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("keras2_mirrored")
     out = tmp_path / "mirrored.pkl"
-    with processes(tmp_path) as run:
-        run.wait([run.start("mirrored", "mirrored", "--optimizers", OPTIMIZERS, "--out", str(out))])
+    run_to_completion(
+        tmp_path,
+        "mirrored",
+        SCRIPT,
+        "mirrored",
+        "--optimizers",
+        optimizers_to_train(request, "mirrored_results"),
+        "--out",
+        str(out),
+    )
     return load(out)
 
 
-@pytest.mark.parametrize("name", sorted(PEERS))
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=[] if name in MIRRORED_IN_FAST_LANE else [pytest.mark.slow])
+        for name in sorted(PEERS) + ROWWISE
+    ],
+)
 def test_mirrored_strategy_fit_equals_one_device(mirrored_results, name):
     """MirroredStrategy over 2 logical CPUs, each global batch split between
     the replicas; each replica's copy updated by the fused ops."""
-    assert case(mirrored_results, name)["distributed"]["replicas"] == 2
+    assert case_result(mirrored_results, name)["distributed"]["replicas"] == 2
     assert_fit_matches(
         mirrored_results,
         name,
@@ -179,97 +142,56 @@ def test_mirrored_strategy_fit_equals_one_device(mirrored_results, name):
 
 
 @pytest.fixture(scope="module")
-def multi_worker_results(tmp_path_factory):
+def multi_worker_results(request, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("keras2_multi_worker")
-    cluster = json.dumps({"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]})
     outs = [tmp_path / f"worker{task}.pkl" for task in range(2)]
-    with processes(tmp_path) as run:
-        run.wait(
-            [
-                run.start(
-                    f"worker{task}",
-                    "multi-worker",
-                    "--optimizers",
-                    OPTIMIZERS,
-                    "--cluster",
-                    cluster,
-                    "--task",
-                    str(task),
-                    "--out",
-                    str(out),
-                )
-                for task, out in enumerate(outs)
-            ]
-        )
+    optimizers = optimizers_to_train(request, "multi_worker_results")
+    run_multi_worker_cluster(tmp_path, SCRIPT, outs, "--optimizers", optimizers)
     return [load(out) for out in outs]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PEERS))
 def test_multi_worker_mirrored_strategy_fit_equals_one_process(multi_worker_results, name):
     """MultiWorkerMirroredStrategy over 2 worker processes, each feeding its
     half of every global batch; worker 0 also trained the reference."""
     worker0, worker1 = multi_worker_results
-    assert case(worker0, name)["distributed"]["replicas"] == 2
+    assert case_result(worker0, name)["distributed"]["replicas"] == 2
     assert_fit_matches(worker0, name, ["/job:worker/replica:0/task:0/device:CPU:0"])
     # Worker 1 updated its own copy, to the same values, bit for bit.
-    copy = case(worker1, name)["distributed"]
-    own = case(worker0, name)["distributed"]
+    copy = case_result(worker1, name)["distributed"]
+    own = case_result(worker0, name)["distributed"]
     for a, b in zip(copy["weights"] + copy["accumulators"], own["weights"] + own["accumulators"]):
         assert a.tobytes() == b.tobytes()
-    assert {device for _, device in copy["update_ops"] if _ in FUSED_OP_TYPES} == {
+    assert {device for op, device in copy["update_ops"] if op in FUSED_OP_TYPES[name]} == {
         "/job:worker/replica:0/task:1/device:CPU:0"
     }
 
 
 @pytest.fixture(scope="module")
-def parameter_server_results(tmp_path_factory):
+def parameter_server_results(request, parameter_server_cluster, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("keras2_parameter_server")
-    worker_ports, ps_ports = free_ports(2), free_ports(2)
-    cluster = json.dumps(
-        {
-            "worker": [f"127.0.0.1:{port}" for port in worker_ports],
-            "ps": [f"127.0.0.1:{port}" for port in ps_ports],
-        }
-    )
     out = tmp_path / "coordinator.pkl"
-    with processes(tmp_path) as run:
-        servers = [
-            run.start(
-                f"{job}{task}",
-                "server",
-                "--cluster",
-                cluster,
-                "--job",
-                job,
-                "--task",
-                str(task),
-            )
-            for job in ("worker", "ps")
-            for task in range(2)
-        ]
-        for server in servers:
-            run.wait_for_line(server, "serving")
-        run.wait(
-            [
-                run.start(
-                    "coordinator",
-                    "coordinator",
-                    "--optimizers",
-                    OPTIMIZERS,
-                    "--cluster",
-                    cluster,
-                    "--out",
-                    str(out),
-                )
-            ]
-        )
+    run_to_completion(
+        tmp_path,
+        "coordinator",
+        SCRIPT,
+        "coordinator",
+        "--optimizers",
+        optimizers_to_train(request, "parameter_server_results"),
+        "--cluster",
+        parameter_server_cluster,
+        "--out",
+        str(out),
+    )
     return load(out)
 
 
 PARAMETER_SERVERS = [f"/job:ps/replica:0/task:{task}/device:CPU:0" for task in range(2)]
 
 
-@pytest.mark.parametrize("name", sorted(PEERS))
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PEERS) + ROWWISE)
 def test_parameter_server_strategy_fit_equals_one_process(parameter_server_results, name):
     """ParameterServerStrategy, 2 workers and 2 parameter servers, the
     variables split in 2 shards: the fused ops ran on both parameter
@@ -278,11 +200,12 @@ def test_parameter_server_strategy_fit_equals_one_process(parameter_server_resul
     assert_fit_matches(parameter_server_results, name, PARAMETER_SERVERS)
 
 
-@pytest.mark.parametrize("name", sorted(PEERS))
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PEERS) + ROWWISE)
 def test_parameter_server_strategy_accumulator_shards_beside_variable_shards(
     parameter_server_results, name
 ):
-    placement = case(parameter_server_results, name)["distributed"]["placement"]
+    placement = case_result(parameter_server_results, name)["distributed"]["placement"]
     table = placement[0]
     # One shard of the Embedding table per parameter server.
     assert sorted(shard["variable"] for shard in table) == PARAMETER_SERVERS

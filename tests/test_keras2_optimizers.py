@@ -4,14 +4,13 @@ the fused step's ops, XLA, configuration, saved models and checkpoints.
 
 `tf.keras` is tf_keras only when TF_USE_LEGACY_KERAS=1 is set before
 TensorFlow is imported, so the tf_keras work runs in child processes
-(tests/support/keras2_cases.py): one runs every case and saves models, a
-second loads them with nothing but `import tf_adagrad`. Each test checks
+(tests/support/keras2_cases.py; conftest.py's session fixtures start them):
+one runs every case, tests/test_keras2_rowwise.py's too, and saves models,
+a second loads them with nothing but `import tf_adagrad`. Each test checks
 the results of its own case.
 """
 
 import json
-import os
-import pickle
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "keras2_cases.py")
+from support.adagrad_reference import bits
+from support.processes import case_result
+
 KINDS = ["keras2", "legacy"]
 GRADIENTS = ["dense", "sparse"]
 # The classes' registered names in tf_keras' serialization.
@@ -39,46 +40,6 @@ THEIR_TYPES = {
 # As in tests/support/keras2_cases.py.
 LEARNING_RATE, EPSILON, INITIAL_ACCUMULATOR_VALUE = 0.1, 1e-7, 0.1
 NUM_ROWS = 40
-
-
-def run_group(group, work_dir):
-    out = os.path.join(work_dir, f"{group}.pkl")
-    completed = subprocess.run(
-        [sys.executable, SCRIPT, group, str(work_dir), out],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert completed.returncode == 0, completed.stderr[-6000:]
-    with open(out, "rb") as f:
-        return pickle.load(f)
-
-
-@pytest.fixture(scope="module")
-def work_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("keras2")
-
-
-@pytest.fixture(scope="module")
-def train_results(work_dir):
-    return run_group("train", work_dir)
-
-
-@pytest.fixture(scope="module")
-def load_results(train_results, work_dir):
-    return run_group("load", work_dir)
-
-
-def case(results, name):
-    result = results[name]
-    if isinstance(result, dict) and "error" in result:
-        pytest.fail(f"case {name} raised in the child process:\n{result['error']}")
-    return result
-
-
-def bits(array):
-    array = np.asarray(array)
-    return array.view(f"u{array.dtype.itemsize}")
 
 
 def max_ulp_difference(a, b):
@@ -105,6 +66,7 @@ def assert_same_state(ours, theirs):
 # -- Importing ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # a fresh process of its own
 def test_import_error_without_tf_keras():
     """Without tf_keras, `import tf_adagrad` works, and `import
     tf_adagrad.keras2` or `tf_adagrad.keras2.Adagrad` says what to install
@@ -142,60 +104,68 @@ def test_import_error_without_tf_keras():
     assert outcome["attribute_error"] == outcome["error"]
 
 
-def test_child_tf_keras_is_tf_keras(train_results):
-    result = case(train_results, "tf_keras_is_tf_keras")
+@pytest.mark.keras2_cases("tf_keras_is_tf_keras")
+def test_child_tf_keras_is_tf_keras(keras2_train_results):
+    result = case_result(keras2_train_results, "tf_keras_is_tf_keras")
     assert result["tf.keras"].startswith("tf_keras"), result
 
 
 # -- Parity with the counterparts (float32) ---------------------------------
 
 
+@pytest.mark.keras2_cases("parity/")
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_bit_identical_to_counterpart_eagerly(train_results, kind, gradient):
+def test_bit_identical_to_counterpart_eagerly(keras2_train_results, kind, gradient):
     """Five steps; the sparse gradients name rows more than once."""
-    result = case(train_results, f"parity/{kind}/{gradient}")
+    result = case_result(keras2_train_results, f"parity/{kind}/{gradient}")
     assert_same_state(result["ours"], result["theirs"])
 
 
+@pytest.mark.keras2_cases("parity_graph/")
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_bit_identical_to_counterpart_in_tf_function(train_results, kind, gradient):
+def test_bit_identical_to_counterpart_in_tf_function(keras2_train_results, kind, gradient):
     """keras2: with Grappler's arithmetic rewrite off, which otherwise turns
     tf_keras' own division by sqrt into a multiply by rsqrt (see
     test_keras2_default_graph_fit_differs_by_grappler_rewrite_only); legacy:
     as is, tf_keras' legacy Adagrad runs TensorFlow's fused op."""
-    result = case(train_results, f"parity_graph/{kind}/{gradient}")
+    result = case_result(keras2_train_results, f"parity_graph/{kind}/{gradient}")
     assert_same_state(result["ours"], result["theirs"])
 
 
+@pytest.mark.keras2_cases("features/")
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_base_class_features_are_kept(train_results, kind, gradient):
+def test_base_class_features_are_kept(keras2_train_results, kind, gradient):
     """keras2: global clipnorm, weight decay and EMA (overwriting every 2
     steps); legacy: clipnorm and learning rate decay; all from the base."""
-    result = case(train_results, f"features/{kind}/{gradient}")
+    result = case_result(keras2_train_results, f"features/{kind}/{gradient}")
     assert_same_state(result["ours"], result["theirs"])
 
 
+@pytest.mark.slow
+@pytest.mark.keras2_cases("fit/")
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_fit_through_tf_keras_compile(train_results, kind, gradient):
+def test_fit_through_tf_keras_compile(keras2_train_results, kind, gradient):
     """`tf.keras.Model.compile(optimizer=...)` takes the classes, and fit()
     trains exactly as with the counterpart (keras2: Grappler rewrite off)."""
-    result = case(train_results, f"fit/{kind}/{gradient}")
+    result = case_result(keras2_train_results, f"fit/{kind}/{gradient}")
     ours, theirs = result["ours"], result["theirs"]
     assert ours["loss"] == theirs["loss"]
     assert ours["loss"][-1] < ours["loss"][0]
     assert_same_state(ours, theirs)
 
 
-def test_keras2_default_graph_fit_differs_by_grappler_rewrite_only(train_results):
+@pytest.mark.slow
+@pytest.mark.keras2_cases("fit_default_grappler/")
+def test_keras2_default_graph_fit_differs_by_grappler_rewrite_only(keras2_train_results):
     """With Grappler's default rewrites, tf_keras' Adagrad computes `lr * g
     * rsqrt(a + eps)` in fit(), tf_adagrad the formula as written: single
     updates differ by an ulp, which 12 steps of training carry into the
     weights. Bit-identical with the rewrite off (above)."""
-    result = case(train_results, "fit_default_grappler/keras2")
+    result = case_result(keras2_train_results, "fit_default_grappler/keras2")
     for key in ("weights", "accumulators"):
         for ours, theirs in zip(result["ours"][key], result["theirs"][key]):
             np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
@@ -244,11 +214,12 @@ def reference_steps(kind, gradient, dtype, initial, gradients):
     return variables, accumulators
 
 
+@pytest.mark.keras2_cases("dtype/")
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_dtype_matches_numpy_reference(train_results, kind, gradient, dtype):
-    result = case(train_results, f"dtype/{kind}/{gradient}/{dtype}")
+def test_dtype_matches_numpy_reference(keras2_train_results, kind, gradient, dtype):
+    result = case_result(keras2_train_results, f"dtype/{kind}/{gradient}/{dtype}")
     variables, accumulators = reference_steps(
         kind, gradient, dtype, result["initial"], result["gradients"]
     )
@@ -265,12 +236,13 @@ def test_dtype_matches_numpy_reference(train_results, kind, gradient, dtype):
 # -- One fused op per device and dtype --------------------------------------
 
 
+@pytest.mark.keras2_cases("op_counts/")
 @pytest.mark.parametrize("kind", KINDS)
-def test_step_runs_fused_ops(train_results, kind):
+def test_step_runs_fused_ops(keras2_train_results, kind):
     """5 float32 and 2 float64 dense variables and a sparse gradient with a
     repeated index: one MultiApplyDense per dtype, one ApplySparse, and no
     deduplication (the sparse kernel sums repeated rows itself)."""
-    counts = case(train_results, f"op_counts/{kind}")
+    counts = case_result(keras2_train_results, f"op_counts/{kind}")
     assert counts.get("TfAdagrad>MultiApplyDense") == 2, counts
     assert counts.get("TfAdagrad>ApplySparse") == 1, counts
     for op_type in (
@@ -287,27 +259,31 @@ def test_step_runs_fused_ops(train_results, kind):
 # -- XLA ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.keras2_cases("xla_step/")
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_xla_fallback_matches_fused_ops(train_results, kind, gradient):
+def test_xla_fallback_matches_fused_ops(keras2_train_results, kind, gradient):
     """apply_gradients in tf.function(jit_compile=True), which cannot run
     the fused ops, against eager steps on them, 3 steps. Values are of
     order 1; XLA's CPU code contracts `a + g * g` into a fused multiply-add
     and rewrites the division by sqrt into a multiply by rsqrt, so results
     may move by a few float32 ulps of 1 (measured: up to 8)."""
-    result = case(train_results, f"xla_step/{kind}/{gradient}")
+    result = case_result(keras2_train_results, f"xla_step/{kind}/{gradient}")
     for key in ("variables", "accumulators"):
         for xla, fused in zip(result["xla"][key], result["fused"][key]):
             np.testing.assert_allclose(xla, fused, rtol=0, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
+@pytest.mark.keras2_cases("xla_fit/")
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_fit_with_jit_compile(train_results, kind, gradient):
+def test_fit_with_jit_compile(keras2_train_results, kind, gradient):
     """model.compile(jit_compile=True): the whole train step is compiled by
     XLA (it would fail on a fused op), and trains as the fused ops do up to
     XLA's own rounding of the model and the update."""
-    result = case(train_results, f"xla_fit/{kind}/{gradient}")
+    result = case_result(keras2_train_results, f"xla_fit/{kind}/{gradient}")
     xla, fused = result["xla"], result["fused"]
     np.testing.assert_allclose(xla["loss"], fused["loss"], rtol=1e-5)
     for key in ("weights", "accumulators"):
@@ -318,10 +294,11 @@ def test_fit_with_jit_compile(train_results, kind, gradient):
 # -- Configuration and serialization ----------------------------------------
 
 
+@pytest.mark.keras2_cases("configs")
 @pytest.mark.parametrize("label", ["plain", "schedule"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_config_round_trip(train_results, kind, label):
-    result = case(train_results, "configs")[f"{kind}/{label}"]
+def test_config_round_trip(keras2_train_results, kind, label):
+    result = case_result(keras2_train_results, "configs")[f"{kind}/{label}"]
     assert result["config"] == result["theirs_config"]  # a drop-in's config
     assert result["from_config_type"] == OUR_TYPES[kind]
     assert result["from_config_config"] == result["config"]
@@ -330,16 +307,20 @@ def test_config_round_trip(train_results, kind, label):
     assert result["deserialized_config"] == result["config"]
 
 
+@pytest.mark.slow
+@pytest.mark.keras2_cases("save_models")
 @pytest.mark.parametrize("save_format", ["keras", "tf"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_saved_model_loads_after_import_tf_adagrad(train_results, load_results, kind, save_format):
+def test_saved_model_loads_after_import_tf_adagrad(
+    keras2_train_results, keras2_load_results, kind, save_format
+):
     """A .keras file and a SavedModel of a compiled, trained Embedding model
     load with tf_keras.models.load_model in a process that imported only
     tf_adagrad: the optimizer is ours, with its configuration, and the
     weights and accumulators are the saved ones (a SavedModel's optimizer
     state read back with `model.load_weights`, as for tf_keras' own)."""
-    saved = case(train_results, "save_models")[f"{kind}/{save_format}"]
-    loaded = case(load_results, "load_models")[f"{kind}/{save_format}"]
+    saved = case_result(keras2_train_results, "save_models")[f"{kind}/{save_format}"]
+    loaded = case_result(keras2_load_results, "load_models")[f"{kind}/{save_format}"]
     assert loaded["type"] == OUR_TYPES[kind]
     assert loaded["config"] == saved["config"]
     assert_bit_identical(loaded["weights"], saved["weights"], "weights")
@@ -350,10 +331,12 @@ def test_saved_model_loads_after_import_tf_adagrad(train_results, load_results, 
     assert_bit_identical(loaded["accumulators"], saved["accumulators"], "accumulators")
 
 
+@pytest.mark.slow
+@pytest.mark.keras2_cases("checkpoint/")
 @pytest.mark.parametrize("writer", ["ours", "theirs"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_checkpoint_restores_into_the_other_class(train_results, kind, writer):
-    result = case(train_results, f"checkpoint/{kind}/{writer}_to_other")
+def test_checkpoint_restores_into_the_other_class(keras2_train_results, kind, writer):
+    result = case_result(keras2_train_results, f"checkpoint/{kind}/{writer}_to_other")
     reader_types = THEIR_TYPES if writer == "ours" else OUR_TYPES
     assert result["read_type"] == reader_types[kind]
     assert_bit_identical(result["read_weights"], result["written"]["weights"], "weights")
@@ -365,21 +348,23 @@ def test_checkpoint_restores_into_the_other_class(train_results, kind, writer):
 # -- Bad input ---------------------------------------------------------------
 
 
+@pytest.mark.keras2_cases("bad_input")
 @pytest.mark.parametrize("argument", ["epsilon", "initial_accumulator_value"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_negative_hyperparameter_is_rejected(train_results, kind, argument):
+def test_negative_hyperparameter_is_rejected(keras2_train_results, kind, argument):
     """A negative epsilon or initial accumulator makes the square root or
     its sum NaN or zero; legacy tf_keras rejects the latter too."""
-    outcomes = case(train_results, "bad_input")
+    outcomes = case_result(keras2_train_results, "bad_input")
     assert outcomes[f"{kind}/ours/{argument}"] == (
         "ValueError",
         f"{argument} must be a real number >= 0, received: -0.5 (float)",
     )
 
 
+@pytest.mark.keras2_cases("bad_input")
 @pytest.mark.parametrize("kind", KINDS)
-def test_integer_variable_is_rejected_by_name(train_results, kind):
-    outcomes = case(train_results, "bad_input")
+def test_integer_variable_is_rejected_by_name(keras2_train_results, kind):
+    outcomes = case_result(keras2_train_results, "bad_input")
     class_name = (
         "tf_adagrad.keras2.Adagrad" if kind == "keras2" else "tf_adagrad.keras2.legacy.Adagrad"
     )

@@ -8,7 +8,6 @@ import tensorflow as tf
 
 import tf_adagrad
 from support.adagrad_reference import bits
-from support.out_of_range_cases import run_cases
 
 DENSE = "TfAdagrad>ApplyDense"
 SPARSE = "TfAdagrad>ApplySparse"
@@ -141,6 +140,7 @@ def test_rejection_leaves_variables_untouched(case):
 
 # Out-of-range indices run in child processes (tests/support/out_of_range_cases.py):
 # a kernel without its index check could crash the process, and pytest with it.
+# conftest.py's out_of_range_outcomes runs every case once for the session.
 OUT_OF_RANGE_REJECTIONS = {
     "sparse-index-too-large": rf"{SPARSE}: expected every index in \[0, 5\) "
     rf"\(the first dimension of `var`\), got indices\[2\] = 5; nothing was updated",
@@ -150,12 +150,6 @@ OUT_OF_RANGE_REJECTIONS = {
     rf".*got indices\[1\] = 9223372036854775807",
     "sparse-index-int64-min": rf"{SPARSE}: .*got indices\[0\] = -9223372036854775808",
 }
-OTHER_OUT_OF_RANGE_CASES = ["after-valid-indices", "empty-table"]
-
-
-@pytest.fixture(scope="module")
-def out_of_range_outcomes():
-    return run_cases([*OUT_OF_RANGE_REJECTIONS, *OTHER_OUT_OF_RANGE_CASES])
 
 
 def assert_rejected_untouched(outcome, message):

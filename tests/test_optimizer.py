@@ -451,7 +451,7 @@ def test_non_tensorflow_backend_is_rejected(monkeypatch):
 
 def test_config_round_trip():
     schedule = keras.optimizers.schedules.ExponentialDecay(0.5, decay_steps=10, decay_rate=0.9)
-    optimizer = tf_adagrad.Adagrad(
+    arguments = dict(
         learning_rate=schedule,
         initial_accumulator_value=0.2,
         epsilon=1e-5,
@@ -461,17 +461,9 @@ def test_config_round_trip():
         ema_overwrite_frequency=3,
         name="my_adagrad",
     )
+    optimizer = tf_adagrad.Adagrad(**arguments)
     config = optimizer.get_config()
-    keras_config = keras.optimizers.Adagrad(
-        learning_rate=schedule,
-        initial_accumulator_value=0.2,
-        epsilon=1e-5,
-        clipnorm=1.5,
-        use_ema=True,
-        ema_momentum=0.9,
-        ema_overwrite_frequency=3,
-        name="my_adagrad",
-    ).get_config()
+    keras_config = keras.optimizers.Adagrad(**arguments).get_config()
     assert config == keras_config
     # get_config holds the schedule object; compare serialized forms.
     serialized_config = keras.saving.serialize_keras_object(config)

@@ -15,7 +15,6 @@ from support.adagrad_reference import bits, dense_step_float64, sparse_step_floa
 from support.click_model import click_data as shared_click_data
 from support.click_model import click_model
 from support.keras_reference import DensifyingKerasAdagrad, exact_graph_math, make_variables
-from support.out_of_range_cases import run_cases
 
 NUM_ROWS = 500
 
@@ -302,10 +301,11 @@ def out_of_range_step(jit_compile):
     return step, grad, variables + optimizer.variables, before
 
 
-def test_out_of_range_index_raises_and_writes_nothing():
-    """In a child process (tests/support/out_of_range_cases.py), which a
-    kernel without its index check could crash."""
-    outcome = run_cases(["optimizer-step"])["optimizer-step"]
+def test_out_of_range_index_raises_and_writes_nothing(out_of_range_outcomes):
+    """In a child process (tests/support/out_of_range_cases.py, run by
+    conftest.py's out_of_range_outcomes), which a kernel without its index
+    check could crash."""
+    outcome = out_of_range_outcomes["optimizer-step"]
     assert "crash" not in outcome, outcome.get("crash")
     assert outcome["error"] == "InvalidArgumentError", outcome
     assert re.search(r"got indices\[1\] = 10; nothing was updated", outcome["message"]), outcome[

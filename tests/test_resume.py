@@ -11,8 +11,9 @@ import numpy as np
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "resume_training.py")
 
 
-def train(start, stop, checkpoint_dir, out):
-    result = subprocess.run(
+def start_training(start, stop, checkpoint_dir, out):
+    """A process training steps [start, stop) (tests/support/resume_training.py)."""
+    return subprocess.Popen(
         [
             sys.executable,
             SCRIPT,
@@ -25,18 +26,35 @@ def train(start, stop, checkpoint_dir, out):
             "--out",
             str(out),
         ],
-        capture_output=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
     )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return np.load(out)
+
+
+def finish(processes, timeout=600):
+    """Waits for each process; fails if one fails. Kills those left over."""
+    try:
+        for process in processes:
+            _, stderr = process.communicate(timeout=timeout)
+            assert process.returncode == 0, stderr[-4000:]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
 
 
 def test_resume_in_a_fresh_process_is_bit_identical(tmp_path):
-    straight = train(0, 200, tmp_path / "straight", tmp_path / "straight.npz")
-    train(0, 100, tmp_path / "split", tmp_path / "first_half.npz")
-    resumed = train(100, 200, tmp_path / "split", tmp_path / "resumed.npz")
+    # The straight run and the first half are independent: side by side.
+    finish(
+        [
+            start_training(0, 200, tmp_path / "straight", tmp_path / "straight.npz"),
+            start_training(0, 100, tmp_path / "split", tmp_path / "first_half.npz"),
+        ]
+    )
+    finish([start_training(100, 200, tmp_path / "split", tmp_path / "resumed.npz")])
+    straight, resumed = np.load(tmp_path / "straight.npz"), np.load(tmp_path / "resumed.npz")
 
     assert sorted(straight.files) == sorted(resumed.files)
     kinds = {name.split(":")[0] for name in straight.files}

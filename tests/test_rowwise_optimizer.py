@@ -1,11 +1,6 @@
 """tf_adagrad.RowwiseAdagrad (Keras 3) against the NumPy rowwise reference,
 through fit(), XLA, saving, checkpoints and MirroredStrategy."""
 
-import json
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
@@ -201,56 +196,16 @@ def test_bad_arguments_and_variables_are_rejected():
         optimizer.build([keras.Variable(np.ones(3, np.int32), dtype="int32", name="counts")])
 
 
-# MirroredStrategy over two logical CPUs (set before TensorFlow starts, so
-# in a process of its own) against one device, on the same global batches.
-_MIRRORED = """
-import json, sys
-import numpy as np
-import tensorflow as tf
-tf.config.set_logical_device_configuration(
-    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
-)
-import keras
-import tf_adagrad
-
-rng = np.random.default_rng(0)
-ids = rng.integers(0, 300, (512, 2)).astype("int32")
-labels = rng.random((512, 1)).astype("float32")
-
-def train(strategy):
-    with strategy.scope():
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([
-            keras.Input((2,), dtype="int32"),
-            keras.layers.Embedding(300, 8),
-            keras.layers.Flatten(),
-            keras.layers.Dense(1),
-        ])
-        model.compile(optimizer=tf_adagrad.RowwiseAdagrad(0.1), loss="mse")
-    model.fit(ids, labels, batch_size=64, epochs=2, shuffle=False, verbose=0)
-    return [w.tolist() for w in model.get_weights()] + [
-        a.numpy().tolist() for a in model.optimizer._rowwise_accumulators
-    ]
-
-mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-print(json.dumps({
-    "replicas": mirrored.num_replicas_in_sync,
-    "mirrored": train(mirrored),
-    "one_device": train(tf.distribute.OneDeviceStrategy("/cpu:0")),
-}))
-"""
-
-
-def test_mirrored_strategy_fit_equals_one_device():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run(
-        [sys.executable, "-c", _MIRRORED], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads(result.stdout.splitlines()[-1])
-    assert results["replicas"] == 2
-    assert len(results["mirrored"]) == 3 + 3  # 3 weights, 3 accumulators
+def test_mirrored_strategy_fit_equals_one_device(mirrored_scenario_results):
+    """fit() under MirroredStrategy over two logical CPUs (set before
+    TensorFlow starts, so in a process of its own: conftest.py's
+    mirrored_scenario_results, tests/support/distributed_training.py's
+    rowwise_fit) against one device, on the same global batches."""
+    results = mirrored_scenario_results
+    assert int(results["replicas"]["n"]) == 2
+    mirrored, one_device = results["rowwise_fit_mirrored"], results["rowwise_fit_one_device"]
+    assert len(mirrored) == 3 + 3  # 3 weights, 3 accumulators
     # The accumulators start at 0: training ran and touched rows on both.
-    assert all(np.array(a).max() > 0 for a in results["mirrored"][3:])
-    for got, want in zip(results["mirrored"], results["one_device"]):
+    assert all(np.array(a).max() > 0 for a in mirrored[3:])
+    for got, want in zip(mirrored, one_device):
         np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-7)

@@ -9,9 +9,12 @@ and writes both results to an .npz file for the test to compare.
 """
 
 import argparse
+import collections
 import json
 import os
 import sys
+
+import scenario_model  # tests/support/, beside this file
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -23,12 +26,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--out")
+    parser.add_argument("--out-dir", help="the coordinator's: one .npz per optimizer")
     parser.add_argument("--cluster", help="JSON cluster spec")
-    parser.add_argument("--job")
     parser.add_argument("--task", type=int, default=0)
-    parser.add_argument("--without-ops", action="store_true")
     parser.add_argument("--checkpoint-dir")
-    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="Adagrad")
+    parser.add_argument(
+        "--optimizers",
+        default="Adagrad",
+        help="the coordinator's: names from OPTIMIZERS, by commas",
+    )
     args = parser.parse_args()
     SCENARIOS[args.scenario](args)
 
@@ -64,38 +70,33 @@ def batches():
 def build_model():
     import keras
 
-    return keras.Sequential(
-        [
-            keras.Input((FIELDS,), dtype="int32"),
-            keras.layers.Embedding(NUM_ROWS, DIM, name="item_embedding"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
+    return scenario_model.build_model(keras, NUM_ROWS, FIELDS, DIM, hidden=16)
 
 
 def initial_weights():
     import keras
 
-    keras.utils.set_random_seed(1)
-    return build_model().get_weights()
+    return scenario_model.initial_weights(keras, build_model)
 
 
-def count_sparse_updates(optimizer_name="Adagrad"):
-    """Counts the optimizer's calls of its sparse op (at trace time)."""
+# Each optimizer's calls of its sparse op (at trace time), by optimizer name,
+# once count_sparse_updates() has run.
+SPARSE_CALLS = collections.Counter()
+
+
+def count_sparse_updates():
+    """Makes each of tf_adagrad's sparse ops count its calls in SPARSE_CALLS."""
     import tf_adagrad
 
-    counter = {"sparse": 0}
-    op_name = OPTIMIZERS[optimizer_name]
-    sparse_apply = getattr(tf_adagrad.ops, op_name)
+    def counting(optimizer_name, sparse_apply):
+        def counted(*args, **kwargs):
+            SPARSE_CALLS[optimizer_name] += 1
+            return sparse_apply(*args, **kwargs)
 
-    def counting(*args, **kwargs):
-        counter["sparse"] += 1
-        return sparse_apply(*args, **kwargs)
+        return counted
 
-    setattr(tf_adagrad.ops, op_name, counting)
-    return counter
+    for optimizer_name, op_name in OPTIMIZERS.items():
+        setattr(tf_adagrad.ops, op_name, counting(optimizer_name, getattr(tf_adagrad.ops, op_name)))
 
 
 def per_example_loss(model, x, y):
@@ -174,7 +175,9 @@ def save(out, **groups):
 
 def mirrored(args):
     """MirroredStrategy over 2 logical CPUs: fit(), a custom loop, and a
-    CheckpointManager save and restore halfway through the custom loop."""
+    CheckpointManager save and restore halfway through the custom loop; and
+    tests/test_rowwise_optimizer.py's fit() with RowwiseAdagrad, mirrored
+    and on one device."""
     import tensorflow as tf
 
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -183,14 +186,14 @@ def mirrored(args):
     )
     import tf_adagrad
 
-    counter = count_sparse_updates()
+    count_sparse_updates()
     x, y = batches()
     weights = initial_weights()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
     fit_single = fit(weights, x, y, tf.distribute.get_strategy())
     fit_mirrored = fit(weights, x, y, strategy)
-    fit_sparse_calls = counter["sparse"]
+    fit_sparse_calls = SPARSE_CALLS["Adagrad"]
 
     def custom_loop(first_step, last_step, checkpoint_dir):
         """Steps [first_step, last_step) in the strategy; restores the latest
@@ -216,11 +219,13 @@ def mirrored(args):
         return model.get_weights() + [v.numpy() for v in optimizer.variables]
 
     straight = custom_loop(0, STEPS, os.path.join(args.checkpoint_dir, "straight"))
-    custom_sparse_calls = counter["sparse"] - fit_sparse_calls
+    custom_sparse_calls = SPARSE_CALLS["Adagrad"] - fit_sparse_calls
     custom_loop(0, STEPS // 2, os.path.join(args.checkpoint_dir, "split"))
     resumed = custom_loop(STEPS // 2, STEPS, os.path.join(args.checkpoint_dir, "split"))
     save(
         args.out,
+        rowwise_fit_mirrored=rowwise_fit(strategy),
+        rowwise_fit_one_device=rowwise_fit(tf.distribute.OneDeviceStrategy("/cpu:0")),
         initial=weights,
         fit_single=fit_single,
         fit_mirrored=fit_mirrored,
@@ -231,6 +236,34 @@ def mirrored(args):
         counts={"fit_sparse_calls": fit_sparse_calls, "custom_sparse_calls": custom_sparse_calls},
         replicas={"n": strategy.num_replicas_in_sync},
     )
+
+
+def rowwise_fit(strategy):
+    """tests/test_rowwise_optimizer.py's case: fit() of a small Embedding
+    model with tf_adagrad.RowwiseAdagrad in `strategy`, 2 epochs of 8
+    batches of 64 over a 300-row table; the weights, then the rowwise
+    accumulators."""
+    import keras
+    import numpy as np
+
+    import tf_adagrad
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 300, (512, 2)).astype("int32")
+    labels = rng.random((512, 1)).astype("float32")
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input((2,), dtype="int32"),
+                keras.layers.Embedding(300, 8),
+                keras.layers.Flatten(),
+                keras.layers.Dense(1),
+            ]
+        )
+        model.compile(optimizer=tf_adagrad.RowwiseAdagrad(0.1), loss="mse")
+    model.fit(ids, labels, batch_size=64, epochs=2, shuffle=False, verbose=0)
+    return model.get_weights() + [a.numpy() for a in model.optimizer._rowwise_accumulators]
 
 
 def multi_worker(args):
@@ -255,7 +288,7 @@ def multi_worker(args):
 
     import tf_adagrad
 
-    counter = count_sparse_updates()
+    count_sparse_updates()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     x, y = batches()
     weights = initial_weights()
@@ -303,7 +336,7 @@ def multi_worker(args):
         train_step(iterator)
     results = {
         "worker": model.get_weights(),
-        "counts": {"sparse_calls": counter["sparse"]},
+        "counts": {"sparse_calls": SPARSE_CALLS["Adagrad"]},
         "replicas": {"n": strategy.num_replicas_in_sync},
         "fit_failures": fit_failures,
         "initial": weights,
@@ -313,37 +346,20 @@ def multi_worker(args):
     save(args.out, **results)
 
 
-def parameter_server(args):
-    """A worker or parameter server task of a ParameterServerStrategy cluster."""
-    import tensorflow as tf
-
-    if not args.without_ops:
-        import tf_adagrad
-
-        tf_adagrad.ops.load_library()
-    server = tf.distribute.Server(
-        tf.train.ClusterSpec(json.loads(args.cluster)),
-        job_name=args.job,
-        task_index=args.task,
-        protocol="grpc",
-        start=True,
-    )
-    print(f"{args.job}:{args.task} serving", flush=True)
-    server.join()
-
-
 def coordinator(args):
-    """The coordinator of a ParameterServerStrategy cluster: the Embedding
-    table is sharded over 2 parameter servers; a custom loop schedules one
-    step at a time on the workers (so the steps run in order, as in the
-    reference); then a CheckpointManager save and restore into new objects
-    resumes exactly."""
+    """The coordinator of a ParameterServerStrategy cluster, training with
+    each optimizer of --optimizers in turn, and writing its results to
+    `--out-dir/NAME.npz` (or the traceback, if that optimizer's run raised,
+    so that a broken case fails its own test only): the Embedding table is
+    sharded over 2 parameter servers; a custom loop schedules one step at a
+    time on the workers (so the steps run in order, as in the reference);
+    then a CheckpointManager save and restore into new objects resumes
+    exactly."""
+    import traceback
+
     import tensorflow as tf
-    from tensorflow.python.distribute.sharded_variable import ShardedVariable
 
-    import tf_adagrad
-
-    counter = count_sparse_updates(args.optimizer)
+    count_sparse_updates()
     x, y = batches()
     weights = initial_weights()
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
@@ -355,12 +371,31 @@ def coordinator(args):
     )
     strategy = tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
     cluster = tf.distribute.coordinator.ClusterCoordinator(strategy)
+    for optimizer_name in args.optimizers.split(","):
+        out = os.path.join(args.out_dir, f"{optimizer_name}.npz")
+        checkpoint_dir = os.path.join(args.checkpoint_dir, optimizer_name)
+        try:
+            results = train_sharded(
+                strategy, cluster, optimizer_name, weights, x, y, checkpoint_dir
+            )
+        except Exception:  # noqa: BLE001 - reported to the test, case by case
+            save(out, error={"traceback": traceback.format_exc()})
+            continue
+        save(out, **results)
+
+
+def train_sharded(strategy, cluster, optimizer_name, weights, x, y, checkpoint_dir):
+    """The coordinator's training with one optimizer; the results by group."""
+    import tensorflow as tf
+    from tensorflow.python.distribute.sharded_variable import ShardedVariable
+
+    import tf_adagrad
 
     def build(restore_from=None):
         with strategy.scope():
             model = build_model()
             model.set_weights(weights)
-            optimizer = make_optimizer(args.optimizer)
+            optimizer = make_optimizer(optimizer_name)
             optimizer.build(model.trainable_variables)
         # tf.train.Checkpoint(model=model) fails for a Keras variable backed
         # by a ShardedVariable (Keras hands the ShardedVariable to the saver
@@ -401,15 +436,15 @@ def coordinator(args):
     if placement["table_is_sharded"] and placement["accumulator_is_sharded"]:
         placement["table_shards"] = [v.device for v in table._value.variables]
         placement["accumulator_shards"] = [v.device for v in accumulator._value.variables]
-    print(json.dumps(placement), flush=True)
+    print(optimizer_name, json.dumps(placement), flush=True)
     try:
-        tf.train.Checkpoint(model=model).save(os.path.join(args.checkpoint_dir, "keras_model"))
+        tf.train.Checkpoint(model=model).save(os.path.join(checkpoint_dir, "keras_model"))
         keras_checkpoint = "saved"
     except AttributeError as e:
         keras_checkpoint = f"AttributeError: {e}"
 
     run_steps(train_step, 0, STEPS // 2)
-    manager = tf.train.CheckpointManager(checkpoint, args.checkpoint_dir, max_to_keep=1)
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=1)
     manager.save()
     run_steps(train_step, STEPS // 2, STEPS)
     straight = model.get_weights() + [v.numpy() for v in optimizer.variables]
@@ -418,14 +453,14 @@ def coordinator(args):
     run_steps(train_step, STEPS // 2, STEPS)
     resumed = model.get_weights() + [v.numpy() for v in optimizer.variables]
 
-    save(
-        args.out,
+    single = train_custom_loop_single(weights, x, y, optimizer_name=optimizer_name)
+    return dict(
         initial=weights,
-        single=train_custom_loop_single(weights, x, y, optimizer_name=args.optimizer),
+        single=single,
         sharded=straight[: len(weights)],
         straight=straight,
         resumed=resumed,
-        counts={"sparse_calls": counter["sparse"]},
+        counts={"sparse_calls": SPARSE_CALLS[optimizer_name]},
         placement={"json": json.dumps(placement)},
         keras_checkpoint={"error": keras_checkpoint},
     )
@@ -434,7 +469,6 @@ def coordinator(args):
 SCENARIOS = {
     "mirrored": mirrored,
     "multi-worker": multi_worker,
-    "parameter-server": parameter_server,
     "coordinator": coordinator,
 }
 

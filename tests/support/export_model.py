@@ -1,14 +1,18 @@
 """SavedModel export scenarios, one per subcommand, each run in a fresh
-process by tests/test_export.py:
+process by tests/test_export.py, for each optimizer of --optimizers
+(Adagrad, RowwiseAdagrad) in turn, in its directory `--dir/OPTIMIZER`:
 
-  save        a tf.Module holding a model and a tf_adagrad optimizer
-              (--optimizer: Adagrad or RowwiseAdagrad), with a
-              `train_step` signature, and `model.export()` for inference;
-              then one train_step here, whose result is written out
+  save        a tf.Module holding a model and the tf_adagrad optimizer, with
+              a `train_step` signature, and `model.export()` for inference;
+              then one train_step here, whose result is written to
+              expected.npz
   load        `import tf_adagrad` (which registers the ops), then
-              `tf.saved_model.load`, the same train_step on the same batch
-  load-plain  `tf.saved_model.load` without tf_adagrad (fails)
-  serve       the inference export, without tf_adagrad
+              `tf.saved_model.load`, the same train_step on the same batch,
+              written to loaded.npz
+  load-plain  `tf.saved_model.load` without tf_adagrad, which fails: prints
+              "OPTIMIZER: LOAD FAILED: ..." and exits with 3 if every load
+              failed
+  serve       the inference export, without tf_adagrad, written to served.npz
 """
 
 import argparse
@@ -64,7 +68,7 @@ def state_arrays(state):
     return {name: value.numpy() for name, value in state.items()}
 
 
-def save(args):
+def save(directory, optimizer_name):
     import tf_adagrad
 
     keras.utils.set_random_seed(0)
@@ -77,15 +81,15 @@ def save(args):
             keras.layers.Dense(1, activation="sigmoid"),
         ]
     )
-    optimizer = getattr(tf_adagrad, args.optimizer)(learning_rate=0.1)
+    optimizer = getattr(tf_adagrad, optimizer_name)(learning_rate=0.1)
     optimizer.build(model.trainable_variables)
     module = TrainModule(model, optimizer)
     tf.saved_model.save(
         module,
-        os.path.join(args.dir, TRAIN_DIR),
+        os.path.join(directory, TRAIN_DIR),
         signatures={"train_step": module.train_step, "state": module.state},
     )
-    model.export(os.path.join(args.dir, INFERENCE_DIR), verbose=False)
+    model.export(os.path.join(directory, INFERENCE_DIR), verbose=False)
 
     x, y = batch()
     predictions = model.predict(x, verbose=0)
@@ -93,7 +97,7 @@ def save(args):
     loss = module.train_step(x, y)["loss"].numpy()
     after = state_arrays(module.state())
     np.savez(
-        args.out,
+        os.path.join(directory, "expected.npz"),
         loss=loss,
         predictions=predictions,
         **{f"before:{k}": v for k, v in before.items()},
@@ -101,48 +105,60 @@ def save(args):
     )
 
 
-def load(args):
+def load(directory, optimizer_name):
     import tf_adagrad  # noqa: F401 - registers the TfAdagrad ops
 
-    loaded = tf.saved_model.load(os.path.join(args.dir, TRAIN_DIR))
+    loaded = tf.saved_model.load(os.path.join(directory, TRAIN_DIR))
     x, y = batch()
     before = state_arrays(loaded.signatures["state"]())
     loss = loaded.signatures["train_step"](x=tf.constant(x), y=tf.constant(y))["loss"].numpy()
     after = state_arrays(loaded.signatures["state"]())
     np.savez(
-        args.out,
+        os.path.join(directory, "loaded.npz"),
         loss=loss,
         **{f"before:{k}": v for k, v in before.items()},
         **{f"after:{k}": v for k, v in after.items()},
     )
 
 
-def load_plain(args):
+def load_plain(directory, optimizer_name):
+    """Whether the train step loaded; prints why not."""
     try:
-        tf.saved_model.load(os.path.join(args.dir, TRAIN_DIR))
+        tf.saved_model.load(os.path.join(directory, TRAIN_DIR))
     except Exception as e:  # noqa: BLE001 - the test reads the message
-        print(f"LOAD FAILED: {type(e).__name__}: {e}")
-        return 3
-    print("LOADED")
-    return 0
+        print(f"{optimizer_name}: LOAD FAILED: {type(e).__name__}: {e}")
+        return False
+    print(f"{optimizer_name}: LOADED")
+    return True
 
 
-def serve(args):
-    loaded = tf.saved_model.load(os.path.join(args.dir, INFERENCE_DIR))
+def serve(directory, optimizer_name):
+    loaded = tf.saved_model.load(os.path.join(directory, INFERENCE_DIR))
     x, _ = batch()
     predictions = loaded.serve(tf.constant(x)).numpy()
-    np.savez(args.out, predictions=predictions, tf_adagrad_imported="tf_adagrad" in sys.modules)
+    np.savez(
+        os.path.join(directory, "served.npz"),
+        predictions=predictions,
+        tf_adagrad_imported="tf_adagrad" in sys.modules,
+    )
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario", choices=["save", "load", "load-plain", "serve"])
-    parser.add_argument("--dir", required=True)
-    parser.add_argument("--out")
-    parser.add_argument("--optimizer", choices=["Adagrad", "RowwiseAdagrad"], default="Adagrad")
+    parser.add_argument("--dir", required=True, help="holds a directory per optimizer")
+    parser.add_argument(
+        "--optimizers", default="Adagrad,RowwiseAdagrad", help="Adagrad, RowwiseAdagrad, by commas"
+    )
     args = parser.parse_args()
     scenarios = {"save": save, "load": load, "load-plain": load_plain, "serve": serve}
-    return scenarios[args.scenario](args)
+    outcomes = [
+        scenarios[args.scenario](os.path.join(args.dir, name), name)
+        for name in args.optimizers.split(",")
+    ]
+    if args.scenario == "load-plain" and not any(outcomes):
+        return 3
+    return 0
 
 
 if __name__ == "__main__":

@@ -106,25 +106,13 @@ class Variable:
         return self.variable.numpy() if self.initialized else None
 
 
-def expected_error(case):
-    """(error class, reason) that the documented rules predict, or None."""
-    invalid, failed = tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError
-    var, accum, T = case["var"], case["accum"], case["T"]
-    if not var.initialized:
-        return failed, "uninitialized var"
-    if var.dtype != T:
-        return invalid, "var dtype"
-    if not accum.initialized:
-        return failed, "uninitialized accum"
-    if accum.dtype != T:
-        return invalid, "accum dtype"
-    if case["same_variable"]:
-        return invalid, "var is accum"
-    if case["lr"].shape != () or case["epsilon"].shape != ():
-        return invalid, "lr or epsilon not a scalar"
-    var_shape, accum_shape, grad_shape = case["var_shape"], case["accum_shape"], case["grad"].shape
-    if accum_shape != var_shape:
-        return invalid, "accum shape"
+def expected_gradient_error(case):
+    """(error class, reason) that the documented rules predict for the
+    gradient (and a sparse call's indices) once the variables and
+    hyperparameters passed their checks, or None; the same for the
+    elementwise and the rowwise ops."""
+    invalid = tf.errors.InvalidArgumentError
+    var_shape, grad_shape = case["var_shape"], case["grad"].shape
     if not case["sparse"]:
         return None if grad_shape == var_shape else (invalid, "grad shape")
     indices = case["indices"]
@@ -139,6 +127,36 @@ def expected_error(case):
     if np.any(indices.astype(np.int64) >= var_shape[0]):
         return invalid, "index too large"
     return None
+
+
+def expected_variables_error(case, accum_dtype, accum_shape):
+    """(error class, reason) that the documented rules predict for a
+    single-variable op whose accumulator must have `accum_dtype` and
+    `accum_shape`: the variables, the scalars and the shapes in the
+    kernels' order, then the gradient; or None."""
+    invalid, failed = tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError
+    var, accum, T = case["var"], case["accum"], case["T"]
+    if not var.initialized:
+        return failed, "uninitialized var"
+    if var.dtype != T:
+        return invalid, "var dtype"
+    if not accum.initialized:
+        return failed, "uninitialized accum"
+    if accum.dtype != accum_dtype:
+        return invalid, "accum dtype"
+    if case["same_variable"]:
+        return invalid, "var is accum"
+    if case["lr"].shape != () or case["epsilon"].shape != ():
+        return invalid, "lr or epsilon not a scalar"
+    if case["accum_shape"] != accum_shape:
+        return invalid, "accum shape"
+    return expected_gradient_error(case)
+
+
+def expected_error(case):
+    """The prediction for the elementwise ops: an accumulator of the
+    variable's dtype and shape."""
+    return expected_variables_error(case, case["T"], case["var_shape"])
 
 
 def expected_multi_error(case):
@@ -190,42 +208,13 @@ def any_cases(draw):
 
 
 def expected_rowwise_error(case):
-    """(error class, reason) that the documented rules predict for the
-    rowwise ops, or None."""
-    invalid, failed = tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError
-    var, accum, T = case["var"], case["accum"], case["T"]
-    accum_dtype = tf.as_dtype(accumulator_dtype(T))
-    if tf.as_dtype(case["lr"].dtype) != accum_dtype:  # checked when the kernel is built
-        return invalid, "lr dtype"
-    if not var.initialized:
-        return failed, "uninitialized var"
-    if var.dtype != T:
-        return invalid, "var dtype"
-    if not accum.initialized:
-        return failed, "uninitialized accum"
-    if accum.dtype != accum_dtype:
-        return invalid, "accum dtype"
-    if case["same_variable"]:
-        return invalid, "var is accum"
-    if case["lr"].shape != () or case["epsilon"].shape != ():
-        return invalid, "lr or epsilon not a scalar"
-    var_shape, accum_shape, grad_shape = case["var_shape"], case["accum_shape"], case["grad"].shape
-    if accum_shape != var_shape[:1]:
-        return invalid, "accum shape"
-    if not case["sparse"]:
-        return None if grad_shape == var_shape else (invalid, "grad shape")
-    indices = case["indices"]
-    if len(var_shape) < 1:
-        return invalid, "var rank 0"
-    if indices.ndim != 1:
-        return invalid, "indices rank"
-    if len(grad_shape) < 1 or grad_shape[0] != indices.shape[0] or grad_shape[1:] != var_shape[1:]:
-        return invalid, "grad shape"
-    if np.any(indices.astype(np.int64) < 0):
-        return invalid, "negative index"
-    if np.any(indices.astype(np.int64) >= var_shape[0]):
-        return invalid, "index too large"
-    return None
+    """The prediction for the rowwise ops: lr of the accumulator dtype (checked
+    when the kernel is built, first), and an accumulator of one value per
+    row in the accumulator dtype."""
+    accum_dtype = tf.as_dtype(accumulator_dtype(case["T"]))
+    if tf.as_dtype(case["lr"].dtype) != accum_dtype:
+        return tf.errors.InvalidArgumentError, "lr dtype"
+    return expected_variables_error(case, accum_dtype, case["var_shape"][:1])
 
 
 @st.composite
@@ -390,8 +379,12 @@ def run_multi_case(case):
     counts[f"matched with epsilon {case['epsilon_placement']}"] += 1
 
 
-def run_rowwise_case(case):
-    library = tf_adagrad.ops.load_library()
+def call_op(case, dense_op, sparse_op, want_error, **attributes):
+    """Calls `sparse_op` (with the case's indices) or `dense_op` on the
+    case's var, accum, lr, epsilon and grad, with use_locking on every other
+    call. If the op rejects the call, checks the rejection against
+    `want_error` (check_rejection) and returns None; otherwise asserts that
+    `want_error` is None, and returns (var, accum) as they were before."""
     var, accum = case["var"], case["accum"]
     before = (var.read(), accum.read())
     arguments = dict(
@@ -401,18 +394,32 @@ def run_rowwise_case(case):
         epsilon=case["epsilon"],
         grad=case["grad"],
         use_locking=bool(counts["calls"] % 2),
+        **attributes,
     )
-    want_error = expected_rowwise_error(case)
     counts["calls"] += 1
     try:
         if case["sparse"]:
-            library.tf_adagrad_rowwise_apply_sparse(indices=case["indices"], **arguments)
+            sparse_op(indices=case["indices"], **arguments)
         else:
-            library.tf_adagrad_rowwise_apply_dense(**arguments)
+            dense_op(**arguments)
     except (tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError) as e:
         check_rejection(e, want_error, (var, accum), before)
-        return
+        return None
     assert want_error is None, f"invalid input accepted; expected {want_error}"
+    return before
+
+
+def run_rowwise_case(case):
+    library = tf_adagrad.ops.load_library()
+    var, accum = case["var"], case["accum"]
+    before = call_op(
+        case,
+        library.tf_adagrad_rowwise_apply_dense,
+        library.tf_adagrad_rowwise_apply_sparse,
+        expected_rowwise_error(case),
+    )
+    if before is None:
+        return
     lr, epsilon = case["lr"][()], case["epsilon"][()]
     if case["sparse"]:
         want_var, want_accum = rowwise_sparse_step(
@@ -436,27 +443,15 @@ def run_case(case):
         return run_rowwise_case(case)
     library = tf_adagrad.ops.load_library()
     var, accum = case["var"], case["accum"]
-    before = (var.read(), accum.read())
-    arguments = dict(
-        var=var.handle,
-        accum=accum.handle,
-        lr=case["lr"],
-        epsilon=case["epsilon"],
-        grad=case["grad"],
-        use_locking=bool(counts["calls"] % 2),
+    before = call_op(
+        case,
+        library.tf_adagrad_apply_dense,
+        library.tf_adagrad_apply_sparse,
+        expected_error(case),
         epsilon_placement=case["epsilon_placement"],
     )
-    want_error = expected_error(case)
-    counts["calls"] += 1
-    try:
-        if case["sparse"]:
-            library.tf_adagrad_apply_sparse(indices=case["indices"], **arguments)
-        else:
-            library.tf_adagrad_apply_dense(**arguments)
-    except (tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError) as e:
-        check_rejection(e, want_error, (var, accum), before)
+    if before is None:
         return
-    assert want_error is None, f"invalid input accepted; expected {want_error}"
     lr, epsilon = case["lr"][()], case["epsilon"][()]
     if case["sparse"]:
         want_var, want_accum = sparse_step_exact(

@@ -1,9 +1,12 @@
-"""The tf_keras work of tests/test_keras2_optimizers.py, run in a child process
-with `TF_USE_LEGACY_KERAS=1` (set here, before TensorFlow is imported).
+"""The tf_keras work of tests/test_keras2_optimizers.py and (the cases of
+keras2_rowwise_cases.py) tests/test_keras2_rowwise.py, run in a child
+process with `TF_USE_LEGACY_KERAS=1` (set here, before TensorFlow is
+imported), once for both modules (conftest.py's session fixtures).
 
-`python keras2_cases.py GROUP WORK_DIR OUT` runs every case of GROUP
-("train"; then "load", in a fresh process that sees only the files "train"
-saved in WORK_DIR) and pickles {case name: result} to OUT. A result is a
+`python keras2_cases.py GROUP WORK_DIR OUT [PREFIXES]` runs every case of
+GROUP ("train"; then "load", in a fresh process that sees only the files
+"train" saved in WORK_DIR), or those whose names begin with one of the
+comma-separated PREFIXES, and pickles {case name: result} to OUT. A result is a
 dict of plain values and NumPy arrays, or {"error": traceback} if the case
 raised, so that a broken case fails its own test only. The assertions, and
 the NumPy references, are in the test module.
@@ -22,6 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
+from graph_math import exact_graph_math  # noqa: E402
+from keras2_rowwise_cases import rowwise_cases  # noqa: E402
 
 # The top-level package only: importing it must register the tf_keras
 # classes, which the "load" group relies on.
@@ -71,21 +76,6 @@ def state(optimizer, variables):
         "variables": [as_numpy(v) for v in variables],
         "accumulators": [as_numpy(a) for a in accumulators(optimizer, variables)],
     }
-
-
-@contextlib.contextmanager
-def exact_graph_math():
-    """Grappler's arithmetic rewrites off: inside tf.function they turn
-    tf_keras' own `lr * g / sqrt(a + eps)` into a multiply by `rsqrt`, which
-    moves some of its results by an ulp."""
-    saved = tf.config.optimizer.get_experimental_options()
-    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
-    try:
-        yield
-    finally:
-        tf.config.optimizer.set_experimental_options(
-            {"arithmetic_optimization": saved.get("arithmetic_optimization", True)}
-        )
 
 
 def make_variables(shapes, dtype, seed=0):
@@ -418,14 +408,18 @@ def train_cases(work_dir):
                 checkpoint_transfer, kind, writer_is_ours, work_dir
             )
     cases["fit_default_grappler/keras2"] = partial(fit_parity, "keras2", True, False)
+    cases.update(rowwise_cases(work_dir))
     return cases
 
 
-def main(group, work_dir, out_path):
+def main(group, work_dir, out_path, prefixes=None):
     if group == "train":
         cases = train_cases(work_dir)
     else:
         cases = {"load_models": partial(case_load_models, work_dir)}
+    if prefixes is not None:
+        wanted = prefixes.split(",")
+        cases = {name: case for name, case in cases.items() if name.startswith(tuple(wanted))}
     results = {}
     for name, case in cases.items():
         try:

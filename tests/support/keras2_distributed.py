@@ -2,7 +2,8 @@
 per subcommand, each run in processes of its own by
 tests/test_keras2_distribute.py with `TF_USE_LEGACY_KERAS=1` (set here,
 before TensorFlow is imported; a strategy's devices and cluster are fixed
-when TensorFlow starts).
+when TensorFlow starts). The coordinator's parameter servers and workers
+are tests/support/cluster_server.py's.
 
 Every scenario fits the same small recommender-style model (an Embedding
 table, whose gradient is a `tf.IndexedSlices`, and Dense layers) from the
@@ -22,6 +23,8 @@ import pickle
 import sys
 import traceback
 
+import scenario_model  # tests/support/, beside this file
+
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -34,6 +37,8 @@ UPDATE_OP_TYPES = (
     "TfAdagrad>ApplyDense",
     "TfAdagrad>ApplySparse",
     "TfAdagrad>MultiApplyDense",
+    "TfAdagrad>RowwiseApplyDense",
+    "TfAdagrad>RowwiseApplySparse",
     "ResourceApplyAdagradV2",
     "ResourceSparseApplyAdagradV2",
     "AssignAddVariableOp",
@@ -51,7 +56,6 @@ def main():
     parser.add_argument("--out")
     parser.add_argument("--optimizers", help="comma-separated names from OPTIMIZERS")
     parser.add_argument("--cluster", help="JSON cluster spec")
-    parser.add_argument("--job")
     parser.add_argument("--task", type=int, default=0)
     args = parser.parse_args()
     SCENARIOS[args.scenario](args)
@@ -62,7 +66,9 @@ def main():
 
 
 def optimizer_classes():
-    """{name: class}: tf_adagrad's tf_keras optimizers and their peers."""
+    """{name: class}: tf_adagrad's tf_keras optimizers, and the tf_keras
+    Adagrads that the first two replace (rowwise Adagrad has no peer in
+    tf_keras)."""
     import tf_keras
 
     import tf_adagrad
@@ -70,6 +76,8 @@ def optimizer_classes():
     return {
         "tf_adagrad.keras2": tf_adagrad.keras2.Adagrad,
         "tf_adagrad.keras2.legacy": tf_adagrad.keras2.legacy.Adagrad,
+        "tf_adagrad.keras2.RowwiseAdagrad": tf_adagrad.keras2.RowwiseAdagrad,
+        "tf_adagrad.keras2.legacy.RowwiseAdagrad": tf_adagrad.keras2.legacy.RowwiseAdagrad,
         "tf_keras": tf_keras.optimizers.Adagrad,
         "tf_keras.legacy": tf_keras.optimizers.legacy.Adagrad,
     }
@@ -89,22 +97,13 @@ def batches():
 def build_model():
     import tf_keras
 
-    return tf_keras.Sequential(
-        [
-            tf_keras.Input((FIELDS,), dtype="int32"),
-            tf_keras.layers.Embedding(NUM_ROWS, DIM, name="item_embedding"),
-            tf_keras.layers.Flatten(),
-            tf_keras.layers.Dense(8, activation="relu"),
-            tf_keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
+    return scenario_model.build_model(tf_keras, NUM_ROWS, FIELDS, DIM, hidden=8)
 
 
 def initial_weights():
     import tf_keras
 
-    tf_keras.utils.set_random_seed(1)
-    return build_model().get_weights()
+    return scenario_model.initial_weights(tf_keras, build_model)
 
 
 def compiled_model(weights, optimizer_class, **compile_kwargs):
@@ -146,13 +145,20 @@ def shards(weight):
 
 
 def accumulator(optimizer, variable):
-    """The optimizer's accumulator of one (unsharded) variable."""
+    """The optimizer's accumulator of one (unsharded) variable: an element's
+    for Adagrad, a row's for RowwiseAdagrad."""
     import tf_keras
 
+    import tf_adagrad
+
+    rowwise = isinstance(
+        optimizer, (tf_adagrad.keras2.RowwiseAdagrad, tf_adagrad.keras2.legacy.RowwiseAdagrad)
+    )
     if isinstance(optimizer, tf_keras.optimizers.legacy.Optimizer):
-        return optimizer.get_slot(variable, "accumulator")
+        return optimizer.get_slot(variable, "rowwise_accumulator" if rowwise else "accumulator")
     # The new optimizer keeps them in variable order; no public accessor.
-    return optimizer._accumulators[optimizer._index_dict[optimizer._var_key(variable)]]
+    accumulators = optimizer._rowwise_accumulators if rowwise else optimizer._accumulators
+    return accumulators[optimizer._index_dict[optimizer._var_key(variable)]]
 
 
 def trained_state(model):
@@ -291,25 +297,6 @@ def multi_worker(args):
     run_cases(args.out, args.optimizers.split(","), fit_multi_worker, with_reference=args.task == 0)
 
 
-def server(args):
-    """A worker or parameter server task of a ParameterServerStrategy
-    cluster. `import tf_adagrad` loads the op library first, so that the
-    TfAdagrad ops can run here."""
-    import tensorflow as tf
-
-    import tf_adagrad  # noqa: F401
-
-    server = tf.distribute.Server(
-        tf.train.ClusterSpec(json.loads(args.cluster)),
-        job_name=args.job,
-        task_index=args.task,
-        protocol="grpc",
-        start=True,
-    )
-    print(f"{args.job}:{args.task} serving", flush=True)
-    server.join()
-
-
 def coordinator(args):
     """The coordinator of a ParameterServerStrategy cluster of 2 workers and
     2 parameter servers; every variable with 2 rows or more, the Embedding
@@ -384,7 +371,6 @@ def coordinator(args):
 SCENARIOS = {
     "mirrored": mirrored,
     "multi-worker": multi_worker,
-    "server": server,
     "coordinator": coordinator,
 }
 

@@ -1,10 +1,10 @@
 """keras.optimizers.Adagrad as the reference for tf_adagrad.Adagrad's tests."""
 
-import contextlib
-
 import keras
 import numpy as np
 import tensorflow as tf
+
+from support.graph_math import exact_graph_math  # noqa: F401 - the tests import it from here
 
 
 class DensifyingKerasAdagrad(keras.optimizers.Adagrad):
@@ -20,26 +20,6 @@ class DensifyingKerasAdagrad(keras.optimizers.Adagrad):
         if isinstance(gradient, tf.IndexedSlices):
             gradient = tf.convert_to_tensor(gradient)
         super().update_step(gradient, variable, learning_rate)
-
-
-@contextlib.contextmanager
-def exact_graph_math():
-    """Turns off Grappler's arithmetic rewrites while in the block.
-
-    Grappler rewrites Keras' `lr * g / sqrt(a + eps)` into
-    `lr * g * rsqrt(a + eps)` inside tf.function, which changes the last bit
-    of some results, so Keras' graph-mode numbers differ from its eager
-    ones. tf_adagrad computes the formula as written in both modes; with the
-    rewrite off, Keras' fit() is bit-comparable to it.
-    """
-    saved = tf.config.optimizer.get_experimental_options()
-    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
-    try:
-        yield
-    finally:
-        tf.config.optimizer.set_experimental_options(
-            {"arithmetic_optimization": saved.get("arithmetic_optimization", True)}
-        )
 
 
 def make_variables(shapes, dtype="float32", seed=0):
