@@ -37,12 +37,14 @@ change how a block runs.
 """
 
 import collections
+import concurrent.futures
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -222,26 +224,32 @@ def block_output(logs, block):
 
 
 class DocPages:
-    """Runs the blocks of a page, once, when the first of them is tested:
-    those with no "in a new process after the previous block" in one child
-    process, in order, then the others each in a process of its own, in the
-    directory of the block they run after. Only the blocks this pytest run
-    selected run, with the blocks they run after."""
+    """Runs the pages' blocks, once, when the first block is tested. On each
+    page, the blocks with no "in a new process after the previous block"
+    run in one child process, in order, then the others each in a process of
+    its own, in the directory of the block they run after. Pages run side by
+    side, one per core. Only the blocks this pytest run selected run, with
+    the blocks they run after."""
 
     def __init__(self, tmp_path_factory, selected_ids):
         self.tmp_path_factory = tmp_path_factory
         self.selected_ids = selected_ids
         self.failures = {}  # block id -> why it failed, or None when it passed
-        self.pages_run = set()
+        self.ran = False
+        self.mktemp_lock = threading.Lock()
 
     def failure(self, block):
-        if block.path not in self.pages_run:
-            self.pages_run.add(block.path)
-            self.run_page(block.path)
+        if not self.ran:
+            self.ran = True
+            pages = sorted({b.path for b in RUN_BLOCKS if b.id in self.selected_ids})
+            with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+                # list() re-raises what a page's run raised.
+                list(pool.map(self.run_page, pages))
         return self.failures[block.id]
 
     def mktemp(self, name):
-        return self.tmp_path_factory.mktemp(re.sub(r"[^\w-]+", "-", name))
+        with self.mktemp_lock:
+            return self.tmp_path_factory.mktemp(re.sub(r"[^\w-]+", "-", name))
 
     def run_page(self, path):
         page = [b for b in RUN_BLOCKS if b.path == path]
