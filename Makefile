@@ -20,7 +20,21 @@ CPP_SOURCES := $(wildcard kernels/*.h kernels/*.cuh kernels/*.cc ops/*.h ops/*.c
   tests/cc/*.h tests/cc/*.cc tests/cuda/*.cu)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: build lint test test-fast demo bench clean gpu-dry-run
+.DEFAULT_GOAL := help
+.PHONY: help build lint test test-fast demo bench clean gpu-dry-run
+
+# Times measured on a 2-core AMD EPYC VM (README.md and docs/development.md
+# give the same ones).
+help:
+	@echo "make build      creates .venv/, installs TensorFlow and the tools, builds the op library"
+	@echo "                and the wheel with Bazel (about 4 minutes the first time, seconds after)"
+	@echo "make test       build, linters, the whole test suite (about 9 minutes after the build)"
+	@echo "make test-fast  build, linters, the suite without the tests marked slow (about 4 minutes)"
+	@echo "make demo       build, then the demo recommender (about 3 minutes)"
+	@echo "make bench      build, then the benchmark (about 19 minutes)"
+	@echo "make gpu-dry-run  rehearses on the CPU the GPU check for a CUDA host (docs/gpu.md)"
+	@echo "make clean      bazel clean, and removes the op library copied into the source tree"
+
 
 $(VENV)/.deps-installed: requirements-dev.txt
 	[ -x $(PY) ] || $(PYTHON_BOOTSTRAP) -m venv $(VENV) || { \
