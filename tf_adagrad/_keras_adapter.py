@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 from keras.src.optimizers import base_optimizer
 
-from tf_adagrad import _update_rules, _xla_fallback, sharded
+from tf_adagrad import _gradient_clipping, _update_rules, _xla_fallback, sharded
 from tf_adagrad._rule_optimizer import RuleOptimizer, public_name
 from tf_adagrad._variables import as_tf_variable, backing_variable
 
@@ -69,6 +69,21 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
             return super().add_variable_from_reference(reference_variable, name, initializer)
         with sharded.shards_beside(reference_variable, initializer):
             return super().add_variable_from_reference(reference_variable, name, initializer)
+
+    def _clip_gradients(self, grads):
+        """Norm clipping that counts a sparse gradient as its densified self
+        and keeps it sparse (`tf_adagrad/_gradient_clipping.py`); without
+        sparse gradients, Keras' own."""
+        if not _gradient_clipping.has_sparse(grads):
+            return super()._clip_gradients(grads)
+        if self.clipnorm and self.clipnorm > 0:
+            return [
+                None if g is None else _gradient_clipping.clip_by_norm(g, self.clipnorm)
+                for g in grads
+            ]
+        if self.global_clipnorm and self.global_clipnorm > 0:
+            return _gradient_clipping.clip_by_global_norm(grads, self.global_clipnorm)
+        return super()._clip_gradients(grads)
 
     def _slot(self, variable):
         return getattr(self, self.rule.slots_attribute)[self._get_variable_index(variable)]
