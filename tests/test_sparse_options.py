@@ -178,3 +178,17 @@ def test_clipping_keeps_a_large_table_s_gradient_sparse(optimizer_class, clippin
     norm = np.sqrt(np.sum(dense**2) + (width if "global_clipnorm" in clipping else 0))
     threshold = next(iter(clipping.values()))
     np.testing.assert_allclose(clipped[0].values.numpy(), threshold / norm, rtol=1e-6)
+
+
+def test_global_norm_clipping_under_mirrored_strategy_matches_keras(mirrored_scenario_results):
+    """fit() under MirroredStrategy on two logical CPUs
+    (tests/support/distributed_training.py): Keras clips each replica's
+    gradients before they are summed, and so does tf_adagrad."""
+    result = mirrored_scenario_results
+    ours, theirs = result["clipped_fit_ours"], result["clipped_fit_keras"]
+    assert len(ours) == len(theirs) == 3
+    for actual, wanted in zip(ours, theirs):
+        # The norms' sums in another order, as above.
+        np.testing.assert_allclose(actual, wanted, rtol=2e-6, atol=1e-7)
+    unclipped = result["unclipped_fit"]
+    assert not np.allclose(unclipped[0], ours[0], rtol=1e-3), "clipping must be active"

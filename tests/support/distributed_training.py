@@ -184,6 +184,8 @@ def mirrored(args):
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
     )
+    import keras
+
     import tf_adagrad
 
     count_sparse_updates()
@@ -224,6 +226,9 @@ def mirrored(args):
     resumed = custom_loop(STEPS // 2, STEPS, os.path.join(args.checkpoint_dir, "split"))
     save(
         args.out,
+        clipped_fit_ours=clipped_fit(strategy, tf_adagrad.Adagrad),
+        clipped_fit_keras=clipped_fit(strategy, keras.optimizers.Adagrad),
+        unclipped_fit=clipped_fit(strategy, tf_adagrad.Adagrad, global_clipnorm=None),
         rowwise_fit_mirrored=rowwise_fit(strategy),
         rowwise_fit_one_device=rowwise_fit(tf.distribute.OneDeviceStrategy("/cpu:0")),
         initial=weights,
@@ -236,6 +241,33 @@ def mirrored(args):
         counts={"fit_sparse_calls": fit_sparse_calls, "custom_sparse_calls": custom_sparse_calls},
         replicas={"n": strategy.num_replicas_in_sync},
     )
+
+
+def clipped_fit(strategy, optimizer_class, global_clipnorm=0.05):
+    """tests/test_sparse_options.py's case: fit() of a small Embedding model
+    with global-norm clipping (which Keras applies to each replica's
+    gradients) in `strategy`, 6 batches of 32 ids, no id twice in a batch,
+    so that Keras' own sparse clipping is the dense one too; the weights."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    ids = np.concatenate([rng.permutation(100)[:32] for _ in range(6)]).reshape(-1, 1)
+    labels = rng.uniform(0, 1, (ids.shape[0], 1)).astype("float32")
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential(
+            [
+                keras.Input((1,), dtype="int32"),
+                keras.layers.Embedding(100, 4),
+                keras.layers.Flatten(),
+                keras.layers.Dense(1),
+            ]
+        )
+        optimizer = optimizer_class(learning_rate=0.5, global_clipnorm=global_clipnorm)
+        model.compile(optimizer=optimizer, loss="mse")
+    model.fit(ids.astype("int32"), labels, batch_size=32, shuffle=False, verbose=0)
+    return model.get_weights()
 
 
 def rowwise_fit(strategy):
