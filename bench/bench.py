@@ -20,7 +20,9 @@ rows, and the demo's recommender; fit.json, fit.md), tf_adagrad's tf_keras
 (Keras 2) optimizers against tf_keras' own (keras2_steps.py, with
 TF_USE_LEGACY_KERAS=1; keras2.json, keras2.md), and rowwise Adagrad against
 elementwise Adagrad and Keras' with their accumulators' bytes
-(rowwise_steps.py; rowwise.json, rowwise.md).
+(rowwise_steps.py; rowwise.json, rowwise.md), and fit() steps with each
+option of Keras' optimizer base class, clipping to loss scaling, at 10k to
+10M rows (option_steps.py; options.json, options.md).
 bench/results/ is git-ignored: the figures the documentation shows are
 copied from a run by hand, a separate and deliberate step.
 """
@@ -286,6 +288,8 @@ def main():
     run_section("keras2_steps.py", TF_USE_LEGACY_KERAS="1")
     print(flush=True)
     run_section("rowwise_steps.py")
+    print(flush=True)
+    run_section("option_steps.py")
 
 
 def run_section(script, **environment):

@@ -175,6 +175,7 @@ def time_fits(
     warmup_steps,
     turn_warmup_steps=0,
     slow_steps_per_round=None,
+    statistic=statistics.median,
 ):
     """Median ms per fit() step of each of `fits` (name -> callable(num_steps,
     timer), as fit_on_batches returns), timed by `new_timer()` (a StepTimer
@@ -183,7 +184,8 @@ def time_fits(
     first of a fit() call is left out, so it runs one more), after
     `turn_warmup_steps` untimed ones. The slow ones, named in
     `slow_steps_per_round` (name -> steps), time fewer steps a turn, with no
-    untimed ones."""
+    untimed ones. `statistic` of the step times, in ms (the mean, over whole
+    periods, for steps that differ within a period)."""
     slow_steps_per_round = slow_steps_per_round or {}
     for fit in fits.values():
         fit(warmup_steps, new_timer())
@@ -194,4 +196,4 @@ def time_fits(
             if turn_warmup_steps and name not in slow_steps_per_round:
                 fit(turn_warmup_steps, new_timer())
             fit(slow_steps_per_round.get(name, steps_per_round) + 1, timers[name])
-    return {name: 1e3 * statistics.median(timer.times) for name, timer in timers.items()}
+    return {name: 1e3 * statistic(timer.times) for name, timer in timers.items()}

@@ -1,0 +1,208 @@
+"""The options users turn on, in whole training steps.
+
+Keras 3 `fit()` of `Embedding(rows, 32) -> Flatten -> Dense(1)`, batch 1024,
+Zipf ids, with tables of 10k, 1M and 10M rows, for each option of Keras'
+optimizer base class (clipping, weight decay, EMA, gradient accumulation,
+loss scaling): tf_adagrad.Adagrad at every size, keras.optimizers.Adagrad
+with the same option at 10k and 1M rows. The mean ms per step over whole
+periods (8 or 4 consecutive steps a turn: whole accumulation periods).
+Prints a line per case and the goals, and writes bench/results/options.json
+and options.md. Run by bench/bench.py (`make bench`) in a process of its
+own, or alone: `python bench/option_steps.py`.
+"""
+
+import gc
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import timing  # noqa: E402  (bench/, beside this file)
+from timing import (  # noqa: E402
+    fit_on_batches,
+    goal_table,
+    machine_header,
+    print_goals,
+    run_info,
+    write_results,
+    zipf_ids,
+)
+
+import tf_adagrad  # noqa: E402
+
+LR = 0.05
+TABLE_ROWS = (10_000, 1_000_000, 10_000_000)
+KERAS_MAX_ROWS = 1_000_000  # Keras' Adagrad takes seconds a step beyond
+EMBEDDING_DIM, BATCH_SIZE = 32, 1024
+ROUNDS, STEPS_PER_ROUND, WARMUP_STEPS = 3, 8, 3
+# Steps a turn where a step takes longer than SLOW_MS: still whole periods.
+SLOW_STEPS_PER_ROUND, SLOW_MS = 4, 50
+OPTIONS = {
+    "none": {},
+    "clipnorm=1.0": {"clipnorm": 1.0},
+    "clipvalue=0.1": {"clipvalue": 0.1},
+    "global_clipnorm=1.0": {"global_clipnorm": 1.0},
+    "weight_decay=1e-4": {"weight_decay": 1e-4},
+    "use_ema=True": {"use_ema": True},
+    "gradient_accumulation_steps=2": {"gradient_accumulation_steps": 2},
+    "LossScaleOptimizer": {},
+}
+
+
+class StepTimes(timing.StepTimer, keras.callbacks.Callback):
+    """timing.StepTimer as a Keras 3 callback."""
+
+
+def make_optimizer(optimizer_class, option):
+    optimizer = optimizer_class(LR, **OPTIONS[option])
+    if option == "LossScaleOptimizer":
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def option_case(rows, option):
+    """Mean ms per fit() step with `option` for each optimizer."""
+    rng = np.random.default_rng(0)
+    num_examples = BATCH_SIZE * (STEPS_PER_ROUND + 1)
+    ids = zipf_ids(rng, rows, num_examples).reshape(-1, 1)
+    labels = rng.standard_normal((num_examples, 1)).astype(np.float32)
+    classes = {"tf_adagrad": tf_adagrad.Adagrad}
+    if rows <= KERAS_MAX_ROWS:
+        classes["keras"] = keras.optimizers.Adagrad
+    fits, slow = {}, {}
+    for name, optimizer_class in classes.items():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input((1,), dtype="int64"),
+                keras.layers.Embedding(rows, EMBEDDING_DIM),
+                keras.layers.Flatten(),
+                keras.layers.Dense(1),
+            ]
+        )
+        model.compile(optimizer=make_optimizer(optimizer_class, option), loss="mse")
+        fits[name] = fit_on_batches(model, ids, labels, BATCH_SIZE)
+        # One untimed step tells a slow case, which then times fewer steps.
+        probe = StepTimes()
+        fits[name](2, probe)
+        if 1e3 * probe.times[-1] > SLOW_MS:
+            slow[name] = SLOW_STEPS_PER_ROUND
+    return timing.time_fits(
+        fits,
+        StepTimes,
+        ROUNDS,
+        STEPS_PER_ROUND,
+        WARMUP_STEPS,
+        slow_steps_per_round=slow,
+        statistic=statistics.mean,
+    )
+
+
+def table_pass_ms(rows):
+    """ms of one in-place read and write of a rows x 32 float32 table (the
+    least a whole-table weight decay can take), the median of five."""
+    table = np.ones((rows, EMBEDDING_DIM), np.float32)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        np.multiply(table, np.float32(0.999), out=table)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def goals(record):
+    """(description, measured, bound, met) for each goal."""
+    steps = record["steps"]
+    small, large = str(min(TABLE_ROWS)), str(max(TABLE_ROWS))
+    out = []
+    for option in OPTIONS:
+        if option == "weight_decay=1e-4":
+            ratio = steps[large][option]["tf_adagrad"] / record["table_pass_ms"]
+            out.append(
+                (
+                    f"{option}: step at {int(large):,} rows / one pass over the table",
+                    ratio,
+                    "<= 1.5",
+                    ratio <= 1.5,
+                )
+            )
+        else:
+            growth = steps[large][option]["tf_adagrad"] / steps[small][option]["tf_adagrad"]
+            out.append(
+                (
+                    f"{option}: step at {int(large):,} / {int(small):,} rows",
+                    growth,
+                    "<= 1.3",
+                    growth <= 1.3,
+                )
+            )
+        at_1m = steps[str(KERAS_MAX_ROWS)][option]
+        speedup = at_1m["keras"] / at_1m["tf_adagrad"]
+        out.append(
+            (
+                f"{option}: keras.optimizers.Adagrad / tf_adagrad at 1M rows",
+                speedup,
+                ">= 20",
+                speedup >= 20,
+            )
+        )
+    return out
+
+
+def markdown(record):
+    lines = [
+        "| option | "
+        + " | ".join(f"tf_adagrad {int(r):,} rows" for r in record["steps"])
+        + f" | {int(max(TABLE_ROWS)):,} / {int(min(TABLE_ROWS)):,}"
+        + f" | keras.optimizers.Adagrad {KERAS_MAX_ROWS:,} rows | ratio |",
+        "| --- |" + " ---: |" * (len(record["steps"]) + 3),
+    ]
+    steps = record["steps"]
+    small, large, mid = str(min(TABLE_ROWS)), str(max(TABLE_ROWS)), str(KERAS_MAX_ROWS)
+    for option in OPTIONS:
+        ours = [steps[r][option]["tf_adagrad"] for r in steps]
+        keras_ms = steps[mid][option]["keras"]
+        lines.append(
+            f"| {option} | "
+            + " | ".join(f"{ms:.2f}" for ms in ours)
+            + f" | {steps[large][option]['tf_adagrad'] / steps[small][option]['tf_adagrad']:.2f}"
+            + f" | {keras_ms:.2f} | {keras_ms / steps[mid][option]['tf_adagrad']:.1f}x |"
+        )
+    return "\n".join(lines + ["", *goal_table(goals(record))]) + "\n"
+
+
+def main():
+    header = machine_header("Keras", keras.__version__)
+    print(f"{header}; fit() steps with each option, mean ms per step", flush=True)
+    record = {"steps": {}, "table_pass_ms": table_pass_ms(max(TABLE_ROWS))}
+    for rows in TABLE_ROWS:
+        record["steps"][str(rows)] = {}
+        for option in OPTIONS:
+            ms = option_case(rows, option)
+            record["steps"][str(rows)][option] = ms
+            keras_part = (
+                f"  keras {ms['keras']:9.2f} ({ms['keras'] / ms['tf_adagrad']:6.1f}x)"
+                if "keras" in ms
+                else ""
+            )
+            print(
+                f"{option:32s} {rows:>10,} rows  tf_adagrad {ms['tf_adagrad']:8.2f}{keras_part}",
+                flush=True,
+            )
+            gc.collect()
+    print(
+        f"one read+write pass over the {max(TABLE_ROWS):,}-row table: {record['table_pass_ms']:.2f} ms"
+    )
+    print_goals(goals(record))
+    write_results(
+        "options",
+        {**run_info(keras=keras.__version__), **record},
+        f"{header}. {__doc__.splitlines()[0]}\n\n" + markdown(record),
+    )
+
+
+if __name__ == "__main__":
+    main()
