@@ -49,5 +49,15 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     ...     loss="binary_crossentropy")
     """
 
+    def __init__(
+        self, inner_optimizer, initial_scale=2.0**15, dynamic_growth_steps=2000, name=None, **kwargs
+    ):
+        if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
+            raise TypeError(
+                "tf_adagrad.LossScaleOptimizer's inner_optimizer must be a Keras 3 optimizer "
+                f"(a keras.optimizers.Optimizer), received: {inner_optimizer!r}"
+            )
+        super().__init__(inner_optimizer, initial_scale, dynamic_growth_steps, name, **kwargs)
+
     def check_finite(self, grads):
         return super().check_finite(_loss_scaling.values_only(grads))
