@@ -6,6 +6,8 @@ The scales are powers of two, so a scaled gradient divided by its scale is
 the unscaled gradient bit for bit: runs with and without scaling compare
 exactly."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -327,3 +329,32 @@ def test_compile_under_mixed_float16_keeps_tf_adagrad_loss_scale_optimizer():
         assert type(plain.optimizer) is keras.optimizers.LossScaleOptimizer
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def test_fit_under_mirrored_strategy_equals_one_device(tmp_path):
+    """loss_scale_factor and tf_adagrad.LossScaleOptimizer in fit() over 2
+    replicas (tests/support/loss_scaling_mirrored.py, in a process of its
+    own), where each replica unscales and checks its IndexedSlices in a
+    thread of its own while the step is traced."""
+    from support.processes import run_to_completion
+
+    out = tmp_path / "mirrored.npz"
+    script = os.path.join(os.path.dirname(__file__), "support", "loss_scaling_mirrored.py")
+    run_to_completion(tmp_path, "loss_scaling_mirrored", script, str(out))
+    result = np.load(out)
+    assert int(result["replicas"]) == 2
+    for case in ("factor", "optimizer"):
+        for i in range(3):  # table, kernel, bias
+            # Each step moves an entry by under lr = 0.1 (|g| / sqrt(acc) < 1);
+            # the replicas' gradients, summed in another order, differ by an
+            # ulp or two, which moves a step by 0.1 * 2**-23 = 1.2e-8 per ulp:
+            # four steps stay under 1e-7.
+            np.testing.assert_allclose(
+                result[f"{case}:mirrored:{i}"], result[f"{case}:single:{i}"], rtol=0, atol=1e-7
+            )
+    # Four finite steps from 2**10, doubling after every two.
+    assert (
+        float(result["optimizer:mirrored:scale"])
+        == float(result["optimizer:single:scale"])
+        == 2.0**12
+    )
