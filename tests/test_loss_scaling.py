@@ -218,20 +218,20 @@ def _inner(optimizer):
 BIG_ROWS = 1_000_000
 
 
-def table_sized_tensors(optimizer):
+def table_sized_tensors(optimizer, variable=keras.Variable):
     """The tensors, inputs or outputs of any op, of one optimizer step on a
     1M-row table's IndexedSlices (256 rows) and a dense bias gradient that
     have a million elements or more, or a shape not known when traced."""
-    table = keras.Variable(np.zeros((BIG_ROWS, DIM), np.float32))
-    bias = keras.Variable(np.zeros((DIM,), np.float32))
-    optimizer.build([table, bias])
+    table = variable(np.zeros((BIG_ROWS, DIM), np.float32))
+    bias = variable(np.zeros((DIM,), np.float32))
 
     @tf.function
     def step(values, indices, bias_gradient):
-        dense_shape = tf.constant([BIG_ROWS, DIM])
-        optimizer.apply(
-            [tf.IndexedSlices(values, indices, dense_shape), bias_gradient], [table, bias]
-        )
+        grads = [tf.IndexedSlices(values, indices, tf.constant([BIG_ROWS, DIM])), bias_gradient]
+        if isinstance(optimizer, keras.optimizers.Optimizer):
+            optimizer.apply(grads, [table, bias])
+        else:  # tf_keras'
+            optimizer.apply_gradients(zip(optimizer.get_unscaled_gradients(grads), [table, bias]))
 
     graph = step.get_concrete_function(
         tf.TensorSpec([256, DIM]), tf.TensorSpec([256], tf.int32), tf.TensorSpec([DIM])
@@ -262,6 +262,20 @@ def test_keras_loss_scale_optimizer_densifies_the_finite_check():
     above sees it: Keras' check builds a table-sized boolean tensor."""
     found = table_sized_tensors(keras.optimizers.LossScaleOptimizer(tf_adagrad.Adagrad()))
     assert any(tensor.endswith(f"({BIG_ROWS}, {DIM})") for tensor in found), found
+
+
+@pytest.mark.parametrize("inner", ["keras2.Adagrad", "keras2.legacy.Adagrad"])
+def test_tf_keras_loss_scale_optimizer_checks_and_unscales_only_values(inner):
+    """Why tf_adagrad.keras2 has no LossScaleOptimizer of its own: tf_keras'
+    finite check and unscaling already read only a tf.IndexedSlices' values."""
+    import tf_keras
+
+    inner_optimizer = {
+        "keras2.Adagrad": tf_adagrad.keras2.Adagrad,
+        "keras2.legacy.Adagrad": tf_adagrad.keras2.legacy.Adagrad,
+    }[inner]()
+    optimizer = tf_keras.mixed_precision.LossScaleOptimizer(inner_optimizer)
+    assert table_sized_tensors(optimizer, variable=tf.Variable) == []
 
 
 def test_inner_optimizer_must_be_a_keras_3_optimizer():
