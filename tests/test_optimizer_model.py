@@ -14,6 +14,7 @@ import tf_adagrad.optimizer
 from support.adagrad_reference import bits, dense_step_float64, sparse_step_float64
 from support.click_model import click_data as shared_click_data
 from support.click_model import click_model
+from support.graph_math import ops_in
 from support.keras_reference import DensifyingKerasAdagrad, exact_graph_math, make_variables
 
 NUM_ROWS = 500
@@ -202,17 +203,6 @@ def traced_sparse_step(jit_compile):
     return step.get_concrete_function(
         tf.TensorSpec([256, 16], tf.float32), tf.TensorSpec([256], tf.int32)
     ).graph
-
-
-def ops_in(graph):
-    for op in graph.get_operations():
-        yield op
-        for attr in ("then_branch", "else_branch", "body", "cond", "f"):
-            try:
-                function_name = op.get_attr(attr).name
-            except (ValueError, AttributeError):
-                continue
-            yield from ops_in(graph._get_function(function_name).graph)
 
 
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["fused", "xla"])

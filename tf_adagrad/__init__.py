@@ -16,6 +16,7 @@ _loader.load_at_import()
 
 from tf_adagrad import ops  # noqa: E402
 from tf_adagrad._loader import OpLibraryError  # noqa: E402
+from tf_adagrad.loss_scale_optimizer import LossScaleOptimizer  # noqa: E402
 from tf_adagrad.optimizer import Adagrad  # noqa: E402
 from tf_adagrad.rowwise_adagrad import RowwiseAdagrad  # noqa: E402
 from tf_adagrad.sharded import sharded_gradients  # noqa: E402
@@ -37,6 +38,7 @@ def __getattr__(name):
 
 __all__ = [
     "Adagrad",
+    "LossScaleOptimizer",
     "OpLibraryError",
     "RowwiseAdagrad",
     "ops",

@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 from keras.src.optimizers import base_optimizer
 
-from tf_adagrad import _gradient_clipping, _update_rules, _xla_fallback, sharded
+from tf_adagrad import _gradient_clipping, _loss_scaling, _update_rules, _xla_fallback, sharded
 from tf_adagrad._rule_optimizer import RuleOptimizer, public_name
 from tf_adagrad._variables import as_tf_variable, backing_variable
 
@@ -87,6 +87,13 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
 
     def _slot(self, variable):
         return getattr(self, self.rule.slots_attribute)[self._get_variable_index(variable)]
+
+    def apply(self, grads, trainable_variables=None):
+        # Keras' base class unscales each gradient with `/ loss_scale_factor`,
+        # which tf.IndexedSlices lacks; these slices divide their values only.
+        if self.loss_scale_factor is not None:
+            grads = _loss_scaling.unscalable(grads)
+        return super().apply(grads, trainable_variables)
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         """All of a step's updates: the dense gradients of each device and

@@ -24,3 +24,16 @@ def exact_graph_math():
         tf.config.optimizer.set_experimental_options(
             {"arithmetic_optimization": saved.get("arithmetic_optimization", True)}
         )
+
+
+def ops_in(graph):
+    """Every op of a traced graph, and of the functions its ops call (the
+    branches of a cond, the body of a loop)."""
+    for op in graph.get_operations():
+        yield op
+        for attr in ("then_branch", "else_branch", "body", "cond", "f"):
+            try:
+                function_name = op.get_attr(attr).name
+            except (ValueError, AttributeError):
+                continue
+            yield from ops_in(graph._get_function(function_name).graph)
