@@ -31,7 +31,7 @@ help:
 	@echo "make test       build, linters, the whole test suite (about 9 minutes after the build)"
 	@echo "make test-fast  build, linters, the suite without the tests marked slow (about 4 minutes)"
 	@echo "make demo       build, then the demo recommender (about 3 minutes)"
-	@echo "make bench      build, then the benchmark (about 19 minutes)"
+	@echo "make bench      build, then the benchmark (about 23 minutes)"
 	@echo "make gpu-dry-run  rehearses on the CPU the GPU check for a CUDA host (docs/gpu.md)"
 	@echo "make clean      bazel clean, and removes the op library copied into the source tree"
 
