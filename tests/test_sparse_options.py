@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import tf_adagrad
+from support.scenario_model import embedding_regressor
 
 TABLE_SHAPE, BIAS_SHAPE = (20, 3), (3,)
 LR, EPSILON, INITIAL = 0.3, 1e-7, 0.1
@@ -123,14 +124,7 @@ def test_fit_with_clipping_and_unique_ids_matches_keras(clipping):
 
     def trained(optimizer):
         keras.utils.set_random_seed(1)
-        model = keras.Sequential(
-            [
-                keras.Input((1,), dtype="int32"),
-                keras.layers.Embedding(64, 4),
-                keras.layers.Flatten(),
-                keras.layers.Dense(1),
-            ]
-        )
+        model = embedding_regressor(keras, 64, 1, 4)
         model.compile(optimizer=optimizer, loss="mse")
         model.fit(ids, labels, batch_size=16, epochs=1, shuffle=False, verbose=0)
         return model.get_weights()

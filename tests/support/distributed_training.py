@@ -256,14 +256,7 @@ def clipped_fit(strategy, optimizer_class, global_clipnorm=0.05):
     labels = rng.uniform(0, 1, (ids.shape[0], 1)).astype("float32")
     with strategy.scope():
         keras.utils.set_random_seed(1)
-        model = keras.Sequential(
-            [
-                keras.Input((1,), dtype="int32"),
-                keras.layers.Embedding(100, 4),
-                keras.layers.Flatten(),
-                keras.layers.Dense(1),
-            ]
-        )
+        model = scenario_model.embedding_regressor(keras, 100, 1, 4)
         optimizer = optimizer_class(learning_rate=0.5, global_clipnorm=global_clipnorm)
         model.compile(optimizer=optimizer, loss="mse")
     model.fit(ids.astype("int32"), labels, batch_size=32, shuffle=False, verbose=0)
@@ -285,14 +278,7 @@ def rowwise_fit(strategy):
     labels = rng.random((512, 1)).astype("float32")
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        model = keras.Sequential(
-            [
-                keras.Input((2,), dtype="int32"),
-                keras.layers.Embedding(300, 8),
-                keras.layers.Flatten(),
-                keras.layers.Dense(1),
-            ]
-        )
+        model = scenario_model.embedding_regressor(keras, 300, 2, 8)
         model.compile(optimizer=tf_adagrad.RowwiseAdagrad(0.1), loss="mse")
     model.fit(ids, labels, batch_size=64, epochs=2, shuffle=False, verbose=0)
     return model.get_weights() + [a.numpy() for a in model.optimizer._rowwise_accumulators]

@@ -20,6 +20,7 @@ tf.config.set_logical_device_configuration(
 )
 
 import keras  # noqa: E402
+import scenario_model  # noqa: E402  (tests/support/, beside this file)
 
 import tf_adagrad  # noqa: E402
 
@@ -37,14 +38,7 @@ def fit(strategy, make_optimizer):
     targets = rng.uniform(-1, 1, (128, 1)).astype(np.float32)
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        model = keras.Sequential(
-            [
-                keras.Input((3,), dtype="int32"),
-                keras.layers.Embedding(50, 4),
-                keras.layers.Flatten(),
-                keras.layers.Dense(1),
-            ]
-        )
+        model = scenario_model.embedding_regressor(keras, 50, 3, 4)
         optimizer = make_optimizer()
         model.compile(optimizer=optimizer, loss="mse")
     model.fit(ids, targets, batch_size=32, shuffle=False, verbose=0)
