@@ -18,9 +18,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import fit_steps  # noqa: E402  (bench/, beside this file, as timing)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import timing  # noqa: E402  (bench/, beside this file)
+import timing  # noqa: E402
 from timing import (  # noqa: E402
     fit_on_batches,
     goal_table,
@@ -36,7 +37,7 @@ import tf_adagrad  # noqa: E402
 LR = 0.05
 TABLE_ROWS = (10_000, 1_000_000, 10_000_000)
 KERAS_MAX_ROWS = 1_000_000  # Keras' Adagrad takes seconds a step beyond
-EMBEDDING_DIM, BATCH_SIZE = 32, 1024
+BATCH_SIZE = 1024  # the model: fit_steps.embedding_model, rows x 32
 ROUNDS, STEPS_PER_ROUND, WARMUP_STEPS = 3, 8, 3
 # Steps a turn where a step takes longer than SLOW_MS: still whole periods.
 SLOW_STEPS_PER_ROUND, SLOW_MS = 4, 50
@@ -56,10 +57,6 @@ OPTIONS = {
 # Keras' base class divides each gradient by loss_scale_factor with `/`,
 # which tf.IndexedSlices lacks: Keras' Adagrad fails with it here.
 KERAS_CANNOT = {"loss_scale_factor=128"}
-
-
-class StepTimes(timing.StepTimer, keras.callbacks.Callback):
-    """timing.StepTimer as a Keras 3 callback."""
 
 
 def make_optimizer(optimizer_class, option):
@@ -83,24 +80,17 @@ def option_case(rows, option):
     fits, slow = {}, {}
     for name, optimizer_class in classes.items():
         keras.utils.set_random_seed(0)
-        model = keras.Sequential(
-            [
-                keras.Input((1,), dtype="int64"),
-                keras.layers.Embedding(rows, EMBEDDING_DIM),
-                keras.layers.Flatten(),
-                keras.layers.Dense(1),
-            ]
-        )
+        model = fit_steps.embedding_model(rows)
         model.compile(optimizer=make_optimizer(optimizer_class, option), loss="mse")
         fits[name] = fit_on_batches(model, ids, labels, BATCH_SIZE)
         # One untimed step tells a slow case, which then times fewer steps.
-        probe = StepTimes()
+        probe = fit_steps.StepTimes()
         fits[name](2, probe)
         if 1e3 * probe.times[-1] > SLOW_MS:
             slow[name] = SLOW_STEPS_PER_ROUND
     return timing.time_fits(
         fits,
-        StepTimes,
+        fit_steps.StepTimes,
         ROUNDS,
         STEPS_PER_ROUND,
         WARMUP_STEPS,
@@ -112,7 +102,7 @@ def option_case(rows, option):
 def table_pass_ms(rows):
     """ms of one in-place read and write of a rows x 32 float32 table (the
     least a whole-table weight decay can take), the median of five."""
-    table = np.ones((rows, EMBEDDING_DIM), np.float32)
+    table = np.ones((rows, fit_steps.EMBEDDING_DIM), np.float32)
     times = []
     for _ in range(5):
         start = time.perf_counter()
