@@ -345,6 +345,7 @@ def test_compile_under_mixed_float16_keeps_tf_adagrad_loss_scale_optimizer():
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+@pytest.mark.slow  # a child process with two logical CPUs: about 9 s
 def test_fit_under_mirrored_strategy_equals_one_device(tmp_path):
     """loss_scale_factor and tf_adagrad.LossScaleOptimizer in fit() over 2
     replicas (tests/support/loss_scaling_mirrored.py, in a process of its
