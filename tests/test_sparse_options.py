@@ -96,6 +96,38 @@ def test_norm_clipping_sums_repeated_rows_first(clipping, graph):
     assert not np.allclose(unclipped[0], expected[0], rtol=1e-3), "clipping must be active"
 
 
+def numpy_rowwise_with_clipping(start, steps, clipnorm=None, global_clipnorm=None):
+    """tf_adagrad.RowwiseAdagrad's rule (one accumulator per row, epsilon
+    outside the square root, defaults 0.0 and 1e-8) on the densified
+    gradients clipped as above, in float64; a 1-D variable is one row per
+    element."""
+    variables = [v.astype(np.float64) for v in start]
+    accumulators = [np.zeros(v.shape[:1]) for v in variables]
+    lr = float(np.float32(LR))
+    for indices, values, bias in steps:
+        grads = [densified(indices, values), bias]
+        if clipnorm:
+            grads = [g * clipnorm / max(np.linalg.norm(g), clipnorm) for g in grads]
+        if global_clipnorm:
+            norm = np.sqrt(sum(np.sum(g * g) for g in grads))
+            grads = [g * global_clipnorm * min(1 / norm, 1 / global_clipnorm) for g in grads]
+        for v, a, g in zip(variables, accumulators, grads):
+            rows = g.reshape(g.shape[0], -1)
+            a += np.mean(rows**2, axis=1)
+            v -= (lr * rows / (np.sqrt(a)[:, None] + 1e-8)).reshape(v.shape)
+    return variables
+
+
+@pytest.mark.parametrize("clipping", CLIPPINGS, ids=lambda c: next(iter(c)))
+def test_rowwise_norm_clipping_sums_repeated_rows_first(clipping):
+    steps = sparse_steps(4)
+    ours = run(tf_adagrad.RowwiseAdagrad(learning_rate=LR, **clipping), steps, "float64", True)
+    expected = numpy_rowwise_with_clipping(start_values(), steps, **clipping)
+    for actual, wanted in zip(ours, expected):
+        # float64 throughout; only the order of the sums differs.
+        np.testing.assert_allclose(actual, wanted, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("duplicates", [True, False], ids=["repeated ids", "unique ids"])
 @pytest.mark.parametrize("clipping", CLIPPINGS, ids=lambda c: next(iter(c)))
 def test_norm_clipping_equals_keras_on_the_densified_gradient(clipping, duplicates):
