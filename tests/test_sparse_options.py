@@ -34,14 +34,9 @@ def densified(indices, values):
     return dense
 
 
-def numpy_adagrad_with_clipping(start, steps, clipnorm=None, global_clipnorm=None):
-    """Keras' Adagrad on the densified gradients, clipped as Keras clips
-    dense gradients, in float64."""
-    variables = [v.astype(np.float64) for v in start]
-    # Keras starts the accumulators from float32's 0.1, and keeps the
-    # learning rate in a float32 variable.
-    accumulators = [np.full_like(v, np.float32(INITIAL)) for v in variables]
-    lr = float(np.float32(LR))
+def clipped_dense_gradients(steps, clipnorm, global_clipnorm):
+    """Per step, the table's densified gradient and the bias', clipped as
+    Keras clips dense gradients, in float64."""
     for indices, values, bias in steps:
         grads = [densified(indices, values), bias]
         if clipnorm:
@@ -49,6 +44,17 @@ def numpy_adagrad_with_clipping(start, steps, clipnorm=None, global_clipnorm=Non
         if global_clipnorm:
             norm = np.sqrt(sum(np.sum(g * g) for g in grads))
             grads = [g * global_clipnorm * min(1 / norm, 1 / global_clipnorm) for g in grads]
+        yield grads
+
+
+def numpy_adagrad_with_clipping(start, steps, clipnorm=None, global_clipnorm=None):
+    """Keras' Adagrad on clipped_dense_gradients, in float64."""
+    variables = [v.astype(np.float64) for v in start]
+    # Keras starts the accumulators from float32's 0.1, and keeps the
+    # learning rate in a float32 variable.
+    accumulators = [np.full_like(v, np.float32(INITIAL)) for v in variables]
+    lr = float(np.float32(LR))
+    for grads in clipped_dense_gradients(steps, clipnorm, global_clipnorm):
         for v, a, g in zip(variables, accumulators, grads):
             a += g * g
             v -= lr * g / np.sqrt(a + EPSILON)
@@ -98,19 +104,13 @@ def test_norm_clipping_sums_repeated_rows_first(clipping, graph):
 
 def numpy_rowwise_with_clipping(start, steps, clipnorm=None, global_clipnorm=None):
     """tf_adagrad.RowwiseAdagrad's rule (one accumulator per row, epsilon
-    outside the square root, defaults 0.0 and 1e-8) on the densified
-    gradients clipped as above, in float64; a 1-D variable is one row per
+    outside the square root, defaults 0.0 and 1e-8) on
+    clipped_dense_gradients, in float64; a 1-D variable is one row per
     element."""
     variables = [v.astype(np.float64) for v in start]
     accumulators = [np.zeros(v.shape[:1]) for v in variables]
     lr = float(np.float32(LR))
-    for indices, values, bias in steps:
-        grads = [densified(indices, values), bias]
-        if clipnorm:
-            grads = [g * clipnorm / max(np.linalg.norm(g), clipnorm) for g in grads]
-        if global_clipnorm:
-            norm = np.sqrt(sum(np.sum(g * g) for g in grads))
-            grads = [g * global_clipnorm * min(1 / norm, 1 / global_clipnorm) for g in grads]
+    for grads in clipped_dense_gradients(steps, clipnorm, global_clipnorm):
         for v, a, g in zip(variables, accumulators, grads):
             rows = g.reshape(g.shape[0], -1)
             a += np.mean(rows**2, axis=1)
