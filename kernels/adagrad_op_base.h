@@ -152,8 +152,8 @@ inline absl::Status ValidateSparseGradient(const std::string& op_name,
 template <typename Device, typename T, typename H = T>
 class AdagradOpBase : public OpKernel {
  public:
-  // The op's variables are its first `num_variables` inputs; lr and
-  // epsilon follow them.
+  // The op's variables are its first `num_variables` inputs; lr and a
+  // second scalar (epsilon, or the weight decay) follow them.
   AdagradOpBase(OpKernelConstruction* context, int num_variables,
                 UpdateKind kind, bool use_locking)
       : OpKernel(context),
@@ -175,19 +175,21 @@ class AdagradOpBase : public OpKernel {
     }
     OP_REQUIRES_OK(ctx, ExpectDistinct(vars));
     const Tensor& lr = ctx->input(num_variables_);
-    const Tensor& epsilon = ctx->input(num_variables_ + 1);
+    const Tensor& second = ctx->input(num_variables_ + 1);
     OP_REQUIRES_OK(ctx, ExpectScalar(name(), "lr", lr));
-    OP_REQUIRES_OK(ctx, ExpectScalar(name(), "epsilon", epsilon));
+    OP_REQUIRES_OK(ctx, ExpectScalar(name(), SecondScalarName(), second));
 
     LockedVariables locked(vars, kind_, use_locking_);
     OP_REQUIRES_OK(ctx, ValidateShapes(ctx, locked));
     OP_REQUIRES_OK(ctx, PrepareToWrite(ctx, locked));
-    Update(ctx, locked, lr.scalar<H>()(), epsilon.scalar<H>()());
+    Update(ctx, locked, lr.scalar<H>()(), second.scalar<H>()());
   }
 
  protected:
   // Variable input `input`'s name in messages.
   virtual std::string VariableName(int input) const = 0;
+  // The name of the scalar input after lr, in messages.
+  virtual const char* SecondScalarName() const { return "epsilon"; }
   // The dtype variable input `input` must have, and why (in messages).
   virtual tensorflow::DataType VariableDtype(int input) const {
     return DataTypeToEnum<T>::value;
@@ -206,8 +208,9 @@ class AdagradOpBase : public OpKernel {
   // written yet.
   virtual absl::Status ValidateShapes(OpKernelContext* ctx,
                                       const LockedVariables& locked) = 0;
+  // `second` is the scalar input after lr.
   virtual void Update(OpKernelContext* ctx, const LockedVariables& locked, H lr,
-                      H epsilon) = 0;
+                      H second) = 0;
 
   absl::Status Error(const std::string& expected, const std::string& got) {
     return absl::InvalidArgumentError(

@@ -193,6 +193,34 @@ absl::Status RowwiseApplySparseShape(InferenceContext* c) {
   return CheckSparseGradient(op, c, var);
 }
 
+constexpr char kDecayWeights[] = "TfAdagrad>DecayWeights";
+constexpr char kDecayRows[] = "TfAdagrad>DecayRows";
+
+absl::Status CheckDecayScalars(const char* op, InferenceContext* c) {
+  ShapeHandle unused;
+  TF_RETURN_IF_ERROR(Expect(op, c->WithRank(c->input(1), 0, &unused), c,
+                            op_errors::Scalar("lr"), c->input(1)));
+  return Expect(op, c->WithRank(c->input(2), 0, &unused), c,
+                op_errors::Scalar("weight_decay"), c->input(2));
+}
+
+// Inputs: var, lr, weight_decay.
+absl::Status DecayWeightsShape(InferenceContext* c) {
+  return CheckDecayScalars(kDecayWeights, c);
+}
+
+// Inputs: var, lr, weight_decay, indices.
+absl::Status DecayRowsShape(InferenceContext* c) {
+  const char* op = kDecayRows;
+  TF_RETURN_IF_ERROR(CheckDecayScalars(op, c));
+  ShapeHandle unused;
+  ShapeHandle var = VariableShape(c, 0);
+  TF_RETURN_IF_ERROR(Expect(op, c->WithRankAtLeast(var, 1, &unused), c,
+                            op_errors::Rank("var", ">= 1"), var));
+  return Expect(op, c->WithRank(c->input(3), 1, &unused), c,
+                op_errors::Rank("indices", "1"), c->input(3));
+}
+
 }  // namespace
 
 REGISTER_OP(kApplyDense)
@@ -282,6 +310,33 @@ REGISTER_OP(kRowwiseApplySparse)
 RowwiseApplyDense for the rows named by indices: rows of grad with the same
 index are summed first, so the result equals the dense update with the
 densified gradient; rows not named are not read or written.
+)doc");
+
+REGISTER_OP(kDecayWeights)
+    .Input("var: resource")
+    .Input("lr: T")
+    .Input("weight_decay: T")
+    .Attr(kTypeAttr)
+    .SetShapeFn(DecayWeightsShape)
+    .Doc(R"doc(
+Weight decay as Keras applies it before an update,
+var -= var * (weight_decay * lr), for every element in one pass, in place
+(exclusive lock). 16-bit types are computed in float32 and rounded once.
+)doc");
+
+REGISTER_OP(kDecayRows)
+    .Input("var: resource")
+    .Input("lr: T")
+    .Input("weight_decay: T")
+    .Input("indices: Tindices")
+    .Attr(kTypeAttr)
+    .Attr("Tindices: {int32, int64}")
+    .Attr("use_locking: bool = false")
+    .SetShapeFn(DecayRowsShape)
+    .Doc(R"doc(
+DecayWeights for the rows of var named by indices only: each distinct row
+decays once, however often its index repeats; other rows are not read or
+written.
 )doc");
 
 }  // namespace tf_adagrad

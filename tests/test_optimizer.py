@@ -481,6 +481,23 @@ def test_config_round_trip():
     assert keras.saving.serialize_keras_object(from_get.get_config()) == serialized_config
 
 
+def test_config_round_trip_with_rows_in_batch_weight_decay():
+    """weight_decay_rows is in the config only when it is not the default
+    (so the default config stays Keras' Adagrad's), and round-trips."""
+    optimizer = tf_adagrad.Adagrad(0.1, weight_decay=0.01, weight_decay_rows="in_batch")
+    config = optimizer.get_config()
+    assert config["weight_decay_rows"] == "in_batch"
+    restored = tf_adagrad.Adagrad.from_config(config)
+    assert restored.weight_decay_rows == "in_batch"
+    assert restored.get_config() == config
+    with pytest.raises(
+        ValueError,
+        match=r"weight_decay_rows must be one of 'all', 'in_batch', "
+        r"received: 'batch'",
+    ):
+        tf_adagrad.Adagrad(weight_decay_rows="batch")
+
+
 def same_bits_or_both_nan(a, b):
     both_nan = np.isnan(a) & np.isnan(b)
     return bool(np.all(both_nan | (bits(a) == bits(b))))

@@ -4,7 +4,14 @@ import keras
 import tensorflow as tf
 from keras.src.optimizers import base_optimizer
 
-from tf_adagrad import _gradient_clipping, _loss_scaling, _update_rules, _xla_fallback, sharded
+from tf_adagrad import (
+    _gradient_clipping,
+    _loss_scaling,
+    _update_rules,
+    _weight_decay,
+    _xla_fallback,
+    sharded,
+)
 from tf_adagrad._rule_optimizer import RuleOptimizer, public_name
 from tf_adagrad._variables import as_tf_variable, backing_variable
 
@@ -14,9 +21,11 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
     or plain TensorFlow ops under XLA and for the dtypes the kernels lack."""
 
     framework = "a Keras 3 optimizer"
-    base_arguments = base_optimizer.base_optimizer_keyword_args
+    base_arguments = _weight_decay.documented_with(base_optimizer.base_optimizer_keyword_args)
 
-    def __init__(self, learning_rate, initial_accumulator_value, epsilon, **kwargs):
+    def __init__(
+        self, learning_rate, initial_accumulator_value, epsilon, weight_decay_rows="all", **kwargs
+    ):
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError(
                 f"{public_name(type(self))} runs TensorFlow ops, so it needs the TensorFlow "
@@ -27,6 +36,11 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.initial_accumulator_value = initial_accumulator_value
         self.epsilon = epsilon
+        self.weight_decay_rows = _weight_decay.checked_rows_mode(weight_decay_rows)
+        # Keys of the variables whose rows decay in `update_step` (with
+        # weight_decay_rows="in_batch": those with sparse gradients), set
+        # by `apply` while it builds the step.
+        self._decayed_in_update = frozenset()
 
     def build(self, var_list):
         if self.built:
@@ -93,7 +107,21 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
         # which tf.IndexedSlices lacks; these slices divide their values only.
         if self.loss_scale_factor is not None:
             grads = _loss_scaling.unscalable(grads)
+        if self.weight_decay is not None and self.weight_decay_rows == "in_batch":
+            variables = (
+                self._trainable_variables if trainable_variables is None else trainable_variables
+            )
+            self._decayed_in_update = frozenset(
+                self._var_key(v)
+                for g, v in zip(grads, variables)
+                if isinstance(g, tf.IndexedSlices)
+            )
         return super().apply(grads, trainable_variables)
+
+    def _apply_weight_decay(self, variables):
+        """Keras' weight decay, one fused pass per variable; rows decayed in
+        `update_step` are left to it (`tf_adagrad/_weight_decay.py`)."""
+        _weight_decay.apply(self, variables, skip=self._decayed_in_update)
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         """All of a step's updates: the dense gradients of each device and
@@ -125,21 +153,38 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
         """Update step given gradient and the associated model variable."""
         slot = self._slot(variable)
         gradient = tf.cast(gradient, variable.dtype)
+        decay_rows = (
+            isinstance(gradient, tf.IndexedSlices)
+            and self._var_key(variable) in self._decayed_in_update
+            and self._use_weight_decay(variable)
+        )
         if not sharded.is_sharded(variable):
-            variable = as_tf_variable(variable, "variable")
-            slot = as_tf_variable(slot, self.rule.slot_name)
-            self.rule.apply(variable, slot, gradient, learning_rate, self.epsilon)
-            return
-        for shard_gradient, shard, slot_shard in zip(
-            sharded.split_by_shard(gradient, backing_variable(variable)),
-            sharded.shards(variable),
-            sharded.shards(slot),
-        ):
-            self.rule.apply(shard, slot_shard, shard_gradient, learning_rate, self.epsilon)
+            updates = [
+                (
+                    gradient,
+                    as_tf_variable(variable, "variable"),
+                    as_tf_variable(slot, self.rule.slot_name),
+                )
+            ]
+        else:
+            updates = zip(
+                sharded.split_by_shard(gradient, backing_variable(variable)),
+                sharded.shards(variable),
+                sharded.shards(slot),
+            )
+        for part_gradient, part, slot_part in updates:
+            if decay_rows:
+                _weight_decay.decay_rows(
+                    part, learning_rate, self.weight_decay, part_gradient.indices
+                )
+            self.rule.apply(part, slot_part, part_gradient, learning_rate, self.epsilon)
 
     def get_config(self):
         config = super().get_config()
         config.update(
             initial_accumulator_value=self.initial_accumulator_value, epsilon=self.epsilon
         )
+        # Only when set, so that the default config stays Keras' Adagrad's.
+        if self.weight_decay_rows != "all":
+            config["weight_decay_rows"] = self.weight_decay_rows
         return config

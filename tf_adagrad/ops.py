@@ -11,6 +11,10 @@ Every op applies Adagrad with epsilon where `epsilon_placement` says:
 
 float16 and bfloat16 variables are computed in float32 and rounded once.
 
+Two ops decay weights as Keras' optimizers do before an update,
+`var -= var * (weight_decay * lr)`: every element (`decay_weights`), or the
+distinct rows a sparse gradient names (`decay_rows`).
+
 The rowwise ops keep one accumulator per row of `var` (rows are the first
 axis; a scalar is one row), as FBGEMM's exact rowwise Adagrad:
 
@@ -31,6 +35,8 @@ __all__ = [
     "EPSILON_PLACEMENTS",
     "OpLibraryError",
     "apply_adagrad",
+    "decay_rows",
+    "decay_weights",
     "load_library",
     "multi_apply_adagrad",
     "rowwise_accumulator_dtype",
@@ -297,5 +303,59 @@ def sparse_rowwise_apply_adagrad(var, accum, lr, epsilon, grad, indices, use_loc
         *(var, accum, lr, epsilon, grad),
         coefficient_dtype_of=rowwise_accumulator_dtype,
         indices=indices,
+        use_locking=use_locking,
+    )
+
+
+def _decay_arguments(var, lr, weight_decay):
+    var = as_tf_variable(var, "var")
+    require_dtype(var, "`var`")
+    return dict(
+        var=var.handle, lr=scalar_as(lr, var.dtype), weight_decay=scalar_as(weight_decay, var.dtype)
+    )
+
+
+@tf.autograph.experimental.do_not_convert
+def decay_weights(var, lr, weight_decay):
+    """Decays every element of `var` in place, as Keras' optimizers apply
+    `weight_decay` before an update: `var -= var * (weight_decay * lr)`.
+
+    One pass over `var` (a read and a write of each element), where Keras'
+    own `variable.assign_sub(variable * wd * lr)` writes temporaries of the
+    variable's size. Inside a `tf.function` (as in `fit()`) TensorFlow
+    folds Keras' two scalars first, as here, so float32 and float64 results
+    are the same bits; run eagerly, Keras' may differ in the last bit.
+    float16 and bfloat16 variables are computed in float32 and rounded once.
+
+    Args:
+        var: A `tf.Variable` or `keras.Variable` of a floating dtype
+            (float16, bfloat16, float32, float64), of any shape.
+        lr: The learning rate; a scalar, cast to `var`'s dtype.
+        weight_decay: The decay rate; a scalar, cast to `var`'s dtype.
+
+    The op holds the variable's lock exclusively. Nothing is returned.
+    """
+    _loader.load_library().tf_adagrad_decay_weights(**_decay_arguments(var, lr, weight_decay))
+
+
+@tf.autograph.experimental.do_not_convert
+def decay_rows(var, lr, weight_decay, indices, use_locking=False):
+    """Decays the rows of `var` named by `indices`, each distinct row once:
+    `var[r] -= var[r] * (weight_decay * lr)`. Other rows are not read or
+    written.
+
+    Args:
+        var: A `tf.Variable` or `keras.Variable` of rank >= 1.
+        lr, weight_decay: As in `decay_weights`.
+        indices: A 1-D int32 or int64 tensor of row numbers in
+            `[0, var.shape[0])`, repeats allowed; an index out of range
+            raises `InvalidArgumentError` and nothing is written.
+        use_locking: As in `sparse_apply_adagrad`.
+
+    Nothing is returned.
+    """
+    _loader.load_library().tf_adagrad_decay_rows(
+        **_decay_arguments(var, lr, weight_decay),
+        indices=_check_indices(indices),
         use_locking=use_locking,
     )
