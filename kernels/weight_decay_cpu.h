@@ -17,9 +17,10 @@ namespace tf_adagrad {
 // each.
 struct WeightDecayLoop {
   template <typename T, typename C>
-  __attribute__((always_inline)) void operator()(
-      T* var, const WeightDecayStep<C>& step, int64_t begin,
-      int64_t end) const {
+  __attribute__((always_inline)) void operator()(T* var,
+                                                 const WeightDecayStep<C>& step,
+                                                 int64_t begin,
+                                                 int64_t end) const {
     using A = Arithmetic<T>;
     for (int64_t i = begin; i < end; ++i) {
       var[i] = A::Store(step.Apply(A::Load(var[i])));
@@ -40,8 +41,8 @@ void WeightDecayRows(T* var, const Index* indices, const RowGroups& groups,
                      int64_t row_size, const WeightDecayStep<C>& step,
                      int64_t begin, int64_t end) {
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t row = static_cast<int64_t>(
-        indices[groups.positions[groups.run_starts[u]]]);
+    const int64_t row =
+        static_cast<int64_t>(indices[groups.positions[groups.run_starts[u]]]);
     WeightDecayRange(var, step, row * row_size, (row + 1) * row_size);
   }
 }

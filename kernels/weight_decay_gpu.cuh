@@ -81,8 +81,7 @@ cudaError_t LaunchWeightDecayRows(T* var, const Index* indices, int64_t nnz,
   err = ResidentGridSize(kernel, nnz * row_size, &blocks);
   if (err != cudaSuccess) return err;
   kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(
-      var, Buffers<Index>(plan, workspace).sorted_indices, nnz, row_size,
-      step);
+      var, Buffers<Index>(plan, workspace).sorted_indices, nnz, row_size, step);
   return cudaGetLastError();
 }
 

@@ -161,10 +161,9 @@ class DecayRowsOp : public WeightDecayOpBase<Device, T> {
     const Tensor& indices = ctx->input(this->kIndicesInput);
     const int64_t num_rows = var->dim_size(0);
     const int64_t row_size = num_rows == 0 ? 0 : var->NumElements() / num_rows;
-    OP_REQUIRES_OK(ctx,
-                   (functor::DecayRows<Device, T, Index>()(
-                       ctx, var->shaped<T, 2>({num_rows, row_size}), lr,
-                       weight_decay, indices.vec<Index>())));
+    OP_REQUIRES_OK(ctx, (functor::DecayRows<Device, T, Index>()(
+                            ctx, var->shaped<T, 2>({num_rows, row_size}), lr,
+                            weight_decay, indices.vec<Index>())));
   }
 };
 
