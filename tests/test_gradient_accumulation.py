@@ -20,7 +20,7 @@ CLIPPINGS = [dict(clipnorm=0.5), dict(global_clipnorm=0.7)]
 RESUME_SCRIPT = os.path.join(os.path.dirname(__file__), "support", "resume_training.py")
 
 
-def run(optimizer, steps, dtype="float64", graph=True, start=None, restored=None):
+def run(optimizer, steps, dtype="float64", graph=True, start=None, restored=None, jit=False):
     """The variables (from `start`, by default start_values()) after
     `optimizer.apply` of each step's gradients, the table's as
     `tf.IndexedSlices` (test_sparse_options.sparse_steps); `restored`, a
@@ -35,7 +35,7 @@ def run(optimizer, steps, dtype="float64", graph=True, start=None, restored=None
     def apply(grads):
         optimizer.apply(grads, variables)
 
-    apply = tf.function(apply) if graph else apply
+    apply = tf.function(apply, jit_compile=jit) if graph else apply
     for indices, values, bias in steps:
         table_grad = tf.IndexedSlices(
             tf.constant(values, dtype),
@@ -157,6 +157,19 @@ def test_clipping_applies_to_the_mean_gradient(optimizer_class, reference, clipp
     assert_float64_close(ours, reference(steps, 3, **clipping))
     unclipped = reference(steps, 3)
     assert not np.allclose(unclipped[0], ours[0], rtol=1e-3), "clipping must be active"
+
+
+def test_under_xla_the_sum_is_dense_and_equal():
+    """XLA cannot change a variable's shape while it runs: the table's rows
+    are summed in its dense buffer there, with the same results."""
+    steps = sparse_steps(7)
+    optimizer = tf_adagrad.Adagrad(LR, gradient_accumulation_steps=3)
+    ours = run(optimizer, steps, jit=True)
+    # XLA's plain-op update (rsqrt, fused multiply-adds): float64 ulps.
+    assert_float64_close(ours, numpy_adagrad(steps, 3))
+    table_rows = optimizer._gradient_rows[0]
+    assert int(tf.size(table_rows.indices)) == 0
+    assert table_rows.dense.shape.rank is None and table_rows.dense.numpy().shape == TABLE_SHAPE
 
 
 def test_dense_gradients_equal_keras_bit_for_bit():
