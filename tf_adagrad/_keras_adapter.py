@@ -3,8 +3,10 @@
 import keras
 import tensorflow as tf
 from keras.src.optimizers import base_optimizer
+from tensorflow.python.distribute import distribute_lib
 
 from tf_adagrad import (
+    _gradient_accumulation,
     _gradient_clipping,
     _loss_scaling,
     _update_rules,
@@ -46,7 +48,20 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
         if self.built:
             return
         self._check_dtypes(var_list)
+        # Decided once, before Keras' build asks for its accumulators.
+        self._accumulates_rows = bool(self.gradient_accumulation_steps) and not (
+            tf.distribute.has_strategy()
+            or self._distribution_strategy is not distribute_lib._get_default_strategy()
+        )
         super().build(var_list)
+        if self._accumulates_rows:
+            self._gradient_rows = [
+                a
+                for a in self._accumulated_gradients
+                if isinstance(a, _gradient_accumulation.RowAccumulator)
+            ]
+            for i, accumulator in enumerate(self._gradient_rows):
+                self._track_trackable(accumulator, name=f"gradient_rows_{i}")
         # Named and ordered as Keras' Adagrad's accumulators, so that
         # checkpoints and .keras files load into either optimizer.
         slots = [
@@ -77,12 +92,93 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
             return add()
 
     def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
+        if (
+            name == _gradient_accumulation.KERAS_NAME
+            and getattr(self, "_accumulates_rows", False)
+            and not getattr(reference_variable, "overwrite_with_gradient", False)
+        ):
+            # Keras' build asks for a dense accumulator per variable; rows
+            # and a dense sum that stay empty until used, instead.
+            return self._add_row_accumulator(reference_variable)
         # What Keras adds for a sharded variable (an EMA, an accumulated
         # gradient) is sharded beside it too.
         if not sharded.is_sharded(reference_variable):
             return super().add_variable_from_reference(reference_variable, name, initializer)
         with sharded.shards_beside(reference_variable, initializer):
             return super().add_variable_from_reference(reference_variable, name, initializer)
+
+    def _add_row_accumulator(self, variable):
+        reference = getattr(variable, "path", variable.name).replace("/", "_").replace(":", "_")
+        with self._distribution_strategy.extended.colocate_vars_with(backing_variable(variable)):
+            with tf.name_scope(self.name):
+                return _gradient_accumulation.RowAccumulator(
+                    variable, f"{reference}_{_gradient_accumulation.KERAS_NAME}"
+                )
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        """Keras' gradient accumulation, with the sparse gradients' rows
+        kept as rows (`tf_adagrad/_gradient_accumulation.py`); without a
+        `tf.distribute` strategy, where Keras' dense accumulation runs."""
+        if not getattr(self, "_accumulates_rows", False):
+            return super()._backend_apply_gradients(grads, trainable_variables)
+        steps = self.gradient_accumulation_steps
+        accumulators = [
+            self._accumulated_gradients[self._get_variable_index(v)] for v in trainable_variables
+        ]
+        if _xla_fallback.in_xla():
+            for accumulator in accumulators:
+                accumulator.allocate_dense()
+
+        def update():
+            # As Keras' base class: the mean gradient clipped, weight
+            # decay, the update, and the accumulators zeroed.
+            averaged = [a.average(g, steps) for g, a in zip(grads, accumulators)]
+            averaged = self._clip_gradients(averaged)
+            self._apply_weight_decay(trainable_variables)
+            self._backend_update_step(averaged, trainable_variables, self.learning_rate)
+            self._backend_reset_gradient_accumulators()
+
+        def add():
+            for gradient, accumulator in zip(grads, accumulators):
+                accumulator.add(gradient)
+
+        is_update_step = (self._iterations + 1) % steps == 0
+        tf.cond(is_update_step, update, add)
+        if self.use_ema:
+            # As Keras' base class, after its accumulation.
+            self._update_model_variables_moving_average(self._trainable_variables)
+            if self.ema_overwrite_frequency:
+                overwrite = (self.iterations + 1) % self.ema_overwrite_frequency == 0
+                tf.cond(
+                    overwrite,
+                    lambda: self._overwrite_model_variables_with_average_value(
+                        self._trainable_variables
+                    ),
+                    lambda: None,
+                )
+
+    def _backend_reset_gradient_accumulators(self):
+        if not getattr(self, "_accumulates_rows", False):
+            return super()._backend_reset_gradient_accumulators()
+        for accumulator in self._accumulated_gradients:
+            if isinstance(accumulator, _gradient_accumulation.RowAccumulator):
+                accumulator.reset()
+            elif accumulator is not None:
+                accumulator.assign(tf.zeros(accumulator.shape, accumulator.dtype))
+
+    def save_own_variables(self, store):
+        super().save_own_variables(_gradient_accumulation.StoreView(store))
+        for i, accumulator in enumerate(getattr(self, "_gradient_rows", ())):
+            for key, variable in accumulator.state().items():
+                store[f"gradient_rows_{i}_{key}"] = variable.numpy()
+
+    def load_own_variables(self, store):
+        super().load_own_variables(_gradient_accumulation.StoreView(store))
+        for i, accumulator in enumerate(getattr(self, "_gradient_rows", ())):
+            for key, variable in accumulator.state().items():
+                name = f"gradient_rows_{i}_{key}"
+                if name in store.keys():
+                    variable.assign(store[name])
 
     def _clip_gradients(self, grads):
         """Norm clipping that counts a sparse gradient as its densified self

@@ -29,6 +29,11 @@ class Adagrad(KerasOptimizer):
     complex64 and complex128 ones, and every variable under XLA (which
     cannot compile the kernels), update as plain TensorFlow ops.
 
+    With `gradient_accumulation_steps`, a sparse gradient's rows are kept
+    through the period (no buffer of the table's size) and updated as one
+    sparse gradient on the update step; under a `tf.distribute` strategy
+    the gradients are summed in Keras' dense buffers instead.
+
     Args:
         learning_rate: A float, a
             `keras.optimizers.schedules.LearningRateSchedule` instance, or a

@@ -27,6 +27,11 @@ class RowwiseAdagrad(KerasOptimizer):
     the update runs as plain TensorFlow ops (a row's squares summed in
     another order, so results may differ in the last bit).
 
+    With `gradient_accumulation_steps`, a sparse gradient's rows are kept
+    through the period (no buffer of the table's size) and updated as one
+    sparse gradient on the update step; under a `tf.distribute` strategy
+    the gradients are summed in Keras' dense buffers instead.
+
     Args:
         learning_rate: A float, a
             `keras.optimizers.schedules.LearningRateSchedule` instance, or a

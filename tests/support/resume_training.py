@@ -4,7 +4,10 @@ tf.train.CheckpointManager directory, then writes every model and optimizer
 variable to an .npz file. Run by tests/test_resume.py, one process per leg.
 
 Each step's batch depends only on the step number, so a run split across
-processes sees the same data as an uninterrupted one.
+processes sees the same data as an uninterrupted one. With
+`--accumulation-steps N` (tests/test_gradient_accumulation.py) the optimizer
+accumulates gradients over N steps, and the output holds its accumulated
+rows too.
 """
 
 import argparse
@@ -46,9 +49,11 @@ def batch(kind, step):
     return tf.constant(x), tf.constant(y[:, None])
 
 
-def train(kind, start, stop, checkpoint_dir):
+def train(kind, start, stop, checkpoint_dir, accumulation_steps=None):
     model = build(kind)
-    optimizer = tf_adagrad.Adagrad(learning_rate=0.05)
+    optimizer = tf_adagrad.Adagrad(
+        learning_rate=0.05, gradient_accumulation_steps=accumulation_steps
+    )
     optimizer.build(model.trainable_variables)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     manager = tf.train.CheckpointManager(
@@ -56,7 +61,7 @@ def train(kind, start, stop, checkpoint_dir):
     )
     if start > 0:
         checkpoint.restore(manager.latest_checkpoint).assert_consumed()
-    assert int(optimizer.iterations.numpy()) == start
+    assert int(optimizer._iterations.numpy()) == start
     loss_fn = keras.losses.BinaryCrossentropy()
 
     @tf.function
@@ -69,7 +74,11 @@ def train(kind, start, stop, checkpoint_dir):
     for step in range(start, stop):
         train_step(*batch(kind, step))
     manager.save(checkpoint_number=stop)
-    return {v.path: v.numpy() for v in model.weights + optimizer.variables}
+    arrays = {v.path: v.numpy() for v in model.weights + optimizer.variables}
+    for i, accumulator in enumerate(getattr(optimizer, "_gradient_rows", ())):
+        for name, variable in accumulator.state().items():
+            arrays[f"gradient_rows_{i}_{name}"] = variable.numpy()
+    return arrays
 
 
 def main():
@@ -78,10 +87,13 @@ def main():
     parser.add_argument("--stop", type=int, required=True)
     parser.add_argument("--checkpoint-dir", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--accumulation-steps", type=int, default=None)
     args = parser.parse_args()
     arrays = {}
     for kind in ("dense", "sparse"):
-        for path, value in train(kind, args.start, args.stop, args.checkpoint_dir).items():
+        for path, value in train(
+            kind, args.start, args.stop, args.checkpoint_dir, args.accumulation_steps
+        ).items():
             arrays[f"{kind}:{path}"] = value
     np.savez(args.out, **arrays)
     print(f"trained steps {args.start}..{args.stop}: {len(arrays)} variables")
