@@ -173,14 +173,33 @@ def test_loss_scale_factor_with_indexed_slices_fails_in_keras_base_class():
 
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
 def test_gradient_accumulation(graph):
-    ours, theirs, _, _ = compare_with_keras(
-        mixed_steps(7), graph=graph, learning_rate=0.3, gradient_accumulation_steps=3
+    """Keras sums the period's gradients in table-sized buffers; tf_adagrad
+    keeps the table's rows (tests/test_gradient_accumulation.py): the
+    weights, the Adagrad accumulators and the pending sum are the same
+    bits."""
+    ours_vars = make_variables([TABLE_SHAPE, BIAS_SHAPE])
+    theirs_vars = make_variables([TABLE_SHAPE, BIAS_SHAPE])
+    kwargs = dict(learning_rate=0.3, gradient_accumulation_steps=3)
+    ours, theirs = tf_adagrad.Adagrad(**kwargs), DensifyingKerasAdagrad(**kwargs)
+    with exact_graph_math():
+        apply_steps(ours, ours_vars, mixed_steps(7), graph=graph)
+        apply_steps(theirs, theirs_vars, mixed_steps(7), graph=graph)
+    pairs = list(zip(ours_vars, theirs_vars)) + list(zip(ours._accumulators, theirs._accumulators))
+    # The seventh gradient waits: the table's as rows, the bias' as a sum.
+    table_rows = ours._accumulated_gradients[0]
+    pending_table = tf.math.unsorted_segment_sum(
+        table_rows.values, table_rows.indices, TABLE_SHAPE[0]
     )
+    pairs += [
+        (pending_table, theirs._accumulated_gradients[0]),
+        (ours._accumulated_gradients[1].dense, theirs._accumulated_gradients[1]),
+    ]
+    for a, b in pairs:
+        np.testing.assert_array_equal(bits(a.numpy()), bits(b.numpy()))
     assert int(ours.iterations.numpy()) == int(theirs.iterations.numpy())
-    # Keras counts applied updates: after steps 3 and 6. The seventh
-    # gradient waits in the accumulator.
+    # Keras counts applied updates: after steps 3 and 6.
     assert int(theirs.iterations.numpy()) == 2
-    assert np.any(ours._accumulated_gradients[1].numpy() != 0)
+    assert np.any(ours._accumulated_gradients[1].dense.numpy() != 0)
 
 
 def poisonable_train_step(model, optimizer):

@@ -6,8 +6,9 @@ shape and adds each gradient into it densely, so a step of an `Embedding`
 table costs the whole table. Here each variable's accumulator holds:
 
 - `indices` and `values`: the rows of the `tf.IndexedSlices` gradients of
-  the period so far, appended (int64 indices; values in the variable's
-  dtype), so its memory grows with the rows touched, not with the table;
+  the period so far, each step's rows of one index summed first, appended
+  (int64 indices; values in the variable's dtype), so its memory grows with
+  the rows touched, not with the table;
 - `dense`: the sum of the dense gradients of the period, empty until a dense
   gradient arrives (or a step runs under XLA); then of the variable's shape,
   as Keras' accumulator.
@@ -16,10 +17,10 @@ All three are `tf.Variable`s of dynamic shape (none is allocated at the
 table's size when the optimizer is built), tracked by the optimizer for
 `tf.train.Checkpoint` and written by its `save_own_variables`.
 
-On the update step the accumulated rows plus the current gradient, divided
-by the number of steps, make one `tf.IndexedSlices` (rows named more than
-once are summed by the fused kernel, as in any sparse step); a dense
-gradient gets the sum Keras computes. XLA cannot change a variable's shape,
+On the update step each row's sum over the period, in step order (the
+order of Keras' dense additions, so the same bits), divided by the number
+of steps, makes one `tf.IndexedSlices` of distinct rows; a dense gradient
+gets the sum Keras computes. XLA cannot change a variable's shape,
 so there the period's gradients are summed densely in `dense` (allocated
 when the step is traced), as Keras does.
 """
@@ -84,12 +85,9 @@ class RowAccumulator(tf.__internal__.tracking.AutoTrackable):
     def add(self, gradient):
         """A step inside the period: `gradient` added to the sum."""
         if isinstance(gradient, tf.IndexedSlices) and not _xla_fallback.in_xla():
-            self.indices.assign(
-                tf.concat([self.indices.read_value(), tf.cast(gradient.indices, tf.int64)], 0)
-            )
-            self.values.assign(
-                tf.concat([self.values.read_value(), tf.cast(gradient.values, self.dtype)], 0)
-            )
+            indices, values = _summed_rows(gradient.indices, tf.cast(gradient.values, self.dtype))
+            self.indices.assign(tf.concat([self.indices.read_value(), indices], 0))
+            self.values.assign(tf.concat([self.values.read_value(), values], 0))
             return
         self.allocate_dense()
         gradient = _dense(gradient, self.dtype, self.shape)
@@ -102,16 +100,21 @@ class RowAccumulator(tf.__internal__.tracking.AutoTrackable):
         if isinstance(gradient, tf.IndexedSlices) and not _xla_fallback.in_xla():
             row_shape = self.shape[1:]
             dense_rows = tf.reshape(self.dense.read_value(), [-1, *row_shape])
-            indices = tf.concat(
-                [
-                    tf.range(tf.shape(dense_rows, out_type=tf.int64)[0]),
-                    self.indices.read_value(),
-                    tf.cast(gradient.indices, tf.int64),
-                ],
-                0,
+            last_indices, last_values = _summed_rows(
+                gradient.indices, tf.cast(gradient.values, self.dtype)
             )
-            values = tf.concat(
-                [dense_rows, self.values.read_value(), tf.cast(gradient.values, self.dtype)], 0
+            # Each row's sum in step order, as Keras' dense accumulator
+            # adds: the same bits.
+            indices, values = _summed_rows(
+                tf.concat(
+                    [
+                        tf.range(tf.shape(dense_rows, out_type=tf.int64)[0]),
+                        self.indices.read_value(),
+                        last_indices,
+                    ],
+                    0,
+                ),
+                tf.concat([dense_rows, self.values.read_value(), last_values], 0),
             )
             dense_shape = tf.constant(self.shape.as_list(), tf.int64)
             return tf.IndexedSlices(values / steps, indices, dense_shape)
@@ -131,6 +134,13 @@ class RowAccumulator(tf.__internal__.tracking.AutoTrackable):
             self.indices.assign(tf.zeros([0], tf.int64))
             self.values.assign(tf.zeros([0, *self.shape[1:]], self.dtype))
         self.dense.assign(tf.zeros_like(self.dense.read_value()))
+
+
+def _summed_rows(indices, values):
+    """(distinct indices, int64; each one's rows summed in position order
+    from zero, as densifying sums them)."""
+    distinct, positions = tf.unique(tf.cast(indices, tf.int64))
+    return distinct, tf.math.unsorted_segment_sum(values, positions, tf.size(distinct))
 
 
 def _dense(gradient, dtype, shape):
