@@ -5,7 +5,7 @@ import tensorflow as tf
 import tf_keras
 from tf_keras.src.optimizers import optimizer as tf_keras_optimizer
 
-from tf_adagrad import _update_rules, _xla_fallback
+from tf_adagrad import _update_rules, _weight_decay, _xla_fallback
 from tf_adagrad._rule_optimizer import RuleOptimizer
 from tf_adagrad._variables import FLOAT_DTYPES
 
@@ -21,14 +21,20 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
     """
 
     framework = "a tf_keras (Keras 2) optimizer"
-    base_arguments = tf_keras_optimizer.base_optimizer_keyword_args
+    base_arguments = _weight_decay.documented_with(tf_keras_optimizer.base_optimizer_keyword_args)
 
-    def __init__(self, learning_rate, initial_accumulator_value, epsilon, **kwargs):
+    def __init__(
+        self, learning_rate, initial_accumulator_value, epsilon, weight_decay_rows="all", **kwargs
+    ):
         initial_accumulator_value, epsilon = self._checked(initial_accumulator_value, epsilon)
         tf_keras.optimizers.Optimizer.__init__(self, **kwargs)
         self._learning_rate = self._build_learning_rate(learning_rate)
         self.initial_accumulator_value = initial_accumulator_value
         self.epsilon = epsilon
+        self.weight_decay_rows = _weight_decay.checked_rows_mode(weight_decay_rows)
+        # As in the Keras 3 adapter: keys of the variables whose rows decay
+        # in `update_step`, set by `apply_gradients`.
+        self._decayed_in_update = frozenset()
 
     def build(self, var_list):
         if getattr(self, "_built", False):
@@ -60,6 +66,19 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
 
     def _slot(self, variable):
         return getattr(self, self.rule.slots_attribute)[self._index_dict[self._var_key(variable)]]
+
+    def apply_gradients(self, grads_and_vars, *args, **kwargs):
+        grads_and_vars = list(grads_and_vars)
+        if self.weight_decay is not None and self.weight_decay_rows == "in_batch":
+            self._decayed_in_update = frozenset(
+                self._var_key(v) for g, v in grads_and_vars if isinstance(g, tf.IndexedSlices)
+            )
+        return super().apply_gradients(grads_and_vars, *args, **kwargs)
+
+    def _apply_weight_decay(self, variables):
+        """tf_keras' weight decay, one fused pass per variable; rows decayed
+        in `update_step` are left to it (`tf_adagrad/_weight_decay.py`)."""
+        _weight_decay.apply(self, variables, skip=self._decayed_in_update)
 
     def _deduplicate_sparse_grad(self, grads):
         # The rule sums the rows of duplicate indices itself; the base class
@@ -103,6 +122,14 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
             return None
         if variable.dtype not in FLOAT_DTYPES:
             return super().update_step(gradient, variable)
+        if (
+            isinstance(gradient, tf.IndexedSlices)
+            and self._var_key(variable) in self._decayed_in_update
+            and self._use_weight_decay(variable)
+        ):
+            _weight_decay.decay_rows(
+                variable, self.learning_rate, self.weight_decay, gradient.indices
+            )
         return self.rule.apply(
             variable, self._slot(variable), gradient, self.learning_rate, self.epsilon
         )
@@ -114,4 +141,7 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
             initial_accumulator_value=self.initial_accumulator_value,
             epsilon=self.epsilon,
         )
+        # Only when set, so that the default config stays tf_keras' Adagrad's.
+        if self.weight_decay_rows != "all":
+            config["weight_decay_rows"] = self.weight_decay_rows
         return config
