@@ -229,6 +229,12 @@ def mirrored(args):
         clipped_fit_ours=clipped_fit(strategy, tf_adagrad.Adagrad),
         clipped_fit_keras=clipped_fit(strategy, keras.optimizers.Adagrad),
         unclipped_fit=clipped_fit(strategy, tf_adagrad.Adagrad, global_clipnorm=None),
+        decayed_fit_ours=clipped_fit(strategy, tf_adagrad.Adagrad, None, weight_decay=0.05),
+        decayed_fit_keras=clipped_fit(strategy, keras.optimizers.Adagrad, None, weight_decay=0.05),
+        in_batch_fit_mirrored=clipped_fit(strategy, tf_adagrad.Adagrad, None, **IN_BATCH_DECAY),
+        in_batch_fit_one_device=clipped_fit(
+            tf.distribute.OneDeviceStrategy("/cpu:0"), tf_adagrad.Adagrad, None, **IN_BATCH_DECAY
+        ),
         rowwise_fit_mirrored=rowwise_fit(strategy),
         rowwise_fit_one_device=rowwise_fit(tf.distribute.OneDeviceStrategy("/cpu:0")),
         initial=weights,
@@ -243,11 +249,16 @@ def mirrored(args):
     )
 
 
-def clipped_fit(strategy, optimizer_class, global_clipnorm=0.05):
+# tf_adagrad's rows-in-batch weight decay (tests/test_weight_decay.py).
+IN_BATCH_DECAY = dict(weight_decay=0.05, weight_decay_rows="in_batch")
+
+
+def clipped_fit(strategy, optimizer_class, global_clipnorm=0.05, **options):
     """tests/test_sparse_options.py's case: fit() of a small Embedding model
     with global-norm clipping (which Keras applies to each replica's
-    gradients) in `strategy`, 6 batches of 32 ids, no id twice in a batch,
-    so that Keras' own sparse clipping is the dense one too; the weights."""
+    gradients) and the optimizer's other `options` in `strategy`, 6 batches
+    of 32 ids, no id twice in a batch, so that Keras' own sparse clipping is
+    the dense one too; the weights."""
     import keras
     import numpy as np
 
@@ -257,7 +268,7 @@ def clipped_fit(strategy, optimizer_class, global_clipnorm=0.05):
     with strategy.scope():
         keras.utils.set_random_seed(1)
         model = scenario_model.embedding_regressor(keras, 100, 1, 4)
-        optimizer = optimizer_class(learning_rate=0.5, global_clipnorm=global_clipnorm)
+        optimizer = optimizer_class(learning_rate=0.5, global_clipnorm=global_clipnorm, **options)
         model.compile(optimizer=optimizer, loss="mse")
     model.fit(ids.astype("int32"), labels, batch_size=32, shuffle=False, verbose=0)
     return model.get_weights()
