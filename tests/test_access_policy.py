@@ -180,10 +180,22 @@ def test_resource_gather_pattern_updates_in_place(use_locking):
         assert variable_buffer_address(var) == address
 
 
-def test_keras_fit_steps_update_the_table_in_place():
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        dict(weight_decay=1e-3),
+        dict(weight_decay=1e-3, weight_decay_rows="in_batch"),
+        dict(gradient_accumulation_steps=2),
+    ],
+    ids=["plain", "weight_decay", "in_batch_weight_decay", "accumulation"],
+)
+def test_keras_fit_steps_update_the_table_in_place(options):
     """Keras 3's Embedding reads the whole table each step (a ReadVariableOp
     that aliases the buffer, then a gather): the update that follows writes
-    in place, so no step copies the table. Checked after every step."""
+    in place, so no step copies the table. Checked after every step. The
+    weight decay waits for the table's gradient, by when that read is
+    done; without it, it could run beside the forward pass and copy."""
     num_rows = 20_000
     rng = np.random.default_rng(0)
     ids = rng.integers(0, num_rows, (256, 1))
@@ -193,7 +205,7 @@ def test_keras_fit_steps_update_the_table_in_place():
     model = keras.Sequential(
         [keras.Input((1,), dtype="int64"), embedding, keras.layers.Flatten(), keras.layers.Dense(1)]
     )
-    model.compile(optimizer=tf_adagrad.Adagrad(0.1), loss="mse", jit_compile=False)
+    model.compile(optimizer=tf_adagrad.Adagrad(0.1, **options), loss="mse", jit_compile=False)
     table = embedding.embeddings.value  # the backing tf.Variable
     assert isinstance(table, tf.Variable)
     model.fit(ids[:32], labels[:32], batch_size=32, verbose=0)  # builds the optimizer

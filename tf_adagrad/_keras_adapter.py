@@ -39,10 +39,9 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
         self.initial_accumulator_value = initial_accumulator_value
         self.epsilon = epsilon
         self.weight_decay_rows = _weight_decay.checked_rows_mode(weight_decay_rows)
-        # Keys of the variables whose rows decay in `update_step` (with
-        # weight_decay_rows="in_batch": those with sparse gradients), set
-        # by `apply` while it builds the step.
-        self._decayed_in_update = frozenset()
+        # The step's gradients by variable key, set by `apply` while it
+        # builds the step: when and what weight decay decays.
+        self._step_gradients = {}
 
     def build(self, var_list):
         if self.built:
@@ -203,21 +202,17 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
         # which tf.IndexedSlices lacks; these slices divide their values only.
         if self.loss_scale_factor is not None:
             grads = _loss_scaling.unscalable(grads)
-        if self.weight_decay is not None and self.weight_decay_rows == "in_batch":
+        if self.weight_decay is not None:
             variables = (
                 self._trainable_variables if trainable_variables is None else trainable_variables
             )
-            self._decayed_in_update = frozenset(
-                self._var_key(v)
-                for g, v in zip(grads, variables)
-                if isinstance(g, tf.IndexedSlices)
-            )
+            self._step_gradients = {self._var_key(v): g for g, v in zip(grads, variables)}
         return super().apply(grads, trainable_variables)
 
     def _apply_weight_decay(self, variables):
         """Keras' weight decay, one fused pass per variable; rows decayed in
         `update_step` are left to it (`tf_adagrad/_weight_decay.py`)."""
-        _weight_decay.apply(self, variables, skip=self._decayed_in_update)
+        _weight_decay.apply(self, variables, self._step_gradients)
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         """All of a step's updates: the dense gradients of each device and
@@ -249,11 +244,7 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
         """Update step given gradient and the associated model variable."""
         slot = self._slot(variable)
         gradient = tf.cast(gradient, variable.dtype)
-        decay_rows = (
-            isinstance(gradient, tf.IndexedSlices)
-            and self._var_key(variable) in self._decayed_in_update
-            and self._use_weight_decay(variable)
-        )
+        step_gradient = self._step_gradients.get(self._var_key(variable))
         if not sharded.is_sharded(variable):
             updates = [
                 (
@@ -269,10 +260,7 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
                 sharded.shards(slot),
             )
         for part_gradient, part, slot_part in updates:
-            if decay_rows:
-                _weight_decay.decay_rows(
-                    part, learning_rate, self.weight_decay, part_gradient.indices
-                )
+            _weight_decay.in_update_step(self, variable, part, part_gradient, step_gradient)
             self.rule.apply(part, slot_part, part_gradient, learning_rate, self.epsilon)
 
     def get_config(self):

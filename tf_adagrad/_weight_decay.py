@@ -8,6 +8,7 @@ a variable whose gradient is a `tf.IndexedSlices` decays only the rows that
 gradient names, each once (`ops.decay_rows`), before their update.
 """
 
+import contextlib
 import textwrap
 
 import tensorflow as tf
@@ -63,7 +64,8 @@ def decay(variable, learning_rate, weight_decay):
 
 
 def decay_rows(variable, learning_rate, weight_decay, indices):
-    """The same decay of the distinct rows `indices` names, only."""
+    """The same decay of the distinct rows `indices` names, only (call it
+    under `after(gradient)`)."""
     lr, wd = _rates(variable, learning_rate, weight_decay)
     if _fused(variable):
         ops.decay_rows(variable, lr, wd, indices)
@@ -73,28 +75,71 @@ def decay_rows(variable, learning_rate, weight_decay, indices):
     variable.scatter_update(tf.IndexedSlices(rows - rows * wd * lr, indices))
 
 
-def apply(optimizer, variables, skip=()):
+def decays_rows(optimizer, gradient):
+    """Whether `gradient`'s variable decays its rows in the update step
+    (weight_decay_rows="in_batch" and a `tf.IndexedSlices` gradient)."""
+    return (
+        optimizer.weight_decay is not None
+        and optimizer.weight_decay_rows == "in_batch"
+        and isinstance(gradient, tf.IndexedSlices)
+    )
+
+
+def after(gradient):
+    """A control dependency on `gradient`'s values, outside `tf.distribute`.
+
+    A decay has no data input from the step's gradient, so without it the
+    decay may run while the forward pass still holds a read of the table
+    (an `Embedding`'s), and the write would copy the whole table first
+    (copy-on-write). Once the gradient exists, that read is done. (Under a
+    strategy the gradients are per replica and the decay runs in a merge
+    call: no dependency there.)"""
+    if gradient is None or tf.distribute.has_strategy():
+        return contextlib.nullcontext()
+    values = gradient.values if isinstance(gradient, tf.IndexedSlices) else gradient
+    return tf.control_dependencies([values])
+
+
+def apply(optimizer, variables, gradients_by_key):
     """The adapters' `_apply_weight_decay`: decays each variable that
-    `optimizer._use_weight_decay` chooses, except those whose key
-    (`optimizer._var_key`) is in `skip`, on every replica through the
+    `optimizer._use_weight_decay` chooses, after its gradient
+    (`gradients_by_key`, by `optimizer._var_key`), except those whose rows
+    decay in the update step (`decays_rows`), on every replica through the
     strategy as Keras does, each shard of a sharded variable where it
     lives."""
     if optimizer.weight_decay is None:
         return
-    chosen = [
-        v for v in variables if optimizer._use_weight_decay(v) and optimizer._var_key(v) not in skip
-    ]
+    chosen = []
+    for variable in variables:
+        gradient = gradients_by_key.get(optimizer._var_key(variable))
+        if optimizer._use_weight_decay(variable) and not decays_rows(optimizer, gradient):
+            chosen.append((variable, gradient))
 
     def decay_all(distribution, chosen):
-        for variable in chosen:
+        for variable, gradient in chosen:
             backing = backing_variable(variable)
             for part in sharded.shards(variable) if sharded.is_sharded(variable) else [backing]:
-                distribution.extended.update(
-                    part,
-                    lambda v: decay(v, optimizer.learning_rate, optimizer.weight_decay),
-                    group=False,
-                )
+                with after(gradient):
+                    distribution.extended.update(
+                        part,
+                        lambda v: decay(v, optimizer.learning_rate, optimizer.weight_decay),
+                        group=False,
+                    )
 
     tf.__internal__.distribute.interim.maybe_merge_call(
         decay_all, optimizer._distribution_strategy, chosen
     )
+
+
+def in_update_step(optimizer, variable, part, gradient, step_gradient):
+    """The decay that `apply` left to the update step of `variable` (its
+    `part`, a shard or the variable, with `gradient` for that part):
+    the rows of a sparse gradient, or the whole part where the step's
+    gradient was sparse but the update's is dense (accumulated under XLA)."""
+    if not (decays_rows(optimizer, step_gradient) and optimizer._use_weight_decay(variable)):
+        return
+    with after(gradient):
+        if isinstance(gradient, tf.IndexedSlices):
+            decay_rows(part, optimizer.learning_rate, optimizer.weight_decay, gradient.indices)
+        else:
+            decay(part, optimizer.learning_rate, optimizer.weight_decay)

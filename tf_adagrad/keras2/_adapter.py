@@ -32,9 +32,9 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
         self.initial_accumulator_value = initial_accumulator_value
         self.epsilon = epsilon
         self.weight_decay_rows = _weight_decay.checked_rows_mode(weight_decay_rows)
-        # As in the Keras 3 adapter: keys of the variables whose rows decay
-        # in `update_step`, set by `apply_gradients`.
-        self._decayed_in_update = frozenset()
+        # As in the Keras 3 adapter: the step's gradients by variable key,
+        # set by `apply_gradients`.
+        self._step_gradients = {}
 
     def build(self, var_list):
         if getattr(self, "_built", False):
@@ -69,16 +69,14 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
 
     def apply_gradients(self, grads_and_vars, *args, **kwargs):
         grads_and_vars = list(grads_and_vars)
-        if self.weight_decay is not None and self.weight_decay_rows == "in_batch":
-            self._decayed_in_update = frozenset(
-                self._var_key(v) for g, v in grads_and_vars if isinstance(g, tf.IndexedSlices)
-            )
+        if self.weight_decay is not None:
+            self._step_gradients = {self._var_key(v): g for g, v in grads_and_vars}
         return super().apply_gradients(grads_and_vars, *args, **kwargs)
 
     def _apply_weight_decay(self, variables):
         """tf_keras' weight decay, one fused pass per variable; rows decayed
         in `update_step` are left to it (`tf_adagrad/_weight_decay.py`)."""
-        _weight_decay.apply(self, variables, skip=self._decayed_in_update)
+        _weight_decay.apply(self, variables, self._step_gradients)
 
     def _deduplicate_sparse_grad(self, grads):
         # The rule sums the rows of duplicate indices itself; the base class
@@ -122,14 +120,8 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
             return None
         if variable.dtype not in FLOAT_DTYPES:
             return super().update_step(gradient, variable)
-        if (
-            isinstance(gradient, tf.IndexedSlices)
-            and self._var_key(variable) in self._decayed_in_update
-            and self._use_weight_decay(variable)
-        ):
-            _weight_decay.decay_rows(
-                variable, self.learning_rate, self.weight_decay, gradient.indices
-            )
+        step_gradient = self._step_gradients.get(self._var_key(variable))
+        _weight_decay.in_update_step(self, variable, variable, gradient, step_gradient)
         return self.rule.apply(
             variable, self._slot(variable), gradient, self.learning_rate, self.epsilon
         )
