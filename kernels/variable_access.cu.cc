@@ -1,7 +1,7 @@
 // The device-to-device copy that variable_access.h declares for TensorFlow's
 // copy-on-write helpers on the GPU, instantiated for every variable dtype of
 // the library's ops (the rowwise accumulators' float32 and float64 among
-// them).
+// them, and the moving average's int64 step counts).
 #if GOOGLE_CUDA
 #define EIGEN_USE_GPU
 
@@ -24,6 +24,7 @@ void DenseUpdate<Eigen::GpuDevice, T, ASSIGN>::operator()(
 #define INSTANTIATE_DENSE_UPDATE(T) \
   template struct DenseUpdate<Eigen::GpuDevice, T, ASSIGN>;
 TF_CALL_FLOAT_TYPES(INSTANTIATE_DENSE_UPDATE)
+INSTANTIATE_DENSE_UPDATE(int64_t)
 #undef INSTANTIATE_DENSE_UPDATE
 
 }  // namespace functor

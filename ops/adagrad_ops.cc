@@ -221,6 +221,27 @@ absl::Status DecayRowsShape(InferenceContext* c) {
                 op_errors::Rank("indices", "1"), c->input(3));
 }
 
+constexpr char kMovingAverageRows[] = "TfAdagrad>MovingAverageRows";
+
+// Inputs: average, last_step, var, momentum, step, indices.
+absl::Status MovingAverageRowsShape(InferenceContext* c) {
+  const char* op = kMovingAverageRows;
+  ShapeHandle unused;
+  TF_RETURN_IF_ERROR(Expect(op, c->WithRank(c->input(3), 0, &unused), c,
+                            op_errors::Scalar("momentum"), c->input(3)));
+  TF_RETURN_IF_ERROR(Expect(op, c->WithRank(c->input(4), 0, &unused), c,
+                            op_errors::Scalar("step"), c->input(4)));
+  TF_RETURN_IF_ERROR(Expect(op, c->WithRank(c->input(5), 1, &unused), c,
+                            op_errors::Rank("indices", "1"), c->input(5)));
+  ShapeHandle var = VariableShape(c, 2);
+  ShapeHandle average = VariableShape(c, 0);
+  TF_RETURN_IF_ERROR(Expect(op, c->WithRankAtLeast(var, 1, &unused), c,
+                            op_errors::Rank("var", ">= 1"), var));
+  return Expect(op, c->Merge(var, average, &unused), c,
+                op_errors::SameShape("average", "var", c->DebugString(var)),
+                average);
+}
+
 }  // namespace
 
 REGISTER_OP(kApplyDense)
@@ -337,6 +358,25 @@ REGISTER_OP(kDecayRows)
 DecayWeights for the rows of var named by indices only: each distinct row
 decays once, however often its index repeats; other rows are not read or
 written.
+)doc");
+
+REGISTER_OP(kMovingAverageRows)
+    .Input("average: resource")
+    .Input("last_step: resource")
+    .Input("var: resource")
+    .Input("momentum: T")
+    .Input("step: int64")
+    .Input("indices: Tindices")
+    .Attr(kTypeAttr)
+    .Attr("Tindices: {int32, int64}")
+    .Attr("use_locking: bool = false")
+    .SetShapeFn(MovingAverageRowsShape)
+    .Doc(R"doc(
+Brings the exponential moving average of the rows of var named by indices
+to `step`: for each distinct row r, with k = step - last_step[r],
+average[r] = var[r] + momentum^k * (average[r] - var[r]) (k steps of
+average = momentum * average + (1 - momentum) * var while var[r] stayed
+the same), then last_step[r] = step. Other rows are not read or written.
 )doc");
 
 }  // namespace tf_adagrad

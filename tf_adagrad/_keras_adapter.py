@@ -9,6 +9,7 @@ from tf_adagrad import (
     _gradient_accumulation,
     _gradient_clipping,
     _loss_scaling,
+    _moving_average,
     _update_rules,
     _weight_decay,
     _xla_fallback,
@@ -48,10 +49,11 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
             return
         self._check_dtypes(var_list)
         # Decided once, before Keras' build asks for its accumulators.
-        self._accumulates_rows = bool(self.gradient_accumulation_steps) and not (
+        in_strategy = (
             tf.distribute.has_strategy()
             or self._distribution_strategy is not distribute_lib._get_default_strategy()
         )
+        self._accumulates_rows = bool(self.gradient_accumulation_steps) and not in_strategy
         super().build(var_list)
         if self._accumulates_rows:
             self._gradient_rows = [
@@ -68,6 +70,24 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
             for v in var_list
         ]
         setattr(self, self.rule.slots_attribute, slots)
+        # After the slots, so that Keras' checkpoints still line up.
+        self._ema_last_steps = [None] * len(var_list)
+        if self.use_ema and not in_strategy:
+            self._ema_last_steps = [
+                None
+                if average is None or sharded.is_sharded(v)
+                else _moving_average.last_step_variable(
+                    self, v, lambda shape, name, v=v: self._add_counter(v, shape, name)
+                )
+                for v, average in zip(var_list, self._model_variables_moving_average)
+            ]
+
+    def _add_counter(self, variable, shape, name):
+        reference = getattr(variable, "path", variable.name).replace("/", "_").replace(":", "_")
+        with self._distribution_strategy.extended.colocate_vars_with(backing_variable(variable)):
+            return self.add_variable(
+                shape=shape, initializer="zeros", dtype="int64", name=f"{reference}_{name}"
+            )
 
     def _add_slot(self, variable):
         """Named and placed as `add_variable_from_reference` would, which
@@ -166,6 +186,8 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
                 accumulator.assign(tf.zeros(accumulator.shape, accumulator.dtype))
 
     def save_own_variables(self, store):
+        # Every average up to date in the file.
+        self._bring_averages_up_to_date(getattr(self, "_trainable_variables", []), False)
         super().save_own_variables(_gradient_accumulation.StoreView(store))
         for i, accumulator in enumerate(getattr(self, "_gradient_rows", ())):
             for key, variable in accumulator.state().items():
@@ -202,12 +224,89 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
         # which tf.IndexedSlices lacks; these slices divide their values only.
         if self.loss_scale_factor is not None:
             grads = _loss_scaling.unscalable(grads)
-        if self.weight_decay is not None:
+        if self.weight_decay is not None or self.use_ema:
             variables = (
                 self._trainable_variables if trainable_variables is None else trainable_variables
             )
             self._step_gradients = {self._var_key(v): g for g, v in zip(grads, variables)}
-        return super().apply(grads, trainable_variables)
+        self._in_apply = True
+        try:
+            return super().apply(grads, trainable_variables)
+        finally:
+            self._in_apply = False
+
+    def _ema_state(self, variable):
+        """(average, last step per row) of `variable`, as tf.Variables, or
+        None where Keras' own moving average runs."""
+        index = self._get_variable_index(variable)
+        last_step = getattr(self, "_ema_last_steps", [None] * (index + 1))[index]
+        if last_step is None:
+            return None
+        average = self._model_variables_moving_average[index]
+        return as_tf_variable(average, "average"), as_tf_variable(last_step, "last_step")
+
+    def _update_model_variables_moving_average(self, trainable_variables):
+        """Keras' moving averages; a variable with a sparse gradient (after
+        the first step) brought its rows up to date before their update, and
+        its other rows wait (`tf_adagrad/_moving_average.py`)."""
+        if not self.use_ema:
+            return
+        completed = _moving_average.steps_done(self, in_apply=False)
+        for variable, average in zip(trainable_variables, self._model_variables_moving_average):
+            if average is None:
+                continue
+            state = self._ema_state(variable)
+            gradient = self._step_gradients.get(self._var_key(variable))
+
+            def keras_average(variable=variable, average=average, state=state):
+                # Keras' own formula and ops, bit for bit; every row current.
+                not_first = keras.ops.not_equal(self.iterations, 0)
+                momentum = keras.ops.cast(not_first, variable.dtype) * self.ema_momentum
+                average.assign(
+                    keras.ops.add(
+                        keras.ops.multiply(momentum, average),
+                        keras.ops.multiply(keras.ops.subtract(1, momentum), variable),
+                    )
+                )
+                if state is not None:
+                    state[1].assign(tf.fill(tf.shape(state[1]), completed + 1))
+
+            if state is not None and gradient is None:
+                # Not updated this step: rows left behind, if any, catch up.
+                _moving_average.stale_rows_up_to_date(
+                    *state, backing_variable(variable), self.ema_momentum, completed
+                )
+            if state is not None and _moving_average.is_lazy(state[1], gradient):
+                tf.cond(
+                    keras.ops.not_equal(self.iterations, 0),
+                    lambda: None,
+                    keras_average,
+                )
+            else:
+                keras_average()
+
+    def _bring_averages_up_to_date(self, variables, in_apply):
+        if not getattr(self, "use_ema", False) or not getattr(self, "built", False):
+            return
+        step = _moving_average.steps_done(self, in_apply)
+        for variable in variables:
+            state = self._ema_state(variable)
+            if state is not None:
+                _moving_average.bring_up_to_date(
+                    *state, backing_variable(variable), self.ema_momentum, step
+                )
+
+    def _overwrite_model_variables_with_average_value(self, trainable_variables):
+        # Every row's average current before it overwrites the weights.
+        self._bring_averages_up_to_date(trainable_variables, getattr(self, "_in_apply", False))
+        return super()._overwrite_model_variables_with_average_value(trainable_variables)
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        # A checkpoint saves every average up to date (and restores into
+        # any optimizer).
+        if save_type == "checkpoint" and tf.executing_eagerly():
+            self._bring_averages_up_to_date(getattr(self, "_trainable_variables", []), False)
+        return super()._trackable_children(save_type, **kwargs)
 
     def _apply_weight_decay(self, variables):
         """Keras' weight decay, one fused pass per variable; rows decayed in
@@ -223,6 +322,24 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
         the gradients and updates each variable through the strategy; that
         path, and XLA's, stay per variable.
         """
+        for gradient, variable in zip(grads, trainable_variables):
+            state = self._ema_state(variable) if self.use_ema else None
+            if state is None:
+                continue
+            completed = _moving_average.steps_done(self, in_apply=False)
+            if _moving_average.is_lazy(state[1], gradient):
+                # The rows this step changes, brought up to date first.
+                _moving_average.rows_before_update(
+                    *state,
+                    backing_variable(variable),
+                    self.ema_momentum,
+                    completed,
+                    gradient.indices,
+                )
+            else:
+                _moving_average.stale_rows_up_to_date(
+                    *state, backing_variable(variable), self.ema_momentum, completed
+                )
         if tf.distribute.has_strategy() or _xla_fallback.in_xla():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         dense = []

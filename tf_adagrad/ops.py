@@ -11,6 +11,9 @@ Every op applies Adagrad with epsilon where `epsilon_placement` says:
 
 float16 and bfloat16 variables are computed in float32 and rounded once.
 
+`moving_average_rows` keeps an exponential moving average of a table's
+rows lazily, each row brought up to date only when it changes.
+
 Two ops decay weights as Keras' optimizers do before an update,
 `var -= var * (weight_decay * lr)`: every element (`decay_weights`), or the
 distinct rows a sparse gradient names (`decay_rows`).
@@ -38,6 +41,7 @@ __all__ = [
     "decay_rows",
     "decay_weights",
     "load_library",
+    "moving_average_rows",
     "multi_apply_adagrad",
     "rowwise_accumulator_dtype",
     "rowwise_apply_adagrad",
@@ -356,6 +360,54 @@ def decay_rows(var, lr, weight_decay, indices, use_locking=False):
     """
     _loader.load_library().tf_adagrad_decay_rows(
         **_decay_arguments(var, lr, weight_decay),
+        indices=_check_indices(indices),
+        use_locking=use_locking,
+    )
+
+
+@tf.autograph.experimental.do_not_convert
+def moving_average_rows(average, last_step, var, momentum, step, indices, use_locking=False):
+    """Brings the exponential moving average of the rows of `var` named by
+    `indices` up to `step`, each distinct row once.
+
+    For each such row `r`, with `k = step - last_step[r]` (the steps since
+    its average was last brought up to date, during which `var[r]` did not
+    change):
+
+        average[r] = var[r] + momentum**k * (average[r] - var[r])
+        last_step[r] = step
+
+    which is `k` steps of Keras' `average = momentum * average + (1 -
+    momentum) * var` (up to rounding; `momentum**k` is computed in float64).
+    Other rows are not read or written, so an optimizer can keep an exact
+    moving average of an embedding table at the cost of the rows in the
+    batch.
+
+    Args:
+        average: A variable of `var`'s shape and dtype: the averages.
+        last_step: An int64 variable of shape `var.shape[:1]`: the step each
+            row's average was brought to.
+        var: A `tf.Variable` or `keras.Variable` of rank >= 1 and a floating
+            dtype; only read.
+        momentum: A scalar, cast to `var`'s dtype.
+        step: An int64 scalar.
+        indices: A 1-D int32 or int64 tensor of row numbers in
+            `[0, var.shape[0])`, repeats allowed; an index out of range
+            raises `InvalidArgumentError` and nothing is written.
+        use_locking: As in `sparse_apply_adagrad`.
+
+    Nothing is returned.
+    """
+    average = as_tf_variable(average, "average")
+    last_step = as_tf_variable(last_step, "last_step")
+    var = as_tf_variable(var, "var")
+    require_dtype(var, "`var`")
+    _loader.load_library().tf_adagrad_moving_average_rows(
+        average=average.handle,
+        last_step=last_step.handle,
+        var=var.handle,
+        momentum=scalar_as(momentum, var.dtype),
+        step=tf.cast(step, tf.int64),
         indices=_check_indices(indices),
         use_locking=use_locking,
     )
