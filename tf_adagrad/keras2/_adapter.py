@@ -5,7 +5,7 @@ import tensorflow as tf
 import tf_keras
 from tf_keras.src.optimizers import optimizer as tf_keras_optimizer
 
-from tf_adagrad import _update_rules, _weight_decay, _xla_fallback
+from tf_adagrad import _moving_average, _update_rules, _weight_decay, _xla_fallback
 from tf_adagrad._rule_optimizer import RuleOptimizer
 from tf_adagrad._variables import FLOAT_DTYPES
 
@@ -43,6 +43,94 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
         tf_keras.optimizers.Optimizer.build(self, var_list)
         self._built = True
         setattr(self, self.rule.slots_attribute, [self._add_slot(v) for v in var_list])
+        # tf_keras averages a variable only on the steps it has a gradient:
+        # a per-row step and a count of the variable's own EMA steps
+        # (`tf_adagrad/_moving_average.py`).
+        self._ema_states, self._ema_variables = {}, []
+        if self.use_ema and not tf.distribute.has_strategy():
+            for variable in var_list:
+                last_step = _moving_average.last_step_variable(
+                    self,
+                    variable,
+                    lambda shape, name, v=variable: self._add_counter(v, shape, name),
+                )
+                if last_step is not None:
+                    count = self._add_counter(variable, (), "average_steps")
+                    self._ema_states[self._var_key(variable)] = (last_step, count)
+                    self._ema_variables.append(variable)
+
+    def _add_counter(self, variable, shape, name):
+        with tf.distribute.get_strategy().extended.colocate_vars_with(variable):
+            counter = tf.Variable(
+                tf.zeros(shape, tf.int64), name=f"{name}/{variable._shared_name}", trainable=False
+            )
+        self._variables.append(counter)
+        return counter
+
+    def _ema_state(self, variable):
+        """(average, last step per row, the variable's EMA steps), or None
+        where tf_keras' own moving average runs."""
+        state = getattr(self, "_ema_states", {}).get(self._var_key(variable))
+        if state is None:
+            return None
+        average = self._model_variables_moving_average[self._index_dict[self._var_key(variable)]]
+        return (average, *state)
+
+    def _ema_before_update(self, grads_and_vars):
+        """The rows a sparse gradient changes, and a variable's rows left
+        behind before a dense update, brought up to date first."""
+        for gradient, variable in grads_and_vars:
+            state = self._ema_state(variable) if self.use_ema else None
+            if state is None:
+                continue
+            average, last_step, count = state
+            if _moving_average.is_lazy(last_step, gradient):
+                _moving_average.rows_before_update(
+                    average, last_step, variable, self.ema_momentum, count, gradient.indices
+                )
+            else:
+                _moving_average.stale_rows_up_to_date(
+                    average, last_step, variable, self.ema_momentum, count
+                )
+
+    def _update_model_variables_moving_average(self, var_list):
+        """tf_keras' moving averages, but for the rows a sparse gradient did
+        not change, which wait (`_ema_before_update`)."""
+        whole = []
+        for variable in var_list:
+            state = self._ema_state(variable)
+            gradient = self._step_gradients.get(self._var_key(variable))
+            if state is not None:
+                _, last_step, count = state
+                if not _moving_average.is_lazy(last_step, gradient):
+                    last_step.assign(tf.fill(tf.shape(last_step), count + 1))
+                count.assign_add(1)
+                if _moving_average.is_lazy(last_step, gradient):
+                    continue
+            whole.append(variable)
+        super()._update_model_variables_moving_average(whole)
+
+    def _bring_averages_up_to_date(self, variables):
+        if not getattr(self, "use_ema", False) or not getattr(self, "_built", False):
+            return
+        for variable in variables:
+            state = self._ema_state(variable)
+            if state is not None:
+                average, last_step, count = state
+                _moving_average.bring_up_to_date(
+                    average, last_step, variable, self.ema_momentum, count
+                )
+
+    def _overwrite_model_variables_with_average_value(self, var_list):
+        # Every row's average current before it overwrites the weights.
+        self._bring_averages_up_to_date(var_list)
+        return super()._overwrite_model_variables_with_average_value(var_list)
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        # A checkpoint saves every average up to date.
+        if save_type == "checkpoint" and tf.executing_eagerly():
+            self._bring_averages_up_to_date(getattr(self, "_ema_variables", []))
+        return super()._trackable_children(save_type, **kwargs)
 
     def _add_slot(self, variable):
         """Named, placed and sharded by `add_variable_from_reference`, but
@@ -69,7 +157,7 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
 
     def apply_gradients(self, grads_and_vars, *args, **kwargs):
         grads_and_vars = list(grads_and_vars)
-        if self.weight_decay is not None:
+        if self.weight_decay is not None or self.use_ema:
             self._step_gradients = {self._var_key(v): g for g, v in grads_and_vars}
         return super().apply_gradients(grads_and_vars, *args, **kwargs)
 
@@ -95,6 +183,8 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
         class apply the rest and keep the moving averages and the iteration
         count. Under a strategy, or when the update is compiled by XLA, every
         variable goes through the base class, one at a time."""
+        if self.use_ema:
+            self._ema_before_update(grads_and_vars)
         if tf.distribute.has_strategy() or self.jit_compile or _xla_fallback.in_xla():
             return super()._distributed_apply_gradients_fn(distribution, grads_and_vars, **kwargs)
         together = {
