@@ -276,7 +276,7 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
                 _moving_average.stale_rows_up_to_date(
                     *state, backing_variable(variable), self.ema_momentum, completed
                 )
-            if state is not None and _moving_average.is_lazy(state[1], gradient):
+            if state is not None and _moving_average.is_lazy(self, variable, state[1], gradient):
                 tf.cond(
                     keras.ops.not_equal(self.iterations, 0),
                     lambda: None,
@@ -327,7 +327,7 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
             if state is None:
                 continue
             completed = _moving_average.steps_done(self, in_apply=False)
-            if _moving_average.is_lazy(state[1], gradient):
+            if _moving_average.is_lazy(self, variable, state[1], gradient):
                 # The rows this step changes, brought up to date first.
                 _moving_average.rows_before_update(
                     *state,

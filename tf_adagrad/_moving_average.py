@@ -12,14 +12,15 @@ other rows wait. Every row is brought up to date before the averages are
 read as a whole: when they overwrite the weights (`ema_overwrite_frequency`,
 `finalize_variable_values`) and before the optimizer's variables are saved.
 
-Dense gradients, the first step, XLA (which cannot run the op) and
-variables without a step per row take Keras' whole-variable average, and
-then mark every row current.
+Dense gradients, weight decay of every row (`weight_decay_rows="all"`,
+which changes every row every step), the first step, XLA (which cannot run
+the op) and variables without a step per row take Keras' whole-variable
+average, and then mark every row current.
 """
 
 import tensorflow as tf
 
-from tf_adagrad import _xla_fallback, ops
+from tf_adagrad import _weight_decay, _xla_fallback, ops
 
 
 def last_step_variable(optimizer, variable, add):
@@ -70,10 +71,13 @@ def rows_before_update(average, last_step, variable, momentum, step, indices):
     ops.moving_average_rows(average, last_step, variable, momentum, step, indices)
 
 
-def is_lazy(last_step, gradient):
+def is_lazy(optimizer, variable, last_step, gradient):
+    """Whether only the rows `gradient` names change this step, and so only
+    they need their averages: not when weight decay changes every row."""
     return (
         last_step is not None
         and isinstance(gradient, tf.IndexedSlices)
+        and not _weight_decay.decays_whole(optimizer, variable, gradient)
         and not _xla_fallback.in_xla()
         and not tf.distribute.has_strategy()
     )

@@ -85,6 +85,15 @@ def decays_rows(optimizer, gradient):
     )
 
 
+def decays_whole(optimizer, variable, gradient):
+    """Whether weight decay changes every row of `variable` this step."""
+    return (
+        optimizer.weight_decay is not None
+        and optimizer._use_weight_decay(variable)
+        and not decays_rows(optimizer, gradient)
+    )
+
+
 def after(gradient):
     """A control dependency on `gradient`'s values, outside `tf.distribute`.
 

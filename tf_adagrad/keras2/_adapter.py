@@ -84,7 +84,7 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
             if state is None:
                 continue
             average, last_step, count = state
-            if _moving_average.is_lazy(last_step, gradient):
+            if _moving_average.is_lazy(self, variable, last_step, gradient):
                 _moving_average.rows_before_update(
                     average, last_step, variable, self.ema_momentum, count, gradient.indices
                 )
@@ -102,10 +102,10 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
             gradient = self._step_gradients.get(self._var_key(variable))
             if state is not None:
                 _, last_step, count = state
-                if not _moving_average.is_lazy(last_step, gradient):
+                if not _moving_average.is_lazy(self, variable, last_step, gradient):
                     last_step.assign(tf.fill(tf.shape(last_step), count + 1))
                 count.assign_add(1)
-                if _moving_average.is_lazy(last_step, gradient):
+                if _moving_average.is_lazy(self, variable, last_step, gradient):
                     continue
             whole.append(variable)
         super()._update_model_variables_moving_average(whole)
