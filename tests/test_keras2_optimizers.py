@@ -144,6 +144,39 @@ def test_base_class_features_are_kept(keras2_train_results, kind, gradient):
     assert_same_state(result["ours"], result["theirs"])
 
 
+@pytest.mark.keras2_cases("ema_rows")
+@pytest.mark.parametrize("case", ["ema_rows", "ema_rows_in_batch_decay"])
+def test_moving_averages_wait_for_their_rows(keras2_train_results, case):
+    """keras2.Adagrad keeps the table's averages a row at a time: a row's
+    average catches up in closed form (`w + m**k * (average - w)`) when the
+    row changes, and every row when the averages overwrite the weights (every
+    3 steps) or are finalized. Against tf_keras' Adagrad, which averages
+    every row every step: a few float32 roundings apart (the closed form
+    for at most 3 steps; with rows-in-batch weight decay tf_keras has no such
+    option, so only the rows' bookkeeping is checked)."""
+    result = case_result(keras2_train_results, f"{case}/keras2/sparse")
+    ours, theirs = result["ours"], result.get("theirs")
+    named = result["named_rows"]
+    unnamed = sorted(set(range(NUM_ROWS)) - set(named))
+    assert unnamed and named
+    # 7 EMA steps; the last overwrite (step 6) caught every row up, and
+    # step 7 brought only the rows it changed (there, to step 6).
+    assert result["count"] == 7
+    last_step = np.asarray(result["last_step"])
+    assert set(last_step[unnamed]) == {6}
+    if case == "ema_rows":
+        for key in ("variables", "final"):
+            for a, b in zip(ours[key], theirs[key]):
+                assert max_ulp_difference(a, b) <= 8, key
+        # Finalized: the weights are the averages, not the last weights.
+        assert not np.allclose(ours["final"][0], ours["variables"][0], rtol=1e-4)
+    else:
+        # Rows never named never decayed: after the overwrites they hold
+        # their starting values, as their averages do.
+        start = np.random.default_rng(0).uniform(-1, 1, (NUM_ROWS, 3)).astype(np.float32)
+        np.testing.assert_array_equal(ours["final"][0][unnamed], start[unnamed])
+
+
 @pytest.mark.slow
 @pytest.mark.keras2_cases("fit/")
 @pytest.mark.parametrize("gradient", GRADIENTS)

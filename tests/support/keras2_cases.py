@@ -146,6 +146,34 @@ def parity(kind, sparse, graph=False, graph_math_exact=False, steps=5, **kwargs)
         }
 
 
+def ema_rows(steps=7, **options):
+    """keras2 with use_ema (overwriting every 3 steps) on the sparse table,
+    ours and (without `options`) tf_keras' side by side from the same start: the state after
+    `steps` (step 7 leaves rows waiting), ours' per-row EMA steps and its
+    count, and both after finalize_variable_values."""
+    gradients = gradient_steps(True, steps)
+    out = {}
+    # weight_decay_rows is ours alone.
+    pairs = list(zip(("ours", "theirs"), classes("keras2")))[: 1 if options else 2]
+    for label, cls in pairs:
+        optimizer = cls(
+            learning_rate=LEARNING_RATE,
+            use_ema=True,
+            ema_momentum=0.9,
+            ema_overwrite_frequency=3,
+            **options,
+        )
+        variables = make_variables(shapes_of(True), "float32")
+        out[label] = run_steps(optimizer, variables, gradients, True)
+        if label == "ours":
+            last_step, count = next(iter(optimizer._ema_states.values()))
+            out["last_step"], out["count"] = as_numpy(last_step), int(count.numpy())
+        optimizer.finalize_variable_values(variables)
+        out[label]["final"] = [as_numpy(v) for v in variables]
+    out["named_rows"] = sorted({int(i) for _, indices in gradients for i in indices})
+    return out
+
+
 def dtype_run(kind, sparse, dtype, steps=4):
     """Ours alone in `dtype`, with what a NumPy reference needs to replay it."""
     ours, _ = classes(kind)
@@ -383,6 +411,10 @@ def train_cases(work_dir):
         "bad_input": case_bad_input,
         "configs": case_configs,
         "save_models": partial(case_save_models, work_dir),
+        "ema_rows/keras2/sparse": ema_rows,
+        "ema_rows_in_batch_decay/keras2/sparse": partial(
+            ema_rows, weight_decay=0.01, weight_decay_rows="in_batch"
+        ),
     }
     for kind in KINDS:
         for sparse in (False, True):
