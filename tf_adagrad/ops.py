@@ -329,7 +329,9 @@ def decay_weights(var, lr, weight_decay):
     variable's size. Inside a `tf.function` (as in `fit()`) TensorFlow
     folds Keras' two scalars first, as here, so float32 and float64 results
     are the same bits; run eagerly, Keras' may differ in the last bit.
-    float16 and bfloat16 variables are computed in float32 and rounded once.
+    For float16 and bfloat16 variables `weight_decay * lr` is rounded to
+    the variable's dtype (as Keras' casts round it), and each element is
+    computed in float32 and rounded once.
 
     Args:
         var: A `tf.Variable` or `keras.Variable` of a floating dtype
@@ -379,6 +381,7 @@ def moving_average_rows(average, last_step, var, momentum, step, indices, use_lo
 
     which is `k` steps of Keras' `average = momentum * average + (1 -
     momentum) * var` (up to rounding; `momentum**k` is computed in float64).
+    A row with `k <= 0` keeps its average (only `last_step` is set).
     Other rows are not read or written, so an optimizer can keep an exact
     moving average of an embedding table at the cost of the rows in the
     batch.

@@ -7,7 +7,10 @@ Each step's batch depends only on the step number, so a run split across
 processes sees the same data as an uninterrupted one. With
 `--accumulation-steps N` (tests/test_gradient_accumulation.py) the optimizer
 accumulates gradients over N steps, and the output holds its accumulated
-rows too.
+rows too. With `--ema-momentum M` (tests/test_moving_average.py) the
+optimizer keeps moving averages (`use_ema=True`); after its checkpoint is
+saved (which brings every average up to date) the output also holds the
+weights that `finalize_variable_values` gives, under "finalized/<path>".
 """
 
 import argparse
@@ -49,19 +52,15 @@ def batch(kind, step):
     return tf.constant(x), tf.constant(y[:, None])
 
 
-def train(kind, start, stop, checkpoint_dir, accumulation_steps=None):
-    model = build(kind)
-    optimizer = tf_adagrad.Adagrad(
-        learning_rate=0.05, gradient_accumulation_steps=accumulation_steps
+def make_optimizer(accumulation_steps=None, ema_momentum=None):
+    ema = {} if ema_momentum is None else dict(use_ema=True, ema_momentum=ema_momentum)
+    return tf_adagrad.Adagrad(
+        learning_rate=0.05, gradient_accumulation_steps=accumulation_steps, **ema
     )
-    optimizer.build(model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(checkpoint_dir, kind), max_to_keep=2
-    )
-    if start > 0:
-        checkpoint.restore(manager.latest_checkpoint).assert_consumed()
-    assert int(optimizer._iterations.numpy()) == start
+
+
+def train_steps(kind, model, optimizer, start, stop):
+    """Steps [start, stop) of `optimizer.apply` in a tf.function."""
     loss_fn = keras.losses.BinaryCrossentropy()
 
     @tf.function
@@ -73,8 +72,25 @@ def train(kind, start, stop, checkpoint_dir, accumulation_steps=None):
 
     for step in range(start, stop):
         train_step(*batch(kind, step))
+
+
+def train(kind, start, stop, checkpoint_dir, accumulation_steps=None, ema_momentum=None):
+    model = build(kind)
+    optimizer = make_optimizer(accumulation_steps, ema_momentum)
+    optimizer.build(model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(checkpoint_dir, kind), max_to_keep=2
+    )
+    if start > 0:
+        checkpoint.restore(manager.latest_checkpoint).assert_consumed()
+    assert int(optimizer._iterations.numpy()) == start
+    train_steps(kind, model, optimizer, start, stop)
     manager.save(checkpoint_number=stop)
     arrays = {v.path: v.numpy() for v in model.weights + optimizer.variables}
+    if ema_momentum is not None:
+        optimizer.finalize_variable_values(model.trainable_variables)
+        arrays.update({f"finalized/{v.path}": v.numpy() for v in model.trainable_variables})
     for i, accumulator in enumerate(getattr(optimizer, "_gradient_rows", ())):
         for name, variable in accumulator.state().items():
             arrays[f"gradient_rows_{i}_{name}"] = variable.numpy()
@@ -88,11 +104,17 @@ def main():
     parser.add_argument("--checkpoint-dir", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--accumulation-steps", type=int, default=None)
+    parser.add_argument("--ema-momentum", type=float, default=None)
     args = parser.parse_args()
     arrays = {}
     for kind in ("dense", "sparse"):
         for path, value in train(
-            kind, args.start, args.stop, args.checkpoint_dir, args.accumulation_steps
+            kind,
+            args.start,
+            args.stop,
+            args.checkpoint_dir,
+            args.accumulation_steps,
+            args.ema_momentum,
         ).items():
             arrays[f"{kind}:{path}"] = value
     np.savez(args.out, **arrays)
