@@ -21,6 +21,7 @@ average, and then mark every row current.
 import tensorflow as tf
 
 from tf_adagrad import _weight_decay, _xla_fallback, ops
+from tf_adagrad._arguments import scalar_as
 
 
 def last_step_variable(optimizer, variable, add):
@@ -45,7 +46,9 @@ def bring_up_to_date(average, last_step, variable, momentum, step):
     behind = tf.cast(step, tf.int64) - last_step.read_value()
     dtype = variable.dtype.base_dtype
     compute = tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
-    factor = tf.cast(tf.pow(tf.cast(momentum, tf.float64), tf.cast(behind, tf.float64)), compute)
+    # Momentum in the variable's dtype, then float64, as the op takes it.
+    momentum = tf.cast(scalar_as(momentum, dtype), tf.float64)
+    factor = tf.cast(tf.pow(momentum, tf.cast(behind, tf.float64)), compute)
     shape = tf.concat([tf.shape(behind), tf.ones([len(variable.shape) - 1], tf.int32)], 0)
     factor = tf.reshape(factor, shape)
     w = tf.cast(variable.read_value(), compute)

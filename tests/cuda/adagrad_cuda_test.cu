@@ -1,9 +1,12 @@
-// Standalone test of the CUDA kernels in kernels/adagrad_gpu.cuh and
-// kernels/rowwise_gpu.cuh, without TensorFlow. Runs the dense, multi-tensor
-// dense and sparse updates on random shapes and data, with epsilon inside and
-// outside the square root in turn, and the rowwise dense and sparse updates,
-// against the CPU paths of kernels/adagrad_cpu.h and kernels/rowwise_cpu.h
-// (the references), requires the
+// Standalone test of the CUDA kernels in kernels/adagrad_gpu.cuh,
+// kernels/rowwise_gpu.cuh, kernels/weight_decay_gpu.cuh and
+// kernels/moving_average_gpu.cuh, without TensorFlow. Runs the dense,
+// multi-tensor dense and sparse updates on random shapes and data, with
+// epsilon inside and outside the square root in turn, the rowwise dense and
+// sparse updates, weight decay of every element and of rows, and the lazy
+// moving average of rows, against the CPU paths of kernels/adagrad_cpu.h,
+// kernels/rowwise_cpu.h, kernels/weight_decay_cpu.h and
+// kernels/moving_average_cpu.h (the references), requires the
 // results to be bit-identical to it and from one run to the next, checks the
 // index validation, then times the dense kernel against a device-to-device copy
 // and the sparse update on a 1M x 64 table.
@@ -28,10 +31,14 @@
 #include "kernels/adagrad_cpu.h"
 #include "kernels/adagrad_gpu.cuh"
 #include "kernels/half_types.h"
+#include "kernels/moving_average_cpu.h"
+#include "kernels/moving_average_gpu.cuh"
 #include "kernels/multi_tensor.h"
 #include "kernels/row_grouping.h"
 #include "kernels/rowwise_cpu.h"
 #include "kernels/rowwise_gpu.cuh"
+#include "kernels/weight_decay_cpu.h"
+#include "kernels/weight_decay_gpu.cuh"
 
 namespace {
 
@@ -884,6 +891,144 @@ void TimeSparse(std::mt19937_64& rng) {
 
 }  // namespace
 
+// ------------------------------------------- weight decay, moving average ---
+
+// Both weight decay kernels against the CPU loops: every element of a
+// num_rows x row_size variable, then the rows of nnz indices (repeats
+// decay once), twice on the GPU.
+template <typename T, typename Index>
+void CheckWeightDecay(int64_t num_rows, int64_t row_size, int64_t nnz,
+                      IndexPattern pattern, std::mt19937_64& rng) {
+  const std::vector<T> var =
+      RandomValues<T>(num_rows * row_size, -1.0, 1.0, true, rng);
+  const std::vector<Index> indices =
+      num_rows > 0 ? RandomIndices<Index>(nnz, num_rows, pattern, rng)
+                   : std::vector<Index>();
+  const tf_adagrad::WeightDecayStep<ComputeType<T>> step{Arithmetic<T>::Load(
+      FromDouble<T>(std::uniform_real_distribution<double>(1e-4, 0.5)(rng)))};
+  std::vector<T> want_all = var, want_rows = var;
+  tf_adagrad::WeightDecayRange(want_all.data(), step, 0,
+                               static_cast<int64_t>(var.size()));
+  if (!indices.empty() && row_size > 0) {
+    const tf_adagrad::RowGroups groups = tf_adagrad::GroupRowsByIndex(
+        indices.data(), static_cast<int64_t>(indices.size()), num_rows);
+    tf_adagrad::WeightDecayRows(want_rows.data(), indices.data(), groups,
+                                row_size, step, 0, groups.num_unique());
+  }
+  const std::string name =
+      std::string("weight decay ") + TypeName<T>::value + "/" +
+      TypeName<Index>::value + " " + std::to_string(num_rows) + "x" +
+      std::to_string(row_size) + ", " + std::to_string(indices.size()) + " " +
+      PatternName(pattern) + " indices";
+  std::vector<std::vector<T>> all(2), rows(2);
+  for (int run = 0; run < 2; ++run) {
+    DeviceArray<T> d_var(var.size());
+    d_var.CopyFrom(var);
+    CUDA_CHECK(tf_adagrad::gpu::LaunchWeightDecay(
+        d_var.data(), step, static_cast<int64_t>(var.size()), cudaStream_t{0}));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    all[run] = d_var.CopyOut(var.size());
+    d_var.CopyFrom(var);
+    DeviceArray<Index> d_indices(indices.size());
+    d_indices.CopyFrom(indices);
+    const int64_t n = static_cast<int64_t>(indices.size());
+    if (n > 0) {
+      tf_adagrad::gpu::SparseWorkspace plan;
+      CUDA_CHECK(
+          tf_adagrad::gpu::PlanSparseWorkspace<Index>(n, num_rows, &plan));
+      DeviceArray<char> workspace(plan.total_bytes);
+      CUDA_CHECK(tf_adagrad::gpu::LaunchWeightDecayRows(
+          d_var.data(), d_indices.data(), n, row_size, step, plan,
+          workspace.data(), cudaStream_t{0}));
+      CUDA_CHECK(cudaDeviceSynchronize());
+    }
+    rows[run] = d_var.CopyOut(var.size());
+  }
+  Record(FirstDifference(all[0], want_all) < 0,
+         name + ": every element differs from the CPU at " +
+             std::to_string(FirstDifference(all[0], want_all)));
+  Record(FirstDifference(rows[0], want_rows) < 0,
+         name + ": rows differ from the CPU at " +
+             std::to_string(FirstDifference(rows[0], want_rows)));
+  Record(Identical(all[0], all[1]) && Identical(rows[0], rows[1]),
+         name + ": two runs differ");
+}
+
+// The lazy moving average of rows against the CPU loop: rows behind by 0 to
+// 40 steps (0: kept as they are), repeated indices, twice on the GPU.
+template <typename T, typename Index>
+void CheckMovingAverageRows(int64_t num_rows, int64_t row_size, int64_t nnz,
+                            IndexPattern pattern, std::mt19937_64& rng) {
+  const std::vector<T> var =
+      RandomValues<T>(num_rows * row_size, -1.0, 1.0, true, rng);
+  const std::vector<T> average =
+      RandomValues<T>(num_rows * row_size, -1.0, 1.0, false, rng);
+  std::vector<int64_t> last_step(num_rows);
+  std::uniform_int_distribution<int64_t> behind(0, 40);
+  const int64_t step = 1000;
+  for (auto& s : last_step) s = step - behind(rng);
+  const std::vector<Index> indices =
+      RandomIndices<Index>(nnz, num_rows, pattern, rng);
+  const double momentum =
+      std::uniform_real_distribution<double>(0.5, 0.999)(rng);
+  std::vector<T> want_average = average;
+  std::vector<int64_t> want_last = last_step;
+  if (nnz > 0 && row_size > 0) {
+    const tf_adagrad::RowGroups groups =
+        tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
+    tf_adagrad::MovingAverageRows(want_average.data(), want_last.data(),
+                                  var.data(), indices.data(), groups, row_size,
+                                  momentum, step, 0, groups.num_unique());
+  }
+  const std::string name =
+      std::string("moving average ") + TypeName<T>::value + "/" +
+      TypeName<Index>::value + " " + std::to_string(num_rows) + "x" +
+      std::to_string(row_size) + ", " + std::to_string(nnz) + " " +
+      PatternName(pattern) + " indices";
+  std::vector<std::vector<T>> got(2);
+  std::vector<std::vector<int64_t>> got_last(2);
+  for (int run = 0; run < 2; ++run) {
+    DeviceArray<T> d_average(average.size()), d_var(var.size());
+    DeviceArray<int64_t> d_last(last_step.size());
+    DeviceArray<Index> d_indices(indices.size());
+    d_average.CopyFrom(average);
+    d_var.CopyFrom(var);
+    d_last.CopyFrom(last_step);
+    d_indices.CopyFrom(indices);
+    if (nnz > 0 && row_size > 0) {
+      tf_adagrad::gpu::SparseWorkspace plan;
+      CUDA_CHECK(
+          tf_adagrad::gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &plan));
+      DeviceArray<char> workspace(plan.total_bytes);
+      CUDA_CHECK(tf_adagrad::gpu::LaunchMovingAverageRows(
+          d_average.data(), d_last.data(), d_var.data(), d_indices.data(), nnz,
+          row_size, momentum, step, plan, workspace.data(), cudaStream_t{0}));
+      CUDA_CHECK(cudaDeviceSynchronize());
+    }
+    got[run] = d_average.CopyOut(average.size());
+    got_last[run] = d_last.CopyOut(last_step.size());
+  }
+  Record(FirstDifference(got[0], want_average) < 0 && got_last[0] == want_last,
+         name + ": differs from the CPU at average[" +
+             std::to_string(FirstDifference(got[0], want_average)) + "]");
+  Record(Identical(got[0], got[1]) && got_last[0] == got_last[1],
+         name + ": two runs differ");
+}
+
+template <typename T>
+void CheckDecayAndAverage(std::mt19937_64& rng) {
+  for (const IndexPattern pattern :
+       {IndexPattern::kUniform, IndexPattern::kFewRows, IndexPattern::kZipf}) {
+    CheckWeightDecay<T, int32_t>(1000, 7, 300, pattern, rng);
+    CheckWeightDecay<T, int64_t>(4096, 64, 5000, pattern, rng);
+    CheckMovingAverageRows<T, int32_t>(1000, 7, 300, pattern, rng);
+    CheckMovingAverageRows<T, int64_t>(4096, 64, 5000, pattern, rng);
+  }
+  CheckWeightDecay<T, int64_t>(0, 3, 0, IndexPattern::kUniform, rng);
+  CheckWeightDecay<T, int64_t>(5, 0, 4, IndexPattern::kUniform, rng);
+  CheckMovingAverageRows<T, int64_t>(5, 3, 0, IndexPattern::kUniform, rng);
+}
+
 int main(int argc, char** argv) {
   int device_count = 0;
   const cudaError_t device_error = cudaGetDeviceCount(&device_count);
@@ -910,6 +1055,10 @@ int main(int argc, char** argv) {
   CheckRowwise<BFloat16>(rng);
   CheckRowwise<float>(rng);
   CheckRowwise<double>(rng);
+  CheckDecayAndAverage<Float16>(rng);
+  CheckDecayAndAverage<BFloat16>(rng);
+  CheckDecayAndAverage<float>(rng);
+  CheckDecayAndAverage<double>(rng);
   for (const int planted : {0, 1, 3, 100}) {
     for (const int64_t nnz : {1, 2, 1000, 100001}) {
       if (planted > nnz) continue;
