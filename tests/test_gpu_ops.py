@@ -468,6 +468,95 @@ def test_harness_runs_rowwise_cases_on_the_cpu():
     assert want.error is tf.errors.InvalidArgumentError
 
 
+def decay_case(dtype, shape, indices=None, index_dtype=tf.int64, seed=0, steps=2):
+    """Weight decay steps (every element, or the rows of `indices`) through
+    the raw ops."""
+    rng = np.random.default_rng(seed)
+    state = [("var", values(rng, shape, dtype, -2, 2))]
+    library = tf_adagrad.ops.load_library()
+    rates = dict(lr=tf.constant(0.3, dtype), weight_decay=tf.constant(0.07, dtype))
+
+    def step(v):
+        if indices is None:
+            return library.tf_adagrad_decay_weights(var=v[0].handle, **rates)
+        index_array = tf.constant(np.asarray(indices, index_dtype.as_numpy_dtype))
+        return library.tf_adagrad_decay_rows(var=v[0].handle, indices=index_array, **rates)
+
+    return Case(dtype, state, [step] * steps)
+
+
+def moving_average_case(dtype, shape, indices, index_dtype=tf.int64, seed=0):
+    """The lazy moving average of rows through the raw op: rows 0 to 40
+    steps behind, brought to step 100, then to 101."""
+    rng = np.random.default_rng(seed)
+    state = [
+        ("average", values(rng, shape, dtype, -2, 2)),
+        ("var", values(rng, shape, dtype, -2, 2)),
+        ("last_step", 100 - rng.integers(0, 41, shape[:1]).astype(np.int64)),
+    ]
+    library = tf_adagrad.ops.load_library()
+    index_array = np.asarray(indices, index_dtype.as_numpy_dtype)
+
+    def step_to(step):
+        return lambda v: library.tf_adagrad_moving_average_rows(
+            average=v[0].handle,
+            last_step=v[2].handle,
+            var=v[1].handle,
+            momentum=tf.constant(0.9, dtype),
+            step=tf.constant(step, tf.int64),
+            indices=tf.constant(index_array),
+        )
+
+    return Case(dtype, state, [step_to(100), step_to(101)])
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", DENSE_SHAPES, ids=str)
+def test_decay_weights_gpu_equals_cpu(dtype, shape):
+    compare_on_devices(decay_case(dtype, shape), GPU, CPU)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("num_rows,row_shape,count", SPARSE_SHAPES, ids=str)
+def test_decay_rows_and_moving_average_gpu_equal_cpu(
+    dtype, index_dtype, num_rows, row_shape, count
+):
+    indices = duplicated_indices(num_rows, count, seed=count)
+    shape = (num_rows,) + tuple(row_shape)
+    compare_on_devices(decay_case(dtype, shape, indices, index_dtype), GPU, CPU)
+    compare_on_devices(moving_average_case(dtype, shape, indices, index_dtype), GPU, CPU)
+
+
+@needs_gpu
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=dtype_id)
+def test_decay_and_average_out_of_range_index_is_the_same_error_on_gpu(index_dtype):
+    for num_rows, indices in OUT_OF_RANGE:
+        for case in (
+            decay_case(tf.float32, (num_rows, 3), indices, index_dtype, steps=1),
+            moving_average_case(tf.float32, (num_rows, 3), indices, index_dtype),
+        ):
+            want = compare_on_devices(case, GPU, CPU)
+            assert want.error is tf.errors.InvalidArgumentError, want.describe()
+
+
+def test_harness_runs_decay_and_average_cases_on_the_cpu():
+    """Without a GPU, both sides on the CPU: the weight decay and moving
+    average cases run, and an out-of-range index is an error that leaves
+    the state untouched."""
+    for dtype in DTYPES:
+        compare_on_devices(decay_case(dtype, (33, 3)), CPU, CPU)
+        compare_on_devices(decay_case(dtype, (50, 3), [1, 4, 1, 49]), CPU, CPU)
+        compare_on_devices(moving_average_case(dtype, (50, 3), [1, 4, 1, 49]), CPU, CPU)
+    for case in (
+        decay_case(tf.float32, (5, 3), [0, 5], steps=1),
+        moving_average_case(tf.float32, (5, 3), [0, 5]),
+    ):
+        assert compare_on_devices(case, CPU, CPU).error is tf.errors.InvalidArgumentError
+
+
 # Out-of-range indices: (var rows, indices); the first bad position is what
 # both devices must name.
 OUT_OF_RANGE = [
