@@ -50,6 +50,8 @@ OPTIONS = {
     # tf_adagrad's opt-in: only the batch's rows decay (not a Keras argument).
     'weight_decay_rows="in_batch"': {"weight_decay": 1e-4, "weight_decay_rows": "in_batch"},
     "use_ema=True": {"use_ema": True},
+    # The averages overwrite the weights once a turn (every row caught up).
+    "use_ema, ema_overwrite_frequency=8": {"use_ema": True, "ema_overwrite_frequency": 8},
     "gradient_accumulation_steps=2": {"gradient_accumulation_steps": 2},
     "loss_scale_factor=128": {"loss_scale_factor": 128.0},
     # tf_adagrad.Adagrad in tf_adagrad.LossScaleOptimizer, Keras' Adagrad in
