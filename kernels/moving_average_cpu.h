@@ -22,6 +22,9 @@ void MovingAverageRows(T* average, int64_t* last_step, const T* var,
                        int64_t begin, int64_t end) {
   using A = Arithmetic<T>;
   using C = ComputeType<T>;
+  // Neighbouring rows are mostly behind by as many steps: pow once a run.
+  int64_t factor_steps = -1;
+  C factor = C(1);
   for (int64_t u = begin; u < end; ++u) {
     const int64_t row =
         static_cast<int64_t>(indices[groups.positions[groups.run_starts[u]]]);
@@ -29,7 +32,10 @@ void MovingAverageRows(T* average, int64_t* last_step, const T* var,
     last_step[row] = step;
     // Up to date already: w + 1 * (average - w) would round; keep it.
     if (steps <= 0) continue;
-    const C factor = static_cast<C>(MomentumPower(momentum, steps));
+    if (steps != factor_steps) {
+      factor = static_cast<C>(MomentumPower(momentum, steps));
+      factor_steps = steps;
+    }
     T* average_row = average + row * row_size;
     const T* var_row = var + row * row_size;
     for (int64_t j = 0; j < row_size; ++j) {

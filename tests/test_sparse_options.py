@@ -220,15 +220,17 @@ def test_global_norm_clipping_under_mirrored_strategy_matches_keras(mirrored_sce
     assert not np.allclose(unclipped[0], ours[0], rtol=1e-3), "clipping must be active"
 
 
-def test_weight_decay_under_mirrored_strategy(mirrored_scenario_results):
+def test_weight_decay_and_ema_under_mirrored_strategy(mirrored_scenario_results):
     """fit() under MirroredStrategy on two logical CPUs: the fused weight
     decay runs on each replica's copy as Keras' does; weight_decay_rows=
-    "in_batch" gives what it gives on one device. (Gradient accumulation is
+    "in_batch" gives what it gives on one device; moving averages (Keras'
+    own under a strategy) equal Keras'. (Gradient accumulation is
     not here: Keras 3.15's own fails in fit() under MirroredStrategy, a
     merge_call inside its cond, and tf_adagrad keeps Keras' path there.)"""
     result = mirrored_scenario_results
     pairs = [
         ("decayed_fit_ours", "decayed_fit_keras"),
+        ("ema_fit_ours", "ema_fit_keras"),
         ("in_batch_fit_mirrored", "in_batch_fit_one_device"),
     ]
     for ours, reference in pairs:
@@ -238,7 +240,7 @@ def test_weight_decay_under_mirrored_strategy(mirrored_scenario_results):
             # rewrites of Keras' formula in fit(): float32 ulps.
             np.testing.assert_allclose(actual, wanted, rtol=2e-6, atol=1e-7, err_msg=ours)
     # Each option took effect.
-    for option in ("decayed_fit_ours", "in_batch_fit_mirrored"):
+    for option in ("decayed_fit_ours", "ema_fit_ours", "in_batch_fit_mirrored"):
         assert not np.allclose(result[option][0], result["unclipped_fit"][0], rtol=1e-4), option
     assert not np.allclose(
         result["in_batch_fit_mirrored"][0], result["decayed_fit_ours"][0], rtol=1e-4

@@ -13,15 +13,16 @@ read as a whole: when they overwrite the weights (`ema_overwrite_frequency`,
 `finalize_variable_values`) and before the optimizer's variables are saved.
 
 Dense gradients, weight decay of every row (`weight_decay_rows="all"`,
-which changes every row every step), the first step, XLA (which cannot run
-the op) and variables without a step per row take Keras' whole-variable
-average, and then mark every row current.
+which changes every row every step), the first step, XLA and the dtypes the
+op lacks (complex), and variables without a step per row take Keras'
+whole-variable average, and then mark every row current.
 """
 
 import tensorflow as tf
 
 from tf_adagrad import _weight_decay, _xla_fallback, ops
 from tf_adagrad._arguments import scalar_as
+from tf_adagrad._variables import FLOAT_DTYPES
 
 
 def last_step_variable(optimizer, variable, add):
@@ -42,7 +43,12 @@ def steps_done(optimizer, in_apply):
 
 def bring_up_to_date(average, last_step, variable, momentum, step):
     """Every row of `average` brought to `step` (a whole-variable pass),
-    rows already there unchanged."""
+    rows already there unchanged: the op over every row, in place, or plain
+    TensorFlow ops under XLA."""
+    if _has_op(variable):
+        rows = tf.shape(last_step, out_type=tf.int64)[0]
+        ops.moving_average_rows(average, last_step, variable, momentum, step, tf.range(rows))
+        return
     behind = tf.cast(step, tf.int64) - last_step.read_value()
     dtype = variable.dtype.base_dtype
     compute = tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
@@ -74,6 +80,10 @@ def rows_before_update(average, last_step, variable, momentum, step, indices):
     ops.moving_average_rows(average, last_step, variable, momentum, step, indices)
 
 
+def _has_op(variable):
+    return tf.as_dtype(variable.dtype) in FLOAT_DTYPES and not _xla_fallback.in_xla()
+
+
 def is_lazy(optimizer, variable, last_step, gradient):
     """Whether only the rows `gradient` names change this step, and so only
     they need their averages: not when weight decay changes every row."""
@@ -81,6 +91,6 @@ def is_lazy(optimizer, variable, last_step, gradient):
         last_step is not None
         and isinstance(gradient, tf.IndexedSlices)
         and not _weight_decay.decays_whole(optimizer, variable, gradient)
-        and not _xla_fallback.in_xla()
+        and _has_op(variable)
         and not tf.distribute.has_strategy()
     )

@@ -231,6 +231,8 @@ def mirrored(args):
         unclipped_fit=clipped_fit(strategy, tf_adagrad.Adagrad, global_clipnorm=None),
         decayed_fit_ours=clipped_fit(strategy, tf_adagrad.Adagrad, None, weight_decay=0.05),
         decayed_fit_keras=clipped_fit(strategy, keras.optimizers.Adagrad, None, weight_decay=0.05),
+        ema_fit_ours=clipped_fit(strategy, tf_adagrad.Adagrad, None, **EMA),
+        ema_fit_keras=clipped_fit(strategy, keras.optimizers.Adagrad, None, **EMA),
         in_batch_fit_mirrored=clipped_fit(strategy, tf_adagrad.Adagrad, None, **IN_BATCH_DECAY),
         in_batch_fit_one_device=clipped_fit(
             tf.distribute.OneDeviceStrategy("/cpu:0"), tf_adagrad.Adagrad, None, **IN_BATCH_DECAY
@@ -251,6 +253,8 @@ def mirrored(args):
 
 # tf_adagrad's rows-in-batch weight decay (tests/test_weight_decay.py).
 IN_BATCH_DECAY = dict(weight_decay=0.05, weight_decay_rows="in_batch")
+# Moving averages, written over the weights every 4 steps and at the end.
+EMA = dict(use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=4)
 
 
 def clipped_fit(strategy, optimizer_class, global_clipnorm=0.05, **options):
