@@ -4,8 +4,9 @@ Keras 3 `fit()` of `Embedding(rows, 32) -> Flatten -> Dense(1)`, batch 1024,
 Zipf ids, with tables of 10k, 1M and 10M rows, for each option of Keras'
 optimizer base class (clipping, weight decay, EMA, gradient accumulation,
 loss scaling): tf_adagrad.Adagrad at every size, keras.optimizers.Adagrad
-with the same option at 10k and 1M rows. The mean ms per step over whole
-periods (8 or 4 consecutive steps a turn: whole accumulation periods).
+with the same option at 10k and 1M rows. The ms per step: the median over
+5 turns of each turn's mean (8 or 4 consecutive steps a turn: whole
+accumulation and overwrite periods).
 Prints a line per case and the goals, and writes bench/results/options.json
 and options.md. Run by bench/bench.py (`make bench`) in a process of its
 own, or alone: `python bench/option_steps.py`.
@@ -38,7 +39,7 @@ LR = 0.05
 TABLE_ROWS = (10_000, 1_000_000, 10_000_000)
 KERAS_MAX_ROWS = 1_000_000  # Keras' Adagrad takes seconds a step beyond
 BATCH_SIZE = 1024  # the model: fit_steps.embedding_model, rows x 32
-ROUNDS, STEPS_PER_ROUND, WARMUP_STEPS = 3, 8, 3
+ROUNDS, STEPS_PER_ROUND, WARMUP_STEPS = 5, 8, 3
 # Steps a turn where a step takes longer than SLOW_MS: still whole periods.
 SLOW_STEPS_PER_ROUND, SLOW_MS = 4, 50
 OPTIONS = {
@@ -50,8 +51,9 @@ OPTIONS = {
     # tf_adagrad's opt-in: only the batch's rows decay (not a Keras argument).
     'weight_decay_rows="in_batch"': {"weight_decay": 1e-4, "weight_decay_rows": "in_batch"},
     "use_ema=True": {"use_ema": True},
-    # The averages overwrite the weights once a turn (every row caught up).
-    "use_ema, ema_overwrite_frequency=8": {"use_ema": True, "ema_overwrite_frequency": 8},
+    # The averages overwrite the weights once or twice a turn (4 or 8 steps:
+    # whole periods), every row caught up first.
+    "use_ema, ema_overwrite_frequency=4": {"use_ema": True, "ema_overwrite_frequency": 4},
     "gradient_accumulation_steps=2": {"gradient_accumulation_steps": 2},
     "loss_scale_factor=128": {"loss_scale_factor": 128.0},
     # tf_adagrad.Adagrad in tf_adagrad.LossScaleOptimizer, Keras' Adagrad in
@@ -100,7 +102,7 @@ def option_case(rows, option):
         STEPS_PER_ROUND,
         WARMUP_STEPS,
         slow_steps_per_round=slow,
-        statistic=statistics.mean,
+        turn_means=True,
     )
 
 

@@ -176,6 +176,7 @@ def time_fits(
     turn_warmup_steps=0,
     slow_steps_per_round=None,
     statistic=statistics.median,
+    turn_means=False,
 ):
     """Median ms per fit() step of each of `fits` (name -> callable(num_steps,
     timer), as fit_on_batches returns), timed by `new_timer()` (a StepTimer
@@ -184,8 +185,10 @@ def time_fits(
     first of a fit() call is left out, so it runs one more), after
     `turn_warmup_steps` untimed ones. The slow ones, named in
     `slow_steps_per_round` (name -> steps), time fewer steps a turn, with no
-    untimed ones. `statistic` of the step times, in ms (the mean, over whole
-    periods, for steps that differ within a period)."""
+    untimed ones. `statistic` of the step times, in ms; with `turn_means`,
+    the median over turns of each turn's mean (for steps that differ within
+    a period: each turn times whole periods, and one disturbed turn does not
+    move the result)."""
     slow_steps_per_round = slow_steps_per_round or {}
     for fit in fits.values():
         fit(warmup_steps, new_timer())
@@ -196,4 +199,11 @@ def time_fits(
             if turn_warmup_steps and name not in slow_steps_per_round:
                 fit(turn_warmup_steps, new_timer())
             fit(slow_steps_per_round.get(name, steps_per_round) + 1, timers[name])
-    return {name: 1e3 * statistic(timer.times) for name, timer in timers.items()}
+    if not turn_means:
+        return {name: 1e3 * statistic(timer.times) for name, timer in timers.items()}
+    result = {}
+    for name, timer in timers.items():
+        per_turn = slow_steps_per_round.get(name, steps_per_round)
+        turns = [timer.times[i : i + per_turn] for i in range(0, len(timer.times), per_turn)]
+        result[name] = 1e3 * statistics.median(statistics.mean(turn) for turn in turns)
+    return result
