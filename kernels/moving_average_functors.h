@@ -1,4 +1,5 @@
-// Device functor for TfAdagrad>MovingAverageRows, declared once here and
+// Device functors for TfAdagrad>MovingAverageRows and
+// TfAdagrad>MovingAverageAllRows, declared once here and
 // specialized per device: CPU in moving_average_kernels.cc, GPU in
 // moving_average_kernels.cu.cc.
 #ifndef TF_ADAGRAD_KERNELS_MOVING_AVERAGE_FUNCTORS_H_
@@ -28,7 +29,26 @@ struct MovingAverageRows {
                           typename tensorflow::TTypes<Index>::ConstVec indices);
 };
 
+template <typename Device, typename T>
+struct MovingAverageAllRows {
+  // Every row of average, as MovingAverageRows with every index once.
+  absl::Status operator()(tensorflow::OpKernelContext* ctx,
+                          typename tensorflow::TTypes<T>::Matrix average,
+                          typename tensorflow::TTypes<int64_t>::Vec last_step,
+                          typename tensorflow::TTypes<T>::ConstMatrix var,
+                          double momentum, int64_t step);
+};
+
 #if GOOGLE_CUDA
+template <typename T>
+struct MovingAverageAllRows<Eigen::GpuDevice, T> {
+  absl::Status operator()(tensorflow::OpKernelContext* ctx,
+                          typename tensorflow::TTypes<T>::Matrix average,
+                          typename tensorflow::TTypes<int64_t>::Vec last_step,
+                          typename tensorflow::TTypes<T>::ConstMatrix var,
+                          double momentum, int64_t step);
+};
+
 template <typename T, typename Index>
 struct MovingAverageRows<Eigen::GpuDevice, T, Index> {
   absl::Status operator()(tensorflow::OpKernelContext* ctx,
@@ -40,6 +60,7 @@ struct MovingAverageRows<Eigen::GpuDevice, T, Index> {
 };
 
 #define TF_ADAGRAD_DECLARE_GPU_FUNCTORS(T)                                \
+  extern template struct MovingAverageAllRows<Eigen::GpuDevice, T>;       \
   extern template struct MovingAverageRows<Eigen::GpuDevice, T, int32_t>; \
   extern template struct MovingAverageRows<Eigen::GpuDevice, T, int64_t>;
 TF_CALL_FLOAT_TYPES(TF_ADAGRAD_DECLARE_GPU_FUNCTORS)

@@ -94,6 +94,65 @@ cudaError_t LaunchMovingAverageRows(T* average, int64_t* last_step,
   return cudaGetLastError();
 }
 
+// Every row, one thread per element, grid-stride; reads last_step, which
+// the next kernel writes.
+template <typename T>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    MovingAverageAllRowsKernel(T* __restrict__ average,
+                               const int64_t* __restrict__ last_step,
+                               const T* __restrict__ var, int64_t num_rows,
+                               int64_t row_size, double momentum,
+                               int64_t step) {
+  using A = GpuArithmetic<T>;
+  using C = ComputeType<T>;
+  const int64_t size = num_rows * row_size;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       i < size; i += stride) {
+    const int64_t steps = step - last_step[i / row_size];
+    if (steps <= 0) continue;
+    const C factor = static_cast<C>(MomentumPower(momentum, steps));
+    average[i] =
+        A::Store(CaughtUpAverage(A::Load(average[i]), A::Load(var[i]), factor));
+  }
+}
+
+// A template, so that every file including this header may instantiate it.
+template <typename Value>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    FillKernel(Value* __restrict__ values, int64_t n, Value value) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       i < n; i += stride) {
+    values[i] = value;
+  }
+}
+
+// Brings every row's average to `step` and records it in last_step.
+template <typename T>
+cudaError_t LaunchMovingAverageAllRows(T* average, int64_t* last_step,
+                                       const T* var, int64_t num_rows,
+                                       int64_t row_size, double momentum,
+                                       int64_t step, cudaStream_t stream) {
+  if (num_rows == 0) return cudaSuccess;
+  int blocks = 0;
+  cudaError_t err;
+  if (row_size > 0) {
+    const auto rows_kernel = MovingAverageAllRowsKernel<T>;
+    err = ResidentGridSize(rows_kernel, num_rows * row_size, &blocks);
+    if (err != cudaSuccess) return err;
+    rows_kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(
+        average, last_step, var, num_rows, row_size, momentum, step);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  err = ResidentGridSize(FillKernel<int64_t>, num_rows, &blocks);
+  if (err != cudaSuccess) return err;
+  FillKernel<int64_t>
+      <<<blocks, kThreadsPerBlock, 0, stream>>>(last_step, num_rows, step);
+  return cudaGetLastError();
+}
+
 }  // namespace gpu
 }  // namespace tf_adagrad
 

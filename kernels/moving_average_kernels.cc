@@ -1,5 +1,6 @@
-// OpKernel for TfAdagrad>MovingAverageRows, registered for the CPU and, in a
-// CUDA build, the GPU; and the CPU functor. Thin, as the update ops: look up
+// OpKernels for TfAdagrad>MovingAverageRows and
+// TfAdagrad>MovingAverageAllRows, registered for the CPU and, in a
+// CUDA build, the GPU; and the CPU functors. Thin, as the update ops: look up
 // and lock the three variables, validate every input before anything is
 // written, then hand raw pointers to moving_average_cpu.h (CPU) or
 // moving_average_gpu.cuh (GPU).
@@ -61,6 +62,30 @@ struct MovingAverageRows<CPUDevice, T, Index> {
   }
 };
 
+template <typename T>
+struct MovingAverageAllRows<CPUDevice, T> {
+  absl::Status operator()(OpKernelContext* ctx,
+                          typename TTypes<T>::Matrix average,
+                          typename TTypes<int64_t>::Vec last_step,
+                          typename TTypes<T>::ConstMatrix var, double momentum,
+                          int64_t step) {
+    using M = typename MathType<T>::type;
+    const int64_t row_size = var.dimension(1);
+    const double row_bytes = static_cast<double>(row_size) * sizeof(T);
+    auto* average_data = MathPointer(average.data());
+    const auto* var_data = MathPointer(var.data());
+    ctx->eigen_device<CPUDevice>().parallelFor(
+        var.dimension(0),
+        Eigen::TensorOpCost(2 * row_bytes + 8, row_bytes + 8, 3.0 * row_size),
+        [&](Eigen::Index begin, Eigen::Index end) {
+          tf_adagrad::MovingAverageAllRows<M>(average_data, last_step.data(),
+                                              var_data, row_size, momentum,
+                                              step, begin, end);
+        });
+    return absl::OkStatus();
+  }
+};
+
 }  // namespace functor
 
 namespace {
@@ -70,10 +95,11 @@ using op_base::ExpectSameShape;
 using op_base::ExpectScalar;
 using op_base::LookupVariable;
 
-// Inputs: average, last_step, var (resources), momentum, step, indices.
-// average and last_step are written, var only read; all three are locked as
-// a sparse update locks its variables (variable_access.h).
-template <typename Device, typename T, typename Index>
+// Inputs: average, last_step, var (resources), momentum, step and, unless
+// kAllRows, indices. average and last_step are written, var only read; all
+// three are locked as a sparse update locks its variables
+// (variable_access.h).
+template <typename Device, typename T, typename Index, bool kAllRows>
 class MovingAverageRowsOp : public OpKernel {
  public:
   explicit MovingAverageRowsOp(OpKernelConstruction* context)
@@ -100,10 +126,10 @@ class MovingAverageRowsOp : public OpKernel {
                     "the same variable twice")));
     const Tensor& momentum = ctx->input(3);
     const Tensor& step = ctx->input(4);
-    const Tensor& indices = ctx->input(5);
     OP_REQUIRES_OK(ctx, ExpectScalar(name(), "momentum", momentum));
     OP_REQUIRES_OK(ctx, ExpectScalar(name(), "step", step));
-    if (indices.dims() != 1) {
+    const Tensor& indices = ctx->input(kAllRows ? 4 : 5);
+    if (!kAllRows && indices.dims() != 1) {
       ctx->CtxFailure(
           Error(name(), op_errors::Rank("indices", "1"),
                 absl::StrCat("shape ", indices.shape().DebugString())));
@@ -132,13 +158,20 @@ class MovingAverageRowsOp : public OpKernel {
     const Tensor* var = locked.tensor(2);
     const int64_t num_rows = var_shape.dim_size(0);
     const int64_t row_size = num_rows == 0 ? 0 : var->NumElements() / num_rows;
-    OP_REQUIRES_OK(
-        ctx, (functor::MovingAverageRows<Device, T, Index>()(
-                 ctx, locked.tensor(0)->shaped<T, 2>({num_rows, row_size}),
-                 locked.tensor(1)->vec<int64_t>(),
-                 var->shaped<T, 2>({num_rows, row_size}),
-                 static_cast<double>(momentum.scalar<T>()()),
-                 step.scalar<int64_t>()(), indices.vec<Index>())));
+    auto average = locked.tensor(0)->shaped<T, 2>({num_rows, row_size});
+    auto last_step = locked.tensor(1)->vec<int64_t>();
+    auto var_rows = var->shaped<T, 2>({num_rows, row_size});
+    const double momentum_value = static_cast<double>(momentum.scalar<T>()());
+    const int64_t step_value = step.scalar<int64_t>()();
+    if constexpr (kAllRows) {
+      OP_REQUIRES_OK(ctx, (functor::MovingAverageAllRows<Device, T>()(
+                              ctx, average, last_step, var_rows, momentum_value,
+                              step_value)));
+    } else {
+      OP_REQUIRES_OK(ctx, (functor::MovingAverageRows<Device, T, Index>()(
+                              ctx, average, last_step, var_rows, momentum_value,
+                              step_value, indices.vec<Index>())));
+    }
   }
 
  private:
@@ -152,10 +185,16 @@ class MovingAverageRowsOp : public OpKernel {
                               .HostMemory("step")                 \
                               .TypeConstraint<T>("T")             \
                               .TypeConstraint<Index>("Tindices"), \
-                          MovingAverageRowsOp<DeviceType, T, Index>);
-#define REGISTER_KERNELS(DEVICE, DeviceType, T)   \
-  REGISTER_KERNEL(DEVICE, DeviceType, T, int32_t) \
-  REGISTER_KERNEL(DEVICE, DeviceType, T, int64_t)
+                          MovingAverageRowsOp<DeviceType, T, Index, false>);
+#define REGISTER_KERNELS(DEVICE, DeviceType, T)                  \
+  REGISTER_KERNEL(DEVICE, DeviceType, T, int32_t)                \
+  REGISTER_KERNEL(DEVICE, DeviceType, T, int64_t)                \
+  REGISTER_KERNEL_BUILDER(Name("TfAdagrad>MovingAverageAllRows") \
+                              .Device(DEVICE)                    \
+                              .HostMemory("momentum")            \
+                              .HostMemory("step")                \
+                              .TypeConstraint<T>("T"),           \
+                          MovingAverageRowsOp<DeviceType, T, int64_t, true>);
 
 #define REGISTER_CPU_KERNELS(T) \
   REGISTER_KERNELS(::tensorflow::DEVICE_CPU, CPUDevice, T)

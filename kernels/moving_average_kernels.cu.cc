@@ -39,7 +39,21 @@ absl::Status MovingAverageRows<GPUDevice, T, Index>::operator()(
                                        row_size, launch);
 }
 
+template <typename T>
+absl::Status MovingAverageAllRows<GPUDevice, T>::operator()(
+    OpKernelContext* ctx, typename TTypes<T>::Matrix average,
+    typename TTypes<int64_t>::Vec last_step,
+    typename TTypes<T>::ConstMatrix var, double momentum, int64_t step) {
+  return gpu_op::CudaStatus(
+      ctx, "the moving average of every row",
+      gpu::LaunchMovingAverageAllRows(MathPointer(average.data()),
+                                      last_step.data(), MathPointer(var.data()),
+                                      var.dimension(0), var.dimension(1),
+                                      momentum, step, gpu_op::Stream(ctx)));
+}
+
 #define INSTANTIATE_GPU_FUNCTORS(T)                         \
+  template struct MovingAverageAllRows<GPUDevice, T>;       \
   template struct MovingAverageRows<GPUDevice, T, int32_t>; \
   template struct MovingAverageRows<GPUDevice, T, int64_t>;
 TF_CALL_FLOAT_TYPES(INSTANTIATE_GPU_FUNCTORS)

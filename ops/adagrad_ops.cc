@@ -222,17 +222,16 @@ absl::Status DecayRowsShape(InferenceContext* c) {
 }
 
 constexpr char kMovingAverageRows[] = "TfAdagrad>MovingAverageRows";
+constexpr char kMovingAverageAllRows[] = "TfAdagrad>MovingAverageAllRows";
 
-// Inputs: average, last_step, var, momentum, step, indices.
-absl::Status MovingAverageRowsShape(InferenceContext* c) {
-  const char* op = kMovingAverageRows;
+// Inputs: average, last_step, var, momentum, step and, for the rows op,
+// indices.
+absl::Status CheckMovingAverageInputs(const char* op, InferenceContext* c) {
   ShapeHandle unused;
   TF_RETURN_IF_ERROR(Expect(op, c->WithRank(c->input(3), 0, &unused), c,
                             op_errors::Scalar("momentum"), c->input(3)));
   TF_RETURN_IF_ERROR(Expect(op, c->WithRank(c->input(4), 0, &unused), c,
                             op_errors::Scalar("step"), c->input(4)));
-  TF_RETURN_IF_ERROR(Expect(op, c->WithRank(c->input(5), 1, &unused), c,
-                            op_errors::Rank("indices", "1"), c->input(5)));
   ShapeHandle var = VariableShape(c, 2);
   ShapeHandle average = VariableShape(c, 0);
   TF_RETURN_IF_ERROR(Expect(op, c->WithRankAtLeast(var, 1, &unused), c,
@@ -240,6 +239,18 @@ absl::Status MovingAverageRowsShape(InferenceContext* c) {
   return Expect(op, c->Merge(var, average, &unused), c,
                 op_errors::SameShape("average", "var", c->DebugString(var)),
                 average);
+}
+
+absl::Status MovingAverageRowsShape(InferenceContext* c) {
+  const char* op = kMovingAverageRows;
+  TF_RETURN_IF_ERROR(CheckMovingAverageInputs(op, c));
+  ShapeHandle unused;
+  return Expect(op, c->WithRank(c->input(5), 1, &unused), c,
+                op_errors::Rank("indices", "1"), c->input(5));
+}
+
+absl::Status MovingAverageAllRowsShape(InferenceContext* c) {
+  return CheckMovingAverageInputs(kMovingAverageAllRows, c);
 }
 
 }  // namespace
@@ -377,6 +388,19 @@ to `step`: for each distinct row r, with k = step - last_step[r],
 average[r] = var[r] + momentum^k * (average[r] - var[r]) (k steps of
 average = momentum * average + (1 - momentum) * var while var[r] stayed
 the same), then last_step[r] = step. Other rows are not read or written.
+)doc");
+
+REGISTER_OP(kMovingAverageAllRows)
+    .Input("average: resource")
+    .Input("last_step: resource")
+    .Input("var: resource")
+    .Input("momentum: T")
+    .Input("step: int64")
+    .Attr(kTypeAttr)
+    .Attr("use_locking: bool = false")
+    .SetShapeFn(MovingAverageAllRowsShape)
+    .Doc(R"doc(
+MovingAverageRows for every row of var, in one pass.
 )doc");
 
 }  // namespace tf_adagrad

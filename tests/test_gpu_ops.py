@@ -486,8 +486,8 @@ def decay_case(dtype, shape, indices=None, index_dtype=tf.int64, seed=0, steps=2
 
 
 def moving_average_case(dtype, shape, indices, index_dtype=tf.int64, seed=0):
-    """The lazy moving average of rows through the raw op: rows 0 to 40
-    steps behind, brought to step 100, then to 101."""
+    """The lazy moving average of rows through the raw ops: rows 0 to 40
+    steps behind, brought to step 100, then to 101, then every row to 104."""
     rng = np.random.default_rng(seed)
     state = [
         ("average", values(rng, shape, dtype, -2, 2)),
@@ -507,7 +507,16 @@ def moving_average_case(dtype, shape, indices, index_dtype=tf.int64, seed=0):
             indices=tf.constant(index_array),
         )
 
-    return Case(dtype, state, [step_to(100), step_to(101)])
+    def every_row(v):
+        return library.tf_adagrad_moving_average_all_rows(
+            average=v[0].handle,
+            last_step=v[2].handle,
+            var=v[1].handle,
+            momentum=tf.constant(0.9, dtype),
+            step=tf.constant(104, tf.int64),
+        )
+
+    return Case(dtype, state, [step_to(100), step_to(101), every_row])
 
 
 @needs_gpu

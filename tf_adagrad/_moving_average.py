@@ -46,8 +46,7 @@ def bring_up_to_date(average, last_step, variable, momentum, step):
     rows already there unchanged: the op over every row, in place, or plain
     TensorFlow ops under XLA."""
     if _has_op(variable):
-        rows = tf.shape(last_step, out_type=tf.int64)[0]
-        ops.moving_average_rows(average, last_step, variable, momentum, step, tf.range(rows))
+        ops.moving_average_rows(average, last_step, variable, momentum, step, indices=None)
         return
     behind = tf.cast(step, tf.int64) - last_step.read_value()
     dtype = variable.dtype.base_dtype

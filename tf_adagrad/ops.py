@@ -396,7 +396,8 @@ def moving_average_rows(average, last_step, var, momentum, step, indices, use_lo
         step: An int64 scalar.
         indices: A 1-D int32 or int64 tensor of row numbers in
             `[0, var.shape[0])`, repeats allowed; an index out of range
-            raises `InvalidArgumentError` and nothing is written.
+            raises `InvalidArgumentError` and nothing is written. `None`:
+            every row, in one pass (`TfAdagrad>MovingAverageAllRows`).
         use_locking: As in `sparse_apply_adagrad`.
 
     Nothing is returned.
@@ -405,12 +406,16 @@ def moving_average_rows(average, last_step, var, momentum, step, indices, use_lo
     last_step = as_tf_variable(last_step, "last_step")
     var = as_tf_variable(var, "var")
     require_dtype(var, "`var`")
-    _loader.load_library().tf_adagrad_moving_average_rows(
+    arguments = dict(
         average=average.handle,
         last_step=last_step.handle,
         var=var.handle,
         momentum=scalar_as(momentum, var.dtype),
         step=tf.cast(step, tf.int64),
-        indices=_check_indices(indices),
         use_locking=use_locking,
     )
+    library = _loader.load_library()
+    if indices is None:
+        library.tf_adagrad_moving_average_all_rows(**arguments)
+    else:
+        library.tf_adagrad_moving_average_rows(**arguments, indices=_check_indices(indices))

@@ -1013,6 +1013,27 @@ void CheckMovingAverageRows(int64_t num_rows, int64_t row_size, int64_t nnz,
              std::to_string(FirstDifference(got[0], want_average)) + "]");
   Record(Identical(got[0], got[1]) && got_last[0] == got_last[1],
          name + ": two runs differ");
+
+  // Every row, from the same start.
+  std::vector<T> want_all = average;
+  std::vector<int64_t> want_all_last = last_step;
+  tf_adagrad::MovingAverageAllRows(want_all.data(), want_all_last.data(),
+                                   var.data(), row_size, momentum, step, 0,
+                                   num_rows);
+  DeviceArray<T> d_average(average.size()), d_var(var.size());
+  DeviceArray<int64_t> d_last(last_step.size());
+  d_average.CopyFrom(average);
+  d_var.CopyFrom(var);
+  d_last.CopyFrom(last_step);
+  CUDA_CHECK(tf_adagrad::gpu::LaunchMovingAverageAllRows(
+      d_average.data(), d_last.data(), d_var.data(), num_rows, row_size,
+      momentum, step, cudaStream_t{0}));
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<T> all = d_average.CopyOut(average.size());
+  Record(FirstDifference(all, want_all) < 0 &&
+             d_last.CopyOut(last_step.size()) == want_all_last,
+         name + ", every row: differs from the CPU at average[" +
+             std::to_string(FirstDifference(all, want_all)) + "]");
 }
 
 template <typename T>
