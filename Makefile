@@ -28,7 +28,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make build      creates .venv/, installs TensorFlow and the tools, builds the op library"
 	@echo "                and the wheel with Bazel (about 4 minutes the first time, seconds after)"
-	@echo "make test       build, linters, the whole test suite (about 9 minutes after the build)"
+	@echo "make test       build, linters, the whole test suite (9 to 12 minutes after the build)"
 	@echo "make test-fast  build, linters, the suite without the tests marked slow (about 4 minutes)"
 	@echo "make demo       build, then the demo recommender (about 3 minutes)"
 	@echo "make bench      build, then the benchmark (about 23 minutes)"
