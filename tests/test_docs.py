@@ -85,12 +85,6 @@ FORBIDDEN_PHRASES = (
     "the issues?",
     "done when",
     "development machine",
-    "carry list",
-    "carry=",
-    '"carry"',
-    "stays warm",
-    "still warm",
-    "give_back",
 )
 # Where they are looked for: the docs, and the comments, docstrings and
 # messages of the source tree (this file, which lists them, aside).
@@ -430,12 +424,12 @@ def test_phrase_check_finds_phrases_in_prose_and_comments(tmp_path):
     sample.write_text(
         "# The step is finished and done\n"
         "# when it returns.\n"
-        'LOG = "see the carry list"\n'
-        "# carries the data; the issuer\n",
+        'LOG = "see the development machine"\n'
+        "# develops the data; the issuer\n",
         encoding="utf-8",
     )
     hits = {phrase: phrase_hits(phrase, [sample]) for phrase in FORBIDDEN_PHRASES}
-    assert [len(hits["done when"]), len(hits["carry list"])] == [1, 1]
+    assert [len(hits["done when"]), len(hits["development machine"])] == [1, 1]
     assert sum(len(found) for found in hits.values()) == 2, hits
 
 
