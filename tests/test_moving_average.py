@@ -15,7 +15,7 @@ import tensorflow as tf
 import tf_adagrad
 from support import resume_training
 from support.adagrad_reference import DTYPES, SIXTEEN_BIT, bits, compute_dtype, np_dtype
-from support.graph_math import exact_graph_math, ops_in
+from support.graph_math import big_table_step_graph, exact_graph_math, is_table_sized, ops_in
 from support.processes import run_to_completion
 from support.scenario_model import embedding_regressor
 
@@ -490,30 +490,6 @@ def test_overwrite_frequency_writes_every_row_caught_up(name):
 
 # --- no table-sized tensor per step ---------------------------------------
 
-BIG_TABLE = (200_000, 8)
-
-
-def ema_step_graph(optimizer):
-    table = keras.Variable(np.zeros(BIG_TABLE, np.float32), name="table")
-    bias = keras.Variable(np.zeros(BIG_TABLE[1:], np.float32), name="bias")
-    optimizer.build([table, bias])
-
-    @tf.function
-    def step(values, indices, bias_gradient):
-        table_gradient = tf.IndexedSlices(values, indices, tf.constant(BIG_TABLE))
-        optimizer.apply([table_gradient, bias_gradient], [table, bias])
-
-    return step.get_concrete_function(
-        tf.TensorSpec([64, 8]), tf.TensorSpec([64], tf.int32), tf.TensorSpec([8])
-    ).graph
-
-
-def is_table_sized(tensor):
-    size = int(np.prod(BIG_TABLE))
-    return tensor.dtype != tf.resource and not (
-        tensor.shape.is_fully_defined() and tensor.shape.num_elements() < size
-    )
-
 
 def is_first_step_cond(op, iterations):
     """An If (in the step's own graph) whose predicate is `iterations != 0`
@@ -571,7 +547,7 @@ def test_a_step_makes_no_table_sized_tensor_outside_the_first_step(cls):
     step only (Keras' whole-table first average, m = 0); that branch is
     there, and does hold them (the search can see into it)."""
     optimizer = cls(use_ema=True, ema_momentum=MOMENTUM)
-    graph = ema_step_graph(optimizer)
+    graph = big_table_step_graph(optimizer)
     found = []
     assert table_sized_outside_first_step(graph, found, optimizer) == 1
     assert found == []
@@ -585,7 +561,7 @@ def test_keras_ema_makes_table_sized_tensors_every_step():
     every step, outside any first-step branch."""
     optimizer = keras.optimizers.Adagrad(use_ema=True, ema_momentum=MOMENTUM)
     found = []
-    assert table_sized_outside_first_step(ema_step_graph(optimizer), found, optimizer) == 0
+    assert table_sized_outside_first_step(big_table_step_graph(optimizer), found, optimizer) == 0
     assert any(entry.startswith("Mul") for entry in found), found
 
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import tf_adagrad
 from support.adagrad_reference import DTYPES, SIXTEEN_BIT, bits, np_dtype
-from support.graph_math import exact_graph_math, ops_in
+from support.graph_math import big_table_step_graph, exact_graph_math, is_table_sized, ops_in
 from support.scenario_model import embedding_regressor
 
 DECAY_ROWS = "TfAdagrad>DecayRows"
@@ -460,43 +460,20 @@ def test_keras_file_round_trip_keeps_in_batch_rows_and_continues_identically(tmp
     assert not np.any(default.get_weights()[0][unused] == initial_table[unused])
 
 
-BIG_TABLE = (200_000, 8)
-
-
-def decay_step_graph(optimizer):
-    """The graph of one `optimizer.apply` (weight decay, then the update) on
-    a (200_000, 8) table's tf.IndexedSlices (64 rows) and a dense bias."""
-    table = keras.Variable(np.zeros(BIG_TABLE, np.float32), name="table")
-    bias = keras.Variable(np.zeros(BIG_TABLE[1:], np.float32), name="bias")
-    optimizer.build([table, bias])
-
-    @tf.function
-    def step(values, indices, bias_gradient):
-        table_gradient = tf.IndexedSlices(values, indices, tf.constant(BIG_TABLE))
-        optimizer.apply([table_gradient, bias_gradient], [table, bias])
-
-    return step.get_concrete_function(
-        tf.TensorSpec([64, 8]), tf.TensorSpec([64], tf.int32), tf.TensorSpec([8])
-    ).graph
-
-
 def table_sized_outputs(graph):
-    """Each op's output that has as many elements as the table, or a shape
-    not known when traced (resource handles aside)."""
-    size = int(np.prod(BIG_TABLE))
+    """Each op's output of the table's size (graph_math.is_table_sized)."""
     return [
         f"{op.type} {op.name}: {tensor.shape}"
         for op in ops_in(graph)
         for tensor in op.outputs
-        if tensor.dtype != tf.resource
-        and not (tensor.shape.is_fully_defined() and tensor.shape.num_elements() < size)
+        if is_table_sized(tensor)
     ]
 
 
 @pytest.mark.parametrize("rows", ["all", "in_batch"])
 @pytest.mark.parametrize("cls", [tf_adagrad.Adagrad, tf_adagrad.RowwiseAdagrad])
 def test_weight_decay_adds_no_table_sized_tensor(cls, rows):
-    graph = decay_step_graph(cls(weight_decay=0.01, weight_decay_rows=rows))
+    graph = big_table_step_graph(cls(weight_decay=0.01, weight_decay_rows=rows))
     op_types = [op.type for op in ops_in(graph)]
     if rows == "all":
         # The table and the bias each decay whole, in place.
@@ -511,6 +488,6 @@ def test_weight_decay_adds_no_table_sized_tensor(cls, rows):
 def test_keras_weight_decay_makes_table_sized_tensors():
     """The check above can fail: Keras' own `variable * wd * lr` reads the
     table and makes table-sized products."""
-    found = table_sized_outputs(decay_step_graph(keras.optimizers.Adagrad(weight_decay=0.01)))
+    found = table_sized_outputs(big_table_step_graph(keras.optimizers.Adagrad(weight_decay=0.01)))
     assert any(entry.startswith("ReadVariableOp") for entry in found), found
     assert any(entry.startswith("Mul") for entry in found), found

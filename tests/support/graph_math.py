@@ -1,9 +1,15 @@
 """Graph math without Grappler's arithmetic rewrites, for the Keras 3
-(keras_reference.py) and tf_keras (keras2_cases.py) reference runs."""
+(keras_reference.py) and tf_keras (keras2_cases.py) reference runs; and the
+traced graph of one optimizer step on a large table, for the tests that no
+step makes a tensor of the table's size."""
 
 import contextlib
 
+import keras
+import numpy as np
 import tensorflow as tf
+
+BIG_TABLE = (200_000, 8)
 
 
 @contextlib.contextmanager
@@ -37,3 +43,29 @@ def ops_in(graph):
             except (ValueError, AttributeError):
                 continue
             yield from ops_in(graph._get_function(function_name).graph)
+
+
+def big_table_step_graph(optimizer):
+    """The graph of one `optimizer.apply` on a BIG_TABLE table's
+    tf.IndexedSlices gradient (64 rows) and a dense bias's."""
+    table = keras.Variable(np.zeros(BIG_TABLE, np.float32), name="table")
+    bias = keras.Variable(np.zeros(BIG_TABLE[1:], np.float32), name="bias")
+    optimizer.build([table, bias])
+
+    @tf.function
+    def step(values, indices, bias_gradient):
+        table_gradient = tf.IndexedSlices(values, indices, tf.constant(BIG_TABLE))
+        optimizer.apply([table_gradient, bias_gradient], [table, bias])
+
+    return step.get_concrete_function(
+        tf.TensorSpec([64, 8]), tf.TensorSpec([64], tf.int32), tf.TensorSpec([8])
+    ).graph
+
+
+def is_table_sized(tensor):
+    """Whether `tensor` has as many elements as BIG_TABLE, or a shape not
+    known when traced (resource handles aside)."""
+    size = int(np.prod(BIG_TABLE))
+    return tensor.dtype != tf.resource and not (
+        tensor.shape.is_fully_defined() and tensor.shape.num_elements() < size
+    )
