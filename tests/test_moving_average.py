@@ -17,6 +17,12 @@ from support import resume_training
 from support.adagrad_reference import DTYPES, SIXTEEN_BIT, bits, compute_dtype, np_dtype
 from support.graph_math import big_table_step_graph, exact_graph_math, is_table_sized, ops_in
 from support.processes import run_to_completion
+from support.repeated_ids import (
+    OPTIMIZERS,
+    TABLE_SHAPE,
+    repeated_id_steps,
+    start_values,
+)
 from support.scenario_model import embedding_regressor
 
 OP = "TfAdagrad>MovingAverageRows"
@@ -311,30 +317,6 @@ def test_fit_with_ema_equals_keras(overwrite):
 
 
 # --- apply() with repeated ids against a float64 reference ----------------
-
-TABLE_SHAPE, BIAS_SHAPE = (20, 3), (3,)
-OPTIMIZERS = {
-    # (class, initial accumulator, epsilon, rowwise): the defaults.
-    "Adagrad": (tf_adagrad.Adagrad, 0.1, 1e-7, False),
-    "RowwiseAdagrad": (tf_adagrad.RowwiseAdagrad, 0.0, 1e-8, True),
-}
-
-
-def repeated_id_steps(steps, seed=5, rows=15):
-    """Per step: 8 table ids with repeats from rows 0..rows-1 (rows 15..19
-    in no batch), their gradient rows, and the bias' dense gradient."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(steps):
-        indices = rng.integers(0, rows, 8)
-        assert len(set(indices.tolist())) < 8
-        out.append((indices, rng.uniform(-1, 1, (8, 3)), rng.uniform(-1, 1, BIAS_SHAPE)))
-    return out
-
-
-def start_values():
-    rng = np.random.default_rng(0)
-    return [rng.uniform(-1, 1, TABLE_SHAPE), rng.uniform(-1, 1, BIAS_SHAPE)]
 
 
 def numpy_keras_rule(steps, name, lr=0.3, momentum=MOMENTUM, overwrite=None):

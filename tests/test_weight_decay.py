@@ -13,6 +13,12 @@ import tensorflow as tf
 import tf_adagrad
 from support.adagrad_reference import DTYPES, SIXTEEN_BIT, bits, np_dtype
 from support.graph_math import big_table_step_graph, exact_graph_math, is_table_sized, ops_in
+from support.repeated_ids import (
+    OPTIMIZERS,
+    TABLE_SHAPE,
+    repeated_id_steps,
+    start_values,
+)
 from support.scenario_model import embedding_regressor
 
 DECAY_ROWS = "TfAdagrad>DecayRows"
@@ -299,31 +305,7 @@ def test_fit_with_weight_decay_and_unique_ids_equals_keras_bit_for_bit():
     assert not np.array_equal(bias_decayed["dense/bias"], ours["dense/bias"])
 
 
-TABLE_SHAPE, BIAS_SHAPE = (20, 3), (3,)
-# Rows 15..19 of the table are in no batch.
-BATCH_ROWS = 15
-OPTIMIZERS = {
-    # (class, initial accumulator, epsilon, rowwise): the defaults.
-    "Adagrad": (tf_adagrad.Adagrad, 0.1, 1e-7, False),
-    "RowwiseAdagrad": (tf_adagrad.RowwiseAdagrad, 0.0, 1e-8, True),
-}
-
-
-def repeated_id_steps(steps, seed=5):
-    """Per step, as NumPy: 8 table ids with repeats (from rows 0..14), their
-    gradient rows, and the bias' dense gradient."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(steps):
-        indices = rng.integers(0, BATCH_ROWS, 8)
-        assert len(set(indices.tolist())) < 8
-        out.append((indices, rng.uniform(-1, 1, (8, 3)), rng.uniform(-1, 1, BIAS_SHAPE)))
-    return out
-
-
-def start_values():
-    rng = np.random.default_rng(0)
-    return [rng.uniform(-1, 1, TABLE_SHAPE), rng.uniform(-1, 1, BIAS_SHAPE)]
+BATCH_ROWS = 15  # repeated_id_steps names rows 0..14
 
 
 def numpy_decay_then_adagrad(steps, name, in_batch, lr, wd):
