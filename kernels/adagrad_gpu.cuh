@@ -20,6 +20,7 @@
 #include "kernels/adagrad_math.h"
 #include "kernels/half_types.h"
 #include "kernels/multi_tensor.h"
+#include "kernels/stochastic_rounding.h"
 #include "kernels/strided_update.h"
 
 namespace tf_adagrad {
@@ -90,44 +91,69 @@ struct GpuArithmetic<Float16> {
 
 // ---------------------------------------------------------------- dense ---
 
-// One pass over var, accum and grad, grid-stride. `Step` (here and below)
-// is an AdagradStep of T's compute type, passed by value.
-template <typename T, int kWidth, typename Step>
-__global__ void __launch_bounds__(kThreadsPerBlock)
-    AdagradDenseKernel(T* __restrict__ var, T* __restrict__ accum,
-                       const T* __restrict__ grad, Step step, int64_t size) {
-  UpdateStrided<GpuArithmetic<T>, kWidth>(
-      var, accum, grad, step, size,
-      static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
-      static_cast<int64_t>(gridDim.x) * blockDim.x);
+// Calls fn(rounding) with the kernels' Rounding (stochastic_rounding.h)
+// that `rounding` asks for; only 16-bit T round stochastically.
+template <typename T, typename Fn>
+decltype(auto) WithGpuRounding(const WeightRounding& rounding, const Fn& fn) {
+  if constexpr (kIsHalfType<T>) {
+    if (rounding.stochastic) return fn(StochasticRounding{rounding.key});
+  }
+  return fn(RoundToNearest<GpuArithmetic>());
 }
 
-template <typename T, int kWidth, typename Step>
-cudaError_t LaunchDenseKernel(T* var, T* accum, const T* grad, const Step& step,
+// One pass over var, accum and grad, grid-stride. `Step` (here and below)
+// is an AdagradStep of T's compute type, passed by value; accum holds Acc
+// (T, or float32 for a 16-bit T), `Rounding` stores the new weights.
+template <typename T, typename Acc, int kWidth, typename Step,
+          typename Rounding>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    AdagradDenseKernel(T* __restrict__ var, Acc* __restrict__ accum,
+                       const T* __restrict__ grad, Step step, Rounding rounding,
+                       int64_t size) {
+  UpdateStrided<GpuArithmetic, kWidth>(
+      var, accum, grad, step, size,
+      static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
+      static_cast<int64_t>(gridDim.x) * blockDim.x, rounding, 0);
+}
+
+template <typename T, typename Acc, int kWidth, typename Step,
+          typename Rounding>
+cudaError_t LaunchDenseKernel(T* var, Acc* accum, const T* grad,
+                              const Step& step, const Rounding& rounding,
                               int64_t size, cudaStream_t stream) {
-  const auto kernel = AdagradDenseKernel<T, kWidth, Step>;
+  const auto kernel = AdagradDenseKernel<T, Acc, kWidth, Step, Rounding>;
   int blocks = 0;
   const cudaError_t err =
       ResidentGridSize(kernel, (size + kWidth - 1) / kWidth, &blocks);
   if (err != cudaSuccess) return err;
-  kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(var, accum, grad, step, size);
+  kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(var, accum, grad, step,
+                                                  rounding, size);
   return cudaGetLastError();
 }
 
-// Updates `size` elements of var and accum in place, on `stream`.
-template <typename T, typename Step>
-cudaError_t LaunchAdagradDense(T* var, T* accum, const T* grad,
-                               const Step& step, int64_t size,
-                               cudaStream_t stream) {
+// Updates `size` elements of var and accum in place, on `stream`, storing
+// the new weights as `rounding` says.
+template <typename T, typename Acc, typename Step>
+cudaError_t LaunchAdagradDense(T* var, Acc* accum, const T* grad,
+                               const Step& step, const WeightRounding& rounding,
+                               int64_t size, cudaStream_t stream) {
   if (size == 0) return cudaSuccess;
-  const uintptr_t addresses = reinterpret_cast<uintptr_t>(var) |
-                              reinterpret_cast<uintptr_t>(accum) |
-                              reinterpret_cast<uintptr_t>(grad);
-  if (addresses % kVectorBytes == 0) {
-    return LaunchDenseKernel<T, kVectorWidth<T>>(var, accum, grad, step, size,
-                                                 stream);
-  }
-  return LaunchDenseKernel<T, 1>(var, accum, grad, step, size, stream);
+  // A pack of kVectorWidth<T> elements: 16 bytes of var and grad, and of
+  // accum as many elements, 16 or 32 bytes.
+  constexpr size_t kAccumPackBytes = kVectorWidth<T> * sizeof(Acc);
+  const bool aligned =
+      ((reinterpret_cast<uintptr_t>(var) | reinterpret_cast<uintptr_t>(grad)) %
+           kVectorBytes ==
+       0) &&
+      reinterpret_cast<uintptr_t>(accum) % kAccumPackBytes == 0;
+  return WithGpuRounding<T>(rounding, [&](const auto& store) {
+    if (aligned) {
+      return LaunchDenseKernel<T, Acc, kVectorWidth<T>>(var, accum, grad, step,
+                                                        store, size, stream);
+    }
+    return LaunchDenseKernel<T, Acc, 1>(var, accum, grad, step, store, size,
+                                        stream);
+  });
 }
 
 // --------------------------------------------------------- multi-tensor ---
@@ -136,8 +162,8 @@ cudaError_t LaunchAdagradDense(T* var, T* accum, const T* grad,
 template <typename T, typename Step>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     AdagradDenseMultiKernel(const MultiTensorTable<T> table, Step step) {
-  UpdateChunkOfBlock<GpuArithmetic<T>>(table, blockIdx.x, threadIdx.x,
-                                       blockDim.x, step);
+  UpdateChunkOfBlock<GpuArithmetic>(table, blockIdx.x, threadIdx.x, blockDim.x,
+                                    step);
 }
 
 // Updates every variable of `tensors` in place, on `stream`: one launch per
@@ -324,15 +350,17 @@ constexpr int64_t kTileColumns = kWarpSize;
 // A long run (a hot row) is a chain of additions; its loads are not, so the
 // warp reads the positions kWarpSize at a time and issues the gradient loads
 // of all of them before it adds.
-template <typename T, typename Key, typename Step>
+template <typename T, typename Acc, typename Key, typename Step,
+          typename Rounding>
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    AdagradSparseRowsKernel(T* __restrict__ var, T* __restrict__ accum,
+    AdagradSparseRowsKernel(T* __restrict__ var, Acc* __restrict__ accum,
                             const T* __restrict__ grad,
                             const Key* __restrict__ sorted_indices,
                             const int64_t* __restrict__ sorted_positions,
                             int64_t nnz, int64_t row_size, int64_t num_tiles,
-                            Step step) {
+                            Step step, Rounding rounding) {
   using A = GpuArithmetic<T>;
+  using AccA = GpuArithmetic<Acc>;
   using C = ComputeType<T>;
   const int64_t warp =
       (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
@@ -368,13 +396,12 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     lane_position = next_lane_position;
   }
   if (!in_row) return;
-  T* var_element = var + static_cast<int64_t>(row) * row_size + column;
-  T* accum_element = accum + static_cast<int64_t>(row) * row_size + column;
-  C v = A::Load(*var_element);
-  C a = A::Load(*accum_element);
+  const int64_t position = static_cast<int64_t>(row) * row_size + column;
+  C v = A::Load(var[position]);
+  C a = AccA::Load(accum[position]);
   step.Apply(sum, &v, &a);
-  *accum_element = A::Store(a);
-  *var_element = A::Store(v);
+  accum[position] = AccA::Store(a);
+  var[position] = rounding.template Store<T>(v, position);
 }
 
 template <typename Index>
@@ -418,37 +445,43 @@ cudaError_t SortIndices(const Index* indices, int64_t nnz,
 }
 
 // Second half of LaunchAdagradSparse: the update from the sorted pairs.
-template <typename T, typename Index, typename Step>
-cudaError_t UpdateSortedRows(T* var, T* accum, const T* grad, int64_t nnz,
+template <typename T, typename Acc, typename Index, typename Step>
+cudaError_t UpdateSortedRows(T* var, Acc* accum, const T* grad, int64_t nnz,
                              int64_t row_size, const Step& step,
+                             const WeightRounding& rounding,
                              const SparseWorkspace& plan, void* workspace,
                              cudaStream_t stream) {
   const SparseBuffers<Index> buffers = Buffers<Index>(plan, workspace);
   const int64_t num_tiles = (row_size + kTileColumns - 1) / kTileColumns;
   const int64_t blocks =
       (nnz * num_tiles + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  AdagradSparseRowsKernel<T, SortKey<Index>, Step>
-      <<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream>>>(
-          var, accum, grad, buffers.sorted_indices, buffers.sorted_positions,
-          nnz, row_size, num_tiles, step);
-  return cudaGetLastError();
+  return WithGpuRounding<T>(rounding, [&](const auto& store) {
+    AdagradSparseRowsKernel<T, Acc, SortKey<Index>, Step,
+                            std::decay_t<decltype(store)>>
+        <<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream>>>(
+            var, accum, grad, buffers.sorted_indices, buffers.sorted_positions,
+            nnz, row_size, num_tiles, step, store);
+    return cudaGetLastError();
+  });
 }
 
 // Updates the rows of var and accum ([num_rows, row_size]) named by the nnz
-// indices, with grad [nnz, row_size]; duplicate indices are summed first.
-// Every index must be in [0, num_rows) (see FindFirstOutOfRangeIndex).
-// `workspace` holds plan.total_bytes of device memory.
-template <typename T, typename Index, typename Step>
-cudaError_t LaunchAdagradSparse(T* var, T* accum, const T* grad,
+// indices, with grad [nnz, row_size]; duplicate indices are summed first,
+// and the new weights stored as `rounding` says. Every index must be in
+// [0, num_rows) (see FindFirstOutOfRangeIndex). `workspace` holds
+// plan.total_bytes of device memory.
+template <typename T, typename Acc, typename Index, typename Step>
+cudaError_t LaunchAdagradSparse(T* var, Acc* accum, const T* grad,
                                 const Index* indices, int64_t nnz,
                                 int64_t row_size, const Step& step,
+                                const WeightRounding& rounding,
                                 const SparseWorkspace& plan, void* workspace,
                                 cudaStream_t stream) {
   if (nnz == 0 || row_size == 0) return cudaSuccess;
   const cudaError_t err = SortIndices(indices, nnz, plan, workspace, stream);
   if (err != cudaSuccess) return err;
-  return UpdateSortedRows<T, Index>(var, accum, grad, nnz, row_size, step, plan,
-                                    workspace, stream);
+  return UpdateSortedRows<T, Acc, Index>(var, accum, grad, nnz, row_size, step,
+                                         rounding, plan, workspace, stream);
 }
 
 }  // namespace gpu

@@ -22,6 +22,7 @@
 
 namespace tf_adagrad {
 
+using ::tensorflow::DataTypeToEnum;
 using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
@@ -49,23 +50,26 @@ void ParallelForDenseElements(OpKernelContext* ctx, int64_t num_elements,
       [&fn](Eigen::Index begin, Eigen::Index end) { fn(begin, end); });
 }
 
-template <typename T>
-struct ApplyAdagradDense<CPUDevice, T> {
+template <typename T, typename Acc>
+struct ApplyAdagradDense<CPUDevice, T, Acc> {
   absl::Status operator()(OpKernelContext* ctx, typename TTypes<T>::Flat var,
-                          typename TTypes<T>::Flat accum, T lr, T epsilon,
+                          typename TTypes<Acc>::Flat accum, T lr, T epsilon,
                           EpsilonPlacement placement,
-                          typename TTypes<T>::ConstFlat grad) {
+                          typename TTypes<T>::ConstFlat grad,
+                          const WeightRounding& rounding) {
     auto* var_data = MathPointer(var.data());
     auto* accum_data = MathPointer(accum.data());
     const auto* grad_data = MathPointer(grad.data());
-    WithAdagradStep(placement, ToCompute(lr), ToCompute(epsilon),
-                    [&](const auto& step) {
-                      ParallelForDenseElements<T>(
-                          ctx, var.size(), [&](int64_t begin, int64_t end) {
-                            AdagradDenseRange(var_data, accum_data, grad_data,
-                                              step, begin, end);
-                          });
-                    });
+    WithAdagradStep(
+        placement, ToCompute(lr), ToCompute(epsilon), [&](const auto& step) {
+          ParallelForDenseElements<T>(
+              ctx, var.size(), [&](int64_t begin, int64_t end) {
+                WithCpuRounding<T>(rounding, [&](auto& store) {
+                  AdagradDenseRange(var_data, accum_data, grad_data, step,
+                                    store, int64_t{0}, begin, end);
+                });
+              });
+        });
     return absl::OkStatus();
   }
 };
@@ -93,13 +97,14 @@ struct ApplyAdagradDenseMulti<CPUDevice, T> {
   }
 };
 
-template <typename T, typename Index>
-struct ApplyAdagradSparse<CPUDevice, T, Index> {
+template <typename T, typename Acc, typename Index>
+struct ApplyAdagradSparse<CPUDevice, T, Acc, Index> {
   absl::Status operator()(OpKernelContext* ctx, typename TTypes<T>::Matrix var,
-                          typename TTypes<T>::Matrix accum, T lr, T epsilon,
+                          typename TTypes<Acc>::Matrix accum, T lr, T epsilon,
                           EpsilonPlacement placement,
                           typename TTypes<T>::ConstMatrix grad,
-                          typename TTypes<Index>::ConstVec indices) {
+                          typename TTypes<Index>::ConstVec indices,
+                          const WeightRounding& rounding) {
     const int64_t nnz = indices.size();
     const int64_t row_size = var.dimension(1);
     const auto update_rows = [&](const RowGroups& groups) {
@@ -117,9 +122,11 @@ struct ApplyAdagradSparse<CPUDevice, T, Index> {
                 groups.num_unique(), cost_per_row,
                 [&](Eigen::Index begin, Eigen::Index end) {
                   std::vector<ComputeType<M>> scratch(row_size);
-                  AdagradSparseRows(var_data, accum_data, grad_data,
-                                    indices.data(), groups, row_size, step,
-                                    begin, end, scratch.data());
+                  WithCpuRounding<T>(rounding, [&](auto& store) {
+                    AdagradSparseRows(var_data, accum_data, grad_data,
+                                      indices.data(), groups, row_size, step,
+                                      store, begin, end, scratch.data());
+                  });
                 });
           });
     };
@@ -146,12 +153,58 @@ EpsilonPlacement ReadEpsilonPlacement(OpKernelConstruction* context) {
                                      : EpsilonPlacement::kInsideSqrt;
 }
 
+// What both single-variable elementwise ops share: an accumulator of var's
+// dtype or, for a 16-bit var, float32; and the dispatch on it.
 template <typename Device, typename T>
-class ApplyDenseOp : public SingleVariableOpBase<Device, T> {
+class ElementwiseOpBase : public SingleVariableOpBase<Device, T> {
+ public:
+  ElementwiseOpBase(OpKernelConstruction* context, UpdateKind kind)
+      : SingleVariableOpBase<Device, T>(context, kind),
+        epsilon_placement_(ReadEpsilonPlacement(context)) {}
+
+ protected:
+  static constexpr bool kHasFloatAccumulator =
+      kIsHalfType<typename MathType<T>::type>;
+
+  std::vector<tensorflow::DataType> AcceptedDtypes(int input) const override {
+    if (input == 1 && kHasFloatAccumulator) {
+      return {DataTypeToEnum<T>::value, tensorflow::DT_FLOAT};
+    }
+    return {DataTypeToEnum<T>::value};
+  }
+
+  std::string VariableDtypeReason(int input) const override {
+    return input == 1 && kHasFloatAccumulator
+               ? op_errors::ElementwiseAccumulatorDtypeReason()
+               : "the dtype of `grad`";
+  }
+
+  absl::Status PrepareToWrite(OpKernelContext* ctx,
+                              LockedVariables& locked) override {
+    TF_RETURN_IF_ERROR((locked.PrepareToWrite<Device, T>(ctx, 0)));
+    if (locked.tensor(1)->dtype() == tensorflow::DT_FLOAT) {
+      return locked.PrepareToWrite<Device, float>(ctx, 1);
+    }
+    return locked.PrepareToWrite<Device, T>(ctx, 1);
+  }
+
+  // Calls fn(accum) with the accumulator as a tensor of its element type.
+  template <typename Fn>
+  static void WithAccumulator(Tensor* accum, const Fn& fn) {
+    if constexpr (kHasFloatAccumulator) {
+      if (accum->dtype() == tensorflow::DT_FLOAT) return fn(float{}, accum);
+    }
+    fn(T{}, accum);
+  }
+
+  const EpsilonPlacement epsilon_placement_;
+};
+
+template <typename Device, typename T>
+class ApplyDenseOp : public ElementwiseOpBase<Device, T> {
  public:
   explicit ApplyDenseOp(OpKernelConstruction* context)
-      : SingleVariableOpBase<Device, T>(context, UpdateKind::kDense),
-        epsilon_placement_(ReadEpsilonPlacement(context)) {}
+      : ElementwiseOpBase<Device, T>(context, UpdateKind::kDense) {}
 
  protected:
   void Update(OpKernelContext* ctx, const LockedVariables& locked, T lr,
@@ -159,43 +212,42 @@ class ApplyDenseOp : public SingleVariableOpBase<Device, T> {
     Tensor* var = locked.tensor(0);
     if (var->NumElements() == 0) return;
     const Tensor& grad = ctx->input(this->kGradInput);
-    OP_REQUIRES_OK(ctx, functor::ApplyAdagradDense<Device, T>()(
-                            ctx, var->flat<T>(), locked.tensor(1)->flat<T>(),
-                            lr, epsilon, epsilon_placement_, grad.flat<T>()));
+    this->WithAccumulator(locked.tensor(1), [&](auto acc, Tensor* accum) {
+      using Acc = decltype(acc);
+      OP_REQUIRES_OK(ctx, (functor::ApplyAdagradDense<Device, T, Acc>()(
+                              ctx, var->flat<T>(), accum->flat<Acc>(), lr,
+                              epsilon, this->epsilon_placement_, grad.flat<T>(),
+                              this->RoundingOf(ctx))));
+    });
   }
-
- private:
-  const EpsilonPlacement epsilon_placement_;
 };
 
 template <typename Device, typename T, typename Index>
-class ApplySparseOp : public SingleVariableOpBase<Device, T> {
+class ApplySparseOp : public ElementwiseOpBase<Device, T> {
  public:
   explicit ApplySparseOp(OpKernelConstruction* context)
-      : SingleVariableOpBase<Device, T>(context, UpdateKind::kSparse),
-        epsilon_placement_(ReadEpsilonPlacement(context)) {}
+      : ElementwiseOpBase<Device, T>(context, UpdateKind::kSparse) {}
 
  protected:
   void Update(OpKernelContext* ctx, const LockedVariables& locked, T lr,
               T epsilon) override {
     Tensor* var = locked.tensor(0);
-    Tensor* accum = locked.tensor(1);
     const Tensor& grad = ctx->input(this->kGradInput);
     const Tensor& indices = ctx->input(this->kIndicesInput);
     // Flattening to [rows, row_size] must not divide by a zero row count.
     const int64_t num_rows = var->dim_size(0);
     const int64_t row_size = this->RowSize(*var);
-    OP_REQUIRES_OK(ctx,
-                   (functor::ApplyAdagradSparse<Device, T, Index>()(
-                       ctx, var->shaped<T, 2>({num_rows, row_size}),
-                       accum->shaped<T, 2>({num_rows, row_size}), lr, epsilon,
-                       epsilon_placement_,
-                       grad.shaped<T, 2>({indices.NumElements(), row_size}),
-                       indices.vec<Index>())));
+    this->WithAccumulator(locked.tensor(1), [&](auto acc, Tensor* accum) {
+      using Acc = decltype(acc);
+      OP_REQUIRES_OK(
+          ctx, (functor::ApplyAdagradSparse<Device, T, Acc, Index>()(
+                   ctx, var->shaped<T, 2>({num_rows, row_size}),
+                   accum->shaped<Acc, 2>({num_rows, row_size}), lr, epsilon,
+                   this->epsilon_placement_,
+                   grad.shaped<T, 2>({indices.NumElements(), row_size}),
+                   indices.vec<Index>(), this->RoundingOf(ctx))));
+    });
   }
-
- private:
-  const EpsilonPlacement epsilon_placement_;
 };
 
 // TfAdagrad>MultiApplyDense: inputs var[0..N), accum[0..N), lr, epsilon,
@@ -269,13 +321,15 @@ class MultiApplyDenseOp : public AdagradOpBase<Device, T> {
   const EpsilonPlacement epsilon_placement_;
 };
 
-// lr and epsilon are read on the host (they are kernel arguments on the GPU);
-// indices stay on the device, where the GPU kernels read them.
+// lr, epsilon and the rounding key are read on the host (they are kernel
+// arguments on the GPU); indices stay on the device, where the GPU kernels
+// read them.
 #define REGISTER_SPARSE_KERNEL(DEVICE, DeviceType, T, Index)      \
   REGISTER_KERNEL_BUILDER(Name("TfAdagrad>ApplySparse")           \
                               .Device(DEVICE)                     \
                               .HostMemory("lr")                   \
                               .HostMemory("epsilon")              \
+                              .HostMemory("rounding_key")         \
                               .TypeConstraint<T>("T")             \
                               .TypeConstraint<Index>("Tindices"), \
                           ApplySparseOp<DeviceType, T, Index>);
@@ -285,6 +339,7 @@ class MultiApplyDenseOp : public AdagradOpBase<Device, T> {
                               .Device(DEVICE)               \
                               .HostMemory("lr")             \
                               .HostMemory("epsilon")        \
+                              .HostMemory("rounding_key")   \
                               .TypeConstraint<T>("T"),      \
                           ApplyDenseOp<DeviceType, T>);     \
   REGISTER_SPARSE_KERNEL(DEVICE, DeviceType, T, int32_t)    \

@@ -25,16 +25,17 @@ using GPUDevice = Eigen::GpuDevice;
 using gpu_op::CudaStatus;
 using gpu_op::Stream;
 
-template <typename T>
-absl::Status ApplyAdagradDense<GPUDevice, T>::operator()(
+template <typename T, typename Acc>
+absl::Status ApplyAdagradDense<GPUDevice, T, Acc>::operator()(
     OpKernelContext* ctx, typename TTypes<T>::Flat var,
-    typename TTypes<T>::Flat accum, T lr, T epsilon, EpsilonPlacement placement,
-    typename TTypes<T>::ConstFlat grad) {
+    typename TTypes<Acc>::Flat accum, T lr, T epsilon,
+    EpsilonPlacement placement, typename TTypes<T>::ConstFlat grad,
+    const WeightRounding& rounding) {
   const cudaError_t err = WithAdagradStep(
       placement, ToCompute(lr), ToCompute(epsilon), [&](const auto& step) {
         return gpu::LaunchAdagradDense(
             MathPointer(var.data()), MathPointer(accum.data()),
-            MathPointer(grad.data()), step, var.size(), Stream(ctx));
+            MathPointer(grad.data()), step, rounding, var.size(), Stream(ctx));
       });
   return CudaStatus(ctx, "the dense update", err);
 }
@@ -53,12 +54,12 @@ absl::Status ApplyAdagradDenseMulti<GPUDevice, T>::operator()(
   return CudaStatus(ctx, "the multi-tensor dense update", err);
 }
 
-template <typename T, typename Index>
-absl::Status ApplyAdagradSparse<GPUDevice, T, Index>::operator()(
+template <typename T, typename Acc, typename Index>
+absl::Status ApplyAdagradSparse<GPUDevice, T, Acc, Index>::operator()(
     OpKernelContext* ctx, typename TTypes<T>::Matrix var,
-    typename TTypes<T>::Matrix accum, T lr, T epsilon,
+    typename TTypes<Acc>::Matrix accum, T lr, T epsilon,
     EpsilonPlacement placement, typename TTypes<T>::ConstMatrix grad,
-    typename TTypes<Index>::ConstVec indices) {
+    typename TTypes<Index>::ConstVec indices, const WeightRounding& rounding) {
   const int64_t nnz = indices.size();
   const int64_t row_size = var.dimension(1);
   const auto launch = [&](const gpu::SparseWorkspace& plan, void* workspace,
@@ -68,20 +69,23 @@ absl::Status ApplyAdagradSparse<GPUDevice, T, Index>::operator()(
           return gpu::LaunchAdagradSparse(
               MathPointer(var.data()), MathPointer(accum.data()),
               MathPointer(grad.data()), indices.data(), nnz, row_size, step,
-              plan, workspace, stream);
+              rounding, plan, workspace, stream);
         });
   };
   return gpu_op::UpdateSparseRowsOnGpu(ctx, "the sparse update", indices.data(),
                                        nnz, var.dimension(0), row_size, launch);
 }
 
-#define INSTANTIATE_GPU_FUNCTORS(T)                          \
-  template struct ApplyAdagradDense<GPUDevice, T>;           \
-  template struct ApplyAdagradDenseMulti<GPUDevice, T>;      \
-  template struct ApplyAdagradSparse<GPUDevice, T, int32_t>; \
-  template struct ApplyAdagradSparse<GPUDevice, T, int64_t>;
-TF_CALL_FLOAT_TYPES(INSTANTIATE_GPU_FUNCTORS)
+#define INSTANTIATE_GPU_FUNCTORS(T, Acc)                          \
+  template struct ApplyAdagradDense<GPUDevice, T, Acc>;           \
+  template struct ApplyAdagradSparse<GPUDevice, T, Acc, int32_t>; \
+  template struct ApplyAdagradSparse<GPUDevice, T, Acc, int64_t>;
+TF_ADAGRAD_CALL_ELEMENTWISE_TYPE_PAIRS(INSTANTIATE_GPU_FUNCTORS)
 #undef INSTANTIATE_GPU_FUNCTORS
+#define INSTANTIATE_GPU_MULTI_FUNCTOR(T) \
+  template struct ApplyAdagradDenseMulti<GPUDevice, T>;
+TF_CALL_FLOAT_TYPES(INSTANTIATE_GPU_MULTI_FUNCTOR)
+#undef INSTANTIATE_GPU_MULTI_FUNCTOR
 
 }  // namespace functor
 }  // namespace tf_adagrad

@@ -13,11 +13,13 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/row_grouping.h"
+#include "kernels/stochastic_rounding.h"
 #include "kernels/variable_access.h"
 #include "ops/adagrad_errors.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -43,12 +45,11 @@ using CPUDevice = Eigen::ThreadPoolDevice;
 // Looks up the resource variable of input `input` (`input_name` in messages)
 // and checks that it is initialized and of dtype `want`; `want_reason` says
 // why that dtype in the message.
-inline absl::Status LookupVariable(OpKernelContext* ctx,
-                                   const std::string& op_name, int input,
-                                   const std::string& input_name,
-                                   tensorflow::DataType want,
-                                   const std::string& want_reason,
-                                   tensorflow::core::RefCountPtr<Var>* var) {
+inline absl::Status LookupVariable(
+    OpKernelContext* ctx, const std::string& op_name, int input,
+    const std::string& input_name,
+    const std::vector<tensorflow::DataType>& wanted,
+    const std::string& want_reason, tensorflow::core::RefCountPtr<Var>* var) {
   absl::Status status = tensorflow::LookupResource(
       ctx, tensorflow::HandleFromInput(ctx, input), var);
   if (!status.ok()) {
@@ -62,13 +63,29 @@ inline absl::Status LookupVariable(OpKernelContext* ctx,
                             "an uninitialized one"));
   }
   const tensorflow::DataType dtype = (*var)->tensor()->dtype();
-  if (dtype != want) {
+  if (std::find(wanted.begin(), wanted.end(), dtype) == wanted.end()) {
+    std::string names;
+    for (const tensorflow::DataType want : wanted) {
+      absl::StrAppend(&names, names.empty() ? "" : " or ",
+                      DataTypeString(want));
+    }
     return absl::InvalidArgumentError(op_errors::Expected(
-        op_name,
-        op_errors::DtypeOf(input_name, DataTypeString(want), want_reason),
+        op_name, op_errors::DtypeOf(input_name, names, want_reason),
         DataTypeString(dtype)));
   }
   return absl::OkStatus();
+}
+
+// The same, for variables of one dtype `want`.
+inline absl::Status LookupVariable(OpKernelContext* ctx,
+                                   const std::string& op_name, int input,
+                                   const std::string& input_name,
+                                   tensorflow::DataType want,
+                                   const std::string& want_reason,
+                                   tensorflow::core::RefCountPtr<Var>* var) {
+  return LookupVariable(ctx, op_name, input, input_name,
+                        std::vector<tensorflow::DataType>{want}, want_reason,
+                        var);
 }
 
 inline absl::Status ExpectScalar(const std::string& op_name,
@@ -166,7 +183,7 @@ class AdagradOpBase : public OpKernel {
     for (int input = 0; input < num_variables_; ++input) {
       OP_REQUIRES_OK(
           ctx, LookupVariable(ctx, name(), input, VariableName(input),
-                              VariableDtype(input), VariableDtypeReason(input),
+                              AcceptedDtypes(input), VariableDtypeReason(input),
                               &resources[input]));
     }
     std::vector<Var*> vars(num_variables_);
@@ -193,6 +210,10 @@ class AdagradOpBase : public OpKernel {
   // The dtype variable input `input` must have, and why (in messages).
   virtual tensorflow::DataType VariableDtype(int input) const {
     return DataTypeToEnum<T>::value;
+  }
+  // Where a variable may have one of several dtypes: all of them.
+  virtual std::vector<tensorflow::DataType> AcceptedDtypes(int input) const {
+    return {VariableDtype(input)};
   }
   virtual std::string VariableDtypeReason(int input) const {
     return "the dtype of `grad`";
@@ -273,8 +294,10 @@ class SingleVariableOpBase : public AdagradOpBase<Device, T, H> {
                            var_shape);
   }
 
+  // Checks the shapes and the rounding key (RoundingOf).
   absl::Status ValidateShapes(OpKernelContext* ctx,
                               const LockedVariables& locked) override {
+    TF_RETURN_IF_ERROR(ValidateRoundingKey(ctx));
     const TensorShape& var_shape = locked.tensor(0)->shape();
     TF_RETURN_IF_ERROR(
         ValidateAccumulatorShape(var_shape, locked.tensor(1)->shape()));
@@ -285,6 +308,46 @@ class SingleVariableOpBase : public AdagradOpBase<Device, T, H> {
     }
     return ValidateSparseGradient(this->name(), var_shape, grad_shape,
                                   ctx->input(kIndicesInput).shape());
+  }
+
+ private:
+  // At most one key, of shape [2], and only for a 16-bit var.
+  absl::Status ValidateRoundingKey(OpKernelContext* ctx) {
+    tensorflow::OpInputList keys;
+    TF_RETURN_IF_ERROR(ctx->input_list("rounding_key", &keys));
+    if (keys.size() == 0) return absl::OkStatus();
+    if (keys.size() > 1) {
+      return this->Error(op_errors::RoundingKeys(),
+                         absl::StrCat(keys.size(), " keys"));
+    }
+    if (!std::is_same_v<T, Eigen::half> &&
+        !std::is_same_v<T, Eigen::bfloat16>) {
+      return this->Error(
+          op_errors::RoundingKeyDtype(),
+          absl::StrCat("a `var` of dtype ",
+                       DataTypeString(DataTypeToEnum<T>::value)));
+    }
+    if (keys[0].shape() != TensorShape({2})) {
+      return this->Error(op_errors::RoundingKeyShape(),
+                         absl::StrCat("shape ", keys[0].shape().DebugString()));
+    }
+    return absl::OkStatus();
+  }
+
+ protected:
+  // How the new weights are stored: to nearest, or stochastically with the
+  // op's rounding key (checked by ValidateShapes).
+  static WeightRounding RoundingOf(OpKernelContext* ctx) {
+    tensorflow::OpInputList keys;
+    WeightRounding rounding;
+    if (!ctx->input_list("rounding_key", &keys).ok() || keys.size() == 0) {
+      return rounding;
+    }
+    const auto key = keys[0].vec<int64_t>();
+    rounding.stochastic = true;
+    rounding.key.seed = static_cast<uint64_t>(key(0));
+    rounding.key.step = static_cast<uint64_t>(key(1));
+    return rounding;
   }
 
   // The elements of one row of var: the product of its dimensions after

@@ -92,9 +92,9 @@ TF_ADAGRAD_HOST_DEVICE inline bool ChunkIsVectorAligned(
 
 // What thread `thread` of block `block` (of `num_threads` threads) does: its
 // share of the block's chunk, 16 bytes per access when the chunk is
-// aligned. `A` is how elements are read and written (an Arithmetic), `Step`
-// an AdagradStep.
-template <typename A, typename T, typename Step>
+// aligned. `Arith` is how elements are read and written (an Arithmetic),
+// `Step` an AdagradStep; weights round to nearest.
+template <template <typename> class Arith, typename T, typename Step>
 TF_ADAGRAD_HOST_DEVICE TF_ADAGRAD_FORCE_INLINE void UpdateChunkOfBlock(
     const MultiTensorTable<T>& table, int block, int64_t thread,
     int64_t num_threads, const Step& step) {
@@ -106,10 +106,12 @@ TF_ADAGRAD_HOST_DEVICE TF_ADAGRAD_FORCE_INLINE void UpdateChunkOfBlock(
   const T* grad = table.grad[chunk.tensor] + chunk.begin;
   const int64_t size = chunk.end - chunk.begin;
   if (ChunkIsVectorAligned(table, chunk, kVectorBytes)) {
-    UpdateStrided<A, kVectorWidth<T>>(var, accum, grad, step, size, thread,
-                                      num_threads);
+    UpdateStrided<Arith, kVectorWidth<T>>(var, accum, grad, step, size, thread,
+                                          num_threads, RoundToNearest<Arith>(),
+                                          0);
   } else {
-    UpdateStrided<A, 1>(var, accum, grad, step, size, thread, num_threads);
+    UpdateStrided<Arith, 1>(var, accum, grad, step, size, thread, num_threads,
+                            RoundToNearest<Arith>(), 0);
   }
 }
 

@@ -12,17 +12,21 @@
 #include "kernels/half_types.h"
 #include "kernels/row_grouping.h"
 #include "kernels/rowwise_math.h"
+#include "kernels/stochastic_rounding.h"
 
 namespace tf_adagrad {
 
 // Updates one row of `row_size` (> 0) elements of var and its accumulator
 // with the gradient row `grad`, whose elements are T (a gradient row as
-// given) or C (duplicate rows summed in the accumulator's type). The
-// pointers never alias; saying so lets the loops vectorize.
-template <typename T, typename G, typename C>
+// given) or C (duplicate rows summed in the accumulator's type). The new
+// weights are stored by `rounding`, element k being table position
+// row_position + k. The pointers never alias; saying so lets the loops
+// vectorize.
+template <typename T, typename G, typename C, typename Rounding>
 __attribute__((always_inline)) inline void RowwiseUpdateRow(
     T* __restrict__ var, C* __restrict__ accum, const G* __restrict__ grad,
-    int64_t row_size, const RowwiseStep<C>& step) {
+    int64_t row_size, const RowwiseStep<C>& step, Rounding& rounding,
+    int64_t row_position) {
   using A = Arithmetic<T>;
   using GA = Arithmetic<G>;
   C partial[kRowwiseLanes] = {};
@@ -40,30 +44,37 @@ __attribute__((always_inline)) inline void RowwiseUpdateRow(
   const C a = step.NewAccumulator(*accum, SumOfLanes(partial), row_size);
   *accum = a;
   const C multiplier = step.Multiplier(a);
-  for (int64_t k = 0; k < row_size; ++k) {
-    var[k] = A::Store(A::Load(var[k]) - multiplier * GA::Load(grad[k]));
+  for (int64_t b = 0, e; b < row_size; b = e) {
+    e = StretchEnd<Rounding>(b, row_size);
+    rounding.Prepare(row_position + b, e - b);
+    for (int64_t k = b; k < e; ++k) {
+      var[k] = rounding.template Store<T>(
+          A::Load(var[k]) - multiplier * GA::Load(grad[k]), row_position + k);
+    }
   }
 }
 
 // Dense update of rows [begin, end): var and grad are [num_rows, row_size],
 // accum is [num_rows].
 struct RowwiseDenseRowsLoop {
-  template <typename T, typename C>
+  template <typename T, typename C, typename Rounding>
   __attribute__((always_inline)) void operator()(
       T* var, C* accum, const T* grad, int64_t row_size,
-      const RowwiseStep<C>& step, int64_t begin, int64_t end) const {
+      const RowwiseStep<C>& step, Rounding* rounding, int64_t begin,
+      int64_t end) const {
     for (int64_t r = begin; r < end; ++r) {
       RowwiseUpdateRow(var + r * row_size, accum + r, grad + r * row_size,
-                       row_size, step);
+                       row_size, step, *rounding, r * row_size);
     }
   }
 };
 
-template <typename T, typename C>
+template <typename T, typename C, typename Rounding>
 void RowwiseDenseRows(T* var, C* accum, const T* grad, int64_t row_size,
-                      const RowwiseStep<C>& step, int64_t begin, int64_t end) {
+                      const RowwiseStep<C>& step, Rounding& rounding,
+                      int64_t begin, int64_t end) {
   RunOnWidestIsa(RowwiseDenseRowsLoop(), var, accum, grad, row_size, step,
-                 begin, end);
+                 &rounding, begin, end);
 }
 
 // How many unique rows ahead the sparse loop prefetches its var row and
@@ -79,11 +90,11 @@ constexpr int64_t kRowwisePrefetchBytes = 512;
 // accumulator's type), then the row is updated once, as the dense update
 // would. `scratch` holds at least `row_size` values.
 struct RowwiseSparseRowsLoop {
-  template <typename T, typename C, typename Index>
+  template <typename T, typename C, typename Index, typename Rounding>
   __attribute__((always_inline)) void operator()(
       T* var, C* accum, const T* grad, const Index* indices,
       const RowGroups& groups, int64_t row_size, const RowwiseStep<C>& step,
-      int64_t begin, int64_t end, C* scratch) const {
+      Rounding* rounding, int64_t begin, int64_t end, C* scratch) const {
     using GA = Arithmetic<T>;
     const int64_t* positions = groups.positions.data();
     const int64_t* run_starts = groups.run_starts.data();
@@ -106,7 +117,7 @@ struct RowwiseSparseRowsLoop {
       const T* grad_row = grad + positions[first] * row_size;
       if (last - first == 1) {
         RowwiseUpdateRow(var + row * row_size, accum + row, grad_row, row_size,
-                         step);
+                         step, *rounding, row * row_size);
         continue;
       }
       C* __restrict__ sum = scratch;
@@ -116,18 +127,19 @@ struct RowwiseSparseRowsLoop {
         for (int64_t j = 0; j < row_size; ++j) sum[j] += GA::Load(dup_row[j]);
       }
       RowwiseUpdateRow(var + row * row_size, accum + row,
-                       static_cast<const C*>(scratch), row_size, step);
+                       static_cast<const C*>(scratch), row_size, step,
+                       *rounding, row * row_size);
     }
   }
 };
 
-template <typename T, typename C, typename Index>
+template <typename T, typename C, typename Index, typename Rounding>
 void RowwiseSparseRows(T* var, C* accum, const T* grad, const Index* indices,
                        const RowGroups& groups, int64_t row_size,
-                       const RowwiseStep<C>& step, int64_t begin, int64_t end,
-                       C* scratch) {
+                       const RowwiseStep<C>& step, Rounding& rounding,
+                       int64_t begin, int64_t end, C* scratch) {
   RunOnWidestIsa(RowwiseSparseRowsLoop(), var, accum, grad, indices, groups,
-                 row_size, step, begin, end, scratch);
+                 row_size, step, &rounding, begin, end, scratch);
 }
 
 }  // namespace tf_adagrad

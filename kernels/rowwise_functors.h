@@ -27,11 +27,13 @@ namespace functor {
 template <typename Device, typename T>
 struct ApplyRowwiseAdagradDense {
   // var and grad are [num_rows, row_size] with row_size > 0, accum is
-  // [num_rows]. Fails only if the device does (a CUDA error).
+  // [num_rows]; new weights are stored as `rounding` says. Fails only if
+  // the device does (a CUDA error).
   absl::Status operator()(tensorflow::OpKernelContext* ctx, T* var,
                           RowwiseAccumulator<T>* accum, const T* grad,
                           int64_t num_rows, int64_t row_size,
-                          const RowwiseStep<RowwiseAccumulator<T>>& step);
+                          const RowwiseStep<RowwiseAccumulator<T>>& step,
+                          const WeightRounding& rounding);
 };
 
 template <typename Device, typename T, typename Index>
@@ -43,7 +45,8 @@ struct ApplyRowwiseAdagradSparse {
                           RowwiseAccumulator<T>* accum, const T* grad,
                           const Index* indices, int64_t nnz, int64_t num_rows,
                           int64_t row_size,
-                          const RowwiseStep<RowwiseAccumulator<T>>& step);
+                          const RowwiseStep<RowwiseAccumulator<T>>& step,
+                          const WeightRounding& rounding);
 };
 
 #if GOOGLE_CUDA
@@ -52,7 +55,8 @@ struct ApplyRowwiseAdagradDense<Eigen::GpuDevice, T> {
   absl::Status operator()(tensorflow::OpKernelContext* ctx, T* var,
                           RowwiseAccumulator<T>* accum, const T* grad,
                           int64_t num_rows, int64_t row_size,
-                          const RowwiseStep<RowwiseAccumulator<T>>& step);
+                          const RowwiseStep<RowwiseAccumulator<T>>& step,
+                          const WeightRounding& rounding);
 };
 
 template <typename T, typename Index>
@@ -61,7 +65,8 @@ struct ApplyRowwiseAdagradSparse<Eigen::GpuDevice, T, Index> {
                           RowwiseAccumulator<T>* accum, const T* grad,
                           const Index* indices, int64_t nnz, int64_t num_rows,
                           int64_t row_size,
-                          const RowwiseStep<RowwiseAccumulator<T>>& step);
+                          const RowwiseStep<RowwiseAccumulator<T>>& step,
+                          const WeightRounding& rounding);
 };
 
 #define TF_ADAGRAD_DECLARE_ROWWISE_GPU_FUNCTORS(T)                      \

@@ -43,11 +43,12 @@ __device__ __forceinline__ C RowwiseMultiplier(C partial, C* accum,
 }
 
 // Dense: warp w updates rows w, w + warps, ... (grid-stride).
-template <typename T, typename C>
+template <typename T, typename C, typename Rounding>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     RowwiseDenseKernel(T* __restrict__ var, C* __restrict__ accum,
                        const T* __restrict__ grad, int64_t num_rows,
-                       int64_t row_size, RowwiseStep<C> step) {
+                       int64_t row_size, RowwiseStep<C> step,
+                       Rounding rounding) {
   using A = GpuArithmetic<T>;
   const int64_t thread =
       static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -65,27 +66,32 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     const C multiplier =
         RowwiseMultiplier(partial, accum + row, row_size, step);
     for (int64_t j = lane; j < row_size; j += kWarpSize) {
-      var_row[j] =
-          A::Store(A::Load(var_row[j]) - multiplier * A::Load(grad_row[j]));
+      var_row[j] = rounding.template Store<T>(
+          A::Load(var_row[j]) - multiplier * A::Load(grad_row[j]),
+          row * row_size + j);
     }
   }
 }
 
-// Updates num_rows rows of `row_size` (> 0) elements, on `stream`.
+// Updates num_rows rows of `row_size` (> 0) elements, on `stream`, storing
+// the new weights as `rounding` says.
 template <typename T, typename C>
 cudaError_t LaunchRowwiseDense(T* var, C* accum, const T* grad,
                                int64_t num_rows, int64_t row_size,
                                const RowwiseStep<C>& step,
+                               const WeightRounding& rounding,
                                cudaStream_t stream) {
   if (num_rows == 0 || row_size == 0) return cudaSuccess;
-  const auto kernel = RowwiseDenseKernel<T, C>;
-  int blocks = 0;
-  const cudaError_t err =
-      ResidentGridSize(kernel, num_rows * kWarpSize, &blocks);
-  if (err != cudaSuccess) return err;
-  kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(var, accum, grad, num_rows,
-                                                  row_size, step);
-  return cudaGetLastError();
+  return WithGpuRounding<T>(rounding, [&](const auto& store) {
+    const auto kernel = RowwiseDenseKernel<T, C, std::decay_t<decltype(store)>>;
+    int blocks = 0;
+    const cudaError_t err =
+        ResidentGridSize(kernel, num_rows * kWarpSize, &blocks);
+    if (err != cudaSuccess) return err;
+    kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(var, accum, grad, num_rows,
+                                                    row_size, step, store);
+    return cudaGetLastError();
+  });
 }
 
 // Column `column` of a run's summed gradient rows: -0 + x == x for every x,
@@ -107,13 +113,14 @@ __device__ __forceinline__ C SummedGradient(const T* __restrict__ grad,
 // indices owns that row: it sums the run's gradient rows column by column
 // (in position order, as the CPU does), reduces the squares, then sums again
 // to update. No two warps write the same row.
-template <typename T, typename C, typename Key>
+template <typename T, typename C, typename Key, typename Rounding>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     RowwiseSparseKernel(T* __restrict__ var, C* __restrict__ accum,
                         const T* __restrict__ grad,
                         const Key* __restrict__ sorted_indices,
                         const int64_t* __restrict__ sorted_positions,
-                        int64_t nnz, int64_t row_size, RowwiseStep<C> step) {
+                        int64_t nnz, int64_t row_size, RowwiseStep<C> step,
+                        Rounding rounding) {
   using A = GpuArithmetic<T>;
   const int64_t run_start =
       (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
@@ -133,19 +140,23 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   for (int64_t j = lane; j < row_size; j += kWarpSize) {
     const C g = SummedGradient<T, C>(grad, sorted_positions, run_start, run_end,
                                      row_size, j);
-    var_row[j] = A::Store(A::Load(var_row[j]) - multiplier * g);
+    var_row[j] =
+        rounding.template Store<T>(A::Load(var_row[j]) - multiplier * g,
+                                   static_cast<int64_t>(row) * row_size + j);
   }
 }
 
 // Updates the rows of var ([num_rows, row_size]) and accum ([num_rows])
 // named by the nnz indices, with grad [nnz, row_size]; duplicate indices are
-// summed first. Every index must be in [0, num_rows) (see
+// summed first, and the new weights stored as `rounding` says. Every index
+// must be in [0, num_rows) (see
 // FindFirstOutOfRangeIndex); `workspace` holds plan.total_bytes of device
 // memory (PlanSparseWorkspace).
 template <typename T, typename C, typename Index>
 cudaError_t LaunchRowwiseSparse(T* var, C* accum, const T* grad,
                                 const Index* indices, int64_t nnz,
                                 int64_t row_size, const RowwiseStep<C>& step,
+                                const WeightRounding& rounding,
                                 const SparseWorkspace& plan, void* workspace,
                                 cudaStream_t stream) {
   if (nnz == 0 || row_size == 0) return cudaSuccess;
@@ -153,11 +164,13 @@ cudaError_t LaunchRowwiseSparse(T* var, C* accum, const T* grad,
   if (err != cudaSuccess) return err;
   const SparseBuffers<Index> buffers = Buffers<Index>(plan, workspace);
   const int64_t blocks = (nnz + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  RowwiseSparseKernel<T, C, SortKey<Index>>
-      <<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream>>>(
-          var, accum, grad, buffers.sorted_indices, buffers.sorted_positions,
-          nnz, row_size, step);
-  return cudaGetLastError();
+  return WithGpuRounding<T>(rounding, [&](const auto& store) {
+    RowwiseSparseKernel<T, C, SortKey<Index>, std::decay_t<decltype(store)>>
+        <<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream>>>(
+            var, accum, grad, buffers.sorted_indices, buffers.sorted_positions,
+            nnz, row_size, step, store);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace gpu

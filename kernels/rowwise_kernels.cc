@@ -36,15 +36,18 @@ struct ApplyRowwiseAdagradDense<CPUDevice, T> {
   absl::Status operator()(OpKernelContext* ctx, T* var,
                           RowwiseAccumulator<T>* accum, const T* grad,
                           int64_t num_rows, int64_t row_size,
-                          const RowwiseStep<RowwiseAccumulator<T>>& step) {
+                          const RowwiseStep<RowwiseAccumulator<T>>& step,
+                          const WeightRounding& rounding) {
     // Memory-bound: a row is read twice (grad) and written once (var).
     const double row_bytes = static_cast<double>(row_size) * sizeof(T);
     const Eigen::TensorOpCost cost_per_row(3 * row_bytes, row_bytes,
                                            10.0 * row_size);
     ctx->eigen_device<CPUDevice>().parallelFor(
         num_rows, cost_per_row, [&](Eigen::Index begin, Eigen::Index end) {
-          RowwiseDenseRows(MathPointer(var), accum, MathPointer(grad), row_size,
-                           step, begin, end);
+          WithCpuRounding<T>(rounding, [&](auto& store) {
+            RowwiseDenseRows(MathPointer(var), accum, MathPointer(grad),
+                             row_size, step, store, begin, end);
+          });
         });
     return absl::OkStatus();
   }
@@ -56,7 +59,8 @@ struct ApplyRowwiseAdagradSparse<CPUDevice, T, Index> {
                           RowwiseAccumulator<T>* accum, const T* grad,
                           const Index* indices, int64_t nnz, int64_t num_rows,
                           int64_t row_size,
-                          const RowwiseStep<RowwiseAccumulator<T>>& step) {
+                          const RowwiseStep<RowwiseAccumulator<T>>& step,
+                          const WeightRounding& rounding) {
     const auto update_rows = [&](const RowGroups& groups) {
       const double row_bytes = static_cast<double>(row_size) * sizeof(T);
       const Eigen::TensorOpCost cost_per_row(
@@ -66,9 +70,11 @@ struct ApplyRowwiseAdagradSparse<CPUDevice, T, Index> {
           groups.num_unique(), cost_per_row,
           [&](Eigen::Index begin, Eigen::Index end) {
             std::vector<RowwiseAccumulator<T>> scratch(row_size);
-            RowwiseSparseRows(MathPointer(var), accum, MathPointer(grad),
-                              indices, groups, row_size, step, begin, end,
-                              scratch.data());
+            WithCpuRounding<T>(rounding, [&](auto& store) {
+              RowwiseSparseRows(MathPointer(var), accum, MathPointer(grad),
+                                indices, groups, row_size, step, store, begin,
+                                end, scratch.data());
+            });
           });
     };
     return op_base::UpdateSparseRowsOnCpu(ctx, indices, nnz, num_rows, row_size,
@@ -163,10 +169,11 @@ class RowwiseApplyDenseOp : public RowwiseOpBase<Device, T, H> {
     if (var->NumElements() == 0) return;  // no rows, or rows of nothing
     const Tensor& grad = ctx->input(this->kGradInput);
     OP_REQUIRES_OK(
-        ctx, (functor::ApplyRowwiseAdagradDense<Device, T>()(
-                 ctx, var->flat<T>().data(), this->AccumulatorData(locked),
-                 grad.flat<T>().data(), this->NumRows(*var),
-                 this->RowSize(*var), this->Step(lr, epsilon))));
+        ctx,
+        (functor::ApplyRowwiseAdagradDense<Device, T>()(
+            ctx, var->flat<T>().data(), this->AccumulatorData(locked),
+            grad.flat<T>().data(), this->NumRows(*var), this->RowSize(*var),
+            this->Step(lr, epsilon), this->RoundingOf(ctx))));
   }
 };
 
@@ -188,17 +195,19 @@ class RowwiseApplySparseOp : public RowwiseOpBase<Device, T, H> {
                  ctx, var->flat<T>().data(), this->AccumulatorData(locked),
                  grad.flat<T>().data(), indices.flat<Index>().data(),
                  indices.NumElements(), var->dim_size(0), this->RowSize(*var),
-                 this->Step(lr, epsilon))));
+                 this->Step(lr, epsilon), this->RoundingOf(ctx))));
   }
 };
 
-// lr and epsilon are read on the host (they are kernel arguments on the
-// GPU); indices stay on the device, where the GPU kernels read them.
+// lr, epsilon and the rounding key are read on the host (they are kernel
+// arguments on the GPU); indices stay on the device, where the GPU kernels
+// read them.
 #define REGISTER_ROWWISE_SPARSE_KERNEL(DEVICE, DeviceType, T, H, Index) \
   REGISTER_KERNEL_BUILDER(Name("TfAdagrad>RowwiseApplySparse")          \
                               .Device(DEVICE)                           \
                               .HostMemory("lr")                         \
                               .HostMemory("epsilon")                    \
+                              .HostMemory("rounding_key")               \
                               .TypeConstraint<T>("T")                   \
                               .TypeConstraint<H>("Taccum")              \
                               .TypeConstraint<Index>("Tindices"),       \
@@ -209,6 +218,7 @@ class RowwiseApplySparseOp : public RowwiseOpBase<Device, T, H> {
                               .Device(DEVICE)                       \
                               .HostMemory("lr")                     \
                               .HostMemory("epsilon")                \
+                              .HostMemory("rounding_key")           \
                               .TypeConstraint<T>("T")               \
                               .TypeConstraint<H>("Taccum"),         \
                           RowwiseApplyDenseOp<DeviceType, T, H>);   \

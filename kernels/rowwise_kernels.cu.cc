@@ -26,23 +26,25 @@ template <typename T>
 absl::Status ApplyRowwiseAdagradDense<GPUDevice, T>::operator()(
     OpKernelContext* ctx, T* var, RowwiseAccumulator<T>* accum, const T* grad,
     int64_t num_rows, int64_t row_size,
-    const RowwiseStep<RowwiseAccumulator<T>>& step) {
+    const RowwiseStep<RowwiseAccumulator<T>>& step,
+    const WeightRounding& rounding) {
   return CudaStatus(
       ctx, "the rowwise dense update",
       gpu::LaunchRowwiseDense(MathPointer(var), accum, MathPointer(grad),
-                              num_rows, row_size, step, Stream(ctx)));
+                              num_rows, row_size, step, rounding, Stream(ctx)));
 }
 
 template <typename T, typename Index>
 absl::Status ApplyRowwiseAdagradSparse<GPUDevice, T, Index>::operator()(
     OpKernelContext* ctx, T* var, RowwiseAccumulator<T>* accum, const T* grad,
     const Index* indices, int64_t nnz, int64_t num_rows, int64_t row_size,
-    const RowwiseStep<RowwiseAccumulator<T>>& step) {
+    const RowwiseStep<RowwiseAccumulator<T>>& step,
+    const WeightRounding& rounding) {
   const auto launch = [&](const gpu::SparseWorkspace& plan, void* workspace,
                           cudaStream_t stream) {
     return gpu::LaunchRowwiseSparse(MathPointer(var), accum, MathPointer(grad),
-                                    indices, nnz, row_size, step, plan,
-                                    workspace, stream);
+                                    indices, nnz, row_size, step, rounding,
+                                    plan, workspace, stream);
   };
   return gpu_op::UpdateSparseRowsOnGpu(ctx, "the rowwise sparse update",
                                        indices, nnz, num_rows, row_size,

@@ -3,7 +3,7 @@
 // elements past the last whole pack. Both GPU kernels of the dense update
 // run it (over a whole tensor, or over one chunk of a multi-tensor table);
 // it compiles for the host too, so that the CPU tests can run a simulated
-// grid. `A` is how elements are read and written (an Arithmetic).
+// grid.
 #ifndef TF_ADAGRAD_KERNELS_STRIDED_UPDATE_H_
 #define TF_ADAGRAD_KERNELS_STRIDED_UPDATE_H_
 
@@ -12,6 +12,7 @@
 #include "kernels/adagrad_math.h"
 #include "kernels/half_types.h"
 #include "kernels/host_device.h"
+#include "kernels/stochastic_rounding.h"
 
 namespace tf_adagrad {
 
@@ -28,28 +29,37 @@ constexpr int kVectorWidth = kVectorBytes / sizeof(T);
 
 // Thread `thread` of `num_threads`' share of the update of `size` elements.
 // var, accum and grad must be aligned to a whole pack. `Step` is an
-// AdagradStep of T's compute type.
-template <typename A, int kWidth, typename T, typename Step>
+// AdagradStep of T's compute type; accum holds Acc (T, or float32 for a
+// 16-bit T); `Arith` reads and writes elements (an Arithmetic) and
+// `rounding` stores the new weights (stochastic_rounding.h), element i
+// being table position first_position + i.
+template <template <typename> class Arith, int kWidth, typename T, typename Acc,
+          typename Step, typename Rounding>
 TF_ADAGRAD_HOST_DEVICE TF_ADAGRAD_FORCE_INLINE void UpdateStrided(
-    T* __restrict__ var, T* __restrict__ accum, const T* __restrict__ grad,
-    const Step& step, int64_t size, int64_t thread, int64_t num_threads) {
+    T* __restrict__ var, Acc* __restrict__ accum, const T* __restrict__ grad,
+    const Step& step, int64_t size, int64_t thread, int64_t num_threads,
+    const Rounding& rounding, int64_t first_position) {
+  using A = Arith<T>;
+  using AccA = Arith<Acc>;
   using C = ComputeType<T>;
   using P = Pack<T, kWidth>;
+  using AccP = Pack<Acc, kWidth>;
   const int64_t num_packs = size / kWidth;
   P* var_packs = reinterpret_cast<P*>(var);
-  P* accum_packs = reinterpret_cast<P*>(accum);
+  AccP* accum_packs = reinterpret_cast<AccP*>(accum);
   const P* grad_packs = reinterpret_cast<const P*>(grad);
   for (int64_t p = thread; p < num_packs; p += num_threads) {
     P v = var_packs[p];
-    P a = accum_packs[p];
+    AccP a = accum_packs[p];
     const P g = grad_packs[p];
 #pragma unroll
     for (int k = 0; k < kWidth; ++k) {
       C v_c = A::Load(v.elements[k]);
-      C a_c = A::Load(a.elements[k]);
+      C a_c = AccA::Load(a.elements[k]);
       step.Apply(A::Load(g.elements[k]), &v_c, &a_c);
-      v.elements[k] = A::Store(v_c);
-      a.elements[k] = A::Store(a_c);
+      v.elements[k] =
+          rounding.template Store<T>(v_c, first_position + p * kWidth + k);
+      a.elements[k] = AccA::Store(a_c);
     }
     accum_packs[p] = a;
     var_packs[p] = v;
@@ -57,10 +67,10 @@ TF_ADAGRAD_HOST_DEVICE TF_ADAGRAD_FORCE_INLINE void UpdateStrided(
   const int64_t tail = num_packs * kWidth + thread;
   if (tail < size) {
     C v_c = A::Load(var[tail]);
-    C a_c = A::Load(accum[tail]);
+    C a_c = AccA::Load(accum[tail]);
     step.Apply(A::Load(grad[tail]), &v_c, &a_c);
-    accum[tail] = A::Store(a_c);
-    var[tail] = A::Store(v_c);
+    accum[tail] = AccA::Store(a_c);
+    var[tail] = rounding.template Store<T>(v_c, first_position + tail);
   }
 }
 

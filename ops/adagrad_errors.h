@@ -64,6 +64,24 @@ inline std::string RowwiseAccumulatorDtypeReason(absl::string_view var_dtype) {
                       var_dtype);
 }
 
+// The optional rounding key of the update ops.
+inline std::string RoundingKeys() { return "at most one `rounding_key`"; }
+
+inline std::string RoundingKeyShape() {
+  return "`rounding_key` of shape [2] (seed, step)";
+}
+
+// Stochastic rounding is for 16-bit weights only.
+inline std::string RoundingKeyDtype() {
+  return "a `var` of dtype half or bfloat16 with a `rounding_key` (only "
+         "16-bit weights round stochastically)";
+}
+
+// Why an elementwise accumulator may have either dtype.
+inline std::string ElementwiseAccumulatorDtypeReason() {
+  return "the dtype of `grad`, or float for a 16-bit `grad`";
+}
+
 inline std::string InitializedVariable(absl::string_view input) {
   return absl::StrCat("`", input, "` to be an initialized resource variable");
 }

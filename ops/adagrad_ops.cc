@@ -4,6 +4,8 @@
 // TensorFlow's own ops. Shape functions reject wrong ranks and mismatched
 // shapes when the graph is built; the kernels check everything again at run
 // time, when shapes are fully known.
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "ops/adagrad_errors.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
@@ -40,6 +42,13 @@ constexpr char kTypeAttr[] = "T: {half, bfloat16, float, double}";
 constexpr char kEpsilonPlacementAttr[] =
     "epsilon_placement: {'inside_sqrt', 'outside_sqrt'} = 'inside_sqrt'";
 
+// How the ops store a 16-bit var's new weights: with no rounding key,
+// rounded to nearest even; with one, a [2] int64 tensor (seed, step),
+// stochastically (kernels/stochastic_rounding.h). Graphs saved before the
+// input existed have none, which is what they computed.
+constexpr char kRoundingKeyInput[] = "rounding_key: num_rounding_keys * int64";
+constexpr char kRoundingKeyCountAttr[] = "num_rounding_keys: int >= 0 = 0";
+
 // Wraps a shape-inference failure in the kernels' message for the same
 // check, with shape inference's own reason after it.
 absl::Status Expect(const char* op_name, absl::Status status,
@@ -62,11 +71,31 @@ absl::Status CheckScalarHyperparameters(const char* op, InferenceContext* c,
   return absl::OkStatus();
 }
 
-// What both ops check: scalar lr and epsilon, and var and accum of one
-// shape, which is returned in `var_shape`.
+// The rounding key, where given: one [2] int64 tensor.
+absl::Status CheckRoundingKey(const char* op, InferenceContext* c) {
+  std::vector<ShapeHandle> keys;
+  TF_RETURN_IF_ERROR(c->input("rounding_key", &keys));
+  if (keys.size() > 1) {
+    return absl::InvalidArgumentError(op_errors::Expected(
+        op, op_errors::RoundingKeys(), absl::StrCat(keys.size(), " keys")));
+  }
+  for (const ShapeHandle& key : keys) {
+    ShapeHandle unused;
+    TF_RETURN_IF_ERROR(Expect(op, c->WithRank(key, 1, &unused), c,
+                              op_errors::RoundingKeyShape(), key));
+    auto size = c->Dim(key, 0);
+    TF_RETURN_IF_ERROR(Expect(op, c->WithValue(size, 2, &size), c,
+                              op_errors::RoundingKeyShape(), key));
+  }
+  return absl::OkStatus();
+}
+
+// What both ops check: scalar lr and epsilon, var and accum of one shape,
+// which is returned in `var_shape`, and the rounding key.
 absl::Status CheckCommonInputs(const char* op, InferenceContext* c,
                                ShapeHandle* var_shape) {
   TF_RETURN_IF_ERROR(CheckScalarHyperparameters(op, c, 2));
+  TF_RETURN_IF_ERROR(CheckRoundingKey(op, c));
   ShapeHandle var = VariableShape(c, 0);
   ShapeHandle accum = VariableShape(c, 1);
   return Expect(op, c->Merge(var, accum, var_shape), c,
@@ -155,11 +184,13 @@ constexpr char kRowwiseApplySparse[] = "TfAdagrad>RowwiseApplySparse";
 // variables, double for double ones (the kernels check the pairing).
 constexpr char kAccumulatorTypeAttr[] = "Taccum: {float, double}";
 
-// What both rowwise ops check: scalar lr and epsilon, and an accumulator
-// of shape var.shape[:1]. Returns var's shape in `var_shape`.
+// What both rowwise ops check: scalar lr and epsilon, the rounding key, and
+// an accumulator of shape var.shape[:1]. Returns var's shape in
+// `var_shape`.
 absl::Status CheckRowwiseInputs(const char* op, InferenceContext* c,
                                 ShapeHandle* var_shape) {
   TF_RETURN_IF_ERROR(CheckScalarHyperparameters(op, c, 2));
+  TF_RETURN_IF_ERROR(CheckRoundingKey(op, c));
   *var_shape = VariableShape(c, 0);
   ShapeHandle accum = VariableShape(c, 1);
   if (!c->RankKnown(*var_shape)) return absl::OkStatus();
@@ -261,16 +292,19 @@ REGISTER_OP(kApplyDense)
     .Input("lr: T")
     .Input("epsilon: T")
     .Input("grad: T")
+    .Input(kRoundingKeyInput)
     .Attr(kTypeAttr)
     .Attr("use_locking: bool = false")
     .Attr(kEpsilonPlacementAttr)
+    .Attr(kRoundingKeyCountAttr)
     .SetShapeFn(ApplyDenseShape)
     .Doc(R"doc(
 Adagrad update: accum += grad * grad, then
 var -= lr * grad / sqrt(accum + epsilon) (epsilon_placement 'inside_sqrt',
 Keras' formula) or var -= lr * grad / (sqrt(accum) + epsilon)
 ('outside_sqrt', ApplyAdagradV2's). 16-bit types are computed in float32
-and rounded once on store.
+and rounded once on store: to nearest even, or stochastically with a
+rounding key (seed, step). A 16-bit var's accum is of its dtype or float32.
 )doc");
 
 REGISTER_OP(kApplySparse)
@@ -280,10 +314,12 @@ REGISTER_OP(kApplySparse)
     .Input("epsilon: T")
     .Input("grad: T")
     .Input("indices: Tindices")
+    .Input(kRoundingKeyInput)
     .Attr(kTypeAttr)
     .Attr("Tindices: {int32, int64}")
     .Attr("use_locking: bool = false")
     .Attr(kEpsilonPlacementAttr)
+    .Attr(kRoundingKeyCountAttr)
     .SetShapeFn(ApplySparseShape)
     .Doc(R"doc(
 Adagrad update of the rows of var and accum named by indices. Rows of grad
@@ -314,9 +350,11 @@ REGISTER_OP(kRowwiseApplyDense)
     .Input("lr: Taccum")
     .Input("epsilon: Taccum")
     .Input("grad: T")
+    .Input(kRoundingKeyInput)
     .Attr(kTypeAttr)
     .Attr(kAccumulatorTypeAttr)
     .Attr("use_locking: bool = false")
+    .Attr(kRoundingKeyCountAttr)
     .SetShapeFn(RowwiseApplyDenseShape)
     .Doc(R"doc(
 Rowwise Adagrad (FBGEMM's exact rowwise): one accumulator per row of var
@@ -333,10 +371,12 @@ REGISTER_OP(kRowwiseApplySparse)
     .Input("epsilon: Taccum")
     .Input("grad: T")
     .Input("indices: Tindices")
+    .Input(kRoundingKeyInput)
     .Attr(kTypeAttr)
     .Attr(kAccumulatorTypeAttr)
     .Attr("Tindices: {int32, int64}")
     .Attr("use_locking: bool = false")
+    .Attr(kRoundingKeyCountAttr)
     .SetShapeFn(RowwiseApplySparseShape)
     .Doc(R"doc(
 RowwiseApplyDense for the rows named by indices: rows of grad with the same

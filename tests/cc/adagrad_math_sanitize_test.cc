@@ -33,6 +33,12 @@ using tf_adagrad::ComputeType;
 using tf_adagrad::EpsilonPlacement;
 using tf_adagrad::Float16;
 
+// Weights stored rounded to nearest, as the ops store them by default
+// (Prepare is a no-op, so one mutable instance serves every call).
+using Nearest = tf_adagrad::RoundToNearest<tf_adagrad::Arithmetic>;
+const Nearest kNearest;
+Nearest nearest;
+
 // `size` elements at `offset` elements into a heap block of exactly
 // offset + size elements.
 template <typename T>
@@ -82,9 +88,9 @@ void TestDense(std::mt19937_64& rng) {
       std::vector<T> want_var = var.copy(), want_accum = accum.copy();
       tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
           tf_adagrad::AdagradDenseLoop(), want_var.data(), want_accum.data(),
-          grad.data(), step, 0, size);
+          grad.data(), step, kNearest, int64_t{0}, 0, size);
       tf_adagrad::AdagradDenseRange(var.data(), accum.data(), grad.data(), step,
-                                    0, size);
+                                    nearest, int64_t{0}, 0, size);
       for (int64_t i = 0; i < size; ++i) {
         EXPECT(SameBits(var[i], want_var[i]));
         EXPECT(SameBits(accum[i], want_accum[i]));
@@ -172,11 +178,12 @@ void TestSparse(std::mt19937_64& rng) {
         // Two halves, as two shards would run them.
         const int64_t middle = groups.num_unique() / 2;
         tf_adagrad::AdagradSparseRows(var.data(), accum.data(), grad.data(),
-                                      indices.data(), groups, row_size, step, 0,
-                                      middle, scratch.data());
-        tf_adagrad::AdagradSparseRows(
-            var.data(), accum.data(), grad.data(), indices.data(), groups,
-            row_size, step, middle, groups.num_unique(), scratch.data());
+                                      indices.data(), groups, row_size, step,
+                                      nearest, 0, middle, scratch.data());
+        tf_adagrad::AdagradSparseRows(var.data(), accum.data(), grad.data(),
+                                      indices.data(), groups, row_size, step,
+                                      nearest, middle, groups.num_unique(),
+                                      scratch.data());
         for (int64_t e = 0; e < table; ++e) {
           EXPECT(SameBits(var[e], want_var[e]));
           EXPECT(SameBits(accum[e], want_accum[e]));
@@ -207,9 +214,10 @@ void TestRowwise(std::mt19937_64& rng) {
       std::vector<C> want_accum = accum.copy();
       tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
           tf_adagrad::RowwiseDenseRowsLoop(), want_var.data(),
-          want_accum.data(), grad.data(), row_size, step, 0, num_rows);
+          want_accum.data(), grad.data(), row_size, step, &nearest, 0,
+          num_rows);
       tf_adagrad::RowwiseDenseRows(var.data(), accum.data(), grad.data(),
-                                   row_size, step, 0, num_rows);
+                                   row_size, step, nearest, 0, num_rows);
       for (int64_t e = 0; e < table; ++e) EXPECT(SameBits(var[e], want_var[e]));
       for (int64_t r = 0; r < num_rows; ++r) {
         EXPECT(SameBits(accum[r], want_accum[r]));
@@ -241,7 +249,7 @@ void TestRowwise(std::mt19937_64& rng) {
           tf_adagrad::RowwiseUpdateRow(
               want_var.data() + r * row_size, want_accum.data() + r,
               static_cast<const C*>(summed.data() + r * row_size), row_size,
-              step);
+              step, nearest, r * row_size);
         }
         const tf_adagrad::RowGroups groups =
             tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
@@ -249,10 +257,10 @@ void TestRowwise(std::mt19937_64& rng) {
         const int64_t middle = groups.num_unique() / 2;
         tf_adagrad::RowwiseSparseRows(
             var.data(), accum.data(), sparse_grad.data(), indices.data(),
-            groups, row_size, step, 0, middle, scratch.data());
+            groups, row_size, step, nearest, 0, middle, scratch.data());
         tf_adagrad::RowwiseSparseRows(var.data(), accum.data(),
                                       sparse_grad.data(), indices.data(),
-                                      groups, row_size, step, middle,
+                                      groups, row_size, step, nearest, middle,
                                       groups.num_unique(), scratch.data());
         for (int64_t e = 0; e < table; ++e) {
           EXPECT(SameBits(var[e], want_var[e]));

@@ -35,6 +35,12 @@ using tf_adagrad::RowwiseStep;
 using tf_adagrad::RunCompiledFor;
 using tf_adagrad::VectorIsa;
 
+// Weights stored rounded to nearest, as the ops store them by default
+// (Prepare is a no-op, so one mutable instance serves every call).
+using Nearest = tf_adagrad::RoundToNearest<tf_adagrad::Arithmetic>;
+const Nearest kNearest;
+Nearest nearest;
+
 // Every group lists exactly the positions holding its index, in order, and
 // the groups come in increasing index order.
 void ExpectValidGroups(const std::vector<int64_t>& indices,
@@ -163,8 +169,8 @@ void TestSparseUpdateMatchesScalarReference() {
   std::vector<float> scratch(row_size);
   const AdagradStep<float, kPlacement> step{0.1f, 1e-7f};
   tf_adagrad::AdagradSparseRows(var.data(), accum.data(), grad.data(),
-                                indices.data(), groups, row_size, step, 0,
-                                groups.num_unique(), scratch.data());
+                                indices.data(), groups, row_size, step, nearest,
+                                0, groups.num_unique(), scratch.data());
   for (size_t e = 0; e < var.size(); ++e) {
     EXPECT(var[e] == want_var[e]);
     EXPECT(accum[e] == want_accum[e]);
@@ -211,7 +217,7 @@ void TestRowwiseMatchesScalarReference() {
     }
     std::vector<C> v = var, a = accum;
     tf_adagrad::RowwiseDenseRows(v.data(), a.data(), grad.data(), row_size,
-                                 step, 0, num_rows);
+                                 step, nearest, 0, num_rows);
     EXPECT(v == want_var);
     EXPECT(a == want_accum);
 
@@ -237,9 +243,9 @@ void TestRowwiseMatchesScalarReference() {
         tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
     std::vector<C> scratch(row_size);
     v = var, a = accum;
-    tf_adagrad::RowwiseSparseRows(v.data(), a.data(), sparse_grad.data(),
-                                  indices.data(), groups, row_size, step, 0,
-                                  groups.num_unique(), scratch.data());
+    tf_adagrad::RowwiseSparseRows(
+        v.data(), a.data(), sparse_grad.data(), indices.data(), groups,
+        row_size, step, nearest, 0, groups.num_unique(), scratch.data());
     EXPECT(v == want_var);
     EXPECT(a == want_accum);
   }
@@ -260,10 +266,11 @@ void TestHalfDenseVectorPathMatchesScalar() {
   for (float lr : {1e-3f, 1.0f, 3e4f}) {
     std::vector<tf_adagrad::Float16> v1 = var, a1 = accum, v2 = var, a2 = accum;
     const AdagradStep<float, kPlacement> step{lr, 1e-3f};
-    tf_adagrad::AdagradDenseRange(v1.data(), a1.data(), grad.data(), step, 0,
-                                  n);
+    tf_adagrad::AdagradDenseRange(v1.data(), a1.data(), grad.data(), step,
+                                  nearest, int64_t{0}, 0, n);
     RunCompiledFor<VectorIsa::kBaseline>(AdagradDenseLoop(), v2.data(),
-                                         a2.data(), grad.data(), step, 0, n);
+                                         a2.data(), grad.data(), step, kNearest,
+                                         int64_t{0}, 0, n);
     for (int64_t i = 0; i < n; ++i) {
       const float x1 = tf_adagrad::HalfToFloat(v1[i].bits);
       const float x2 = tf_adagrad::HalfToFloat(v2[i].bits);
@@ -326,12 +333,12 @@ void TestVectorVariantsMatchBaseline() {
 
   std::vector<T> want_var = var, want_accum = accum;
   RunCompiledFor<VectorIsa::kBaseline>(AdagradDenseLoop(), want_var.data(),
-                                       want_accum.data(), grad.data(), step, 0,
-                                       n);
+                                       want_accum.data(), grad.data(), step,
+                                       kNearest, int64_t{0}, 0, n);
   std::vector<T> want_sparse_var = var, want_sparse_accum = accum;
   RunCompiledFor<VectorIsa::kBaseline>(
       AdagradSparseRowsLoop(), want_sparse_var.data(), want_sparse_accum.data(),
-      sparse_grad.data(), indices.data(), groups, row_size, step, 0,
+      sparse_grad.data(), indices.data(), groups, row_size, step, &nearest, 0,
       groups.num_unique(), scratch.data());
   const auto expect_same = [](const std::vector<T>& got,
                               const std::vector<T>& want) {
@@ -346,28 +353,30 @@ void TestVectorVariantsMatchBaseline() {
   if (has_avx2) {
     std::vector<T> v = var, a = accum;
     RunCompiledFor<VectorIsa::kAvx2>(AdagradDenseLoop(), v.data(), a.data(),
-                                     grad.data(), step, 0, n);
+                                     grad.data(), step, kNearest, int64_t{0}, 0,
+                                     n);
     expect_same(v, want_var);
     expect_same(a, want_accum);
     v = var, a = accum;
-    RunCompiledFor<VectorIsa::kAvx2>(AdagradSparseRowsLoop(), v.data(),
-                                     a.data(), sparse_grad.data(),
-                                     indices.data(), groups, row_size, step, 0,
-                                     groups.num_unique(), scratch.data());
+    RunCompiledFor<VectorIsa::kAvx2>(
+        AdagradSparseRowsLoop(), v.data(), a.data(), sparse_grad.data(),
+        indices.data(), groups, row_size, step, &nearest, 0,
+        groups.num_unique(), scratch.data());
     expect_same(v, want_sparse_var);
     expect_same(a, want_sparse_accum);
   }
   if (has_avx512) {
     std::vector<T> v = var, a = accum;
     RunCompiledFor<VectorIsa::kAvx512>(AdagradDenseLoop(), v.data(), a.data(),
-                                       grad.data(), step, 0, n);
+                                       grad.data(), step, kNearest, int64_t{0},
+                                       0, n);
     expect_same(v, want_var);
     expect_same(a, want_accum);
     v = var, a = accum;
-    RunCompiledFor<VectorIsa::kAvx512>(AdagradSparseRowsLoop(), v.data(),
-                                       a.data(), sparse_grad.data(),
-                                       indices.data(), groups, row_size, step,
-                                       0, groups.num_unique(), scratch.data());
+    RunCompiledFor<VectorIsa::kAvx512>(
+        AdagradSparseRowsLoop(), v.data(), a.data(), sparse_grad.data(),
+        indices.data(), groups, row_size, step, &nearest, 0,
+        groups.num_unique(), scratch.data());
     expect_same(v, want_sparse_var);
     expect_same(a, want_sparse_accum);
   }
@@ -403,10 +412,11 @@ void TestRowwiseVariantsMatchBaseline() {
     if (sparse) {
       RunCompiledFor<kIsa>(RowwiseSparseRowsLoop(), v.data(), a.data(),
                            sparse_grad.data(), indices.data(), groups, row_size,
-                           step, 0, groups.num_unique(), scratch.data());
+                           step, &nearest, 0, groups.num_unique(),
+                           scratch.data());
     } else {
       RunCompiledFor<kIsa>(RowwiseDenseRowsLoop(), v.data(), a.data(),
-                           grad.data(), row_size, step, 0, num_rows);
+                           grad.data(), row_size, step, &nearest, 0, num_rows);
     }
   };
   const auto expect_same = [](const auto& got, const auto& want) {
@@ -648,15 +658,15 @@ void SimulateMultiTensorGrid(const std::vector<int64_t>& sizes,
     want_accum[t].assign(arrays[1], arrays[1] + sizes[t]);
     RunCompiledFor<VectorIsa::kBaseline>(AdagradDenseLoop(), want_var[t].data(),
                                          want_accum[t].data(), arrays[2], step,
-                                         0, sizes[t]);
+                                         kNearest, int64_t{0}, 0, sizes[t]);
   }
   tf_adagrad::ForEachMultiTensorTable(
       tensors.data(), static_cast<int64_t>(n),
       [&](const tf_adagrad::MultiTensorTable<T>& table) {
         for (int block = 0; block < table.num_blocks; ++block) {
           for (int thread = 0; thread < threads_per_block; ++thread) {
-            tf_adagrad::UpdateChunkOfBlock<A>(table, block, thread,
-                                              threads_per_block, step);
+            tf_adagrad::UpdateChunkOfBlock<tf_adagrad::Arithmetic>(
+                table, block, thread, threads_per_block, step);
           }
         }
         return true;

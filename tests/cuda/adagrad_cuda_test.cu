@@ -233,7 +233,9 @@ void DenseReference(T* var, T* accum, const T* grad, Hyperparameters<T> h,
                     int64_t begin, int64_t end) {
   h.WithStep([&](const auto& step) {
     tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
-        tf_adagrad::AdagradDenseLoop(), var, accum, grad, step, begin, end);
+        tf_adagrad::AdagradDenseLoop(), var, accum, grad, step,
+        tf_adagrad::RoundToNearest<tf_adagrad::Arithmetic>(), int64_t{0}, begin,
+        end);
   });
 }
 
@@ -254,7 +256,8 @@ void RunDense(const std::vector<T>& var, const std::vector<T>& accum,
   CUDA_CHECK(h.WithStep([&](const auto& step) {
     return tf_adagrad::gpu::LaunchAdagradDense(
         d_var.data() + offset, d_accum.data() + offset, d_grad.data() + offset,
-        step, static_cast<int64_t>(size), cudaStream_t{0});
+        step, tf_adagrad::WeightRounding{}, static_cast<int64_t>(size),
+        cudaStream_t{0});
   }));
   CUDA_CHECK(cudaDeviceSynchronize());
   *var_out = d_var.CopyOut(size, offset);
@@ -459,7 +462,8 @@ bool RunSparse(const std::vector<T>& var, const std::vector<T>& accum,
     CUDA_CHECK(h.WithStep([&](const auto& step) {
       return tf_adagrad::gpu::LaunchAdagradSparse(
           d_var.data(), d_accum.data(), d_grad.data(), d_indices.data(), nnz,
-          row_size, step, plan, workspace.data(), cudaStream_t{0});
+          row_size, step, tf_adagrad::WeightRounding{}, plan, workspace.data(),
+          cudaStream_t{0});
     }));
     CUDA_CHECK(cudaDeviceSynchronize());
   }
@@ -498,10 +502,12 @@ void CheckSparse(int64_t num_rows, int64_t row_size, int64_t nnz,
     const tf_adagrad::RowGroups groups =
         tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
     std::vector<ComputeType<T>> scratch(row_size);
+    tf_adagrad::RoundToNearest<tf_adagrad::Arithmetic> nearest;
     h.WithStep([&](const auto& step) {
-      tf_adagrad::AdagradSparseRows(
-          want_var.data(), want_accum.data(), grad.data(), indices.data(),
-          groups, row_size, step, 0, groups.num_unique(), scratch.data());
+      tf_adagrad::AdagradSparseRows(want_var.data(), want_accum.data(),
+                                    grad.data(), indices.data(), groups,
+                                    row_size, step, nearest, 0,
+                                    groups.num_unique(), scratch.data());
     });
   }
   std::vector<T> var1, accum1, var2, accum2;
@@ -624,9 +630,10 @@ void CheckRowwiseDense(int64_t num_rows, int64_t row_size,
   const tf_adagrad::RowwiseStep<C> step = RandomRowwiseStep<T>(rng);
   std::vector<T> want_var = var;
   std::vector<C> want_accum = accum;
+  tf_adagrad::RoundToNearest<tf_adagrad::Arithmetic> nearest;
   tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
       tf_adagrad::RowwiseDenseRowsLoop(), want_var.data(), want_accum.data(),
-      grad.data(), row_size, step, 0, num_rows);
+      grad.data(), row_size, step, &nearest, 0, num_rows);
   std::vector<T> vars[2];
   std::vector<C> accums[2];
   for (int run = 0; run < 2; ++run) {
@@ -637,7 +644,7 @@ void CheckRowwiseDense(int64_t num_rows, int64_t row_size,
     d_accum.CopyFrom(accum);
     CUDA_CHECK(tf_adagrad::gpu::LaunchRowwiseDense(
         d_var.data(), d_accum.data(), d_grad.data(), num_rows, row_size, step,
-        cudaStream_t{0}));
+        tf_adagrad::WeightRounding{}, cudaStream_t{0}));
     CUDA_CHECK(cudaDeviceSynchronize());
     vars[run] = d_var.CopyOut(var.size());
     accums[run] = d_accum.CopyOut(accum.size());
@@ -675,9 +682,10 @@ void CheckRowwiseSparse(int64_t num_rows, int64_t row_size, int64_t nnz,
     const tf_adagrad::RowGroups groups =
         tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
     std::vector<C> scratch(row_size);
-    tf_adagrad::RowwiseSparseRows(want_var.data(), want_accum.data(),
-                                  grad.data(), indices.data(), groups, row_size,
-                                  step, 0, groups.num_unique(), scratch.data());
+    tf_adagrad::RoundToNearest<tf_adagrad::Arithmetic> nearest;
+    tf_adagrad::RowwiseSparseRows(
+        want_var.data(), want_accum.data(), grad.data(), indices.data(), groups,
+        row_size, step, nearest, 0, groups.num_unique(), scratch.data());
   }
   std::vector<T> vars[2];
   std::vector<C> accums[2];
@@ -696,7 +704,8 @@ void CheckRowwiseSparse(int64_t num_rows, int64_t row_size, int64_t nnz,
       DeviceArray<char> workspace(plan.total_bytes);
       CUDA_CHECK(tf_adagrad::gpu::LaunchRowwiseSparse(
           d_var.data(), d_accum.data(), d_grad.data(), d_indices.data(), nnz,
-          row_size, step, plan, workspace.data(), cudaStream_t{0}));
+          row_size, step, tf_adagrad::WeightRounding{}, plan, workspace.data(),
+          cudaStream_t{0}));
       CUDA_CHECK(cudaDeviceSynchronize());
     }
     vars[run] = d_var.CopyOut(var.size());
@@ -802,7 +811,8 @@ void TimeDense(size_t bytes, double copy_gbps, std::mt19937_64& rng) {
         CUDA_CHECK(h.WithStep([&](const auto& step) {
           return tf_adagrad::gpu::LaunchAdagradDense(
               var.data(), accum.data(), grad.data(), step,
-              static_cast<int64_t>(size), cudaStream_t{0});
+              tf_adagrad::WeightRounding{}, static_cast<int64_t>(size),
+              cudaStream_t{0});
         }));
       },
       3, 20);
@@ -843,7 +853,8 @@ void TimeSparse(std::mt19937_64& rng) {
         tf_adagrad::gpu::PlanSparseWorkspace<Index>(nnz, num_rows, &step_plan));
     CUDA_CHECK(tf_adagrad::gpu::LaunchAdagradSparse(
         var.data(), accum.data(), grad.data(), indices.data(), nnz, row_size,
-        adagrad, step_plan, workspace.data(), cudaStream_t{0}));
+        adagrad, tf_adagrad::WeightRounding{}, step_plan, workspace.data(),
+        cudaStream_t{0}));
     CUDA_CHECK(cudaDeviceSynchronize());
   };
   for (int i = 0; i < 5; ++i) step();
@@ -864,9 +875,10 @@ void TimeSparse(std::mt19937_64& rng) {
       5, 50);
   const float update_ms = MedianMilliseconds(
       [&] {
-        CUDA_CHECK((tf_adagrad::gpu::UpdateSortedRows<float, Index>(
-            var.data(), accum.data(), grad.data(), nnz, row_size, adagrad, plan,
-            workspace.data(), cudaStream_t{0})));
+        CUDA_CHECK((tf_adagrad::gpu::UpdateSortedRows<float, float, Index>(
+            var.data(), accum.data(), grad.data(), nnz, row_size, adagrad,
+            tf_adagrad::WeightRounding{}, plan, workspace.data(),
+            cudaStream_t{0})));
       },
       5, 50);
   std::vector<Index> sorted = host_indices;
