@@ -233,6 +233,7 @@ def sparse_case(
             epsilon=tf.constant(epsilon, dtype),
             grad=tf.constant(grad),
             indices=tf.constant(index_array),
+            rounding_key=[],
             epsilon_placement=epsilon_placement,
         )
 
@@ -414,7 +415,11 @@ def rowwise_case(dtype, shape, indices=None, index_dtype=tf.int64, seed=0, steps
     def step_with(grad):
         if indices is None:
             return lambda v: library.tf_adagrad_rowwise_apply_dense(
-                var=v[0].handle, accum=v[1].handle, grad=tf.constant(grad), **hyperparameters
+                var=v[0].handle,
+                accum=v[1].handle,
+                grad=tf.constant(grad),
+                rounding_key=[],
+                **hyperparameters,
             )
         index_array = tf.constant(np.asarray(indices, index_dtype.as_numpy_dtype))
         return lambda v: library.tf_adagrad_rowwise_apply_sparse(
@@ -422,6 +427,7 @@ def rowwise_case(dtype, shape, indices=None, index_dtype=tf.int64, seed=0, steps
             accum=v[1].handle,
             grad=tf.constant(grad),
             indices=index_array,
+            rounding_key=[],
             **hyperparameters,
         )
 

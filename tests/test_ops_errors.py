@@ -37,6 +37,7 @@ def common_inputs(v, a, grad, lr, epsilon, dtype):
         lr=tf.constant(lr, dtype),
         epsilon=tf.constant(epsilon, dtype),
         grad=tf.constant(grad, dtype),
+        rounding_key=[],
     )
 
 
@@ -222,7 +223,12 @@ def test_uninitialized_variable_is_failed_precondition():
         match=rf"{DENSE}: expected `var` to be an initialized resource variable",
     ):
         raw_ops().tf_adagrad_apply_dense(
-            var=handle, accum=a.handle, lr=0.1, epsilon=1e-7, grad=tf.ones((5, 3))
+            var=handle,
+            accum=a.handle,
+            lr=0.1,
+            epsilon=1e-7,
+            grad=tf.ones((5, 3)),
+            rounding_key=[],
         )
     np.testing.assert_array_equal(bits(a.numpy()), bits(accum0))
 
@@ -237,7 +243,13 @@ def test_uninitialized_accum_is_failed_precondition():
         match=rf"{SPARSE}: expected `accum` to be an initialized resource variable",
     ):
         raw_ops().tf_adagrad_apply_sparse(
-            var=v.handle, accum=handle, lr=0.1, epsilon=1e-7, grad=tf.ones((1, 3)), indices=[0]
+            var=v.handle,
+            accum=handle,
+            lr=0.1,
+            epsilon=1e-7,
+            grad=tf.ones((1, 3)),
+            indices=[0],
+            rounding_key=[],
         )
     np.testing.assert_array_equal(bits(v.numpy()), bits(var0))
 

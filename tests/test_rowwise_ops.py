@@ -277,6 +277,7 @@ def test_hyperparameters_of_the_variables_dtype_are_rejected_by_the_raw_op():
             lr=tf.constant(0.1, tf.float64),
             epsilon=tf.constant(0.0, tf.float64),
             grad=tf.ones((4, 2), tf.float16),
+            rounding_key=[],
         ),
         f"{DENSE_OP}: expected `lr` and `epsilon` of dtype float (the rowwise accumulator "
         "dtype of a `var` of dtype half), got double",

@@ -9,7 +9,10 @@ Every op applies Adagrad with epsilon where `epsilon_placement` says:
                                                    # ApplyAdagradV2, tf_keras'
                                                    # legacy optimizer
 
-float16 and bfloat16 variables are computed in float32 and rounded once.
+float16 and bfloat16 variables are computed in float32 and rounded once:
+to nearest even, or stochastically with a `rounding_key` (seed, step),
+which keeps small updates on average. An elementwise accumulator of a
+16-bit variable may be float32.
 
 `moving_average_rows` keeps an exponential moving average of a table's
 rows lazily, each row brought up to date only when it changes.
@@ -80,7 +83,20 @@ def _check_epsilon_placement(epsilon_placement):
         )
 
 
-def _run(op, var, accum, lr, epsilon, grad, coefficient_dtype_of=None, **more):
+def _rounding_keys(rounding_key):
+    """The ops' `rounding_key` list input: empty (round to nearest), or one
+    [2] int64 tensor (seed, step)."""
+    if rounding_key is None:
+        return []
+    key = tf.convert_to_tensor(rounding_key)
+    if not key.dtype.is_integer:
+        raise TypeError(
+            f"`rounding_key` must hold two integers (seed, step), got dtype {key.dtype.name}."
+        )
+    return [tf.cast(key, tf.int64)]
+
+
+def _run(op, var, accum, lr, epsilon, grad, coefficient_dtype_of=None, rounding_key=None, **more):
     """Checks the inputs of a single-variable op and runs it: `op` names its
     generated wrapper, `more` holds its other inputs and attributes. lr and
     epsilon take the dtype `coefficient_dtype_of(var.dtype)` (by default
@@ -102,6 +118,7 @@ def _run(op, var, accum, lr, epsilon, grad, coefficient_dtype_of=None, **more):
         lr=scalar_as(lr, coefficient_dtype),
         epsilon=scalar_as(epsilon, coefficient_dtype),
         grad=grad,
+        rounding_key=_rounding_keys(rounding_key),
         **more,
     )
 
@@ -118,14 +135,22 @@ def _check_indices(indices):
 # loader's os.path calls.
 @tf.autograph.experimental.do_not_convert
 def apply_adagrad(
-    var, accum, lr, epsilon, grad, use_locking=False, epsilon_placement="inside_sqrt"
+    var,
+    accum,
+    lr,
+    epsilon,
+    grad,
+    use_locking=False,
+    epsilon_placement="inside_sqrt",
+    rounding_key=None,
 ):
     """Applies one dense Adagrad step to `var` and `accum` in place.
 
     Args:
         var: A `tf.Variable` or `keras.Variable` of a floating dtype
             (float16, bfloat16, float32, float64).
-        accum: The accumulator: a variable of `var`'s shape and dtype.
+        accum: The accumulator: a variable of `var`'s shape and dtype (or
+            float32, for a float16 or bfloat16 `var`).
         lr: The learning rate; a scalar, cast to `var`'s dtype.
         epsilon: A scalar, added to `accum` inside the square root or to
             the square root, by `epsilon_placement`.
@@ -134,6 +159,12 @@ def apply_adagrad(
             exclusively, so concurrent updates do not interleave.
         epsilon_placement: `"inside_sqrt"` (Keras' formula) or
             `"outside_sqrt"` (TensorFlow's `ApplyAdagradV2`'s).
+        rounding_key: `None` to round a 16-bit `var`'s new weights to
+            nearest, or two integers `(seed, step)` to round them
+            stochastically: up with probability equal to the distance from
+            the value below, so that the expected weight is the float32
+            result. The random bits depend only on the seed, the step and
+            each element's position. Only for a float16 or bfloat16 `var`.
 
     Inside `tf.function`, automatic control dependencies order the update
     with the function's other uses of the variables; nothing is returned.
@@ -142,6 +173,7 @@ def apply_adagrad(
     _run(
         "tf_adagrad_apply_dense",
         *(var, accum, lr, epsilon, grad),
+        rounding_key=rounding_key,
         use_locking=use_locking,
         epsilon_placement=epsilon_placement,
     )
@@ -149,7 +181,15 @@ def apply_adagrad(
 
 @tf.autograph.experimental.do_not_convert
 def sparse_apply_adagrad(
-    var, accum, lr, epsilon, grad, indices, use_locking=False, epsilon_placement="inside_sqrt"
+    var,
+    accum,
+    lr,
+    epsilon,
+    grad,
+    indices,
+    use_locking=False,
+    epsilon_placement="inside_sqrt",
+    rounding_key=None,
 ):
     """Applies an Adagrad step to the rows of `var` and `accum` named by `indices`.
 
@@ -161,7 +201,7 @@ def sparse_apply_adagrad(
 
     Args:
         var: A `tf.Variable` or `keras.Variable` of rank >= 1.
-        accum: The accumulator: a variable of `var`'s shape and dtype.
+        accum: The accumulator, as in `apply_adagrad`.
         lr: The learning rate; a scalar, cast to `var`'s dtype.
         epsilon: A scalar, placed by `epsilon_placement`.
         grad: A tensor of shape `[len(indices)] + var.shape[1:]`.
@@ -172,6 +212,7 @@ def sparse_apply_adagrad(
             exclusively; otherwise concurrent sparse updates may interleave.
         epsilon_placement: `"inside_sqrt"` or `"outside_sqrt"`, as in
             `apply_adagrad`.
+        rounding_key: As in `apply_adagrad`.
 
     Nothing is returned.
     """
@@ -179,6 +220,7 @@ def sparse_apply_adagrad(
     _run(
         "tf_adagrad_apply_sparse",
         *(var, accum, lr, epsilon, grad),
+        rounding_key=rounding_key,
         indices=indices,
         use_locking=use_locking,
         epsilon_placement=epsilon_placement,
@@ -258,7 +300,7 @@ def rowwise_accumulator_dtype(dtype):
 
 
 @tf.autograph.experimental.do_not_convert
-def rowwise_apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False):
+def rowwise_apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False, rounding_key=None):
     """Applies one dense rowwise Adagrad step to `var` and `accum` in place.
 
     Args:
@@ -272,6 +314,7 @@ def rowwise_apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False):
         grad: A tensor of `var`'s shape and dtype.
         use_locking: If `True`, the update holds the variables' locks
             exclusively, so concurrent updates do not interleave.
+        rounding_key: As in `apply_adagrad`.
 
     Nothing is returned.
     """
@@ -280,12 +323,15 @@ def rowwise_apply_adagrad(var, accum, lr, epsilon, grad, use_locking=False):
         "tf_adagrad_rowwise_apply_dense",
         *(var, accum, lr, epsilon, grad),
         coefficient_dtype_of=rowwise_accumulator_dtype,
+        rounding_key=rounding_key,
         use_locking=use_locking,
     )
 
 
 @tf.autograph.experimental.do_not_convert
-def sparse_rowwise_apply_adagrad(var, accum, lr, epsilon, grad, indices, use_locking=False):
+def sparse_rowwise_apply_adagrad(
+    var, accum, lr, epsilon, grad, indices, use_locking=False, rounding_key=None
+):
     """Applies a rowwise Adagrad step to the rows of `var` and `accum` named
     by `indices`.
 
@@ -298,7 +344,8 @@ def sparse_rowwise_apply_adagrad(var, accum, lr, epsilon, grad, indices, use_loc
         accum: The rowwise accumulator, as in `rowwise_apply_adagrad`.
         lr: The learning rate; a scalar, cast to the accumulator's dtype.
         epsilon: A scalar added to the square root of the accumulator.
-        grad, indices, use_locking: As in `sparse_apply_adagrad`.
+        grad, indices, use_locking, rounding_key: As in
+            `sparse_apply_adagrad`.
 
     Nothing is returned.
     """
@@ -306,6 +353,7 @@ def sparse_rowwise_apply_adagrad(var, accum, lr, epsilon, grad, indices, use_loc
         "tf_adagrad_rowwise_apply_sparse",
         *(var, accum, lr, epsilon, grad),
         coefficient_dtype_of=rowwise_accumulator_dtype,
+        rounding_key=rounding_key,
         indices=indices,
         use_locking=use_locking,
     )

@@ -39,15 +39,17 @@ def dense_step_float64(var, accum, lr, epsilon, grad, epsilon_placement="inside_
 
 def dense_step_exact(var, accum, lr, epsilon, grad, dtype, epsilon_placement="inside_sqrt"):
     """One step exactly as the kernels compute it: widen to the compute type
-    (float32 for 16-bit types), same operation order, round once on store."""
+    (float32 for 16-bit types), same operation order, round once on store
+    (the accumulator to its own dtype: `dtype`, or float32)."""
     c = compute_dtype(dtype)
     store = np_dtype(dtype)
+    accum_store = np.asarray(accum).dtype
     lr = store(lr).astype(c)
     epsilon = store(epsilon).astype(c)
     v, a, g = (np.asarray(x).astype(c) for x in (var, accum, grad))
     a = a + g * g
     v = v - lr * g / _denominator(a, epsilon, epsilon_placement)
-    return v.astype(store), a.astype(store)
+    return v.astype(store), a.astype(accum_store)
 
 
 def densify(grad, indices, num_rows, dtype):
@@ -78,7 +80,7 @@ def sparse_step_exact(
     for index, g in zip(unique, rows):
         a = accum[index].astype(c) + g * g
         v = var[index].astype(c) - lr_c * g / _denominator(a, eps_c, epsilon_placement)
-        accum[index] = a.astype(store)
+        accum[index] = a.astype(accum.dtype)
         var[index] = v.astype(store)
     return var, accum
 

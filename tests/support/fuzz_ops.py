@@ -142,7 +142,7 @@ def expected_variables_error(case, accum_dtype, accum_shape):
         return invalid, "var dtype"
     if not accum.initialized:
         return failed, "uninitialized accum"
-    if accum.dtype != accum_dtype:
+    if accum.dtype not in (accum_dtype if isinstance(accum_dtype, tuple) else (accum_dtype,)):
         return invalid, "accum dtype"
     if case["same_variable"]:
         return invalid, "var is accum"
@@ -155,8 +155,10 @@ def expected_variables_error(case, accum_dtype, accum_shape):
 
 def expected_error(case):
     """The prediction for the elementwise ops: an accumulator of the
-    variable's dtype and shape."""
-    return expected_variables_error(case, case["T"], case["var_shape"])
+    variable's shape and dtype (or float32, for a 16-bit variable)."""
+    T = case["T"]
+    accum_dtypes = (T, tf.float32) if T in (tf.float16, tf.bfloat16) else (T,)
+    return expected_variables_error(case, accum_dtypes, case["var_shape"])
 
 
 def expected_multi_error(case):
@@ -394,6 +396,7 @@ def call_op(case, dense_op, sparse_op, want_error, **attributes):
         epsilon=case["epsilon"],
         grad=case["grad"],
         use_locking=bool(counts["calls"] % 2),
+        rounding_key=[],
         **attributes,
     )
     counts["calls"] += 1

@@ -43,6 +43,7 @@ def raw_sparse(shape, grad, indices, index_dtype=tf.int64):
             epsilon=tf.constant(1e-7),
             grad=tf.constant(grad, tf.float32),
             indices=tf.constant(indices, index_dtype),
+            rounding_key=[],
         )
 
     return call, [var, accum], [var0, accum0]
