@@ -8,6 +8,7 @@ from tensorflow.python.distribute import distribute_lib
 from tf_adagrad import (
     _gradient_accumulation,
     _gradient_clipping,
+    _half_precision,
     _loss_scaling,
     _moving_average,
     _update_rules,
@@ -24,10 +25,19 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
     or plain TensorFlow ops under XLA and for the dtypes the kernels lack."""
 
     framework = "a Keras 3 optimizer"
-    base_arguments = _weight_decay.documented_with(base_optimizer.base_optimizer_keyword_args)
+    base_arguments = _half_precision.documented_with(
+        _weight_decay.documented_with(base_optimizer.base_optimizer_keyword_args)
+    )
 
     def __init__(
-        self, learning_rate, initial_accumulator_value, epsilon, weight_decay_rows="all", **kwargs
+        self,
+        learning_rate,
+        initial_accumulator_value,
+        epsilon,
+        weight_decay_rows="all",
+        stochastic_rounding=False,
+        accumulator_dtype=None,
+        **kwargs,
     ):
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError(
@@ -40,6 +50,11 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
         self.initial_accumulator_value = initial_accumulator_value
         self.epsilon = epsilon
         self.weight_decay_rows = _weight_decay.checked_rows_mode(weight_decay_rows)
+        self.stochastic_rounding = _half_precision.checked_stochastic_rounding(stochastic_rounding)
+        self.accumulator_dtype = _half_precision.checked_accumulator_dtype(
+            accumulator_dtype, self.rule
+        )
+        self.rule = self.rule.with_accumulator_dtype(self.accumulator_dtype)
         # The step's gradients by variable key, set by `apply` while it
         # builds the step: when and what weight decay decays.
         self._step_gradients = {}
@@ -81,6 +96,15 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
                 )
                 for v, average in zip(var_list, self._model_variables_moving_average)
             ]
+        # Last, for the same reason; saved, so that a resumed run draws on.
+        self._rounding_seed = None
+        if self.stochastic_rounding:
+            self._rounding_seed = self.add_variable(
+                shape=(),
+                initializer=keras.initializers.Constant(_half_precision.new_seed()),
+                dtype="int64",
+                name="stochastic_rounding_seed",
+            )
 
     def _add_counter(self, variable, shape, name):
         reference = getattr(variable, "path", variable.name).replace("/", "_").replace(":", "_")
@@ -348,6 +372,8 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
                 isinstance(gradient, tf.IndexedSlices)
                 or sharded.is_sharded(variable)
                 or not self.rule.is_fused(variable.dtype)
+                or not self.rule.groups(variable.dtype)
+                or _half_precision.rounds_stochastically(self, variable)
             ):
                 self.update_step(gradient, variable, learning_rate)
                 continue
@@ -376,9 +402,21 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
                 sharded.shards(variable),
                 sharded.shards(slot),
             )
-        for part_gradient, part, slot_part in updates:
+        for shard, (part_gradient, part, slot_part) in enumerate(updates):
             _weight_decay.in_update_step(self, variable, part, part_gradient, step_gradient)
-            self.rule.apply(part, slot_part, part_gradient, learning_rate, self.epsilon)
+            rounding_key = None
+            if _half_precision.rounds_stochastically(self, variable):
+                rounding_key = _half_precision.rounding_key(
+                    self._rounding_seed, self._get_variable_index(variable), self.iterations, shard
+                )
+            self.rule.apply(
+                part,
+                slot_part,
+                part_gradient,
+                learning_rate,
+                self.epsilon,
+                rounding_key=rounding_key,
+            )
 
     def get_config(self):
         config = super().get_config()
@@ -388,4 +426,8 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
         # Only when set, so that the default config stays Keras' Adagrad's.
         if self.weight_decay_rows != "all":
             config["weight_decay_rows"] = self.weight_decay_rows
+        if self.stochastic_rounding:
+            config["stochastic_rounding"] = True
+        if self.accumulator_dtype is not None:
+            config["accumulator_dtype"] = self.accumulator_dtype.name
         return config

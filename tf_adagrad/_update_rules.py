@@ -29,9 +29,23 @@ class UpdateRule:
         """Whether a variable of `dtype` updates on the fused ops here."""
         return tf.as_dtype(dtype) in FLOAT_DTYPES and not _xla_fallback.in_xla()
 
-    def apply(self, variable, slot, gradient, lr, epsilon, use_locking=False):
+    # Whether the rule offers a choice of accumulator dtype (Elementwise).
+    has_accumulator_dtype = False
+
+    def with_accumulator_dtype(self, accumulator_dtype):
+        """The rule with 16-bit variables' accumulators in `accumulator_dtype`
+        (None: the rule's default)."""
+        return self
+
+    def groups(self, variable_dtype):
+        """Whether `apply_many` may take a variable of `variable_dtype`
+        (accumulators of its own dtype)."""
+        return True
+
+    def apply(self, variable, slot, gradient, lr, epsilon, use_locking=False, rounding_key=None):
         """Applies a dense or `tf.IndexedSlices` gradient to `tf.Variable`s;
-        lr and epsilon convert to the slot's dtype."""
+        lr and epsilon convert to the slot's dtype. With a `rounding_key`
+        (seed, step), 16-bit weights round stochastically."""
         if isinstance(gradient, tf.IndexedSlices):
             args = (variable, slot, lr, epsilon, gradient.values, gradient.indices)
             fused, plain = self._fused_sparse, _xla_fallback.sparse_update
@@ -39,13 +53,13 @@ class UpdateRule:
             args = (variable, slot, lr, epsilon, gradient)
             fused, plain = self._fused_dense, _xla_fallback.dense_update
         if self.is_fused(variable.dtype):
-            fused(*args, use_locking=use_locking)
+            fused(*args, use_locking=use_locking, rounding_key=rounding_key)
         else:
-            plain(self._updated_rows, *args)
+            plain(self._updated_rows, *args, rounding_key=rounding_key)
 
     def apply_many(self, variables, slots, gradients, lr, epsilon, use_locking=False):
         """Applies dense gradients to variables of one device and a dtype
-        that `is_fused`."""
+        that `is_fused` and `groups`, rounded to nearest."""
         for variable, slot, gradient in zip(variables, slots, gradients):
             self._fused_dense(variable, slot, lr, epsilon, gradient, use_locking=use_locking)
 
@@ -58,14 +72,28 @@ class Elementwise(UpdateRule):
     slots_attribute = "_accumulators"
     fallback_dtypes = (tf.complex64, tf.complex128)
 
-    def __init__(self, epsilon_placement):
+    has_accumulator_dtype = True
+
+    def __init__(self, epsilon_placement, accumulator_dtype=None):
         self.epsilon_placement = epsilon_placement
+        self.accumulator_dtype = accumulator_dtype
+
+    def with_accumulator_dtype(self, accumulator_dtype):
+        if accumulator_dtype == self.accumulator_dtype:
+            return self
+        return Elementwise(self.epsilon_placement, accumulator_dtype)
 
     def slot_shape(self, variable_shape):
         return variable_shape
 
     def slot_dtype(self, variable_dtype):
-        return tf.as_dtype(variable_dtype)
+        dtype = tf.as_dtype(variable_dtype)
+        if self.accumulator_dtype is not None and dtype in (tf.float16, tf.bfloat16):
+            return self.accumulator_dtype
+        return dtype
+
+    def groups(self, variable_dtype):
+        return self.slot_dtype(variable_dtype) == tf.as_dtype(variable_dtype)
 
     def _updated_rows(self, *args):
         return _xla_fallback.elementwise_rows(*args, epsilon_placement=self.epsilon_placement)
@@ -85,7 +113,7 @@ class Elementwise(UpdateRule):
 
 class Rowwise(UpdateRule):
     """Rowwise Adagrad: one accumulator per row (the first axis), float32
-    (float64 for float64 variables)."""
+    (float64 for float64 variables); one op per variable."""
 
     slot_name = "rowwise_accumulator"
     slots_attribute = "_rowwise_accumulators"

@@ -6,6 +6,7 @@ op wrappers convert them."""
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
+from tf_adagrad import _half_precision
 from tf_adagrad._arguments import scalar_as
 
 
@@ -19,8 +20,9 @@ def _compute_dtype(dtype):
 
 
 def elementwise_rows(var_rows, accum_rows, lr, epsilon, grad_rows, epsilon_placement):
-    """Rows of var and accum after an elementwise step, in their dtype."""
-    dtype = var_rows.dtype
+    """Rows of var (in the compute type, to be stored by `_store`) and
+    accum (in its dtype: var's, or float32) after an elementwise step."""
+    dtype, accum_dtype = var_rows.dtype, accum_rows.dtype
     compute = _compute_dtype(dtype)
     # Rounded to the variable's dtype first, as the op wrappers round them.
     lr, epsilon = (tf.cast(scalar_as(x, dtype), compute) for x in (lr, epsilon))
@@ -31,13 +33,14 @@ def elementwise_rows(var_rows, accum_rows, lr, epsilon, grad_rows, epsilon_place
     else:
         denominator = tf.sqrt(accum_rows) + epsilon
     new_var_rows = tf.cast(var_rows, compute) - lr * grad_rows / denominator
-    return tf.cast(new_var_rows, dtype), tf.cast(accum_rows, dtype)
+    return new_var_rows, tf.cast(accum_rows, accum_dtype)
 
 
 def rowwise_rows(var_rows, accum_rows, lr, epsilon, grad_rows):
-    """Rows of var ([rows, ...]) and their accumulators ([rows]) after a
-    rowwise step, computed in the accumulator's dtype (NumPy's summation
-    order, not the kernels')."""
+    """Rows of var ([rows, ...], in the accumulator's dtype, to be stored by
+    `_store`) and their accumulators ([rows]) after a rowwise step,
+    computed in the accumulator's dtype (NumPy's summation order, not the
+    kernels')."""
     compute = accum_rows.dtype
     lr, epsilon = scalar_as(lr, compute), scalar_as(epsilon, compute)
     grad_rows = tf.cast(grad_rows, compute)
@@ -49,19 +52,36 @@ def rowwise_rows(var_rows, accum_rows, lr, epsilon, grad_rows):
     # One multiplier per row, broadcast over the row's elements.
     multiplier = tf.reshape(multiplier, tf.concat([tf.shape(multiplier), [1] * len(row_axes)], 0))
     new_var_rows = tf.cast(var_rows, compute) - multiplier * grad_rows
-    return tf.cast(new_var_rows, var_rows.dtype), accum_rows
+    return new_var_rows, accum_rows
 
 
-def dense_update(updated_rows, variable, accumulator, lr, epsilon, gradient):
+def _store(new_var, dtype, rounding_key, positions):
+    """New weights in `dtype`: to nearest, or with the kernels' stochastic
+    rounding, element i being table position positions()[i]."""
+    if rounding_key is None or dtype not in _half_precision.HALF_DTYPES:
+        return tf.cast(new_var, dtype)
+    return _half_precision.stochastic_round(
+        tf.cast(new_var, tf.float32), dtype, rounding_key, positions()
+    )
+
+
+def dense_update(updated_rows, variable, accumulator, lr, epsilon, gradient, rounding_key=None):
     """The dense op's update, with `updated_rows` one of the functions above."""
     new_var, new_accum = updated_rows(
         variable.read_value(), accumulator.read_value(), lr, epsilon, gradient
     )
     accumulator.assign(new_accum)
-    variable.assign(new_var)
+
+    def positions():
+        shape = tf.shape(new_var, out_type=tf.int64)
+        return tf.reshape(tf.range(tf.reduce_prod(shape)), shape)
+
+    variable.assign(_store(new_var, variable.dtype, rounding_key, positions))
 
 
-def sparse_update(updated_rows, variable, accumulator, lr, epsilon, values, indices):
+def sparse_update(
+    updated_rows, variable, accumulator, lr, epsilon, values, indices, rounding_key=None
+):
     """Dense-equivalent sparse update with static shapes (XLA has no tf.unique).
 
     Rows are sorted stably by index and each run of equal indices is summed
@@ -90,4 +110,14 @@ def sparse_update(updated_rows, variable, accumulator, lr, epsilon, values, indi
         tf.gather(summed, run_ids),
     )
     accumulator.scatter_update(tf.IndexedSlices(new_accum, sorted_indices))
+
+    def positions():
+        # Row r's element j is table position r * row_size + j.
+        row_shape = tf.shape(new_var, out_type=tf.int64)[1:]
+        row_size = tf.reduce_prod(row_shape)
+        rows = tf.reshape(tf.cast(sorted_indices, tf.int64) * row_size, [-1, 1])
+        flat = rows + tf.reshape(tf.range(row_size), [1, -1])
+        return tf.reshape(flat, tf.shape(new_var, out_type=tf.int64))
+
+    new_var = _store(new_var, variable.dtype, rounding_key, positions)
     variable.scatter_update(tf.IndexedSlices(new_var, sorted_indices))

@@ -5,7 +5,13 @@ import tensorflow as tf
 import tf_keras
 from tf_keras.src.optimizers import optimizer as tf_keras_optimizer
 
-from tf_adagrad import _moving_average, _update_rules, _weight_decay, _xla_fallback
+from tf_adagrad import (
+    _half_precision,
+    _moving_average,
+    _update_rules,
+    _weight_decay,
+    _xla_fallback,
+)
 from tf_adagrad._rule_optimizer import RuleOptimizer
 from tf_adagrad._variables import FLOAT_DTYPES
 
@@ -21,13 +27,27 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
     """
 
     framework = "a tf_keras (Keras 2) optimizer"
-    base_arguments = _weight_decay.documented_with(tf_keras_optimizer.base_optimizer_keyword_args)
+    base_arguments = _half_precision.documented_with(
+        _weight_decay.documented_with(tf_keras_optimizer.base_optimizer_keyword_args)
+    )
 
     def __init__(
-        self, learning_rate, initial_accumulator_value, epsilon, weight_decay_rows="all", **kwargs
+        self,
+        learning_rate,
+        initial_accumulator_value,
+        epsilon,
+        weight_decay_rows="all",
+        stochastic_rounding=False,
+        accumulator_dtype=None,
+        **kwargs,
     ):
         initial_accumulator_value, epsilon = self._checked(initial_accumulator_value, epsilon)
         tf_keras.optimizers.Optimizer.__init__(self, **kwargs)
+        self.stochastic_rounding = _half_precision.checked_stochastic_rounding(stochastic_rounding)
+        self.accumulator_dtype = _half_precision.checked_accumulator_dtype(
+            accumulator_dtype, self.rule
+        )
+        self.rule = self.rule.with_accumulator_dtype(self.accumulator_dtype)
         self._learning_rate = self._build_learning_rate(learning_rate)
         self.initial_accumulator_value = initial_accumulator_value
         self.epsilon = epsilon
@@ -58,6 +78,15 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
                     count = self._add_counter(variable, (), "average_steps")
                     self._ema_states[self._var_key(variable)] = (last_step, count)
                     self._ema_variables.append(variable)
+        # Saved, so that a resumed run draws on.
+        self._rounding_seed = None
+        if self.stochastic_rounding:
+            self._rounding_seed = tf.Variable(
+                tf.constant(_half_precision.new_seed(), tf.int64),
+                name="stochastic_rounding_seed",
+                trainable=False,
+            )
+            self._variables.append(self._rounding_seed)
 
     def _add_counter(self, variable, shape, name):
         with tf.distribute.get_strategy().extended.colocate_vars_with(variable):
@@ -192,6 +221,8 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
             for position, (gradient, variable) in enumerate(grads_and_vars)
             if not isinstance(gradient, tf.IndexedSlices)
             and self.rule.is_fused(variable.dtype)
+            and self.rule.groups(variable.dtype)
+            and not _half_precision.rounds_stochastically(self, variable)
             # Variables the base class skips or rejects stay with it.
             and getattr(variable, "_unique_id", None) is not None
             and self._var_key(variable) in self._index_dict
@@ -212,8 +243,18 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
             return super().update_step(gradient, variable)
         step_gradient = self._step_gradients.get(self._var_key(variable))
         _weight_decay.in_update_step(self, variable, variable, gradient, step_gradient)
+        rounding_key = None
+        if _half_precision.rounds_stochastically(self, variable):
+            rounding_key = _half_precision.rounding_key(
+                self._rounding_seed, self._index_dict[self._var_key(variable)], self.iterations
+            )
         return self.rule.apply(
-            variable, self._slot(variable), gradient, self.learning_rate, self.epsilon
+            variable,
+            self._slot(variable),
+            gradient,
+            self.learning_rate,
+            self.epsilon,
+            rounding_key=rounding_key,
         )
 
     def get_config(self):
@@ -226,4 +267,8 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
         # Only when set, so that the default config stays tf_keras' Adagrad's.
         if self.weight_decay_rows != "all":
             config["weight_decay_rows"] = self.weight_decay_rows
+        if self.stochastic_rounding:
+            config["stochastic_rounding"] = True
+        if self.accumulator_dtype is not None:
+            config["accumulator_dtype"] = self.accumulator_dtype.name
         return config

@@ -6,7 +6,7 @@ import tf_keras
 from tf_keras.src import backend as tf_keras_backend
 from tf_keras.src.optimizers.legacy.optimizer_v2 import _var_key
 
-from tf_adagrad import _update_rules, _xla_fallback
+from tf_adagrad import _half_precision, _update_rules, _xla_fallback
 from tf_adagrad._rule_optimizer import RuleOptimizer
 from tf_adagrad._variables import FLOAT_DTYPES
 
@@ -23,13 +23,32 @@ class LegacyOptimizer(RuleOptimizer, tf_keras.optimizers.legacy.Optimizer):
 
     framework = "a tf_keras (Keras 2) legacy optimizer, an OptimizerV2"
     # tf_keras has no text of OptimizerV2's shared arguments.
-    base_arguments = """name: String, the prefix of the names of the ops it creates.
+    base_arguments = _half_precision.documented_with(
+        """name: String, the prefix of the names of the ops it creates.
         **kwargs: `clipvalue`, `clipnorm`, `global_clipnorm`, `decay`, as in
             `tf_keras.optimizers.legacy.Optimizer`."""
+    )
 
-    def __init__(self, learning_rate, initial_accumulator_value, epsilon, name, **kwargs):
+    def __init__(
+        self,
+        learning_rate,
+        initial_accumulator_value,
+        epsilon,
+        name,
+        stochastic_rounding=False,
+        accumulator_dtype=None,
+        **kwargs,
+    ):
         initial_accumulator_value, epsilon = self._checked(initial_accumulator_value, epsilon)
         tf_keras.optimizers.legacy.Optimizer.__init__(self, name, **kwargs)
+        self.stochastic_rounding = _half_precision.checked_stochastic_rounding(stochastic_rounding)
+        self.accumulator_dtype = _half_precision.checked_accumulator_dtype(
+            accumulator_dtype, self.rule
+        )
+        self.rule = self.rule.with_accumulator_dtype(self.accumulator_dtype)
+        # Each variable's place in the list `_create_slots` got, which keeps
+        # their random bits apart.
+        self._variable_indices = {}
         self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
         self._set_hyper("decay", self._initial_decay)
         self._initial_accumulator_value = initial_accumulator_value
@@ -39,6 +58,16 @@ class LegacyOptimizer(RuleOptimizer, tf_keras.optimizers.legacy.Optimizer):
         self._check_dtypes(var_list)
         for variable in var_list:
             self._add_slot(variable)
+            self._variable_indices.setdefault(_var_key(variable), len(self._variable_indices))
+        if self.stochastic_rounding and not hasattr(self, "_rounding_seed"):
+            # A weight, so that checkpoints save it and a resumed run draws on.
+            self._rounding_seed = self.add_weight(
+                "stochastic_rounding_seed",
+                shape=(),
+                dtype=tf.int64,
+                initializer=tf.compat.v1.constant_initializer(_half_precision.new_seed()),
+                trainable=False,
+            )
 
     def _add_slot(self, variable):
         """Placed, tracked and restored by `add_slot`, but for a slot of
@@ -94,6 +123,8 @@ class LegacyOptimizer(RuleOptimizer, tf_keras.optimizers.legacy.Optimizer):
                 and variable.constraint is None
                 and not isinstance(gradient, tf.IndexedSlices)
                 and self.rule.is_fused(variable.dtype)
+                and self.rule.groups(variable.dtype)
+                and not _half_precision.rounds_stochastically(self, variable)
             ):
                 dense.append((variable, self.get_slot(variable, self.rule.slot_name), gradient))
             else:
@@ -130,6 +161,11 @@ class LegacyOptimizer(RuleOptimizer, tf_keras.optimizers.legacy.Optimizer):
     def _apply(self, gradient, variable, apply_state):
         slot = self.get_slot(variable, self.rule.slot_name)
         lr = self._rule_lr(variable.device, variable.dtype, apply_state)
+        rounding_key = None
+        if _half_precision.rounds_stochastically(self, variable):
+            rounding_key = _half_precision.rounding_key(
+                self._rounding_seed, self._variable_indices[_var_key(variable)], self.iterations
+            )
         return _update_op(
             self.rule.apply,
             variable,
@@ -137,6 +173,7 @@ class LegacyOptimizer(RuleOptimizer, tf_keras.optimizers.legacy.Optimizer):
             gradient,
             lr,
             self.epsilon,
+            rounding_key=rounding_key,
             use_locking=self._use_locking,
         )
 
@@ -148,6 +185,11 @@ class LegacyOptimizer(RuleOptimizer, tf_keras.optimizers.legacy.Optimizer):
             initial_accumulator_value=self._initial_accumulator_value,
             epsilon=self.epsilon,
         )
+        # Only when set, so that the default config stays tf_keras' Adagrad's.
+        if self.stochastic_rounding:
+            config["stochastic_rounding"] = True
+        if self.accumulator_dtype is not None:
+            config["accumulator_dtype"] = self.accumulator_dtype.name
         return config
 
 
