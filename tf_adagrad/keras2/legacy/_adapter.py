@@ -1,6 +1,8 @@
 """tf_keras' legacy optimizer hooks (`OptimizerV2`) on an update rule
 (`tf_adagrad/_update_rules.py`)."""
 
+import functools
+
 import tensorflow as tf
 import tf_keras
 from tf_keras.src import backend as tf_keras_backend
@@ -69,15 +71,17 @@ class LegacyOptimizer(RuleOptimizer, tf_keras.optimizers.legacy.Optimizer):
                 trainable=False,
             )
 
-    def _add_slot(self, variable):
+    def _add_slot(self, variable, initializer=None):
         """Placed, tracked and restored by `add_slot`, but for a slot of
         another dtype than the variable's, which it cannot make (a 16-bit
-        variable's rowwise accumulator)."""
+        variable's rowwise or float32 accumulator). `initializer`: the
+        checkpoint's value, when a restore creates the slot."""
         name, dtype = self.rule.slot_name, self.rule.slot_dtype(variable.dtype)
         shape = self.rule.slot_shape(variable.shape)
-        initializer = tf.compat.v1.constant_initializer(self._initial_accumulator_value, dtype)
+        if initializer is None:
+            initializer = tf.compat.v1.constant_initializer(self._initial_accumulator_value, dtype)
         if dtype == variable.dtype.base_dtype:
-            return self.add_slot(variable, name, initializer, shape=shape)
+            return super().add_slot(variable, name, initializer, shape=shape)
         slots = self._slots.setdefault(_var_key(variable), {})
         if name in slots:
             return slots[name]
@@ -86,7 +90,7 @@ class LegacyOptimizer(RuleOptimizer, tf_keras.optimizers.legacy.Optimizer):
         with self._distribution_strategy_scope():
             with tf.distribute.get_strategy().extended.colocate_vars_with(variable):
                 slot = tf.Variable(
-                    lambda: initializer(shape, dtype),
+                    functools.partial(initializer, shape, dtype),
                     name=f"{variable._shared_name}/{name}",
                     dtype=dtype,
                     trainable=False,
@@ -96,6 +100,13 @@ class LegacyOptimizer(RuleOptimizer, tf_keras.optimizers.legacy.Optimizer):
         self._restore_slot_variable(name, variable, slot)
         self._weights.append(slot)
         return slot
+
+    def add_slot(self, var, slot_name, initializer="zeros", shape=None):
+        # A restore that creates the rule's slot before the first step comes
+        # here with the checkpoint's value: made in the slot's own dtype.
+        if slot_name == self.rule.slot_name and callable(initializer):
+            return self._add_slot(var, initializer)
+        return super().add_slot(var, slot_name, initializer, shape=shape)
 
     def _prepare_local(self, var_device, var_dtype, apply_state):
         super()._prepare_local(var_device, var_dtype, apply_state)
