@@ -35,15 +35,24 @@ def skip_without_cuda_build(cuda_build):
         pytest.skip("configure.py found no CUDA toolchain, so the build has no GPU kernels")
 
 
+# The inputs each op reads on the host: the scalars, and the stochastic
+# rounding key (seed, step) where the op takes one.
+HOST_INPUTS = {
+    "TfAdagrad>ApplyDense": ["epsilon", "lr", "rounding_key"],
+    "TfAdagrad>MultiApplyDense": ["epsilon", "lr"],
+    "TfAdagrad>ApplySparse": ["epsilon", "lr", "rounding_key"],
+}
+
+
 @pytest.mark.parametrize("op_name", ["TfAdagrad>ApplyDense", "TfAdagrad>MultiApplyDense"])
 def test_dense_gpu_kernels_for_every_type(op_name):
     found = registered(op_name, "GPU")
     assert sorted(c["T"] for c, _ in found) == sorted([t] for t in TYPES)
-    assert all(host == ["epsilon", "lr"] for _, host in found)
+    assert all(host == HOST_INPUTS[op_name] for _, host in found)
 
 
 def test_sparse_gpu_kernels_for_every_type_and_index_type():
     found = registered("TfAdagrad>ApplySparse", "GPU")
     pairs = sorted(c["T"] + c["Tindices"] for c, _ in found)
     assert pairs == sorted([t, i] for t in TYPES for i in INDEX_TYPES)
-    assert all(host == ["epsilon", "lr"] for _, host in found)
+    assert all(host == HOST_INPUTS["TfAdagrad>ApplySparse"] for _, host in found)
