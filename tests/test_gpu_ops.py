@@ -183,22 +183,51 @@ def values(rng, shape, dtype, low=-1.0, high=1.0):
     return rng.uniform(low, high, shape).astype(np_dtype(dtype))
 
 
+def step_keys(rounding_key, steps):
+    """Each step's rounding key: None (round to nearest) for every step, or
+    (seed, step), (seed, step + 1), ... from `rounding_key`, a new draw
+    each step as an optimizer's step counter gives."""
+    if rounding_key is None:
+        return [None] * steps
+    seed, first_step = rounding_key
+    return [(seed, first_step + k) for k in range(steps)]
+
+
 def dense_case(
-    dtype, shape, seed=0, steps=2, lr=0.1, epsilon=1e-7, epsilon_placement="inside_sqrt"
+    dtype,
+    shape,
+    seed=0,
+    steps=2,
+    lr=0.1,
+    epsilon=1e-7,
+    epsilon_placement="inside_sqrt",
+    accum_dtype=None,
+    rounding_key=None,
 ):
+    """Dense steps through the wrapper; the accumulator of `accum_dtype`
+    (default `dtype`; float32 for a 16-bit variable), the weights rounded
+    stochastically from `rounding_key` (seed, first step) when given."""
     rng = np.random.default_rng(seed)
     state = [
         ("var", values(rng, shape, dtype, -2, 2)),
-        ("accum", values(rng, shape, dtype, 0.1, 1)),
+        ("accum", values(rng, shape, accum_dtype or dtype, 0.1, 1)),
     ]
     grads = [values(rng, shape, dtype) for _ in range(steps)]
 
-    def step_with(grad):
+    def step_with(grad, key):
         return lambda v: tf_adagrad.ops.apply_adagrad(
-            v[0], v[1], lr, epsilon, tf.constant(grad), epsilon_placement=epsilon_placement
+            v[0],
+            v[1],
+            lr,
+            epsilon,
+            tf.constant(grad),
+            epsilon_placement=epsilon_placement,
+            rounding_key=key,
         )
 
-    return Case(dtype, state, [step_with(g) for g in grads])
+    return Case(
+        dtype, state, [step_with(g, k) for g, k in zip(grads, step_keys(rounding_key, steps))]
+    )
 
 
 def sparse_case(
@@ -212,17 +241,33 @@ def sparse_case(
     lr=0.1,
     epsilon=1e-7,
     epsilon_placement="inside_sqrt",
+    accum_dtype=None,
+    rounding_key=None,
 ):
+    """Sparse steps; `accum_dtype` and `rounding_key` as in `dense_case`."""
     rng = np.random.default_rng(seed)
     shape = (num_rows,) + tuple(row_shape)
     state = [
         ("var", values(rng, shape, dtype, -2, 2)),
-        ("accum", values(rng, shape, dtype, 0.1, 1)),
+        ("accum", values(rng, shape, accum_dtype or dtype, 0.1, 1)),
     ]
     grads = [values(rng, (len(indices),) + tuple(row_shape), dtype) for _ in range(steps)]
     index_array = np.asarray(indices, dtype=index_dtype.as_numpy_dtype)
 
-    def step_with(grad):
+    def step_with(grad, key):
+        if key is not None:
+            # Stochastic rounding through the wrapper, whose conversion of
+            # the (seed, step) pair is then part of both runs.
+            return lambda v: tf_adagrad.ops.sparse_apply_adagrad(
+                v[0],
+                v[1],
+                lr,
+                epsilon,
+                tf.constant(grad),
+                tf.constant(index_array),
+                epsilon_placement=epsilon_placement,
+                rounding_key=key,
+            )
         # The raw op: the wrapper's Python checks would otherwise be the
         # first to see an index, and it is the kernels' validation that is
         # compared here.
@@ -237,7 +282,9 @@ def sparse_case(
             epsilon_placement=epsilon_placement,
         )
 
-    return Case(dtype, state, [step_with(g) for g in grads])
+    return Case(
+        dtype, state, [step_with(g, k) for g, k in zip(grads, step_keys(rounding_key, steps))]
+    )
 
 
 def multi_case(
@@ -398,9 +445,12 @@ def test_special_values_gpu_equals_cpu(dtype):
     compare_on_devices(Case(dtype, [("var", rows[0]), ("accum", rows[1])], [sparse_step]), GPU, CPU)
 
 
-def rowwise_case(dtype, shape, indices=None, index_dtype=tf.int64, seed=0, steps=2):
+def rowwise_case(
+    dtype, shape, indices=None, index_dtype=tf.int64, seed=0, steps=2, rounding_key=None
+):
     """Rowwise steps (dense, or sparse with `indices`) through the raw ops,
-    so that the kernels' own validation is what runs."""
+    so that the kernels' own validation is what runs; with a `rounding_key`
+    (as in `dense_case`), stochastic rounding through the wrappers."""
     rng = np.random.default_rng(seed)
     accum_dtype = tf_adagrad.ops.rowwise_accumulator_dtype(dtype)
     state = [
@@ -412,7 +462,16 @@ def rowwise_case(dtype, shape, indices=None, index_dtype=tf.int64, seed=0, steps
     library = tf_adagrad.ops.load_library()
     hyperparameters = dict(lr=tf.constant(0.1, accum_dtype), epsilon=tf.constant(1e-8, accum_dtype))
 
-    def step_with(grad):
+    def step_with(grad, key):
+        if key is not None:
+            if indices is None:
+                return lambda v: tf_adagrad.ops.rowwise_apply_adagrad(
+                    v[0], v[1], 0.1, 1e-8, tf.constant(grad), rounding_key=key
+                )
+            index_tensor = tf.constant(np.asarray(indices, index_dtype.as_numpy_dtype))
+            return lambda v: tf_adagrad.ops.sparse_rowwise_apply_adagrad(
+                v[0], v[1], 0.1, 1e-8, tf.constant(grad), index_tensor, rounding_key=key
+            )
         if indices is None:
             return lambda v: library.tf_adagrad_rowwise_apply_dense(
                 var=v[0].handle,
@@ -431,7 +490,9 @@ def rowwise_case(dtype, shape, indices=None, index_dtype=tf.int64, seed=0, steps
             **hyperparameters,
         )
 
-    return Case(dtype, state, [step_with(g) for g in grads])
+    return Case(
+        dtype, state, [step_with(g, k) for g, k in zip(grads, step_keys(rounding_key, steps))]
+    )
 
 
 ROWWISE_SHAPES = [(0, 3), (1,), (7,), (5, 1), (40, 32), (33, 33), (300, 100), (4, 3, 11)]
@@ -472,6 +533,159 @@ def test_harness_runs_rowwise_cases_on_the_cpu():
         compare_on_devices(rowwise_case(dtype, (50, 3), [1, 4, 1, 49]), CPU, CPU)
     want = compare_on_devices(rowwise_case(tf.float32, (5, 3), [0, 5], steps=1), CPU, CPU)
     assert want.error is tf.errors.InvalidArgumentError
+
+
+# ---------------------------------------------------------------------------
+# 16-bit variables: float32 accumulators, and stochastic rounding (the GPU
+# draws each element's random bits alone, the CPU a stretch at a time; the
+# bits depend only on the seed, the step and the element's position, so the
+# weights must be the same bits).
+
+SIXTEEN_BIT_DTYPES = [tf.float16, tf.bfloat16]
+# (seed, first step): small; both halves of the seed and of the step in use;
+# a negative seed (its two's-complement bits are the seed).
+ROUNDING_KEYS = [(7, 1), (0x123456789ABCDEF, 2**33 + 5), (-3, 2**40)]
+# The element counts above, and a table large enough that the CPU splits it
+# across threads at positions that are not multiples of a Philox block.
+STOCHASTIC_DENSE_SHAPES = DENSE_SHAPES + [(301, 1001)]
+# The sparse shapes above, and rows longer than a CPU stretch (512).
+STOCHASTIC_SPARSE_SHAPES = SPARSE_SHAPES + [(20, (1500,), 50)]
+ACCUMULATORS = {"var-dtype-accum": None, "float32-accum": tf.float32}
+
+
+def key_id(key):
+    return f"seed{key[0]:#x}-step{key[1]:#x}"
+
+
+@needs_gpu
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("dtype", SIXTEEN_BIT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", DENSE_SHAPES, ids=str)
+def test_dense_float32_accumulators_gpu_equals_cpu(dtype, shape, placement):
+    case = dense_case(dtype, shape, accum_dtype=tf.float32, epsilon_placement=placement)
+    compare_on_devices(case, GPU, CPU)
+
+
+@needs_gpu
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("dtype", SIXTEEN_BIT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("num_rows,row_shape,count", SPARSE_SHAPES, ids=str)
+def test_sparse_float32_accumulators_gpu_equals_cpu(
+    dtype, index_dtype, num_rows, row_shape, count, placement
+):
+    indices = duplicated_indices(num_rows, count, seed=count)
+    case = sparse_case(
+        dtype,
+        index_dtype,
+        num_rows,
+        row_shape,
+        indices,
+        epsilon_placement=placement,
+        accum_dtype=tf.float32,
+    )
+    compare_on_devices(case, GPU, CPU)
+
+
+@needs_gpu
+@pytest.mark.parametrize("accum", ACCUMULATORS)
+@pytest.mark.parametrize("rounding_key", ROUNDING_KEYS, ids=key_id)
+@pytest.mark.parametrize("dtype", SIXTEEN_BIT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", STOCHASTIC_DENSE_SHAPES, ids=str)
+def test_dense_stochastic_rounding_gpu_equals_cpu(dtype, shape, rounding_key, accum):
+    case = dense_case(
+        dtype, shape, lr=0.01, accum_dtype=ACCUMULATORS[accum], rounding_key=rounding_key
+    )
+    compare_on_devices(case, GPU, CPU)
+
+
+@needs_gpu
+@pytest.mark.parametrize("accum", ACCUMULATORS)
+@pytest.mark.parametrize("dtype", SIXTEEN_BIT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("num_rows,row_shape,count", STOCHASTIC_SPARSE_SHAPES, ids=str)
+def test_sparse_stochastic_rounding_gpu_equals_cpu(
+    dtype, index_dtype, num_rows, row_shape, count, accum
+):
+    indices = duplicated_indices(num_rows, count, seed=count)
+    case = sparse_case(
+        dtype,
+        index_dtype,
+        num_rows,
+        row_shape,
+        indices,
+        lr=0.01,
+        accum_dtype=ACCUMULATORS[accum],
+        rounding_key=ROUNDING_KEYS[count % len(ROUNDING_KEYS)],
+    )
+    compare_on_devices(case, GPU, CPU)
+
+
+@needs_gpu
+@pytest.mark.parametrize("rounding_key", ROUNDING_KEYS, ids=key_id)
+@pytest.mark.parametrize("dtype", SIXTEEN_BIT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", ROWWISE_SHAPES + [(30, 1500)], ids=str)
+def test_rowwise_dense_stochastic_rounding_gpu_equals_cpu(dtype, shape, rounding_key):
+    compare_on_devices(rowwise_case(dtype, shape, rounding_key=rounding_key), GPU, CPU)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", SIXTEEN_BIT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("num_rows,row_shape,count", STOCHASTIC_SPARSE_SHAPES, ids=str)
+def test_rowwise_sparse_stochastic_rounding_gpu_equals_cpu(
+    dtype, index_dtype, num_rows, row_shape, count
+):
+    indices = duplicated_indices(num_rows, count, seed=count)
+    shape = (num_rows,) + tuple(row_shape)
+    case = rowwise_case(
+        dtype,
+        shape,
+        indices,
+        index_dtype,
+        rounding_key=ROUNDING_KEYS[count % len(ROUNDING_KEYS)],
+    )
+    compare_on_devices(case, GPU, CPU)
+
+
+def storage_case(kind, dtype, rounding_key):
+    """One case of each kind above, for the harness test below."""
+    indices = duplicated_indices(50, 40, seed=1)
+    if kind == "dense":
+        return dense_case(dtype, (1023,), lr=0.01, rounding_key=rounding_key)
+    if kind == "sparse":
+        return sparse_case(
+            dtype,
+            tf.int64,
+            50,
+            (33,),
+            indices,
+            lr=0.01,
+            accum_dtype=tf.float32,
+            rounding_key=rounding_key,
+        )
+    if kind == "rowwise-dense":
+        return rowwise_case(dtype, (40, 33), rounding_key=rounding_key)
+    assert kind == "rowwise-sparse", kind
+    return rowwise_case(dtype, (50, 33), indices, tf.int32, rounding_key=rounding_key)
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse", "rowwise-dense", "rowwise-sparse"])
+@pytest.mark.parametrize("dtype", SIXTEEN_BIT_DTYPES, ids=dtype_id)
+def test_harness_runs_16_bit_storage_cases_on_the_cpu(dtype, kind):
+    """Without a GPU, both sides on the CPU: the float32-accumulator and
+    stochastic-rounding cases run, and the key is in effect, so the GPU tests
+    above compare something: the weights differ from rounding to nearest and
+    from another key's."""
+    if kind == "dense":
+        want = compare_on_devices(dense_case(dtype, (1023,), accum_dtype=tf.float32), CPU, CPU)
+        assert want.results["accum"].dtype == np.float32
+    stochastic = compare_on_devices(storage_case(kind, dtype, ROUNDING_KEYS[1]), CPU, CPU)
+    nearest = run_case(storage_case(kind, dtype, None), CPU)
+    other_key = run_case(storage_case(kind, dtype, ROUNDING_KEYS[0]), CPU)
+    got = bits(stochastic.results["var"])
+    assert (got != bits(nearest.results["var"])).any(), "the key had no effect"
+    assert (got != bits(other_key.results["var"])).any(), "two keys rounded alike"
 
 
 def decay_case(dtype, shape, indices=None, index_dtype=tf.int64, seed=0, steps=2):

@@ -5,7 +5,9 @@
 // break 16- and 32-byte alignment. Edge sizes around the vector widths, empty
 // inputs, heavy duplicates, indices at the edges of their types, all storage
 // and index types. The results are checked against the scalar update applied to
-// the densified gradient.
+// the densified gradient. Also the random bits of stochastic rounding, filled
+// into blocks of exactly their size, and sparse updates that round
+// stochastically.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -19,6 +21,7 @@
 #include "kernels/half_types.h"
 #include "kernels/row_grouping.h"
 #include "kernels/rowwise_cpu.h"
+#include "kernels/stochastic_rounding.h"
 #include "tests/cc/expect.h"
 
 namespace {
@@ -305,6 +308,174 @@ void TestAllTypes(std::mt19937_64& rng) {
   TestAllIndexTypes<double, kPlacement>(rng);
 }
 
+// ------------------------------------------------- stochastic rounding ---
+
+// FillRandomBits into heap blocks of exactly `count` values: starts on and
+// off block boundaries and below a block number's high word, every count up
+// to past two AVX2 batches (64 positions each), and counts around a CPU
+// stretch (the most one call fills).
+void TestFillRandomBits() {
+  const tf_adagrad::StochasticRoundingKey key{0x9e3779b97f4a7c15ull,
+                                              0x100000003ull};
+  std::vector<int64_t> counts;
+  for (int64_t count = 0; count <= 150; ++count) counts.push_back(count);
+  for (int64_t count : {255, 257, 511, 512}) counts.push_back(count);
+  for (int64_t first :
+       {int64_t{0}, int64_t{1}, int64_t{3}, int64_t{7}, int64_t{8}, int64_t{13},
+        int64_t{517}, (int64_t{8} << 32) - 5}) {
+    for (int64_t count : counts) {
+      TightBuffer<uint16_t> bits(count, 0);
+      tf_adagrad::FillRandomBits(key, first, count, bits.data());
+      bool same = true;
+      for (int64_t i = 0; i < count; ++i) {
+        same = same && bits[i] == tf_adagrad::RandomBits(key, first + i);
+      }
+      EXPECT(same);
+    }
+  }
+}
+
+// The elementwise sparse update with stochastic rounding (the CPU's
+// buffered bits, in a heap block of exactly its size) and accumulators of
+// Acc (T, or float32): split in two halves, each with its own rounding,
+// against the scalar update of the densified gradient whose weights are
+// stored with RandomBits of their table position. Rows shorter and longer
+// than a stretch (512).
+template <typename T, typename Acc, typename Index, EpsilonPlacement kPlacement>
+void TestStochasticSparse(std::mt19937_64& rng) {
+  using C = ComputeType<T>;
+  const AdagradStep<C, kPlacement> step{C(0.01f), C(1e-3f)};
+  const tf_adagrad::StochasticRoundingKey key{rng(), rng()};
+  for (int64_t row_size : {1, 3, 64, 513, 1000}) {
+    for (int64_t nnz : {0, 1, 5, 60}) {
+      for (int64_t num_rows : {1, 7, 50}) {
+        const int64_t offset = (row_size + nnz) % 3;
+        const int64_t table = num_rows * row_size;
+        TightBuffer<T> var(table, offset), grad(nnz * row_size, offset);
+        TightBuffer<Acc> accum(table, offset);
+        TightBuffer<Index> indices(nnz, offset);
+        Fill(var, table, rng, -2.0f, 2.0f);
+        Fill(accum, table, rng, 0.0f, 1.0f);
+        Fill(grad, nnz * row_size, rng, -1.0f, 1.0f);
+        const int64_t distinct = num_rows < 4 ? num_rows : num_rows / 4;
+        for (int64_t k = 0; k < nnz; ++k) {
+          indices[k] = static_cast<Index>(rng() % distinct);
+        }
+        std::vector<C> dense(table, C(0));
+        std::vector<bool> touched(num_rows, false);
+        for (int64_t k = 0; k < nnz; ++k) {
+          for (int64_t j = 0; j < row_size; ++j) {
+            C& sum = dense[indices[k] * row_size + j];
+            const C g = Arithmetic<T>::Load(grad[k * row_size + j]);
+            sum = touched[indices[k]] ? sum + g : g;
+          }
+          touched[indices[k]] = true;
+        }
+        std::vector<T> want_var = var.copy();
+        std::vector<Acc> want_accum = accum.copy();
+        for (int64_t e = 0; e < table; ++e) {
+          if (!touched[e / row_size]) continue;
+          C v = Arithmetic<T>::Load(want_var[e]),
+            a = Arithmetic<Acc>::Load(want_accum[e]);
+          step.Apply(dense[e], &v, &a);
+          want_var[e] =
+              tf_adagrad::StochasticRound<T>(v, tf_adagrad::RandomBits(key, e));
+          want_accum[e] = Arithmetic<Acc>::Store(a);
+        }
+
+        const tf_adagrad::RowGroups groups =
+            tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
+        TightBuffer<C> scratch(row_size, 0);
+        const int64_t middle = groups.num_unique() / 2;
+        // On the heap, so that a read past its random bits is reported.
+        const auto first_half =
+            std::make_unique<tf_adagrad::StochasticRoundingBuffered>(key);
+        const auto second_half =
+            std::make_unique<tf_adagrad::StochasticRoundingBuffered>(key);
+        tf_adagrad::AdagradSparseRows(var.data(), accum.data(), grad.data(),
+                                      indices.data(), groups, row_size, step,
+                                      *first_half, 0, middle, scratch.data());
+        tf_adagrad::AdagradSparseRows(var.data(), accum.data(), grad.data(),
+                                      indices.data(), groups, row_size, step,
+                                      *second_half, middle, groups.num_unique(),
+                                      scratch.data());
+        for (int64_t e = 0; e < table; ++e) {
+          EXPECT(SameBits(var[e], want_var[e]));
+          EXPECT(SameBits(accum[e], want_accum[e]));
+        }
+      }
+    }
+  }
+}
+
+// The rowwise sparse update with stochastic rounding, likewise, against
+// RowwiseUpdateRow with the per-element StochasticRounding (each element's
+// bits drawn alone, as the GPU draws them).
+template <typename T, typename Index>
+void TestStochasticRowwiseSparse(std::mt19937_64& rng) {
+  using C = ComputeType<T>;
+  const tf_adagrad::RowwiseStep<C> step{C(0.01f), C(1e-3f)};
+  const tf_adagrad::StochasticRoundingKey key{rng(), rng()};
+  for (int64_t row_size : {1, 33, 513}) {
+    for (int64_t num_rows : {1, 7, 50}) {
+      const int64_t nnz = 40, offset = (row_size + num_rows) % 3;
+      const int64_t table = num_rows * row_size;
+      TightBuffer<T> var(table, offset), grad(nnz * row_size, offset);
+      TightBuffer<C> accum(num_rows, offset);
+      TightBuffer<Index> indices(nnz, offset);
+      Fill(var, table, rng, -2.0f, 2.0f);
+      Fill(accum, num_rows, rng, 0.0f, 1.0f);
+      Fill(grad, nnz * row_size, rng, -1.0f, 1.0f);
+      const int64_t distinct = num_rows < 4 ? num_rows : num_rows / 4;
+      for (int64_t k = 0; k < nnz; ++k) {
+        indices[k] = static_cast<Index>(rng() % distinct);
+      }
+      std::vector<C> summed(table, C(0));
+      std::vector<bool> touched(num_rows, false);
+      for (int64_t k = 0; k < nnz; ++k) {
+        for (int64_t j = 0; j < row_size; ++j) {
+          const C g = Arithmetic<T>::Load(grad[k * row_size + j]);
+          C& sum = summed[indices[k] * row_size + j];
+          sum = touched[indices[k]] ? sum + g : g;
+        }
+        touched[indices[k]] = true;
+      }
+      std::vector<T> want_var = var.copy();
+      std::vector<C> want_accum = accum.copy();
+      tf_adagrad::StochasticRounding per_element{key};
+      for (int64_t r = 0; r < num_rows; ++r) {
+        if (!touched[r]) continue;
+        tf_adagrad::RowwiseUpdateRow(
+            want_var.data() + r * row_size, want_accum.data() + r,
+            static_cast<const C*>(summed.data() + r * row_size), row_size, step,
+            per_element, r * row_size);
+      }
+      const tf_adagrad::RowGroups groups =
+          tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
+      TightBuffer<C> scratch(row_size, 0);
+      const auto rounding =
+          std::make_unique<tf_adagrad::StochasticRoundingBuffered>(key);
+      tf_adagrad::RowwiseSparseRows(
+          var.data(), accum.data(), grad.data(), indices.data(), groups,
+          row_size, step, *rounding, 0, groups.num_unique(), scratch.data());
+      for (int64_t e = 0; e < table; ++e) {
+        EXPECT(SameBits(var[e], want_var[e]));
+      }
+      for (int64_t r = 0; r < num_rows; ++r) {
+        EXPECT(SameBits(accum[r], want_accum[r]));
+      }
+    }
+  }
+}
+
+template <EpsilonPlacement kPlacement>
+void TestStochastic(std::mt19937_64& rng) {
+  TestStochasticSparse<Float16, Float16, int32_t, kPlacement>(rng);
+  TestStochasticSparse<Float16, float, int64_t, kPlacement>(rng);
+  TestStochasticSparse<BFloat16, BFloat16, int64_t, kPlacement>(rng);
+  TestStochasticSparse<BFloat16, float, int32_t, kPlacement>(rng);
+}
+
 // Deliberate bugs, so the test can prove the sanitizers are active.
 int PlantedBug(const char* which) {
   volatile int64_t four = 4;  // sizes the compiler cannot see through
@@ -335,6 +506,11 @@ int main(int argc, char** argv) {
   TestOutOfRange<int32_t>();
   TestOutOfRange<int64_t>();
   TestGroupingOfHugeIndices(rng);
+  TestFillRandomBits();
+  TestStochastic<EpsilonPlacement::kInsideSqrt>(rng);
+  TestStochastic<EpsilonPlacement::kOutsideSqrt>(rng);
+  TestStochasticRowwiseSparse<Float16, int32_t>(rng);
+  TestStochasticRowwiseSparse<BFloat16, int64_t>(rng);
   if (failures) {
     std::fprintf(stderr, "%d of %lld expectation(s) failed\n", failures,
                  static_cast<long long>(checks));

@@ -3,8 +3,10 @@
 // kernels/moving_average_gpu.cuh, without TensorFlow. Runs the dense,
 // multi-tensor dense and sparse updates on random shapes and data, with
 // epsilon inside and outside the square root in turn, the rowwise dense and
-// sparse updates, weight decay of every element and of rows, and the lazy
-// moving average of rows, against the CPU paths of kernels/adagrad_cpu.h,
+// sparse updates, weight decay of every element and of rows, the lazy
+// moving average of rows, and float16 and bfloat16 weights with float32
+// accumulators or stochastic rounding (the same key on both devices),
+// against the CPU paths of kernels/adagrad_cpu.h,
 // kernels/rowwise_cpu.h, kernels/weight_decay_cpu.h and
 // kernels/moving_average_cpu.h (the references), requires the
 // results to be bit-identical to it and from one run to the next, checks the
@@ -26,6 +28,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/adagrad_cpu.h"
@@ -37,6 +40,7 @@
 #include "kernels/row_grouping.h"
 #include "kernels/rowwise_cpu.h"
 #include "kernels/rowwise_gpu.cuh"
+#include "kernels/stochastic_rounding.h"
 #include "kernels/weight_decay_cpu.h"
 #include "kernels/weight_decay_gpu.cuh"
 
@@ -162,11 +166,12 @@ bool Identical(const std::vector<T>& a, const std::vector<T>& b) {
 
 // Records that the first run equals the CPU reference (naming the first
 // differing element otherwise) and that the second run equals the first.
-template <typename T>
+template <typename T, typename Acc>
 void RecordResults(const std::string& name, const std::vector<T>& var1,
-                   const std::vector<T>& accum1, const std::vector<T>& var2,
-                   const std::vector<T>& accum2, const std::vector<T>& want_var,
-                   const std::vector<T>& want_accum) {
+                   const std::vector<Acc>& accum1, const std::vector<T>& var2,
+                   const std::vector<Acc>& accum2,
+                   const std::vector<T>& want_var,
+                   const std::vector<Acc>& want_accum) {
   const int64_t bad_var = FirstDifference(var1, want_var);
   const int64_t bad_accum = FirstDifference(accum1, want_accum);
   Record(bad_var < 0 && bad_accum < 0,
@@ -227,61 +232,128 @@ Hyperparameters<T> RandomHyperparameters(std::mt19937_64& rng) {
                            : EpsilonPlacement::kOutsideSqrt};
 }
 
-// The CPU's baseline build of the dense update: the reference.
-template <typename T>
-void DenseReference(T* var, T* accum, const T* grad, Hyperparameters<T> h,
-                    int64_t begin, int64_t end) {
+// How a case stores its new weights: to nearest (the default), or
+// stochastically with a random key (seed and step with both halves
+// nonzero), the same on both devices.
+tf_adagrad::WeightRounding Nearest() { return tf_adagrad::WeightRounding{}; }
+
+tf_adagrad::WeightRounding RandomStochasticRounding(std::mt19937_64& rng) {
+  tf_adagrad::WeightRounding rounding;
+  rounding.stochastic = true;
+  rounding.key = {rng(), rng()};
+  return rounding;
+}
+
+std::string RoundingName(const tf_adagrad::WeightRounding& rounding) {
+  if (!rounding.stochastic) return "";
+  char key[80];
+  std::snprintf(key, sizeof key,
+                ", stochastic rounding (seed %#" PRIx64 ", step %#" PRIx64 ")",
+                rounding.key.seed, rounding.key.step);
+  return key;
+}
+
+// ", float32 accumulators" where a 16-bit variable has them.
+template <typename T, typename Acc>
+std::string AccumulatorName() {
+  return std::is_same_v<T, Acc>
+             ? ""
+             : std::string(", ") + TypeName<Acc>::value + " accumulators";
+}
+
+// fn(rounding) with the CPU loops' Rounding for `rounding`, as the ops'
+// CPU functors choose it: StochasticRoundingBuffered (the CPU's random bits,
+// a stretch at a time) or RoundToNearest.
+template <typename T, typename Fn>
+void WithCpuRounding(const tf_adagrad::WeightRounding& rounding, const Fn& fn) {
+  if constexpr (tf_adagrad::kIsHalfType<T>) {
+    if (rounding.stochastic) {
+      tf_adagrad::StochasticRoundingBuffered stochastic(rounding.key);
+      return fn(stochastic);
+    }
+  }
+  tf_adagrad::RoundToNearest<tf_adagrad::Arithmetic> nearest;
+  fn(nearest);
+}
+
+// The CPU's baseline build of the dense update, a stretch of positions at a
+// time as AdagradDenseRange runs it: the reference. Element i is table
+// position i, as in the GPU kernel.
+template <typename T, typename Acc>
+void DenseReference(T* var, Acc* accum, const T* grad, Hyperparameters<T> h,
+                    int64_t begin, int64_t end,
+                    const tf_adagrad::WeightRounding& rounding = Nearest()) {
   h.WithStep([&](const auto& step) {
-    tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
-        tf_adagrad::AdagradDenseLoop(), var, accum, grad, step,
-        tf_adagrad::RoundToNearest<tf_adagrad::Arithmetic>(), int64_t{0}, begin,
-        end);
+    WithCpuRounding<T>(rounding, [&](auto& store) {
+      using Rounding = std::decay_t<decltype(store)>;
+      for (int64_t b = begin, e; b < end; b = e) {
+        e = tf_adagrad::StretchEnd<Rounding>(b, end);
+        store.Prepare(b, e - b);
+        const Rounding& prepared = store;
+        tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
+            tf_adagrad::AdagradDenseLoop(), var, accum, grad, step, prepared,
+            int64_t{0}, b, e);
+      }
+    });
   });
 }
 
 // ---------------------------------------------------------------- dense ---
 
 // One dense update of `size` elements on the GPU; `offset` elements into
-// each allocation, so that offset 1 misaligns the 16-byte vector accesses.
-template <typename T>
-void RunDense(const std::vector<T>& var, const std::vector<T>& accum,
+// each allocation (`accum_offset` into the accumulator's), so that offset 1
+// misaligns the 16-byte vector accesses.
+template <typename T, typename Acc>
+void RunDense(const std::vector<T>& var, const std::vector<Acc>& accum,
               const std::vector<T>& grad, Hyperparameters<T> h, size_t offset,
-              std::vector<T>* var_out, std::vector<T>* accum_out) {
+              size_t accum_offset, const tf_adagrad::WeightRounding& rounding,
+              std::vector<T>* var_out, std::vector<Acc>* accum_out) {
   const size_t size = var.size();
-  DeviceArray<T> d_var(size + offset), d_accum(size + offset),
-      d_grad(size + offset);
+  DeviceArray<T> d_var(size + offset), d_grad(size + offset);
+  DeviceArray<Acc> d_accum(size + accum_offset);
   d_var.CopyFrom(var, offset);
-  d_accum.CopyFrom(accum, offset);
+  d_accum.CopyFrom(accum, accum_offset);
   d_grad.CopyFrom(grad, offset);
   CUDA_CHECK(h.WithStep([&](const auto& step) {
     return tf_adagrad::gpu::LaunchAdagradDense(
-        d_var.data() + offset, d_accum.data() + offset, d_grad.data() + offset,
-        step, tf_adagrad::WeightRounding{}, static_cast<int64_t>(size),
+        d_var.data() + offset, d_accum.data() + accum_offset,
+        d_grad.data() + offset, step, rounding, static_cast<int64_t>(size),
         cudaStream_t{0});
   }));
   CUDA_CHECK(cudaDeviceSynchronize());
   *var_out = d_var.CopyOut(size, offset);
-  *accum_out = d_accum.CopyOut(size, offset);
+  *accum_out = d_accum.CopyOut(size, accum_offset);
 }
 
-template <typename T>
-void CheckDense(size_t size, size_t offset, std::mt19937_64& rng) {
+// Accumulators of Acc (T, or float32 for a 16-bit T); the new weights
+// stored as `rounding` says, on both devices.
+template <typename T, typename Acc = T>
+void CheckDense(size_t size, size_t offset, std::mt19937_64& rng,
+                const tf_adagrad::WeightRounding& rounding = Nearest(),
+                size_t accum_offset = SIZE_MAX) {
+  if (accum_offset == SIZE_MAX) accum_offset = offset;
   const std::vector<T> var = RandomValues<T>(size, -1.0, 1.0, true, rng);
-  const std::vector<T> accum = RandomValues<T>(size, 0.0, 4.0, false, rng);
+  const std::vector<Acc> accum = RandomValues<Acc>(size, 0.0, 4.0, false, rng);
   const std::vector<T> grad = RandomValues<T>(size, -2.0, 2.0, true, rng);
   const Hyperparameters<T> h = RandomHyperparameters<T>(rng);
 
-  std::vector<T> want_var = var, want_accum = accum;
+  std::vector<T> want_var = var;
+  std::vector<Acc> want_accum = accum;
   DenseReference(want_var.data(), want_accum.data(), grad.data(), h, 0,
-                 static_cast<int64_t>(size));
-  std::vector<T> var1, accum1, var2, accum2;
-  RunDense(var, accum, grad, h, offset, &var1, &accum1);
-  RunDense(var, accum, grad, h, offset, &var2, &accum2);
+                 static_cast<int64_t>(size), rounding);
+  std::vector<T> var1, var2;
+  std::vector<Acc> accum1, accum2;
+  RunDense(var, accum, grad, h, offset, accum_offset, rounding, &var1, &accum1);
+  RunDense(var, accum, grad, h, offset, accum_offset, rounding, &var2, &accum2);
 
-  const std::string name = std::string("dense ") + TypeName<T>::value +
-                           " size " + std::to_string(size) +
-                           (offset ? " misaligned" : " aligned") +
-                           h.PlacementName();
+  const bool misaligned = offset != 0 || accum_offset != 0;
+  const std::string name =
+      std::string("dense ") + TypeName<T>::value + " size " +
+      std::to_string(size) +
+      (misaligned ? " misaligned (offsets " + std::to_string(offset) + ", " +
+                        std::to_string(accum_offset) + ")"
+                  : " aligned") +
+      AccumulatorName<T, Acc>() + RoundingName(rounding) + h.PlacementName();
   RecordResults(name, var1, accum1, var2, accum2, want_var, want_accum);
 }
 
@@ -436,13 +508,15 @@ std::vector<Index> RandomIndices(int64_t nnz, int64_t num_rows,
 
 // One sparse update on the GPU, as the op runs it: validate the indices,
 // then sort and update.
-template <typename T, typename Index>
-bool RunSparse(const std::vector<T>& var, const std::vector<T>& accum,
+template <typename T, typename Acc, typename Index>
+bool RunSparse(const std::vector<T>& var, const std::vector<Acc>& accum,
                const std::vector<T>& grad, const std::vector<Index>& indices,
                int64_t num_rows, int64_t row_size, Hyperparameters<T> h,
-               std::vector<T>* var_out, std::vector<T>* accum_out) {
+               const tf_adagrad::WeightRounding& rounding,
+               std::vector<T>* var_out, std::vector<Acc>* accum_out) {
   const int64_t nnz = static_cast<int64_t>(indices.size());
-  DeviceArray<T> d_var(var.size()), d_accum(accum.size()), d_grad(grad.size());
+  DeviceArray<T> d_var(var.size()), d_grad(grad.size());
+  DeviceArray<Acc> d_accum(accum.size());
   DeviceArray<Index> d_indices(indices.size());
   DeviceArray<unsigned long long> d_scratch(1);
   d_var.CopyFrom(var);
@@ -462,8 +536,7 @@ bool RunSparse(const std::vector<T>& var, const std::vector<T>& accum,
     CUDA_CHECK(h.WithStep([&](const auto& step) {
       return tf_adagrad::gpu::LaunchAdagradSparse(
           d_var.data(), d_accum.data(), d_grad.data(), d_indices.data(), nnz,
-          row_size, step, tf_adagrad::WeightRounding{}, plan, workspace.data(),
-          cudaStream_t{0});
+          row_size, step, rounding, plan, workspace.data(), cudaStream_t{0});
     }));
     CUDA_CHECK(cudaDeviceSynchronize());
   }
@@ -484,42 +557,48 @@ const char* PatternName(IndexPattern pattern) {
   return "?";
 }
 
-template <typename T, typename Index>
+// Accumulators of Acc and the weights' rounding as in CheckDense.
+template <typename T, typename Index, typename Acc = T>
 void CheckSparse(int64_t num_rows, int64_t row_size, int64_t nnz,
-                 IndexPattern pattern, std::mt19937_64& rng) {
+                 IndexPattern pattern, std::mt19937_64& rng,
+                 const tf_adagrad::WeightRounding& rounding = Nearest()) {
   const std::vector<T> var =
       RandomValues<T>(num_rows * row_size, -1.0, 1.0, true, rng);
-  const std::vector<T> accum =
-      RandomValues<T>(num_rows * row_size, 0.0, 4.0, false, rng);
+  const std::vector<Acc> accum =
+      RandomValues<Acc>(num_rows * row_size, 0.0, 4.0, false, rng);
   const std::vector<T> grad =
       RandomValues<T>(nnz * row_size, -2.0, 2.0, true, rng);
   const std::vector<Index> indices =
       RandomIndices<Index>(nnz, num_rows, pattern, rng);
   const Hyperparameters<T> h = RandomHyperparameters<T>(rng);
 
-  std::vector<T> want_var = var, want_accum = accum;
+  std::vector<T> want_var = var;
+  std::vector<Acc> want_accum = accum;
   if (nnz > 0 && row_size > 0) {
     const tf_adagrad::RowGroups groups =
         tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
     std::vector<ComputeType<T>> scratch(row_size);
-    tf_adagrad::RoundToNearest<tf_adagrad::Arithmetic> nearest;
     h.WithStep([&](const auto& step) {
-      tf_adagrad::AdagradSparseRows(want_var.data(), want_accum.data(),
-                                    grad.data(), indices.data(), groups,
-                                    row_size, step, nearest, 0,
-                                    groups.num_unique(), scratch.data());
+      WithCpuRounding<T>(rounding, [&](auto& store) {
+        tf_adagrad::AdagradSparseRows(want_var.data(), want_accum.data(),
+                                      grad.data(), indices.data(), groups,
+                                      row_size, step, store, 0,
+                                      groups.num_unique(), scratch.data());
+      });
     });
   }
-  std::vector<T> var1, accum1, var2, accum2;
+  std::vector<T> var1, var2;
+  std::vector<Acc> accum1, accum2;
   const std::string name =
       std::string("sparse ") + TypeName<T>::value + "/" +
       TypeName<Index>::value + " " + std::to_string(num_rows) + "x" +
       std::to_string(row_size) + ", " + std::to_string(nnz) + " " +
-      PatternName(pattern) + " indices" + h.PlacementName();
+      PatternName(pattern) + " indices" + AccumulatorName<T, Acc>() +
+      RoundingName(rounding) + h.PlacementName();
   const bool ran = RunSparse(var, accum, grad, indices, num_rows, row_size, h,
-                             &var1, &accum1) &&
+                             rounding, &var1, &accum1) &&
                    RunSparse(var, accum, grad, indices, num_rows, row_size, h,
-                             &var2, &accum2);
+                             rounding, &var2, &accum2);
   Record(ran, name + ": valid indices were rejected");
   if (!ran) return;
   RecordResults(name, var1, accum1, var2, accum2, want_var, want_accum);
@@ -619,8 +698,8 @@ tf_adagrad::RowwiseStep<ComputeType<T>> RandomRowwiseStep(
 // Dense rowwise update of num_rows x row_size on the GPU and on the CPU
 // (baseline build), twice on the GPU.
 template <typename T>
-void CheckRowwiseDense(int64_t num_rows, int64_t row_size,
-                       std::mt19937_64& rng) {
+void CheckRowwiseDense(int64_t num_rows, int64_t row_size, std::mt19937_64& rng,
+                       const tf_adagrad::WeightRounding& rounding = Nearest()) {
   using C = ComputeType<T>;
   const std::vector<T> var =
       RandomValues<T>(num_rows * row_size, -1.0, 1.0, true, rng);
@@ -630,10 +709,11 @@ void CheckRowwiseDense(int64_t num_rows, int64_t row_size,
   const tf_adagrad::RowwiseStep<C> step = RandomRowwiseStep<T>(rng);
   std::vector<T> want_var = var;
   std::vector<C> want_accum = accum;
-  tf_adagrad::RoundToNearest<tf_adagrad::Arithmetic> nearest;
-  tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
-      tf_adagrad::RowwiseDenseRowsLoop(), want_var.data(), want_accum.data(),
-      grad.data(), row_size, step, &nearest, 0, num_rows);
+  WithCpuRounding<T>(rounding, [&](auto& store) {
+    tf_adagrad::RunCompiledFor<tf_adagrad::VectorIsa::kBaseline>(
+        tf_adagrad::RowwiseDenseRowsLoop(), want_var.data(), want_accum.data(),
+        grad.data(), row_size, step, &store, int64_t{0}, num_rows);
+  });
   std::vector<T> vars[2];
   std::vector<C> accums[2];
   for (int run = 0; run < 2; ++run) {
@@ -644,14 +724,14 @@ void CheckRowwiseDense(int64_t num_rows, int64_t row_size,
     d_accum.CopyFrom(accum);
     CUDA_CHECK(tf_adagrad::gpu::LaunchRowwiseDense(
         d_var.data(), d_accum.data(), d_grad.data(), num_rows, row_size, step,
-        tf_adagrad::WeightRounding{}, cudaStream_t{0}));
+        rounding, cudaStream_t{0}));
     CUDA_CHECK(cudaDeviceSynchronize());
     vars[run] = d_var.CopyOut(var.size());
     accums[run] = d_accum.CopyOut(accum.size());
   }
   const std::string name = std::string("rowwise dense ") + TypeName<T>::value +
                            " " + std::to_string(num_rows) + "x" +
-                           std::to_string(row_size);
+                           std::to_string(row_size) + RoundingName(rounding);
   const int64_t bad_var = FirstDifference(vars[0], want_var);
   const int64_t bad_accum = FirstDifference(accums[0], want_accum);
   Record(bad_var < 0 && bad_accum < 0,
@@ -665,8 +745,10 @@ void CheckRowwiseDense(int64_t num_rows, int64_t row_size,
 // Sparse rowwise update on the GPU (indices checked, sorted, a warp per
 // unique row) against the CPU's RowwiseSparseRows, twice on the GPU.
 template <typename T, typename Index>
-void CheckRowwiseSparse(int64_t num_rows, int64_t row_size, int64_t nnz,
-                        IndexPattern pattern, std::mt19937_64& rng) {
+void CheckRowwiseSparse(
+    int64_t num_rows, int64_t row_size, int64_t nnz, IndexPattern pattern,
+    std::mt19937_64& rng,
+    const tf_adagrad::WeightRounding& rounding = Nearest()) {
   using C = ComputeType<T>;
   const std::vector<T> var =
       RandomValues<T>(num_rows * row_size, -1.0, 1.0, true, rng);
@@ -682,10 +764,12 @@ void CheckRowwiseSparse(int64_t num_rows, int64_t row_size, int64_t nnz,
     const tf_adagrad::RowGroups groups =
         tf_adagrad::GroupRowsByIndex(indices.data(), nnz, num_rows);
     std::vector<C> scratch(row_size);
-    tf_adagrad::RoundToNearest<tf_adagrad::Arithmetic> nearest;
-    tf_adagrad::RowwiseSparseRows(
-        want_var.data(), want_accum.data(), grad.data(), indices.data(), groups,
-        row_size, step, nearest, 0, groups.num_unique(), scratch.data());
+    WithCpuRounding<T>(rounding, [&](auto& store) {
+      tf_adagrad::RowwiseSparseRows(want_var.data(), want_accum.data(),
+                                    grad.data(), indices.data(), groups,
+                                    row_size, step, store, 0,
+                                    groups.num_unique(), scratch.data());
+    });
   }
   std::vector<T> vars[2];
   std::vector<C> accums[2];
@@ -704,8 +788,7 @@ void CheckRowwiseSparse(int64_t num_rows, int64_t row_size, int64_t nnz,
       DeviceArray<char> workspace(plan.total_bytes);
       CUDA_CHECK(tf_adagrad::gpu::LaunchRowwiseSparse(
           d_var.data(), d_accum.data(), d_grad.data(), d_indices.data(), nnz,
-          row_size, step, tf_adagrad::WeightRounding{}, plan, workspace.data(),
-          cudaStream_t{0}));
+          row_size, step, rounding, plan, workspace.data(), cudaStream_t{0}));
       CUDA_CHECK(cudaDeviceSynchronize());
     }
     vars[run] = d_var.CopyOut(var.size());
@@ -715,7 +798,7 @@ void CheckRowwiseSparse(int64_t num_rows, int64_t row_size, int64_t nnz,
       std::string("rowwise sparse ") + TypeName<T>::value + "/" +
       TypeName<Index>::value + " " + std::to_string(num_rows) + "x" +
       std::to_string(row_size) + ", " + std::to_string(nnz) + " " +
-      PatternName(pattern) + " indices";
+      PatternName(pattern) + " indices" + RoundingName(rounding);
   const int64_t bad_var = FirstDifference(vars[0], want_var);
   const int64_t bad_accum = FirstDifference(accums[0], want_accum);
   Record(bad_var < 0 && bad_accum < 0,
@@ -741,6 +824,69 @@ void CheckRowwise(std::mt19937_64& rng) {
     CheckRowwiseSparse<T, int64_t>(2000, row_size,
                                    (int64_t{1} << 20) / row_size | 1,
                                    IndexPattern::kZipf, rng);
+  }
+}
+
+// ---------------------------------------------- 16-bit weights' storage ---
+
+// 16-bit weights with float32 elementwise accumulators (rounded to nearest)
+// and with stochastic rounding (elementwise with either accumulator,
+// rowwise), the GPU's per-element random bits against the CPU's buffered
+// ones with the same key: dense aligned and misaligned (every array by one
+// element; or only the float32 accumulator by 16 bytes, which a 16-byte
+// check would wrongly let through to the 32-byte packs), sparse with short
+// and long runs, rows shorter and longer than a CPU stretch (512).
+template <typename T>
+void CheckWeightStorage(std::mt19937_64& rng) {
+  std::uniform_int_distribution<size_t> odd(50000, 500000);
+  for (const size_t size :
+       {size_t{0}, size_t{1}, size_t{3}, size_t{7}, size_t{8}, size_t{9},
+        size_t{17}, size_t{511}, size_t{513}, size_t{4097}, odd(rng) * 2 + 1,
+        (size_t{1} << 22) + 5}) {
+    for (const size_t offset : {size_t{0}, size_t{1}}) {
+      CheckDense<T, float>(size, offset, rng);
+      CheckDense<T, T>(size, offset, rng, RandomStochasticRounding(rng));
+      CheckDense<T, float>(size, offset, rng, RandomStochasticRounding(rng));
+    }
+    CheckDense<T, float>(size, 0, rng, Nearest(), 4);
+    CheckDense<T, float>(size, 0, rng, RandomStochasticRounding(rng), 4);
+  }
+  for (const int64_t row_size : {1, 3, 64, 1000}) {
+    const int64_t large = (int64_t{1} << 20) / row_size | 1;
+    CheckSparse<T, int32_t, float>(10, row_size, 0, IndexPattern::kUniform,
+                                   rng);
+    CheckSparse<T, int64_t, float>(3000, row_size, 999, IndexPattern::kUniform,
+                                   rng);
+    CheckSparse<T, int32_t, float>(std::max<int64_t>(large / 4, 1), row_size,
+                                   large, IndexPattern::kZipf, rng);
+    CheckSparse<T, int64_t, T>(1, row_size, 1, IndexPattern::kUniform, rng,
+                               RandomStochasticRounding(rng));
+    CheckSparse<T, int32_t, T>(5, row_size, 7, IndexPattern::kFewRows, rng,
+                               RandomStochasticRounding(rng));
+    CheckSparse<T, int64_t, float>(3000, row_size, 999, IndexPattern::kUniform,
+                                   rng, RandomStochasticRounding(rng));
+    CheckSparse<T, int32_t, float>(std::max<int64_t>(large / 4, 1), row_size,
+                                   large, IndexPattern::kZipf, rng,
+                                   RandomStochasticRounding(rng));
+    CheckSparse<T, int64_t, T>(64, row_size, large / 2 | 1,
+                               IndexPattern::kFewRows, rng,
+                               RandomStochasticRounding(rng));
+    for (const int64_t nnz : {33, 1000}) {
+      CheckSparse<T, int32_t, float>(1, row_size, nnz, IndexPattern::kUniform,
+                                     rng, RandomStochasticRounding(rng));
+    }
+  }
+  for (const int64_t row_size : {1, 5, 32, 33, 100, 513, 1000}) {
+    CheckRowwiseDense<T>(1, row_size, rng, RandomStochasticRounding(rng));
+    CheckRowwiseDense<T>((int64_t{1} << 20) / row_size | 1, row_size, rng,
+                         RandomStochasticRounding(rng));
+    CheckRowwiseSparse<T, int32_t>(5, row_size, 7, IndexPattern::kFewRows, rng,
+                                   RandomStochasticRounding(rng));
+    CheckRowwiseSparse<T, int64_t>(3000, row_size, 999, IndexPattern::kUniform,
+                                   rng, RandomStochasticRounding(rng));
+    CheckRowwiseSparse<T, int64_t>(
+        2000, row_size, (int64_t{1} << 20) / row_size | 1, IndexPattern::kZipf,
+        rng, RandomStochasticRounding(rng));
   }
 }
 
@@ -1088,6 +1234,8 @@ int main(int argc, char** argv) {
   CheckRowwise<BFloat16>(rng);
   CheckRowwise<float>(rng);
   CheckRowwise<double>(rng);
+  CheckWeightStorage<Float16>(rng);
+  CheckWeightStorage<BFloat16>(rng);
   CheckDecayAndAverage<Float16>(rng);
   CheckDecayAndAverage<BFloat16>(rng);
   CheckDecayAndAverage<float>(rng);
