@@ -22,7 +22,10 @@ TF_USE_LEGACY_KERAS=1; keras2.json, keras2.md), and rowwise Adagrad against
 elementwise Adagrad and Keras' with their accumulators' bytes
 (rowwise_steps.py; rowwise.json, rowwise.md), and fit() steps with each
 option of Keras' optimizer base class, clipping to loss scaling, at 10k to
-10M rows (option_steps.py; options.json, options.md).
+10M rows (option_steps.py; options.json, options.md), and the sparse update
+of a 10M-row bfloat16 table (bfloat16 or float32 accumulators, rowwise;
+stochastic or nearest rounding) against a float32 one, with their bytes
+(half_tables.py; half.json, half.md).
 bench/results/ is git-ignored: the figures the documentation shows are
 copied from a run by hand, a separate and deliberate step.
 """
@@ -290,6 +293,8 @@ def main():
     run_section("rowwise_steps.py")
     print(flush=True)
     run_section("option_steps.py")
+    print(flush=True)
+    run_section("half_tables.py")
 
 
 def run_section(script, **environment):

@@ -125,13 +125,36 @@ def exact_auc(labels, scores):
     return (ranks[positives].sum() - num_pos * (num_pos + 1) / 2.0) / (num_pos * num_neg)
 
 
-def build_model():
+def item_table(item_dtype=None):
+    """The item `Embedding`, float32 or of `item_dtype` (such as
+    `"bfloat16"`). A 16-bit table draws the float32 table's initial weights
+    (its initializer, made here as the float32 table's would be, takes the
+    same seed) and rounds them to nearest."""
+    if item_dtype is None:
+        return keras.layers.Embedding(NUM_ITEMS, ITEM_DIM, name="item_table")
+    uniform = keras.initializers.get("uniform")  # Embedding's default
+
+    def drawn_in_float32(shape, dtype=None):
+        return keras.ops.cast(uniform(shape, dtype="float32"), dtype)
+
+    return keras.layers.Embedding(
+        NUM_ITEMS,
+        ITEM_DIM,
+        name="item_table",
+        dtype=item_dtype,
+        embeddings_initializer=drawn_in_float32,
+    )
+
+
+def build_model(item_dtype=None):
+    """The click model; `item_dtype` as in `item_table` (the other weights
+    are float32, and the same whatever the item table's dtype)."""
     inputs = {
         name: keras.Input((), dtype="int32", name=name) for name in ("user", "item", "category")
     }
     embedded = [
         keras.layers.Embedding(NUM_USERS, USER_DIM, name="user_table")(inputs["user"]),
-        keras.layers.Embedding(NUM_ITEMS, ITEM_DIM, name="item_table")(inputs["item"]),
+        item_table(item_dtype)(inputs["item"]),
         keras.layers.Embedding(NUM_CATEGORIES, CATEGORY_DIM, name="category_table")(
             inputs["category"]
         ),
@@ -166,11 +189,11 @@ class StepTimer(keras.callbacks.Callback):
         self._steps_seen += 1
 
 
-def train(name, make_optimizer, strategy, train_data, held_out, epochs):
+def train(name, make_optimizer, strategy, train_data, held_out, epochs, item_dtype=None):
     print(f"\n== {name}", flush=True)
     keras.utils.set_random_seed(SEED)  # the same initial weights for both
     with strategy.scope():
-        model = build_model()
+        model = build_model(item_dtype)
         model.compile(
             optimizer=make_optimizer(),
             loss="binary_crossentropy",
@@ -202,6 +225,7 @@ def train(name, make_optimizer, strategy, train_data, held_out, epochs):
         "held-out AUC": exact_auc(held_out_clicks, scores),
         "accumulator bytes": accumulator_bytes,
         "held-out scores": scores,
+        "model": model,
     }
 
 
