@@ -176,6 +176,12 @@ struct AdagradSparseRowsLoop {
     const int64_t* positions = groups.positions.data();
     const int64_t* run_starts = groups.run_starts.data();
     for (int64_t u = begin; u < end; ++u) {
+      if (u + kSparsePrefetchDistance < end) {
+        const int64_t ahead = static_cast<int64_t>(
+            indices[positions[run_starts[u + kSparsePrefetchDistance]]]);
+        PrefetchRowForWrite(var + ahead * row_size, row_size * sizeof(T));
+        PrefetchRowForWrite(accum + ahead * row_size, row_size * sizeof(Acc));
+      }
       const int64_t first = run_starts[u];
       const int64_t last = run_starts[u + 1];
       const int64_t row = static_cast<int64_t>(indices[positions[first]]);

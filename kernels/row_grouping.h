@@ -145,6 +145,27 @@ int64_t FindOutOfRangeIndex(const Index* indices, int64_t nnz,
   return -1;
 }
 
+// How many unique rows ahead the CPU sparse loops (elementwise and rowwise)
+// prefetch a row's var and accumulator: rows are scattered over a table far
+// larger than the caches, so each would otherwise stall on memory, and a
+// loop whose rows draw random bits (stochastic rounding) runs too many
+// instructions per row for the CPU to look ahead by itself. A row's first
+// kSparsePrefetchBytes are prefetched; the hardware prefetcher follows a
+// longer row.
+constexpr int64_t kSparsePrefetchDistance = 8;
+constexpr int64_t kSparsePrefetchBytes = 512;
+
+// Asks for the cache lines of the first min(bytes, kSparsePrefetchBytes)
+// bytes at p, to be written.
+inline __attribute__((always_inline)) void PrefetchRowForWrite(const void* p,
+                                                               int64_t bytes) {
+  const int64_t stop =
+      bytes < kSparsePrefetchBytes ? bytes : kSparsePrefetchBytes;
+  for (int64_t b = 0; b < stop; b += 64) {
+    __builtin_prefetch(static_cast<const char*>(p) + b, 1);
+  }
+}
+
 }  // namespace tf_adagrad
 
 #endif  // TF_ADAGRAD_KERNELS_ROW_GROUPING_H_

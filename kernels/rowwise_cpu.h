@@ -77,14 +77,6 @@ void RowwiseDenseRows(T* var, C* accum, const T* grad, int64_t row_size,
                  &rounding, begin, end);
 }
 
-// How many unique rows ahead the sparse loop prefetches its var row and
-// accumulator: rows are scattered over a table far larger than the caches,
-// so each would otherwise stall on memory; a handful in flight hides that.
-constexpr int64_t kRowwisePrefetchDistance = 4;
-// A row's first cache lines are prefetched, up to this many bytes; the
-// hardware prefetcher follows a longer row by itself.
-constexpr int64_t kRowwisePrefetchBytes = 512;
-
 // Sparse update of unique rows [begin, end) of `groups`: each row's
 // gradient is the sum of its duplicate rows (in position order, in the
 // accumulator's type), then the row is updated once, as the dense update
@@ -98,17 +90,11 @@ struct RowwiseSparseRowsLoop {
     using GA = Arithmetic<T>;
     const int64_t* positions = groups.positions.data();
     const int64_t* run_starts = groups.run_starts.data();
-    const int64_t prefetch_bytes = std::min<int64_t>(
-        row_size * static_cast<int64_t>(sizeof(T)), kRowwisePrefetchBytes);
     for (int64_t u = begin; u < end; ++u) {
-      if (u + kRowwisePrefetchDistance < end) {
+      if (u + kSparsePrefetchDistance < end) {
         const int64_t ahead = static_cast<int64_t>(
-            indices[positions[run_starts[u + kRowwisePrefetchDistance]]]);
-        const char* ahead_row =
-            reinterpret_cast<const char*>(var + ahead * row_size);
-        for (int64_t b = 0; b < prefetch_bytes; b += 64) {
-          __builtin_prefetch(ahead_row + b, 1);
-        }
+            indices[positions[run_starts[u + kSparsePrefetchDistance]]]);
+        PrefetchRowForWrite(var + ahead * row_size, row_size * sizeof(T));
         __builtin_prefetch(accum + ahead, 1);
       }
       const int64_t first = run_starts[u];

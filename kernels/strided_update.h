@@ -28,7 +28,9 @@ template <typename T>
 constexpr int kVectorWidth = kVectorBytes / sizeof(T);
 
 // Thread `thread` of `num_threads`' share of the update of `size` elements.
-// var, accum and grad must be aligned to a whole pack. `Step` is an
+// var, accum and grad must be aligned to a whole pack, and num_threads at
+// least kWidth - 1 (the first threads take one tail element each; every
+// launch has kThreadsPerBlock). `Step` is an
 // AdagradStep of T's compute type; accum holds Acc (T, or float32 for a
 // 16-bit T); `Arith` reads and writes elements (an Arithmetic) and
 // `rounding` stores the new weights (stochastic_rounding.h), element i

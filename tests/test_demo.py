@@ -130,3 +130,25 @@ def test_exact_auc_against_pairwise_count():
         positives[:, None] == negatives[None, :]
     ).mean()
     assert recommender.exact_auc(labels, scores) == pytest.approx(pairwise, rel=1e-12)
+
+
+@pytest.mark.slow  # four quick trainings of the demo's model: about 10 s
+def test_half_tables_example_prints_its_table_and_goals():
+    """examples/half_tables.py --quick: the bfloat16 configurations train
+    (its exit status says each learned), and it reports every
+    configuration's AUC and bytes, and each goal."""
+    child = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "half_tables.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert child.returncode == 0, child.stdout[-3000:] + child.stderr[-3000:]
+    lines = child.stdout.splitlines()
+    for name in ("float32", "(a) bf16 items", "(b) bf16 items", "(c) bf16 items"):
+        assert any(line.startswith(name) for line in lines), name
+    goals = [line for line in lines if line.startswith("goal: ")]
+    assert len(goals) == 5, goals
+    # The bytes are arithmetic, not measurement: (b) keeps 3/4 of the item
+    # table's float32 bytes, (c) 1/4 plus a float32 per row.
+    assert any("(b) bytes / float32's, item table + slot: 0.75000" in g for g in goals)
