@@ -6,7 +6,6 @@ kernels/stochastic_rounding.h).
 """
 
 import random
-import textwrap
 
 import tensorflow as tf
 
@@ -26,14 +25,6 @@ accumulator_dtype: Elementwise optimizers only: `None` (the default, as
     accumulators of float16 and bfloat16 variables in float32, so that they
     keep growing when the squared gradients fall below 16-bit resolution.
     Other variables are unaffected."""
-
-
-def documented_with(base_arguments):
-    """A framework's text of its optimizers' shared arguments, with this
-    module's arguments after them, at their indentation."""
-    lines = base_arguments.rstrip().split("\n")
-    indent = min(len(line) - len(line.lstrip()) for line in lines[1:] if line.strip())
-    return "\n".join(lines + [textwrap.indent(ARGUMENT_DOC, " " * indent)])
 
 
 def checked_stochastic_rounding(value):
@@ -59,6 +50,25 @@ def checked_accumulator_dtype(value, rule):
             "accumulators are float32 already (float64 for float64 variables)."
         )
     return dtype
+
+
+def configure(optimizer, stochastic_rounding, accumulator_dtype):
+    """Checks the two arguments and sets them on `optimizer`, with its
+    `rule` taking the accumulator dtype (each adapter's `__init__`)."""
+    optimizer.stochastic_rounding = checked_stochastic_rounding(stochastic_rounding)
+    optimizer.accumulator_dtype = checked_accumulator_dtype(accumulator_dtype, optimizer.rule)
+    optimizer.rule = optimizer.rule.with_accumulator_dtype(optimizer.accumulator_dtype)
+
+
+def config(optimizer):
+    """The arguments' `get_config` entries: only where set, so that a
+    default configuration stays the framework's own."""
+    entries = {}
+    if optimizer.stochastic_rounding:
+        entries["stochastic_rounding"] = True
+    if optimizer.accumulator_dtype is not None:
+        entries["accumulator_dtype"] = optimizer.accumulator_dtype.name
+    return entries
 
 
 def new_seed():

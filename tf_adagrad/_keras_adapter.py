@@ -16,7 +16,7 @@ from tf_adagrad import (
     _xla_fallback,
     sharded,
 )
-from tf_adagrad._rule_optimizer import RuleOptimizer, public_name
+from tf_adagrad._rule_optimizer import RuleOptimizer, public_name, with_arguments
 from tf_adagrad._variables import as_tf_variable, backing_variable
 
 
@@ -25,8 +25,10 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
     or plain TensorFlow ops under XLA and for the dtypes the kernels lack."""
 
     framework = "a Keras 3 optimizer"
-    base_arguments = _half_precision.documented_with(
-        _weight_decay.documented_with(base_optimizer.base_optimizer_keyword_args)
+    base_arguments = with_arguments(
+        base_optimizer.base_optimizer_keyword_args,
+        _weight_decay.ARGUMENT_DOC,
+        _half_precision.ARGUMENT_DOC,
     )
 
     def __init__(
@@ -50,11 +52,7 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
         self.initial_accumulator_value = initial_accumulator_value
         self.epsilon = epsilon
         self.weight_decay_rows = _weight_decay.checked_rows_mode(weight_decay_rows)
-        self.stochastic_rounding = _half_precision.checked_stochastic_rounding(stochastic_rounding)
-        self.accumulator_dtype = _half_precision.checked_accumulator_dtype(
-            accumulator_dtype, self.rule
-        )
-        self.rule = self.rule.with_accumulator_dtype(self.accumulator_dtype)
+        _half_precision.configure(self, stochastic_rounding, accumulator_dtype)
         # The step's gradients by variable key, set by `apply` while it
         # builds the step: when and what weight decay decays.
         self._step_gradients = {}
@@ -426,8 +424,5 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
         # Only when set, so that the default config stays Keras' Adagrad's.
         if self.weight_decay_rows != "all":
             config["weight_decay_rows"] = self.weight_decay_rows
-        if self.stochastic_rounding:
-            config["stochastic_rounding"] = True
-        if self.accumulator_dtype is not None:
-            config["accumulator_dtype"] = self.accumulator_dtype.name
+        config.update(_half_precision.config(self))
         return config

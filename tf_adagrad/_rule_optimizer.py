@@ -45,6 +45,14 @@ class RuleOptimizer:
         return f"<{public_name(type(self))} name={name!r}: {self.framework}>"
 
 
+def with_arguments(base_arguments, *argument_docs):
+    """A framework's text of its optimizers' shared arguments, with the
+    texts of more arguments after them, at their indentation."""
+    lines = base_arguments.rstrip().split("\n")
+    indent = min(len(line) - len(line.lstrip()) for line in lines[1:] if line.strip())
+    return "\n".join(lines + [textwrap.indent(doc, " " * indent) for doc in argument_docs])
+
+
 def public_name(cls):
     """How users reach the first tf_adagrad class in `cls`'s MRO, e.g.
     `tf_adagrad.keras2.Adagrad` for `tf_adagrad.keras2.adagrad.Adagrad`

@@ -9,7 +9,6 @@ gradient names, each once (`ops.decay_rows`), before their update.
 """
 
 import contextlib
-import textwrap
 
 import tensorflow as tf
 
@@ -25,14 +24,6 @@ ARGUMENT_DOC = """weight_decay_rows: Which rows of a variable whose gradient
     `"in_batch"` (only the rows the step's gradient names, each once, as
     FBGEMM's and the TPU embedding API's optimizers do). Dense gradients'
     variables decay whole either way."""
-
-
-def documented_with(base_arguments):
-    """A framework's text of its optimizers' shared arguments, with
-    `weight_decay_rows` after them, at their indentation."""
-    lines = base_arguments.rstrip().split("\n")
-    indent = min(len(line) - len(line.lstrip()) for line in lines[1:] if line.strip())
-    return "\n".join(lines + [textwrap.indent(ARGUMENT_DOC, " " * indent)])
 
 
 def checked_rows_mode(value):

@@ -12,7 +12,7 @@ from tf_adagrad import (
     _weight_decay,
     _xla_fallback,
 )
-from tf_adagrad._rule_optimizer import RuleOptimizer
+from tf_adagrad._rule_optimizer import RuleOptimizer, with_arguments
 from tf_adagrad._variables import FLOAT_DTYPES
 
 
@@ -27,8 +27,10 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
     """
 
     framework = "a tf_keras (Keras 2) optimizer"
-    base_arguments = _half_precision.documented_with(
-        _weight_decay.documented_with(tf_keras_optimizer.base_optimizer_keyword_args)
+    base_arguments = with_arguments(
+        tf_keras_optimizer.base_optimizer_keyword_args,
+        _weight_decay.ARGUMENT_DOC,
+        _half_precision.ARGUMENT_DOC,
     )
 
     def __init__(
@@ -43,11 +45,7 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
     ):
         initial_accumulator_value, epsilon = self._checked(initial_accumulator_value, epsilon)
         tf_keras.optimizers.Optimizer.__init__(self, **kwargs)
-        self.stochastic_rounding = _half_precision.checked_stochastic_rounding(stochastic_rounding)
-        self.accumulator_dtype = _half_precision.checked_accumulator_dtype(
-            accumulator_dtype, self.rule
-        )
-        self.rule = self.rule.with_accumulator_dtype(self.accumulator_dtype)
+        _half_precision.configure(self, stochastic_rounding, accumulator_dtype)
         self._learning_rate = self._build_learning_rate(learning_rate)
         self.initial_accumulator_value = initial_accumulator_value
         self.epsilon = epsilon
@@ -267,8 +265,5 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
         # Only when set, so that the default config stays tf_keras' Adagrad's.
         if self.weight_decay_rows != "all":
             config["weight_decay_rows"] = self.weight_decay_rows
-        if self.stochastic_rounding:
-            config["stochastic_rounding"] = True
-        if self.accumulator_dtype is not None:
-            config["accumulator_dtype"] = self.accumulator_dtype.name
+        config.update(_half_precision.config(self))
         return config

@@ -9,7 +9,7 @@ from tf_keras.src import backend as tf_keras_backend
 from tf_keras.src.optimizers.legacy.optimizer_v2 import _var_key
 
 from tf_adagrad import _half_precision, _update_rules, _xla_fallback
-from tf_adagrad._rule_optimizer import RuleOptimizer
+from tf_adagrad._rule_optimizer import RuleOptimizer, with_arguments
 from tf_adagrad._variables import FLOAT_DTYPES
 
 
@@ -25,10 +25,11 @@ class LegacyOptimizer(RuleOptimizer, tf_keras.optimizers.legacy.Optimizer):
 
     framework = "a tf_keras (Keras 2) legacy optimizer, an OptimizerV2"
     # tf_keras has no text of OptimizerV2's shared arguments.
-    base_arguments = _half_precision.documented_with(
+    base_arguments = with_arguments(
         """name: String, the prefix of the names of the ops it creates.
         **kwargs: `clipvalue`, `clipnorm`, `global_clipnorm`, `decay`, as in
-            `tf_keras.optimizers.legacy.Optimizer`."""
+            `tf_keras.optimizers.legacy.Optimizer`.""",
+        _half_precision.ARGUMENT_DOC,
     )
 
     def __init__(
@@ -43,11 +44,7 @@ class LegacyOptimizer(RuleOptimizer, tf_keras.optimizers.legacy.Optimizer):
     ):
         initial_accumulator_value, epsilon = self._checked(initial_accumulator_value, epsilon)
         tf_keras.optimizers.legacy.Optimizer.__init__(self, name, **kwargs)
-        self.stochastic_rounding = _half_precision.checked_stochastic_rounding(stochastic_rounding)
-        self.accumulator_dtype = _half_precision.checked_accumulator_dtype(
-            accumulator_dtype, self.rule
-        )
-        self.rule = self.rule.with_accumulator_dtype(self.accumulator_dtype)
+        _half_precision.configure(self, stochastic_rounding, accumulator_dtype)
         # Each variable's place in the list `_create_slots` got, which keeps
         # their random bits apart.
         self._variable_indices = {}
@@ -197,10 +194,7 @@ class LegacyOptimizer(RuleOptimizer, tf_keras.optimizers.legacy.Optimizer):
             epsilon=self.epsilon,
         )
         # Only when set, so that the default config stays tf_keras' Adagrad's.
-        if self.stochastic_rounding:
-            config["stochastic_rounding"] = True
-        if self.accumulator_dtype is not None:
-            config["accumulator_dtype"] = self.accumulator_dtype.name
+        config.update(_half_precision.config(self))
         return config
 
 
