@@ -1,7 +1,8 @@
 """16-bit tables at the ops: float32 accumulators for float16 and bfloat16
 variables, and stochastic rounding of their new weights (`rounding_key`),
-against NumPy references written here: the float32 math, and the rounding
-bit for bit from an independent NumPy Philox4x32-10."""
+against NumPy: the shared float32 step (support/adagrad_reference.py, which
+stores each accumulator in its own dtype), and the rounding bit for bit from
+an independent NumPy Philox4x32-10 written here."""
 
 import os
 import subprocess
@@ -13,7 +14,13 @@ import pytest
 import tensorflow as tf
 
 import tf_adagrad
-from support.adagrad_reference import bits, np_dtype
+from support.adagrad_reference import (
+    bits,
+    dense_step_exact,
+    densify,
+    np_dtype,
+    sparse_step_exact,
+)
 
 HALF = [tf.bfloat16, tf.float16]
 PLACEMENTS = ["inside_sqrt", "outside_sqrt"]
@@ -125,15 +132,6 @@ def float32_step(var, accum, grad, epsilon_placement, dtype, lr=LR, epsilon=EPSI
     return v, a
 
 
-def dense_grad(grad, indices, num_rows):
-    """Duplicate rows summed in position order, in float32."""
-    out = {}
-    for position, index in enumerate(indices):
-        row = np.asarray(grad[position], np.float32)
-        out[index] = row if index not in out else out[index] + row
-    return out
-
-
 def state(rng, shape, dtype):
     t = np_dtype(dtype)
     var = rng.uniform(-1.0, 1.0, shape).astype(t)
@@ -152,10 +150,11 @@ def test_dense_float32_accumulator_matches_numpy(dtype, placement):
     grad = rng.uniform(-1, 1, (37, 5)).astype(np_dtype(dtype))
     v, a = tf.Variable(var0), tf.Variable(accum0)
     tf_adagrad.ops.apply_adagrad(v, a, LR, EPSILON, grad, epsilon_placement=placement)
-    want_var, want_accum = float32_step(var0, accum0, grad, placement, dtype)
-    assert a.dtype == tf.float32
+    # The shared reference keeps each accumulator's own dtype: float32 here.
+    want_var, want_accum = dense_step_exact(var0, accum0, LR, EPSILON, grad, dtype, placement)
+    assert a.dtype == tf.float32 and want_accum.dtype == np.float32
     np.testing.assert_array_equal(bits(a.numpy()), bits(want_accum))
-    np.testing.assert_array_equal(bits(v.numpy()), bits(want_var.astype(np_dtype(dtype))))
+    np.testing.assert_array_equal(bits(v.numpy()), bits(want_var))
 
 
 @pytest.mark.parametrize("placement", PLACEMENTS)
@@ -169,10 +168,9 @@ def test_sparse_float32_accumulator_matches_numpy(dtype, placement):
     tf_adagrad.ops.sparse_apply_adagrad(
         v, a, LR, EPSILON, grad, indices, epsilon_placement=placement
     )
-    want_var, want_accum = var0.copy(), accum0.copy()
-    for row, g in dense_grad(grad, indices, 50).items():
-        new_v, new_a = float32_step(var0[row], accum0[row], g, placement, dtype)
-        want_var[row], want_accum[row] = new_v.astype(np_dtype(dtype)), new_a
+    want_var, want_accum = sparse_step_exact(
+        var0, accum0, LR, EPSILON, grad, indices, dtype, placement
+    )
     np.testing.assert_array_equal(bits(a.numpy()), bits(want_accum))
     np.testing.assert_array_equal(bits(v.numpy()), bits(want_var))
 
@@ -232,7 +230,7 @@ def test_sparse_stochastic_rounding_matches_numpy_bit_for_bit(dtype):
     v, a = tf.Variable(var0), tf.Variable(accum0)
     tf_adagrad.ops.sparse_apply_adagrad(v, a, LR, EPSILON, grad, indices, rounding_key=(seed, step))
     want_var = var0.copy()
-    for row, g in dense_grad(grad, indices, num_rows).items():
+    for row, g in zip(*densify(grad, indices, num_rows, dtype)):
         new_v, _ = float32_step(var0[row], accum0[row], g, "inside_sqrt", dtype)
         random = random_bits(seed, step, row * row_size + np.arange(row_size))
         want_var[row] = round_stochastically(new_v, dtype, random)
