@@ -9,7 +9,7 @@ import random
 
 import tensorflow as tf
 
-HALF_DTYPES = (tf.float16, tf.bfloat16)
+from tf_adagrad._variables import HALF_DTYPES
 
 ARGUMENT_DOC = """stochastic_rounding: If `True`, new float16 and bfloat16 weights are
     rounded stochastically: up or down with probabilities that make the
@@ -83,12 +83,21 @@ def rounds_stochastically(optimizer, variable):
     )
 
 
-def rounding_key(seed, variable_index, step, shard=0):
-    """The ops' `rounding_key` (seed, step) of variable `variable_index` (and
-    of its `shard`): the optimizer's seed in the low 32 bits, the variable
-    and shard above them, so that no two variables draw the same bits."""
+def rounding_key(optimizer, variable, variable_index, shard=0):
+    """The ops' `rounding_key` (seed, step) for `variable`, the optimizer's
+    variable number `variable_index` (and for its `shard`), or None where
+    its weights round to nearest. The optimizer's seed sits in the low 32
+    bits, the variable and shard above them, so that no two variables draw
+    the same bits; the step is the optimizer's iteration count."""
+    if not rounds_stochastically(optimizer, variable):
+        return None
     salt = ((variable_index << 8) | shard) << 32
-    return tf.stack([tf.cast(seed, tf.int64) + salt, tf.cast(step, tf.int64)])
+    return tf.stack(
+        [
+            tf.cast(optimizer._rounding_seed, tf.int64) + salt,
+            tf.cast(optimizer.iterations, tf.int64),
+        ]
+    )
 
 
 # ------------------------------------------------------------ under XLA ---

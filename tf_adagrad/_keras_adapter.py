@@ -402,11 +402,9 @@ class KerasOptimizer(RuleOptimizer, sharded.ShardedUpdates, keras.optimizers.Opt
             )
         for shard, (part_gradient, part, slot_part) in enumerate(updates):
             _weight_decay.in_update_step(self, variable, part, part_gradient, step_gradient)
-            rounding_key = None
-            if _half_precision.rounds_stochastically(self, variable):
-                rounding_key = _half_precision.rounding_key(
-                    self._rounding_seed, self._get_variable_index(variable), self.iterations, shard
-                )
+            rounding_key = _half_precision.rounding_key(
+                self, variable, self._get_variable_index(variable), shard
+            )
             self.rule.apply(
                 part,
                 slot_part,

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from tf_adagrad import _weight_decay, _xla_fallback, ops
 from tf_adagrad._arguments import scalar_as
-from tf_adagrad._variables import FLOAT_DTYPES
+from tf_adagrad._variables import FLOAT_DTYPES, HALF_DTYPES
 
 
 def last_step_variable(optimizer, variable, add):
@@ -50,7 +50,7 @@ def bring_up_to_date(average, last_step, variable, momentum, step):
         return
     behind = tf.cast(step, tf.int64) - last_step.read_value()
     dtype = variable.dtype.base_dtype
-    compute = tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+    compute = tf.float32 if dtype in HALF_DTYPES else dtype
     # Momentum in the variable's dtype, then float64, as the op takes it.
     momentum = tf.cast(scalar_as(momentum, dtype), tf.float64)
     factor = tf.cast(tf.pow(momentum, tf.cast(behind, tf.float64)), compute)

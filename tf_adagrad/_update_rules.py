@@ -10,7 +10,7 @@ for the dtypes the kernels lack.
 import tensorflow as tf
 
 from tf_adagrad import _xla_fallback, ops
-from tf_adagrad._variables import FLOAT_DTYPES
+from tf_adagrad._variables import FLOAT_DTYPES, HALF_DTYPES
 
 
 class UpdateRule:
@@ -88,7 +88,7 @@ class Elementwise(UpdateRule):
 
     def slot_dtype(self, variable_dtype):
         dtype = tf.as_dtype(variable_dtype)
-        if self.accumulator_dtype is not None and dtype in (tf.float16, tf.bfloat16):
+        if self.accumulator_dtype is not None and dtype in HALF_DTYPES:
             return self.accumulator_dtype
         return dtype
 

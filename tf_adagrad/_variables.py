@@ -34,6 +34,8 @@ def as_tf_variable(variable, arg_name):
 
 # The dtypes the TfAdagrad ops are registered for.
 FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+# The 16-bit ones: computed in float32, rounded once on store.
+HALF_DTYPES = (tf.float16, tf.bfloat16)
 
 
 def require_dtype(variable, description, dtypes=FLOAT_DTYPES):

@@ -8,6 +8,7 @@ from tensorflow.python.ops import control_flow_util
 
 from tf_adagrad import _half_precision
 from tf_adagrad._arguments import scalar_as
+from tf_adagrad._variables import HALF_DTYPES
 
 
 def in_xla():
@@ -16,7 +17,7 @@ def in_xla():
 
 
 def _compute_dtype(dtype):
-    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+    return tf.float32 if dtype in HALF_DTYPES else dtype
 
 
 def elementwise_rows(var_rows, accum_rows, lr, epsilon, grad_rows, epsilon_placement):
@@ -58,7 +59,7 @@ def rowwise_rows(var_rows, accum_rows, lr, epsilon, grad_rows):
 def _store(new_var, dtype, rounding_key, positions):
     """New weights in `dtype`: to nearest, or with the kernels' stochastic
     rounding, element i being table position positions()[i]."""
-    if rounding_key is None or dtype not in _half_precision.HALF_DTYPES:
+    if rounding_key is None or dtype not in HALF_DTYPES:
         return tf.cast(new_var, dtype)
     return _half_precision.stochastic_round(
         tf.cast(new_var, tf.float32), dtype, rounding_key, positions()

@@ -241,11 +241,9 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
             return super().update_step(gradient, variable)
         step_gradient = self._step_gradients.get(self._var_key(variable))
         _weight_decay.in_update_step(self, variable, variable, gradient, step_gradient)
-        rounding_key = None
-        if _half_precision.rounds_stochastically(self, variable):
-            rounding_key = _half_precision.rounding_key(
-                self._rounding_seed, self._index_dict[self._var_key(variable)], self.iterations
-            )
+        rounding_key = _half_precision.rounding_key(
+            self, variable, self._index_dict[self._var_key(variable)]
+        )
         return self.rule.apply(
             variable,
             self._slot(variable),

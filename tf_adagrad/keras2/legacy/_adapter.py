@@ -169,11 +169,9 @@ class LegacyOptimizer(RuleOptimizer, tf_keras.optimizers.legacy.Optimizer):
     def _apply(self, gradient, variable, apply_state):
         slot = self.get_slot(variable, self.rule.slot_name)
         lr = self._rule_lr(variable.device, variable.dtype, apply_state)
-        rounding_key = None
-        if _half_precision.rounds_stochastically(self, variable):
-            rounding_key = _half_precision.rounding_key(
-                self._rounding_seed, self._variable_indices[_var_key(variable)], self.iterations
-            )
+        rounding_key = _half_precision.rounding_key(
+            self, variable, self._variable_indices[_var_key(variable)]
+        )
         return _update_op(
             self.rule.apply,
             variable,
