@@ -9,7 +9,7 @@ DEBIAN_BAZEL_REPOS := /usr/share/bazel
 # The op library, its build record, the wheel (bazel-bin/dist/), the C++ test
 # programs, and the CUDA test program (which exists when configure.py turns
 # CUDA on).
-BAZEL_TARGETS := //:tf_adagrad/_tf_adagrad_ops.so //:build_info //:wheel //tests/cc:adagrad_math_test \
+BAZEL_TARGETS := //:op_libraries //:wheel //tests/cc:adagrad_math_test \
   //tests/cc:adagrad_math_sanitize_test //:cuda_test_programs
 # The compiler of the CUDA kernels (configure.py looks for the same name).
 CUDA_CLANG := clang++-16
@@ -21,13 +21,17 @@ CPP_SOURCES := $(wildcard kernels/*.h kernels/*.cuh kernels/*.cc ops/*.h ops/*.c
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help build lint test test-fast demo bench clean gpu-dry-run
+.PHONY: help build wheel compat lint test test-fast demo bench clean gpu-dry-run
 
 # Times measured on a 2-core AMD EPYC VM (README.md and docs/development.md
 # give the same ones).
 help:
 	@echo "make build      creates .venv/, installs TensorFlow and the tools, builds the op library"
 	@echo "                and the wheel with Bazel (about 4 minutes the first time, seconds after)"
+	@echo "make wheel      build, then the release wheel: one op library per TensorFlow release"
+	@echo "                of build_tools/tf_releases.bzl (bazel-bin/release_dist/)"
+	@echo "make compat     wheel, then its smoke suite under every supported TensorFlow, Python"
+	@echo "                and oldest Keras (docs/development.md)"
 	@echo "make test       build, linters, the whole test suite (9 to 12 minutes after the build)"
 	@echo "make test-fast  build, linters, the suite without the tests marked slow (about 4 minutes)"
 	@echo "make demo       build, then the demo recommender (about 3 minutes)"
@@ -61,8 +65,21 @@ build: $(VENV)/.deps-installed
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(CLANG_FORMAT); }
 	$(PY) build_tools/configure.py
 	$(BAZEL) build $(BAZEL_TARGETS)
-	install -m 644 bazel-bin/tf_adagrad/_tf_adagrad_ops.so bazel-bin/tf_adagrad/_build_info.py tf_adagrad/
+	rm -f tf_adagrad/_tf_adagrad_ops*.so
+	install -m 644 bazel-bin/op_libraries/* tf_adagrad/
 	$(PY) -m pip install --quiet --no-deps --force-reinstall bazel-bin/dist/tf_adagrad-*.whl
+
+# The release wheel: the op library built against each TensorFlow release of
+# build_tools/tf_releases.bzl, each installed once into .tf_builds/ (a
+# download of about 600 MB each).
+wheel: build
+	$(PY) build_tools/configure.py --release
+	$(BAZEL) build //:release_wheel
+
+# The release wheel installed and smoke-tested in each environment of the
+# support matrix (build_tools/compat.py); not part of `make test`.
+compat: wheel
+	$(PY) build_tools/compat.py
 
 # The linters, which `make test` and `make test-fast` run first.
 lint: build
@@ -95,4 +112,4 @@ gpu-dry-run: build
 
 clean:
 	$(BAZEL) clean
-	rm -f tf_adagrad/_tf_adagrad_ops.so tf_adagrad/_build_info.py
+	rm -f tf_adagrad/_tf_adagrad_ops*.so tf_adagrad/_build_info.py

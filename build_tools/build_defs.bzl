@@ -1,6 +1,7 @@
 """Bazel macros for TensorFlow op libraries built against the installed TF."""
 
 load("@rules_cc//cc:defs.bzl", "cc_binary", "cc_library")
+load("//build_tools:tf_releases.bzl", "TF_RELEASES")
 
 # Bit-exact IEEE math (no FMA contraction, so float32 results match Keras');
 # -fno-math-errno lets the compiler vectorize sqrt.
@@ -88,7 +89,17 @@ cuda_object = rule(
     fragments = ["cpp"],
 )
 
-def tf_kernel_library(name, srcs, deps = [], copts = [], cuda_srcs = []):
+def _tf_builds():
+    """(target suffix, TensorFlow repository, --define of its version) of
+    each TensorFlow the ops are built against: the installed one, and every
+    release of TF_RELEASES (for the release wheel)."""
+    builds = [("", "@local_config_tf", "tf_version")]
+    for minor in TF_RELEASES:
+        name = minor.replace(".", "_")
+        builds.append(("_tf" + name, "@local_config_tf_" + name, "tf_version_" + name))
+    return builds
+
+def tf_kernel_library(name, srcs, deps = [], tf_deps = [], copts = [], cuda_srcs = []):
     """A library of TensorFlow ops or kernels, for `tf_op_library`.
 
     Compiled with the flags configure.py read from tf.sysconfig. With
@@ -96,11 +107,24 @@ def tf_kernel_library(name, srcs, deps = [], copts = [], cuda_srcs = []):
     headers) are compiled for the GPU and linked in, and every file sees
     GOOGLE_CUDA=1; otherwise they are left out. Always linked whole, so that
     its op and kernel registrations reach the op library.
+
+    One library per TensorFlow (`_tf_builds`): `name` for the installed one,
+    `name` + `_tf2_18` for release 2.18, and so on; `tf_deps` are other
+    `tf_kernel_library` targets, taken for the same TensorFlow.
     """
-    tf_deps = deps + [
-        "@local_config_tf//:tf_header_lib",
-        "@local_config_tf//:libtensorflow_framework",
-    ]
+    for suffix, tf_repo, _ in _tf_builds():
+        _tf_kernel_library(
+            name = name + suffix,
+            srcs = srcs,
+            deps = deps + [dep + suffix for dep in tf_deps] + [
+                tf_repo + "//:tf_header_lib",
+                tf_repo + "//:libtensorflow_framework",
+            ],
+            copts = copts,
+            cuda_srcs = cuda_srcs,
+        )
+
+def _tf_kernel_library(name, srcs, deps, copts, cuda_srcs):
     cuda_headers = [src for src in cuda_srcs if not src.endswith(".cu.cc")]
     cuda_objects = []
     for src in cuda_srcs:
@@ -110,7 +134,7 @@ def tf_kernel_library(name, srcs, deps = [], copts = [], cuda_srcs = []):
                 name = object_name,
                 src = src,
                 hdrs = srcs + cuda_headers,
-                deps = tf_deps,
+                deps = deps,
                 copts = KERNEL_COPTS + copts,
             )
             cuda_objects.append(":" + object_name)
@@ -126,22 +150,78 @@ def tf_kernel_library(name, srcs, deps = [], copts = [], cuda_srcs = []):
             "//conditions:default": [],
         }),
         alwayslink = True,
-        deps = tf_deps,
+        deps = deps,
     )
 
 def tf_op_library(name, deps):
-    """A TensorFlow op library `name` (a .so) for `tf.load_op_library`.
+    """The TensorFlow op libraries (.so) of `name`, for `tf.load_op_library`:
+    `name` + ".so" against the installed TensorFlow, and `name` + "_tf2_18.so"
+    and so on against each release of TF_RELEASES.
 
-    Links the `tf_kernel_library` targets of `deps` against the installed
-    libtensorflow_framework. The CUDA code uses the CUDA runtime that
-    TensorFlow loads (libtensorflow_framework exports it), so the library
-    needs no CUDA of its own to load.
+    Links the `tf_kernel_library` targets of `deps` (for the same
+    TensorFlow) against its libtensorflow_framework. The CUDA code uses the
+    CUDA runtime that TensorFlow loads (libtensorflow_framework exports it),
+    so the library needs no CUDA of its own to load.
     """
-    cc_binary(
+    for suffix, tf_repo, _ in _tf_builds():
+        cc_binary(
+            name = name + suffix + ".so",
+            linkshared = 1,
+            linkopts = ["-Wl,--no-undefined"],
+            deps = [dep + suffix for dep in deps] + [tf_repo + "//:libtensorflow_framework"],
+        )
+
+def _op_library_files_impl(ctx):
+    outputs = []
+    record = [
+        "# Written by Bazel: the TensorFlow release each op library was built",
+        "# against, by minor version; the loader picks the installed minor's.",
+        "TF_VERSIONS = {",
+    ]
+    for library, version_define in ctx.attr.libraries.items():
+        version = _required_define(ctx, version_define)
+        minor = ".".join(version.split(".")[:2])
+        out = ctx.actions.declare_file("%s/%s_tf%s.so" % (
+            ctx.label.name,
+            ctx.attr.library_name,
+            minor.replace(".", "_"),
+        ))
+        ctx.actions.run_shell(
+            inputs = library.files.to_list(),
+            outputs = [out],
+            command = 'cp "$1" "$2"',
+            arguments = [library.files.to_list()[0].path, out.path],
+            mnemonic = "CopyOpLibrary",
+        )
+        outputs.append(out)
+        record.append('    "%s": "%s",' % (minor, version))
+    record.append("}")
+    record_file = ctx.actions.declare_file(ctx.label.name + "/_build_info.py")
+    ctx.actions.write(record_file, "\n".join(record) + "\n")
+    return [DefaultInfo(files = depset(outputs + [record_file]))]
+
+_op_library_files = rule(
+    implementation = _op_library_files_impl,
+    attrs = {
+        "libraries": attr.label_keyed_string_dict(allow_files = [".so"], mandatory = True),
+        "library_name": attr.string(mandatory = True),
+    },
+)
+
+def op_library_files(name, library, releases):
+    """A package's op libraries, each named by its TensorFlow minor version
+    (`_tf_adagrad_ops_tf2_21.so`), and their build record `_build_info.py`,
+    in the folder `name`: the one built against the installed TensorFlow,
+    or (`releases = True`) one per release of TF_RELEASES."""
+    builds = _tf_builds()
+    chosen = builds[1:] if releases else builds[:1]
+    _op_library_files(
         name = name,
-        linkshared = 1,
-        linkopts = ["-Wl,--no-undefined"],
-        deps = deps + ["@local_config_tf//:libtensorflow_framework"],
+        libraries = {
+            ":%s%s.so" % (library, suffix): version_define
+            for suffix, _, version_define in chosen
+        },
+        library_name = library.split("/")[-1],
     )
 
 def _required_define(ctx, name):
@@ -161,14 +241,18 @@ def _python_wheel_impl(ctx):
     args.add("--license_file", ctx.file.license_file)
     args.add("--description", ctx.file.description_file)
     args.add("--version_file", ctx.file.version_file)
-    args.add("--build_record", ctx.file.build_record)
+    op_library_files = ctx.files.op_libraries
+    build_records = [f for f in op_library_files if f.basename == "_build_info.py"]
+    if len(build_records) != 1:
+        fail("op_libraries must hold one _build_info.py, found %s" % build_records)
+    args.add("--build_record", build_records[0])
     args.add_all(ctx.attr.requires, before_each = "--requires")
     for extra, requirements in ctx.attr.extras.items():
         for requirement in requirements:
             args.add("--extra", "%s=%s" % (extra, requirement))
     args.add_all(ctx.attr.python_versions, before_each = "--python_version")
     args.add("--platform_tag", _required_define(ctx, "platform_tag"))
-    package_files = ctx.files.package_files
+    package_files = ctx.files.package_files + op_library_files
     for f in package_files:
         # Subpackages keep their folders; generated files sit in the
         # package's folder.
@@ -187,7 +271,6 @@ def _python_wheel_impl(ctx):
             ctx.file.license_file,
             ctx.file.description_file,
             ctx.file.version_file,
-            ctx.file.build_record,
         ],
         outputs = [out_dir],
         mnemonic = "PythonWheel",
@@ -195,15 +278,18 @@ def _python_wheel_impl(ctx):
     )
     return [DefaultInfo(files = depset([out_dir]))]
 
-python_wheel = rule(
+_python_wheel = rule(
     implementation = _python_wheel_impl,
     doc = """A wheel of one Python package, in the folder `out_dir`, by build_wheel.py.
 
     Every file of `package_files` goes into the wheel at its path in the
-    source tree (generated files: in the package's folder); nothing else of
-    the package does. The version comes from `version_file`'s `__version__`,
-    the TensorFlow requirement from `build_record`'s `TF_VERSION` (with the
-    other requirements of `requires`, and the optional ones of `extras`),
+    source tree (generated files: in the package's folder), and so do the op
+    libraries and build record of `op_libraries` (an `op_library_files`);
+    nothing else of the package does. The version comes from
+    `version_file`'s `__version__`, the TensorFlow requirement from the
+    build record's `TF_VERSIONS` (with the other requirements of `requires`,
+    and the optional ones of `extras`, where `{tensorflow_minors}` stands for
+    the same range of minor versions),
     `Requires-Python` and the Python classifiers from `python_versions`, and
     the tag, `py3-none-<platform>`, from the define that configure.py writes
     (platform_tag).
@@ -213,7 +299,7 @@ python_wheel = rule(
         "package": attr.string(mandatory = True),
         "package_files": attr.label_list(allow_files = True, mandatory = True),
         "version_file": attr.label(allow_single_file = True, mandatory = True),
-        "build_record": attr.label(allow_single_file = True, mandatory = True),
+        "op_libraries": attr.label(mandatory = True),
         "summary": attr.string(mandatory = True),
         "license_name": attr.string(mandatory = True),
         "license_file": attr.label(allow_single_file = True, mandatory = True),
@@ -225,3 +311,16 @@ python_wheel = rule(
         "_builder": attr.label(default = "//build_tools:build_wheel.py", allow_single_file = True),
     },
 )
+
+def python_wheels(name, op_libraries, release_op_libraries, **kwargs):
+    """Two wheels of one package: `name` with the op libraries of
+    `op_libraries`, in the folder `dist`, and `release_` + `name` with those
+    of `release_op_libraries`, in `release_dist`; the other arguments are
+    `_python_wheel`'s, for both."""
+    _python_wheel(name = name, op_libraries = op_libraries, out_dir = "dist", **kwargs)
+    _python_wheel(
+        name = "release_" + name,
+        op_libraries = release_op_libraries,
+        out_dir = "release_dist",
+        **kwargs
+    )

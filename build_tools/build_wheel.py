@@ -8,16 +8,19 @@ reproducible: entries in a fixed order with a fixed date.
 
 - The version is `__version__` of the package's `__init__.py`, read without
   importing it.
-- `Requires-Dist` pins TensorFlow to the major and minor version the op
-  library was built for, read from the build record (`_build_info.py`), so
-  pip keeps them together; every `--requires` adds one more `Requires-Dist`,
+- `Requires-Dist` keeps TensorFlow within the minor versions the op
+  libraries were built for, read from the build record (`_build_info.py`'s
+  `TF_VERSIONS`, such as `tensorflow>=2.18,<2.22` for 2.18 to 2.21), so pip
+  keeps them together; every `--requires` adds one more `Requires-Dist`,
   and every `--extra NAME=REQUIREMENT` one that pip installs only for
-  `tf_adagrad[NAME]` (with `Provides-Extra: NAME`).
+  `tf_adagrad[NAME]` (with `Provides-Extra: NAME`). In both,
+  `{tensorflow_minors}` stands for the same range (tf_keras' minor versions
+  follow TensorFlow's).
 - The tag is `py3-none-<platform>` (`--platform_tag`, which configure.py
   takes from the Python that builds, such as `linux_x86_64`): the op library
   does not call Python's C API, so one wheel serves every Python 3 that
-  TensorFlow ships for; the `Requires-Dist` pin keeps it with the TensorFlow
-  minor version it was built against. `--python_version` (repeated) names
+  TensorFlow ships for; the `Requires-Dist` range keeps it with the
+  TensorFlow minor versions it was built against. `--python_version` (repeated) names
   the Python versions it is tested with: one classifier each, and
   `Requires-Python` from the lowest. The platform is plain `linux_x86_64`,
   not `manylinux`: the library is compiled by the local toolchain and not
@@ -38,29 +41,51 @@ import zipfile
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 
 
-def module_string(path, name):
-    """The string assigned to `name` at the top level of the module at `path`."""
+def module_value(path, name):
+    """The literal assigned to `name` at the top level of the module at `path`."""
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), path)
     for node in tree.body:
         if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [
             name
         ]:
-            value = ast.literal_eval(node.value)
-            if isinstance(value, str):
-                return value
-    raise SystemExit(f"build_wheel.py: {path} assigns no string to {name}")
+            return ast.literal_eval(node.value)
+    raise SystemExit(f"build_wheel.py: {path} assigns nothing to {name}")
 
 
-def tensorflow_requirement(build_record):
-    """`tensorflow==X.Y.*` for the TensorFlow X.Y.Z named in the build record."""
-    tf_version = module_string(build_record, "TF_VERSION")
-    parts = tf_version.split(".")
-    if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
+def module_string(path, name):
+    value = module_value(path, name)
+    if not isinstance(value, str):
+        raise SystemExit(f"build_wheel.py: {path} assigns no string to {name}")
+    return value
+
+
+def tensorflow_minors(build_record):
+    """The version specifier `>=X.A,<X.B+1` of the TensorFlow minor versions
+    X.A to X.B that the build record's TF_VERSIONS names (they must follow
+    each other: the range admits every minor between)."""
+    versions = module_value(build_record, "TF_VERSIONS")
+    minors = []
+    for minor, version in sorted(versions.items()):
+        parts = minor.split(".")
+        if (
+            len(parts) != 2
+            or not all(p.isdigit() for p in parts)
+            or not version.startswith(minor + ".")
+        ):
+            raise SystemExit(
+                f"build_wheel.py: {build_record} maps {minor!r} to {version!r}, expected "
+                '"X.Y": "X.Y.Z"'
+            )
+        minors.append(tuple(int(p) for p in parts))
+    minors.sort()
+    if not minors or any(b != (a[0], a[1] + 1) for a, b in zip(minors, minors[1:])):
         raise SystemExit(
-            f"build_wheel.py: {build_record} has TF_VERSION {tf_version!r}, expected X.Y.Z"
+            f"build_wheel.py: {build_record} names TensorFlow {sorted(versions)}, expected "
+            "consecutive minor versions of one major version"
         )
-    return f"tensorflow=={parts[0]}.{parts[1]}.*"
+    (major, first), (_, last) = minors[0], minors[-1]
+    return f">={major}.{first},<{major}.{last + 1}"
 
 
 def extra_lines(specs):
@@ -89,6 +114,11 @@ def metadata(args, version):
     with open(args.description, encoding="utf-8") as f:
         description = f.read()
     python_versions = sorted(set(args.python_version), key=version_key)
+    minors = tensorflow_minors(args.build_record)
+
+    def with_minors(requirement):
+        return requirement.replace("{tensorflow_minors}", minors)
+
     lines = [
         "Metadata-Version: 2.1",
         f"Name: {args.name}",
@@ -100,9 +130,9 @@ def metadata(args, version):
         "Classifier: Programming Language :: Python :: 3",
         *(f"Classifier: Programming Language :: Python :: {v}" for v in python_versions),
         f"Requires-Python: >={python_versions[0]}",
-        f"Requires-Dist: {tensorflow_requirement(args.build_record)}",
-        *(f"Requires-Dist: {requirement}" for requirement in args.requires),
-        *extra_lines(args.extra),
+        f"Requires-Dist: tensorflow{minors}",
+        *(f"Requires-Dist: {with_minors(requirement)}" for requirement in args.requires),
+        *extra_lines([with_minors(spec) for spec in args.extra]),
         "Description-Content-Type: text/markdown",
     ]
     return "\n".join(lines) + "\n\n" + description
@@ -148,7 +178,7 @@ def main():
     )
     parser.add_argument("--version_file", required=True, help="the module that sets __version__")
     parser.add_argument(
-        "--build_record", required=True, help="_build_info.py, which sets TF_VERSION"
+        "--build_record", required=True, help="_build_info.py, which sets TF_VERSIONS"
     )
     parser.add_argument(
         "--requires", action="append", default=[], help="a requirement, such as keras>=3.15,<3.16"
@@ -158,7 +188,7 @@ def main():
         action="append",
         default=[],
         metavar="NAME=REQUIREMENT",
-        help="a requirement of an extra, such as keras2=tf-keras==2.21.*",
+        help="a requirement of an extra, such as keras2=tf-keras{tensorflow_minors}",
     )
     parser.add_argument(
         "--python_version",

@@ -70,7 +70,12 @@ WHEEL_DIR = os.path.join(CACHE_DIR, "wheels")
 SIM_VENV = os.path.join(CACHE_DIR, "host-python")
 STAGING_DIR = os.path.join(PAYLOAD_DIR, "staging")
 MANIFEST = os.path.join(PAYLOAD_DIR, "manifest.json")
-OP_LIBRARY_FILES = ["tf_adagrad/_tf_adagrad_ops.so", "tf_adagrad/_build_info.py"]
+# The op library `make build` copies into the source tree (named by the
+# development TensorFlow's minor version), and its build record.
+OP_LIBRARY_FILES = sorted(
+    os.path.relpath(path, REPO)
+    for path in glob.glob(os.path.join(REPO, "tf_adagrad", "_tf_adagrad_ops_tf*.so"))
+) + ["tf_adagrad/_build_info.py"]
 # Where the GPU host keeps the parts that --store-part took in, and the
 # unpacked payload.
 HOLD_DIR = "/tmp/tf_adagrad_gpu_check"
@@ -624,6 +629,11 @@ PY_XZ_FILTER = (
 
 
 def op_library_record():
+    if not any(f.endswith(".so") for f in OP_LIBRARY_FILES):
+        raise Failure(
+            "expected the op library tf_adagrad/_tf_adagrad_ops_tf*.so (run `make build` first), "
+            "found none"
+        )
     record = {}
     for relative in OP_LIBRARY_FILES:
         path = os.path.join(REPO, relative)

@@ -1,5 +1,6 @@
 """Locking, determinism across thread counts, and the library loader."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -220,14 +221,31 @@ def test_missing_library_error_names_file_version_and_rebuild(fresh_loader, tmp_
 
 
 def test_library_built_for_other_tf_version_is_refused(fresh_loader):
-    fresh_loader.setattr(_loader, "_built_for_tf_version", lambda: "2.19.1")
+    fresh_loader.setattr(_loader, "_built_for_tf_versions", lambda: {"2.19": "2.19.1"})
     with pytest.raises(tf_adagrad.OpLibraryError) as info:
         tf_adagrad.ops.apply_adagrad(tf.Variable([1.0]), tf.Variable([1.0]), 0.1, 1e-7, [1.0])
     message = str(info.value)
-    assert _loader.LIBRARY_PATH in message
-    assert "built for TensorFlow 2.19.1" in message
+    assert os.path.dirname(_loader.LIBRARY_PATH) in message
+    assert "built for TensorFlow 2.19 (2.19.1, as recorded in" in message
     assert f"TensorFlow {tf.__version__} is installed" in message
+    assert "`pip install 'tensorflow>=2.19,<2.20'`" in message
     assert "make build" in message
+
+
+def test_a_wheel_for_several_tensorflow_minors_names_its_range(fresh_loader):
+    """A release wheel's record lists several minors; outside them, the
+    error names the range and the pip requirement that meets it."""
+    major, minor = map(int, tf.__version__.split(".")[:2])
+    below = {f"{major}.{m}": f"{major}.{m}.1" for m in range(minor - 4, minor)}
+    fresh_loader.setattr(_loader, "_built_for_tf_versions", lambda: below)
+    with pytest.raises(tf_adagrad.OpLibraryError) as info:
+        tf_adagrad.ops.apply_adagrad(tf.Variable([1.0]), tf.Variable([1.0]), 0.1, 1e-7, [1.0])
+    releases = ", ".join(below.values())
+    assert (
+        f"built for TensorFlow {major}.{minor - 4} to {major}.{minor - 1} ({releases}, as "
+        "recorded in" in str(info.value)
+    )
+    assert f"`pip install 'tensorflow>={major}.{minor - 4},<{major}.{minor}'`" in str(info.value)
 
 
 @pytest.mark.slow  # a fresh process of its own

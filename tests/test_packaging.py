@@ -7,6 +7,7 @@ import csv
 import glob
 import hashlib
 import importlib.metadata
+import importlib.util
 import io
 import json
 import os
@@ -26,14 +27,17 @@ from packaging.utils import canonicalize_name
 
 import tf_adagrad
 
-TF_MAJOR_MINOR = ".".join(tf.__version__.split(".")[:2])
-# What the wheel requires: the TensorFlow it was built for, and the Keras
-# whose private optimizer hooks tf_adagrad.Adagrad overrides
-# (tests/test_optimizer.py checks those hooks).
-REQUIREMENTS = sorted([f"tensorflow=={TF_MAJOR_MINOR}.*", "keras>=3.15,<3.16"])
+TF_MAJOR, TF_MINOR = map(int, tf.__version__.split(".")[:2])
+TF_MAJOR_MINOR = f"{TF_MAJOR}.{TF_MINOR}"
+TF_MINORS = f">={TF_MAJOR_MINOR},<{TF_MAJOR}.{TF_MINOR + 1}"
+# What the wheel of `make build` requires: the TensorFlow minor version its
+# library was built for, and the Keras 3 releases whose private optimizer
+# hooks tf_adagrad.Adagrad overrides as `make compat` tests them.
+REQUIREMENTS = sorted([f"tensorflow{TF_MINORS}", "keras>=3.10,<3.16"])
 # `tf_adagrad[keras2]` adds the tf_keras that tf_adagrad.keras2 subclasses:
-# the release that goes with this TensorFlow.
-KERAS2_REQUIREMENT = f'tf-keras=={TF_MAJOR_MINOR}.*; extra == "keras2"'
+# the releases that go with the same TensorFlow.
+KERAS2_REQUIREMENT = f'tf-keras{TF_MINORS}; extra == "keras2"'
+LIBRARY_NAME = os.path.basename(tf_adagrad._loader.LIBRARY_PATH)
 # The Pythons the wheel is installed into below (BUILD's python_versions).
 PYTHON_VERSIONS = ["3.11", "3.12"]
 
@@ -82,7 +86,7 @@ def test_wheel_name_and_tags_describe_this_build(wheel_path):
 def test_op_library_does_not_use_pythons_abi(repo_root):
     """What the wheel's `py3-none` tag claims: the op library neither links
     libpython nor needs a symbol of Python's C API."""
-    library = os.path.join(repo_root, "bazel-bin", "tf_adagrad", "_tf_adagrad_ops.so")
+    library = os.path.join(repo_root, "bazel-bin", "op_libraries", LIBRARY_NAME)
     needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", run(["readelf", "-d", library]))
     assert "libtensorflow_framework.so.2" in needed
     assert not [name for name in needed if "python" in name], needed
@@ -97,10 +101,10 @@ def test_wheel_holds_the_package_its_library_and_metadata_only(wheel_path, repo_
     dist_info = f"tf_adagrad-{tf_adagrad.__version__}.dist-info"
     with zipfile.ZipFile(wheel_path) as wheel:
         names = sorted(wheel.namelist())
-        library = wheel.read("tf_adagrad/_tf_adagrad_ops.so")
+        library = wheel.read(f"tf_adagrad/{LIBRARY_NAME}")
         build_record = wheel.read("tf_adagrad/_build_info.py").decode()
         license_text = wheel.read(f"{dist_info}/LICENSE")
-        library_mode = (wheel.getinfo("tf_adagrad/_tf_adagrad_ops.so").external_attr >> 16) & 0o777
+        library_mode = (wheel.getinfo(f"tf_adagrad/{LIBRARY_NAME}").external_attr >> 16) & 0o777
     package_root = os.path.join(repo_root, "tf_adagrad")
     sources = sorted(
         os.path.relpath(p, package_root)
@@ -110,14 +114,16 @@ def test_wheel_holds_the_package_its_library_and_metadata_only(wheel_path, repo_
     expected_modules = sorted(set(sources) | {"_build_info.py"})
     assert names == sorted(
         [f"tf_adagrad/{name}" for name in expected_modules]
-        + ["tf_adagrad/_tf_adagrad_ops.so"]
+        + [f"tf_adagrad/{LIBRARY_NAME}"]
         + [f"{dist_info}/{name}" for name in ("LICENSE", "METADATA", "RECORD", "WHEEL")]
     )
     assert not any("test" in name for name in names)
     with open(os.path.join(repo_root, "bazel-bin", "tf_adagrad", "_tf_adagrad_ops.so"), "rb") as f:
-        assert library == f.read()
+        assert library == f.read()  # the library Bazel linked, renamed
     assert library_mode == 0o755
-    assert f'TF_VERSION = "{tf.__version__}"' in build_record
+    record = {}
+    exec(build_record, record)
+    assert record["TF_VERSIONS"] == {TF_MAJOR_MINOR: tf.__version__}
     with open(os.path.join(repo_root, "LICENSE"), "rb") as f:
         assert license_text == f.read()
 
@@ -162,7 +168,7 @@ def test_make_build_installed_the_wheel_into_the_venv(tmp_path):
     assert distribution.version == tf_adagrad.__version__
     assert "Generator: tf-adagrad build_wheel.py" in distribution.read_text("WHEEL")
     installed = {str(path) for path in distribution.files}
-    assert "tf_adagrad/_tf_adagrad_ops.so" in installed
+    assert f"tf_adagrad/{LIBRARY_NAME}" in installed
     # Outside the source tree, the venv's Python imports the installed wheel.
     imported = run(
         [sys.executable, "-c", "import tf_adagrad; print(tf_adagrad.__file__)"],
@@ -288,7 +294,7 @@ def check_wheel_installs_and_fits(python, tensorflow_site, wheel_path, tmp_path)
     )
     installed_package = os.path.join(site_packages, "tf_adagrad")
     assert result["tf_adagrad_file"] == os.path.join(installed_package, "__init__.py")
-    assert result["library_path"] == os.path.join(installed_package, "_tf_adagrad_ops.so")
+    assert result["library_path"] == os.path.join(installed_package, LIBRARY_NAME)
     assert result["library_loaded"]
     assert result["version"] == tf_adagrad.__version__
     assert sorted(result["requires"]) == sorted([*REQUIREMENTS, KERAS2_REQUIREMENT])
@@ -384,12 +390,16 @@ def test_wheel_installs_under_python_3_12_and_fits(
 
 
 def package_with_build_record(tmp_path, tf_version):
-    """A copy of the installed package whose build record names `tf_version`."""
+    """A copy of the installed package whose build record names `tf_version`
+    (and its library, under the name of that version's minor)."""
     copy = tmp_path / "packages" / "tf_adagrad"
     shutil.copytree(
         os.path.dirname(tf_adagrad.__file__), copy, ignore=shutil.ignore_patterns("__pycache__")
     )
-    (copy / "_build_info.py").write_text(f'TF_VERSION = "{tf_version}"\n')
+    minor = ".".join(tf_version.split(".")[:2])
+    (copy / "_build_info.py").write_text(f'TF_VERSIONS = {{"{minor}": "{tf_version}"}}\n')
+    library = os.path.basename(tf_adagrad._loader.library_path(minor))
+    os.rename(copy / LIBRARY_NAME, copy / library)
     return copy
 
 
@@ -414,12 +424,13 @@ def test_import_refuses_a_build_for_another_tensorflow_minor_version(tmp_path):
     assert out.returncode != 0
     last_line = out.stderr.strip().splitlines()[-1]
     assert last_line.startswith("tf_adagrad.OpLibraryError: "), out.stderr[-3000:]
+    other_minor = f"{major}.{int(minor) - 1}"
     assert (
-        f"was built for TensorFlow {other} (as recorded in {package / '_build_info.py'})"
+        f"op libraries in {package} were built for TensorFlow {other_minor} ({other}, as "
+        f"recorded in {package / '_build_info.py'}), but TensorFlow {tf.__version__} is installed"
         in last_line
     )
-    assert f"but TensorFlow {tf.__version__} is installed" in last_line
-    assert str(package / "_tf_adagrad_ops.so") in last_line
+    assert f"`pip install 'tensorflow>={other_minor},<{major}.{minor}'`" in last_line
     assert "`make build` in the tf-adagrad source tree" in last_line
     assert "python build_tools/configure.py && bazel build //:wheel" in last_line
 
@@ -461,3 +472,31 @@ def test_version_is_pep440_and_has_a_changelog_entry(repo_root):
     with open(os.path.join(repo_root, "CHANGELOG.md")) as f:
         changelog = f.read()
     assert re.search(rf"^## \[?{re.escape(tf_adagrad.__version__)}\]? ", changelog, re.MULTILINE)
+
+
+# The wheel's TensorFlow range, from a build record of several minors.
+
+
+def build_wheel_module(repo_root):
+    spec = importlib.util.spec_from_file_location(
+        "build_wheel", os.path.join(repo_root, "build_tools", "build_wheel.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_release_wheels_requirement_spans_its_libraries_minors(repo_root, tmp_path):
+    build_wheel = build_wheel_module(repo_root)
+    record = tmp_path / "_build_info.py"
+    record.write_text(
+        'TF_VERSIONS = {"2.19": "2.19.1", "2.18": "2.18.1", "2.21": "2.21.0", "2.20": "2.20.0"}\n'
+    )
+    assert build_wheel.tensorflow_minors(str(record)) == ">=2.18,<2.22"
+    # A gap would admit a minor without a library.
+    record.write_text('TF_VERSIONS = {"2.18": "2.18.1", "2.20": "2.20.0"}\n')
+    with pytest.raises(SystemExit, match="expected consecutive minor versions"):
+        build_wheel.tensorflow_minors(str(record))
+    record.write_text('TF_VERSIONS = {"2.18": "2.19.1"}\n')
+    with pytest.raises(SystemExit, match="maps '2.18' to '2.19.1', expected \"X.Y\": \"X.Y.Z\""):
+        build_wheel.tensorflow_minors(str(record))

@@ -1,4 +1,5 @@
-"""Finds, checks and loads the op library (`_tf_adagrad_ops.so`).
+"""Finds, checks and loads the op library for the installed TensorFlow
+(`_tf_adagrad_ops_tf2_21.so` for TensorFlow 2.21).
 
 `import tf_adagrad` loads it, which registers the `TfAdagrad>...` ops with
 TensorFlow, so that a SavedModel holding them loads with plain
@@ -11,7 +12,6 @@ import threading
 import tensorflow as tf
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-LIBRARY_PATH = os.path.join(_PACKAGE_DIR, "_tf_adagrad_ops.so")
 BUILD_RECORD_PATH = os.path.join(_PACKAGE_DIR, "_build_info.py")
 REBUILD_COMMAND = (
     "`make build` in the tf-adagrad source tree (for its .venv); for another "
@@ -19,6 +19,20 @@ REBUILD_COMMAND = (
     "`python build_tools/configure.py && bazel build //:wheel && python -m pip install "
     "--force-reinstall --no-deps bazel-bin/dist/tf_adagrad-*.whl`"
 )
+
+
+def _major_minor(version):
+    return ".".join(version.split(".")[:2])
+
+
+def library_path(tf_minor):
+    """The op library for TensorFlow `tf_minor` ("2.21"): one per minor
+    version, since TensorFlow's C++ ABI changes between them."""
+    return os.path.join(_PACKAGE_DIR, f"_tf_adagrad_ops_tf{tf_minor.replace('.', '_')}.so")
+
+
+# The library for the installed TensorFlow.
+LIBRARY_PATH = library_path(_major_minor(tf.__version__))
 
 _load_lock = threading.Lock()
 _library = None
@@ -32,21 +46,18 @@ class OpLibraryError(ImportError):
 OpLibraryError.__module__ = "tf_adagrad"
 
 
-def _major_minor(version):
-    return tuple(version.split(".")[:2])
-
-
-def _recorded_tf_version():
-    """The TensorFlow version in the build record, or None without one."""
+def _recorded_tf_versions():
+    """{minor: release} of the build record ({"2.21": "2.21.0"}), or None
+    without one."""
     try:
         from tf_adagrad import _build_info
     except ImportError:
         return None
-    return _build_info.TF_VERSION
+    return _build_info.TF_VERSIONS
 
 
-def _built_for_tf_version():
-    built_for = _recorded_tf_version()
+def _built_for_tf_versions():
+    built_for = _recorded_tf_versions()
     if built_for is None:
         raise OpLibraryError(
             f"tf_adagrad's op library {LIBRARY_PATH} has no build record "
@@ -57,16 +68,29 @@ def _built_for_tf_version():
     return built_for
 
 
+def _supported_range(built_for):
+    """ "2.18 to 2.21" and its pip requirement, of the recorded minors."""
+    minors = sorted(built_for, key=lambda minor: tuple(int(p) for p in minor.split(".")))
+    major, last = minors[-1].split(".")
+    names = minors[0] if len(minors) == 1 else f"{minors[0]} to {minors[-1]}"
+    return names, f"tensorflow>={minors[0]},<{major}.{int(last) + 1}"
+
+
 def _check_built_for_installed_tf(built_for):
-    """TensorFlow's C++ ABI changes between minor versions: a library built
-    for another one may fail to load or misbehave, so it is refused."""
-    if _major_minor(built_for) != _major_minor(tf.__version__):
-        raise OpLibraryError(
-            f"tf_adagrad's op library {LIBRARY_PATH} was built for "
-            f"TensorFlow {built_for} (as recorded in {BUILD_RECORD_PATH}), but "
-            f"TensorFlow {tf.__version__} is installed; their major and minor "
-            f"versions must match. Rebuild it with: {REBUILD_COMMAND}"
-        )
+    """A library loads only into the TensorFlow minor version it was built
+    for: one built for another may fail to load or misbehave."""
+    if _major_minor(tf.__version__) in built_for:
+        return
+    names, requirement = _supported_range(built_for)
+    releases = ", ".join(built_for[minor] for minor in sorted(built_for))
+    raise OpLibraryError(
+        f"tf_adagrad's op libraries in {_PACKAGE_DIR} were built for TensorFlow "
+        f"{names} ({releases}, as recorded in {BUILD_RECORD_PATH}), but TensorFlow "
+        f"{tf.__version__} is installed; a library loads only into the TensorFlow "
+        f"minor version it was built for. Install a supported TensorFlow "
+        f"(`pip install '{requirement}'`), or build tf_adagrad for this one with: "
+        f"{REBUILD_COMMAND}"
+    )
 
 
 def load_library():
@@ -81,19 +105,20 @@ def load_library():
     with _load_lock:
         if _library is not None:
             return _library
+        built_for = _built_for_tf_versions()
+        _check_built_for_installed_tf(built_for)
         if not os.path.exists(LIBRARY_PATH):
             raise OpLibraryError(
                 f"tf_adagrad's op library {LIBRARY_PATH} is missing (installed "
                 f"TensorFlow: {tf.__version__}). Rebuild it with: {REBUILD_COMMAND}"
             )
-        built_for = _built_for_tf_version()
-        _check_built_for_installed_tf(built_for)
         try:
             _library = tf.load_op_library(LIBRARY_PATH)
         except tf.errors.NotFoundError as e:
+            built_against = built_for[_major_minor(tf.__version__)]
             raise OpLibraryError(
                 f"tf_adagrad's op library {LIBRARY_PATH} (built for TensorFlow "
-                f"{built_for}) failed to load into TensorFlow {tf.__version__}: "
+                f"{built_against}) failed to load into TensorFlow {tf.__version__}: "
                 f"{e.message}. Rebuild it with: {REBUILD_COMMAND}"
             ) from e
         return _library
@@ -105,5 +130,5 @@ def load_at_import():
     fails the import with OpLibraryError. Without a build record (a source
     tree not built yet) the import goes on, and the first op call (or
     `tf_adagrad.ops.load_library()`) reports what is missing."""
-    if _recorded_tf_version() is not None:
+    if _recorded_tf_versions() is not None:
         load_library()

@@ -57,7 +57,7 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
                 "tf_adagrad.LossScaleOptimizer's inner_optimizer must be a Keras 3 optimizer "
                 f"(a keras.optimizers.Optimizer), received: {inner_optimizer!r}"
             )
-        super().__init__(inner_optimizer, initial_scale, dynamic_growth_steps, name, **kwargs)
+        super().__init__(inner_optimizer, initial_scale, dynamic_growth_steps, name=name, **kwargs)
 
     def check_finite(self, grads):
         return super().check_finite(_loss_scaling.values_only(grads))
