@@ -246,6 +246,7 @@ def _python_wheel_impl(ctx):
     if len(build_records) != 1:
         fail("op_libraries must hold one _build_info.py, found %s" % build_records)
     args.add("--build_record", build_records[0])
+    args.add("--versions_file", ctx.file.versions_file)
     args.add_all(ctx.attr.requires, before_each = "--requires")
     for extra, requirements in ctx.attr.extras.items():
         for requirement in requirements:
@@ -271,6 +272,7 @@ def _python_wheel_impl(ctx):
             ctx.file.license_file,
             ctx.file.description_file,
             ctx.file.version_file,
+            ctx.file.versions_file,
         ],
         outputs = [out_dir],
         mnemonic = "PythonWheel",
@@ -289,7 +291,8 @@ _python_wheel = rule(
     `version_file`'s `__version__`, the TensorFlow requirement from the
     build record's `TF_VERSIONS` (with the other requirements of `requires`,
     and the optional ones of `extras`, where `{tensorflow_minors}` stands for
-    the same range of minor versions),
+    the same range of minor versions and `{keras_versions}` for
+    `versions_file`'s `KERAS_VERSIONS`),
     `Requires-Python` and the Python classifiers from `python_versions`, and
     the tag, `py3-none-<platform>`, from the define that configure.py writes
     (platform_tag).
@@ -300,6 +303,7 @@ _python_wheel = rule(
         "package_files": attr.label_list(allow_files = True, mandatory = True),
         "version_file": attr.label(allow_single_file = True, mandatory = True),
         "op_libraries": attr.label(mandatory = True),
+        "versions_file": attr.label(allow_single_file = True, mandatory = True),
         "summary": attr.string(mandatory = True),
         "license_name": attr.string(mandatory = True),
         "license_file": attr.label(allow_single_file = True, mandatory = True),

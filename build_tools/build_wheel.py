@@ -15,7 +15,8 @@ reproducible: entries in a fixed order with a fixed date.
   and every `--extra NAME=REQUIREMENT` one that pip installs only for
   `tf_adagrad[NAME]` (with `Provides-Extra: NAME`). In both,
   `{tensorflow_minors}` stands for the same range (tf_keras' minor versions
-  follow TensorFlow's).
+  follow TensorFlow's) and `{keras_versions}` for the Keras 3 releases the
+  package supports (`KERAS_VERSIONS` of `--versions_file`).
 - The tag is `py3-none-<platform>` (`--platform_tag`, which configure.py
   takes from the Python that builds, such as `linux_x86_64`): the op library
   does not call Python's C API, so one wheel serves every Python 3 that
@@ -116,8 +117,12 @@ def metadata(args, version):
     python_versions = sorted(set(args.python_version), key=version_key)
     minors = tensorflow_minors(args.build_record)
 
+    keras_versions = module_string(args.versions_file, "KERAS_VERSIONS")
+
     def with_minors(requirement):
-        return requirement.replace("{tensorflow_minors}", minors)
+        return requirement.replace("{tensorflow_minors}", minors).replace(
+            "{keras_versions}", keras_versions
+        )
 
     lines = [
         "Metadata-Version: 2.1",
@@ -177,6 +182,11 @@ def main():
         "--description", required=True, help="a Markdown file for the long description"
     )
     parser.add_argument("--version_file", required=True, help="the module that sets __version__")
+    parser.add_argument(
+        "--versions_file",
+        required=True,
+        help="the module that sets KERAS_VERSIONS, which {keras_versions} stands for",
+    )
     parser.add_argument(
         "--build_record", required=True, help="_build_info.py, which sets TF_VERSIONS"
     )

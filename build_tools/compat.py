@@ -106,14 +106,13 @@ def prepare(cell, wheel, log):
         shutil.rmtree(venv, ignore_errors=True)
         if not run([find_python(python), "-m", "venv", venv], log):
             return None
-        pip = [venv_python, "-m", "pip", "install", "--quiet", "--only-binary=:all:"]
-        if not run([*pip, *wanted, f"{wheel}[keras2]"], log):
-            return None
         with open(stamp, "w") as f:
             f.write("\n".join(wanted) + "\n")
-    elif not run(
-        [venv_python, "-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps", wheel],
-        log,
+    pip = [venv_python, "-m", "pip", "install", "--quiet", "--only-binary=:all:"]
+    # What the wheel asks for, then this build of the wheel itself (pip
+    # keeps an installed wheel of the same version).
+    if not run([*pip, *wanted, f"{wheel}[keras2]"], log) or not run(
+        [*pip, "--force-reinstall", "--no-deps", wheel], log
     ):
         return None
     if not run([venv_python, "-m", "pip", "check"], log):

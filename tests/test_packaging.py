@@ -26,6 +26,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import tf_adagrad
+from tf_adagrad import _versions
 
 TF_MAJOR, TF_MINOR = map(int, tf.__version__.split(".")[:2])
 TF_MAJOR_MINOR = f"{TF_MAJOR}.{TF_MINOR}"
@@ -34,6 +35,7 @@ TF_MINORS = f">={TF_MAJOR_MINOR},<{TF_MAJOR}.{TF_MINOR + 1}"
 # library was built for, and the Keras 3 releases whose private optimizer
 # hooks tf_adagrad.Adagrad overrides as `make compat` tests them.
 REQUIREMENTS = sorted([f"tensorflow{TF_MINORS}", "keras>=3.10,<3.16"])
+assert _versions.KERAS_VERSIONS == ">=3.10,<3.16"  # the wheel takes it from there
 # `tf_adagrad[keras2]` adds the tf_keras that tf_adagrad.keras2 subclasses:
 # the releases that go with the same TensorFlow.
 KERAS2_REQUIREMENT = f'tf-keras{TF_MINORS}; extra == "keras2"'
@@ -221,6 +223,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 import tf_adagrad
+from tf_adagrad import _versions
 
 def one_step(optimizer):
     keras.utils.set_random_seed(1)
@@ -462,6 +465,39 @@ def test_import_without_a_build_record_defers_to_the_first_op_call(tmp_path):
     out = run([sys.executable, "-c", script], cwd=tmp_path, env=env)
     assert f"has no build record ({package / '_build_info.py'})" in out
     assert f"installed: {tf.__version__}" in out
+
+
+@pytest.mark.parametrize("version", ["3.10.0", "3.12.4", "3.15.1"])
+def test_import_accepts_the_tested_keras_releases(version):
+    _versions.check_keras(version)
+
+
+@pytest.mark.parametrize("version", ["3.9.2", "3.5.0", "3.16.0", "3.16.0.dev2026120703", "4.0.0"])
+def test_import_refuses_a_keras_outside_the_tested_releases(version):
+    with pytest.raises(ImportError) as info:
+        _versions.check_keras(version)
+    assert str(info.value) == (
+        "tf_adagrad supports Keras 3.10 to 3.15 (its optimizers override private hooks of "
+        f"Keras' optimizer, as tested with those releases); Keras {version} is installed. "
+        "Install a supported Keras: `pip install 'keras>=3.10,<3.16'`."
+    )
+
+
+def test_import_checks_the_installed_keras(tmp_path, repo_root):
+    """`import tf_adagrad` under a Keras that reports another version fails
+    with that message before anything else is loaded."""
+    script = (
+        "import keras\n"
+        "keras.__version__ = '3.9.2'\n"
+        "try:\n"
+        "    import tf_adagrad\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    env = {**python_env(), "PYTHONPATH": repo_root}  # the source tree's tf_adagrad
+    out = run([sys.executable, "-c", script], cwd=tmp_path, env=env)
+    assert "tf_adagrad supports Keras 3.10 to 3.15" in out
+    assert "Keras 3.9.2 is installed" in out
 
 
 # The version number.

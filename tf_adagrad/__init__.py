@@ -1,17 +1,20 @@
 """tf-adagrad: fused CPU/CUDA Adagrad for TensorFlow and Keras 3.
 
-Importing loads the op library (`_tf_adagrad_ops.so`), which registers the
-`TfAdagrad>...` ops with TensorFlow, so a SavedModel holding them loads with
-`tf.saved_model.load` after `import tf_adagrad`. A library built for another
-TensorFlow (major and minor version) raises `OpLibraryError`.
+Importing loads the op library for the installed TensorFlow's minor version
+(`_tf_adagrad_ops_tf2_21.so`), which registers the `TfAdagrad>...` ops with
+TensorFlow, so a SavedModel holding them loads with `tf.saved_model.load`
+after `import tf_adagrad`. A TensorFlow the package has no library for
+raises `OpLibraryError`, a Keras 3 release outside the tested ones
+ImportError.
 """
 
 __version__ = "0.1.0"
 
 import importlib.util
 
-from tf_adagrad import _loader
+from tf_adagrad import _loader, _versions
 
+_versions.check_keras()
 _loader.load_at_import()
 
 from tf_adagrad import ops  # noqa: E402
