@@ -536,3 +536,61 @@ def test_the_release_wheels_requirement_spans_its_libraries_minors(repo_root, tm
     record.write_text('TF_VERSIONS = {"2.18": "2.19.1"}\n')
     with pytest.raises(SystemExit, match="maps '2.18' to '2.19.1', expected \"X.Y\": \"X.Y.Z\""):
         build_wheel.tensorflow_minors(str(record))
+
+
+# configure.py's settings of the release wheel's TensorFlows.
+
+
+def configure_module(repo_root, monkeypatch, release_envs):
+    spec = importlib.util.spec_from_file_location(
+        "configure", os.path.join(repo_root, "build_tools", "configure.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "RELEASE_ENVS", str(release_envs))
+    return module
+
+
+def record_release(release_envs, minor, **settings):
+    env = release_envs / f"tf{minor}"
+    env.mkdir(parents=True)
+    (env / "tf_settings.json").write_text(json.dumps(settings))
+
+
+DEV_SETTINGS = {
+    "version": "2.21.0",
+    "include_dir": "/dev/include",
+    "lib_dir": "/dev/lib",
+    "lib_name": "libtensorflow_framework.so.2",
+    "compile_flags": ["-D_GLIBCXX_USE_CXX11_ABI=1", "--std=c++17"],
+}
+
+
+def test_configure_writes_each_recorded_release_for_bazel(repo_root, monkeypatch, tmp_path):
+    configure = configure_module(repo_root, monkeypatch, tmp_path)
+    assert configure.tf_releases()["2.18"] == "2.18.1"
+    record_release(tmp_path, "2.18", **{**DEV_SETTINGS, "version": "2.18.1", "lib_dir": "/r/lib"})
+    # Only releases whose environment is complete (recorded) are configured.
+    releases = configure.release_settings(False, DEV_SETTINGS)
+    assert list(releases) == ["2.18"]
+    lines = configure.bazelrc_lines(DEV_SETTINGS, releases, {"platform_tag": "x"}, None)
+    assert "build --repo_env=TF_HEADER_DIR=/dev/include" in lines
+    assert "build --define=tf_version=2.21.0" in lines
+    assert "build --repo_env=TF_2_18_SHARED_LIBRARY_DIR=/r/lib" in lines
+    assert "build --define=tf_version_2_18=2.18.1" in lines
+    assert "build --cxxopt=--std=c++17" in lines
+
+
+def test_configure_refuses_a_release_of_other_flags_or_version(repo_root, monkeypatch, tmp_path):
+    configure = configure_module(repo_root, monkeypatch, tmp_path)
+    record_release(
+        tmp_path, "2.19", **{**DEV_SETTINGS, "version": "2.19.1", "compile_flags": ["--std=c++20"]}
+    )
+    with pytest.raises(
+        SystemExit, match=r"TensorFlow 2\.19\.1 compiles ops with \['--std=c\+\+20'\]"
+    ):
+        configure.release_settings(False, DEV_SETTINGS)
+    shutil.rmtree(tmp_path / "tf2.19")
+    record_release(tmp_path, "2.19", **{**DEV_SETTINGS, "version": "2.19.0"})
+    with pytest.raises(SystemExit, match="has TensorFlow 2.19.0, but build_tools/tf_releases.bzl"):
+        configure.release_settings(False, DEV_SETTINGS)
