@@ -158,6 +158,10 @@ def main():
             shutil.rmtree(work, ignore_errors=True)
             os.makedirs(work)
             shutil.copy(SMOKE_SUITE, work)
+            # pytest's settings of its own, so that the source tree's
+            # (pytest.ini puts the tree on sys.path) do not apply.
+            with open(os.path.join(work, "pytest.ini"), "w") as f:
+                f.write("[pytest]\n")
             passed = run(
                 [venv_python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "smoke_suite.py"],
                 log,

@@ -170,33 +170,43 @@ DISTINCT_IDS = np.array([[1, 2], [3, 4], [5, 6], [7, 8], [2, 9], [0, 5]], np.int
 LABELS = np.linspace(-1, 1, len(IDS)).astype(np.float32)
 
 
-def fit_weights(framework, optimizer, epochs=3, ids=IDS):
-    framework.utils.set_random_seed(1)
-    model = framework.Sequential(
+def build_model(framework):
+    """Embedding(10, 4), Flatten, Dense(1), from seeded initializers: the
+    same weights each time. (Not `set_random_seed`: under Python 3.12,
+    tf_keras 2.18's layers then fail to draw their seeds, a tf_keras bug
+    that 2.19 fixed.)"""
+    initializers = framework.initializers
+    return framework.Sequential(
         [
             framework.Input((2,), dtype="int32"),
-            framework.layers.Embedding(10, 4),
+            framework.layers.Embedding(
+                10, 4, embeddings_initializer=initializers.RandomUniform(-0.1, 0.1, seed=1)
+            ),
             framework.layers.Flatten(),
-            framework.layers.Dense(1),
+            framework.layers.Dense(1, kernel_initializer=initializers.GlorotUniform(seed=2)),
         ]
     )
+
+
+def fit_weights(framework, optimizer, epochs=3, ids=IDS):
+    model = build_model(framework)
     model.compile(optimizer=optimizer, loss="mse")
     history = model.fit(ids, LABELS, batch_size=3, epochs=epochs, shuffle=False, verbose=0)
     return [w.numpy() for w in model.weights], history.history["loss"]
 
 
+def full_batch_step(framework, optimizer):
+    """The trainable weights after one full-batch fit step of `optimizer`."""
+    model = build_model(framework)
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(IDS, LABELS, batch_size=len(IDS), epochs=1, verbose=0)
+    return [w.numpy() for w in model.trainable_weights]
+
+
 def rowwise_fit_reference(framework):
     """One full-batch fit step of RowwiseAdagrad in NumPy, from the
     gradients of the same model (GradientTape)."""
-    framework.utils.set_random_seed(1)
-    model = framework.Sequential(
-        [
-            framework.Input((2,), dtype="int32"),
-            framework.layers.Embedding(10, 4),
-            framework.layers.Flatten(),
-            framework.layers.Dense(1),
-        ]
-    )
+    model = build_model(framework)
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean(tf.square(model(IDS)[:, 0] - LABELS))
     grads = tape.gradient(loss, model.trainable_weights)
@@ -231,23 +241,9 @@ def test_keras3_fit_with_ema_and_accumulation_matches_keras():
 
 
 def test_keras3_fit_rowwise_adagrad_matches_numpy():
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential(
-        [
-            keras.Input((2,), dtype="int32"),
-            keras.layers.Embedding(10, 4),
-            keras.layers.Flatten(),
-            keras.layers.Dense(1),
-        ]
-    )
-    model.compile(
-        optimizer=tf_adagrad.RowwiseAdagrad(LR, initial_accumulator_value=0.1, epsilon=EPS),
-        loss="mse",
-    )
-    model.fit(IDS, LABELS, batch_size=len(IDS), epochs=1, verbose=0)
-    expected = rowwise_fit_reference(keras)
-    for weight, value in zip(model.trainable_weights, expected):
-        np.testing.assert_allclose(weight.numpy(), value, rtol=1e-5, atol=1e-6)
+    optimizer = tf_adagrad.RowwiseAdagrad(LR, initial_accumulator_value=0.1, epsilon=EPS)
+    for weight, expected in zip(full_batch_step(keras, optimizer), rowwise_fit_reference(keras)):
+        np.testing.assert_allclose(weight, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_tf_keras_fit_adagrad_matches_tf_keras_adagrad():
@@ -263,22 +259,11 @@ def test_tf_keras_fit_adagrad_matches_tf_keras_adagrad():
 
 
 def test_tf_keras_fit_rowwise_adagrad_matches_numpy():
-    tf_keras.utils.set_random_seed(1)
-    model = tf_keras.Sequential(
-        [
-            tf_keras.Input((2,), dtype="int32"),
-            tf_keras.layers.Embedding(10, 4),
-            tf_keras.layers.Flatten(),
-            tf_keras.layers.Dense(1),
-        ]
-    )
-    model.compile(
-        optimizer=keras2.RowwiseAdagrad(LR, initial_accumulator_value=0.1, epsilon=EPS), loss="mse"
-    )
-    model.fit(IDS, LABELS, batch_size=len(IDS), epochs=1, verbose=0)
-    expected = rowwise_fit_reference(tf_keras)
-    for weight, value in zip(model.trainable_weights, expected):
-        np.testing.assert_allclose(weight.numpy(), value, rtol=1e-5, atol=1e-6)
+    optimizer = keras2.RowwiseAdagrad(LR, initial_accumulator_value=0.1, epsilon=EPS)
+    for weight, expected in zip(
+        full_batch_step(tf_keras, optimizer), rowwise_fit_reference(tf_keras)
+    ):
+        np.testing.assert_allclose(weight, expected, rtol=1e-5, atol=1e-6)
 
 
 # A SavedModel with a training step, loaded in a fresh process.
@@ -287,11 +272,12 @@ def test_tf_keras_fit_rowwise_adagrad_matches_numpy():
 class TrainModule(tf.Module):
     def __init__(self):
         super().__init__()
-        keras.utils.set_random_seed(2)
         self.model = keras.Sequential(
             [
                 keras.Input((2,), dtype="int32"),
-                keras.layers.Embedding(20, 3),
+                keras.layers.Embedding(
+                    20, 3, embeddings_initializer=keras.initializers.RandomUniform(seed=2)
+                ),
                 keras.layers.Flatten(),
             ]
         )
