@@ -240,6 +240,21 @@ def test_keras3_fit_with_ema_and_accumulation_matches_keras():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_keras3_fit_with_loss_scaling_matches_keras():
+    ours, _ = fit_weights(
+        keras,
+        tf_adagrad.LossScaleOptimizer(tf_adagrad.Adagrad(LR), name="scaled"),
+        ids=DISTINCT_IDS,
+    )
+    theirs, _ = fit_weights(
+        keras,
+        keras.optimizers.LossScaleOptimizer(keras.optimizers.Adagrad(LR), name="scaled"),
+        ids=DISTINCT_IDS,
+    )
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_keras3_fit_rowwise_adagrad_matches_numpy():
     optimizer = tf_adagrad.RowwiseAdagrad(LR, initial_accumulator_value=0.1, epsilon=EPS)
     for weight, expected in zip(full_batch_step(keras, optimizer), rowwise_fit_reference(keras)):
