@@ -2,8 +2,8 @@
 """`make compat`: the release wheel in every supported environment.
 
 For each TensorFlow release of build_tools/tf_releases.bzl, under Python
-3.11 and 3.12, and for the oldest Keras 3 that tf_adagrad supports with
-TensorFlow 2.20 and 2.21: a virtual environment of its own in .compat/
+3.11 and 3.12, and for each other Keras 3 minor version that tf_adagrad
+supports: a virtual environment of its own in .compat/
 (kept between runs; recreated when what it asks for changes), with that
 TensorFlow, the wheel from bazel-bin/release_dist/ with its `keras2` extra,
 and the Keras and tf_keras that pip chooses for them. There pytest runs
@@ -29,10 +29,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPAT_DIR = os.path.join(ROOT, ".compat")
 SMOKE_SUITE = os.path.join(ROOT, "tests", "compat", "smoke_suite.py")
 PYTHONS = ["3.11", "3.12"]
-# The oldest Keras 3 that tf_adagrad supports (BUILD's `requires`), and for
-# TensorFlow 2.21, the oldest it accepts (tensorflow 2.21 requires
-# keras>=3.12).
-OLDEST_KERAS = {"2.20": "3.10.0", "2.21": "3.12.0"}
+# Every other Keras 3 minor version that tf_adagrad supports
+# (tf_adagrad/_versions.py; pip chooses the newest, 3.15, in the cells
+# above), each with the newest TensorFlow that accepts it (tensorflow 2.21
+# requires keras>=3.12), under Python 3.11: (TensorFlow minor, Keras).
+OTHER_KERAS = [
+    ("2.20", "3.10.0"),
+    ("2.20", "3.11.3"),
+    ("2.21", "3.12.0"),
+    ("2.21", "3.13.2"),
+    ("2.21", "3.14.1"),
+]
 
 
 def tf_releases():
@@ -51,7 +58,7 @@ def cells():
     for minor, release in tf_releases().items():
         for python in PYTHONS:
             matrix.append((f"tf{minor}-py{python}", python, release, None))
-    for minor, keras in OLDEST_KERAS.items():
+    for minor, keras in OTHER_KERAS:
         matrix.append(
             (f"tf{minor}-py{PYTHONS[0]}-keras{keras}", PYTHONS[0], tf_releases()[minor], keras)
         )
