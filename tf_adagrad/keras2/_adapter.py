@@ -16,6 +16,14 @@ from tf_adagrad._rule_optimizer import RuleOptimizer, with_arguments
 from tf_adagrad._variables import FLOAT_DTYPES
 
 
+USE_LOCKING_DOC = """use_locking: Boolean. If `True`, every update holds its
+    variables' locks exclusively. By default a sparse update of a variable
+    in copy-on-read mode (as tf_keras' `Embedding` lookup leaves its table)
+    holds them shared, TensorFlow's rule for sparse updates: concurrent
+    updates of the same rows, as parameter-server workers send, may then
+    overwrite one another (docs/distributed.md). Defaults to `False`."""
+
+
 class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
     """A tf_keras optimizer that updates variables by its `rule`. Variables
     of a dtype the kernels lack (complex, which the elementwise rule trains)
@@ -31,6 +39,7 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
         tf_keras_optimizer.base_optimizer_keyword_args,
         _weight_decay.ARGUMENT_DOC,
         _half_precision.ARGUMENT_DOC,
+        USE_LOCKING_DOC,
     )
 
     def __init__(
@@ -41,10 +50,14 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
         weight_decay_rows="all",
         stochastic_rounding=False,
         accumulator_dtype=None,
+        use_locking=False,
         **kwargs,
     ):
         initial_accumulator_value, epsilon = self._checked(initial_accumulator_value, epsilon)
+        if not isinstance(use_locking, bool):
+            raise TypeError(f"use_locking must be True or False, received: {use_locking!r}")
         tf_keras.optimizers.Optimizer.__init__(self, **kwargs)
+        self.use_locking = use_locking
         _half_precision.configure(self, stochastic_rounding, accumulator_dtype)
         self._learning_rate = self._build_learning_rate(learning_rate)
         self.initial_accumulator_value = initial_accumulator_value
@@ -250,6 +263,7 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
             gradient,
             self.learning_rate,
             self.epsilon,
+            use_locking=self.use_locking,
             rounding_key=rounding_key,
         )
 
@@ -263,5 +277,7 @@ class TfKerasOptimizer(RuleOptimizer, tf_keras.optimizers.Optimizer):
         # Only when set, so that the default config stays tf_keras' Adagrad's.
         if self.weight_decay_rows != "all":
             config["weight_decay_rows"] = self.weight_decay_rows
+        if self.use_locking:
+            config["use_locking"] = True
         config.update(_half_precision.config(self))
         return config
