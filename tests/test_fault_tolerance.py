@@ -257,9 +257,11 @@ def test_a_parameter_server_killed_mid_fit_raises_and_training_resumes_from_the_
     assert len(saved.files) == len(begun.files) > 1
     for key in saved.files:
         assert saved[key].tobytes() == begun[key].tobytes(), key
+    resumed_step = min(t for n, steps, t in progress(resumed) if n > 0)
     print(
-        f"parameter server killed: {error['type']} after {seconds_to_error:.1f} s: "
-        f"{error['message'][:300]}"
+        f"parameter server killed: {error['type']} after {seconds_to_error:.1f} s; the resumed "
+        f"run's first step {resumed_step - killed_at:.1f} s after the kill; "
+        f"{' '.join(error['message'].split())[:400]}"
     )
 
 
