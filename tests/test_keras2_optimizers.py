@@ -340,6 +340,16 @@ def test_config_round_trip(keras2_train_results, kind, label):
     assert result["deserialized_config"] == result["config"]
 
 
+@pytest.mark.keras2_cases("use_locking")
+@pytest.mark.parametrize("name", ["Adagrad", "RowwiseAdagrad"])
+def test_use_locking_is_configured_and_checked(keras2_train_results, name):
+    result = case_result(keras2_train_results, "use_locking")[name]
+    assert "use_locking" not in result["default_config_keys"]  # tf_keras' config
+    assert result["config"] is True
+    assert result["from_config"] is True
+    assert result["bad"] == ("TypeError", "use_locking must be True or False, received: 'yes'")
+
+
 @pytest.mark.slow
 @pytest.mark.keras2_cases("save_models")
 @pytest.mark.parametrize("save_format", ["keras", "tf"])

@@ -337,6 +337,22 @@ def case_configs():
     return out
 
 
+def case_use_locking():
+    """`use_locking` of the tf_keras classes: in the config only when set,
+    kept by from_config, refused unless a bool."""
+    out = {}
+    for cls in (tf_adagrad.keras2.Adagrad, tf_adagrad.keras2.RowwiseAdagrad):
+        name = cls.__name__
+        locking = cls(use_locking=True)
+        out[name] = {
+            "default_config_keys": sorted(cls().get_config()),
+            "config": locking.get_config().get("use_locking"),
+            "from_config": cls.from_config(locking.get_config()).use_locking,
+            "bad": outcome(cls, use_locking="yes"),
+        }
+    return out
+
+
 def zero_step(optimizer, variables):
     """One step with zero gradients: builds the optimizer (so restored
     values reach its variables) and changes no variable or accumulator."""
@@ -410,6 +426,7 @@ def train_cases(work_dir):
         "tf_keras_is_tf_keras": case_tf_keras_is_tf_keras,
         "bad_input": case_bad_input,
         "configs": case_configs,
+        "use_locking": case_use_locking,
         "save_models": partial(case_save_models, work_dir),
         "ema_rows/keras2/sparse": ema_rows,
         "ema_rows_in_batch_decay/keras2/sparse": partial(

@@ -15,7 +15,6 @@ from tf_adagrad import (
 from tf_adagrad._rule_optimizer import RuleOptimizer, with_arguments
 from tf_adagrad._variables import FLOAT_DTYPES
 
-
 USE_LOCKING_DOC = """use_locking: Boolean. If `True`, every update holds its
     variables' locks exclusively. By default a sparse update of a variable
     in copy-on-read mode (as tf_keras' `Embedding` lookup leaves its table)
