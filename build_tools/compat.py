@@ -16,7 +16,6 @@ pip's cache).
 """
 
 import argparse
-import ast
 import glob
 import os
 import platform
@@ -24,6 +23,8 @@ import shutil
 import subprocess
 import sys
 import time
+
+from configure import tf_releases  # build_tools/, beside this script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPAT_DIR = os.path.join(ROOT, ".compat")
@@ -40,16 +41,6 @@ OTHER_KERAS = [
     ("2.21", "3.13.2"),
     ("2.21", "3.14.1"),
 ]
-
-
-def tf_releases():
-    path = os.path.join(ROOT, "build_tools", "tf_releases.bzl")
-    with open(path) as f:
-        tree = ast.parse(f.read(), path)
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and node.targets[0].id == "TF_RELEASES":
-            return ast.literal_eval(node.value)
-    raise SystemExit(f"compat.py: {path} sets no TF_RELEASES")
 
 
 def cells():
