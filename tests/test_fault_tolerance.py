@@ -159,8 +159,12 @@ def test_a_worker_killed_mid_fit_is_rescheduled_and_rejoins(tmp_path):
     out = tmp_path / "fit.json"
     with processes(tmp_path) as run:
         cluster = start_parameter_server_cluster(run)
+        restarted_sign = tmp_path / "worker1_serves"
         coordinator = run.start(
-            "coordinator", FIT_SCRIPT, "fit", "--cluster", cluster, "--out", str(out), *PS_FIT
+            "coordinator",
+            FIT_SCRIPT,
+            *("fit", "--cluster", cluster, "--out", str(out), *PS_FIT),
+            *("--hold-after-first-epoch-until", str(restarted_sign)),
         )
         wait_for_iterations(run, coordinator, PS_STEPS // 2)
         worker = by_name(run, "worker1")
@@ -174,6 +178,9 @@ def test_a_worker_killed_mid_fit_is_rescheduled_and_rejoins(tmp_path):
         )
         run.wait_for_line(restarted, "serving")
         serving_at = time.time()
+        # The first epoch ends with the other worker alone; the next ones
+        # begin once the restarted worker serves, so it can take work.
+        restarted_sign.touch()
         run.wait([coordinator])
     with open(out) as f:
         result = json.load(f)

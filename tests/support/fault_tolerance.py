@@ -54,6 +54,12 @@ def main():
     parser.add_argument("--task", type=int, default=0)
     parser.add_argument("--steps", type=int, default=40, help="steps per epoch")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument(
+        "--hold-after-first-epoch-until",
+        metavar="FILE",
+        help="after the first epoch, wait until FILE exists (the test's sign that a "
+        "restarted process serves), so that the epochs after it can use that process",
+    )
     args = parser.parse_args()
     {"fit": fit, "multi-worker": multi_worker}[args.scenario](args)
 
@@ -159,6 +165,17 @@ def fit(args):
 
     callbacks = []
     states = {}
+    if args.hold_after_first_epoch_until:
+
+        class Hold(tf_keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                deadline = time.monotonic() + 300
+                while epoch == 0 and not os.path.exists(args.hold_after_first_epoch_until):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{args.hold_after_first_epoch_until} did not appear")
+                    time.sleep(0.05)
+
+        callbacks.append(Hold())
     if args.backup_dir:
         callbacks.append(tf_keras.callbacks.BackupAndRestore(args.backup_dir))
 
