@@ -33,7 +33,7 @@ help:
 	@echo "                the first time, seconds after)"
 	@echo "make compat     wheel, then its smoke suite under every supported TensorFlow, Python"
 	@echo "                and oldest Keras (docs/development.md; about 5 minutes after the first run)"
-	@echo "make test       build, linters, the whole test suite (9 to 12 minutes after the build)"
+	@echo "make test       build, linters, the whole test suite (9 to 14 minutes after the build)"
 	@echo "make test-fast  build, linters, the suite without the tests marked slow (about 4 minutes)"
 	@echo "make demo       build, then the demo recommender (about 3 minutes)"
 	@echo "make bench      build, then the benchmark (about 23 minutes)"
