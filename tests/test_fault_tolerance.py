@@ -129,25 +129,36 @@ PS_FIT = ("--steps", str(PS_STEPS), "--epochs", str(PS_EPOCHS))
 PROGRESS = re.compile(r"^iterations (\d+) workers (\d+),(\d+) at ([\d.]+)$", re.M)
 
 
-def progress(process):
-    """(iterations, [steps of worker 0, of worker 1], time) lines so far."""
-    with process.output.changed:
-        text = process.output.text
+def parse_progress(text):
+    """(iterations, [steps of worker 0, of worker 1], time) lines of `text`."""
     return [(int(n), [int(a), int(b)], float(t)) for n, a, b, t in PROGRESS.findall(text)]
+
+
+def progress(process):
+    """The progress lines `process` printed so far."""
+    with process.output.changed:
+        return parse_progress(process.output.text)
+
+
+def wait_until(run, process, reached, what):
+    """Waits until `reached(output so far)` holds; fails the test if
+    `process` exits first or TIMEOUT_S passes."""
+    deadline = time.monotonic() + TIMEOUT_S
+    with process.output.changed:
+        while not reached(process.output.text):
+            if process.output.closed or time.monotonic() > deadline:
+                pytest.fail(f"{process.name} did not reach {what}:\n{run.log(process)}")
+            process.output.changed.wait(1)
 
 
 def wait_for_iterations(run, process, at_least):
     """Waits until `process` reports `at_least` applied steps."""
-    deadline = time.monotonic() + TIMEOUT_S
-    with process.output.changed:
-        while not any(n >= at_least for n, _, _ in progress_unlocked(process.output.text)):
-            if process.output.closed or time.monotonic() > deadline:
-                pytest.fail(f"{process.name} did not reach {at_least} steps:\n{run.log(process)}")
-            process.output.changed.wait(1)
-
-
-def progress_unlocked(text):
-    return [(int(n), None, None) for n, *_ in PROGRESS.findall(text)]
+    wait_until(
+        run,
+        process,
+        lambda text: any(n >= at_least for n, _, _ in parse_progress(text)),
+        f"{at_least} steps",
+    )
 
 
 def by_name(run, name):
@@ -290,16 +301,12 @@ STEP_LINE = re.compile(r"^epoch (\d+) step (\d+) at ([\d.]+)$", re.M)
 
 
 def wait_for_step(run, process, epoch, step):
-    deadline = time.monotonic() + TIMEOUT_S
-    with process.output.changed:
-        while not any(
-            (int(e), int(s)) >= (epoch, step) for e, s, _ in STEP_LINE.findall(process.output.text)
-        ):
-            if process.output.closed or time.monotonic() > deadline:
-                pytest.fail(
-                    f"{process.name} did not reach epoch {epoch} step {step}:\n{run.log(process)}"
-                )
-            process.output.changed.wait(1)
+    wait_until(
+        run,
+        process,
+        lambda text: any((int(e), int(s)) >= (epoch, step) for e, s, _ in STEP_LINE.findall(text)),
+        f"epoch {epoch} step {step}",
+    )
 
 
 @pytest.mark.slow
